@@ -1,0 +1,60 @@
+"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+
+An interrupted or failed write never leaves a file under the final name that looks valid, and
+never replaces a good file with a partial one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The caller writes the temporary file however it likes (a converter that takes a file name,
+    for example). On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; return the final path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; return the final path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def append_line(path: str | os.PathLike[str], line: str) -> Path:
+    """Append one line to a text file atomically: existing lines survive a crash mid-write.
+
+    The whole file is rewritten through a temporary copy, which is fine for result files of
+    thousands of lines; a half-written line can never appear.
+    """
+    final = Path(path)
+    old = final.read_bytes() if final.exists() else b""
+    if old and not old.endswith(b"\n"):
+        old += b"\n"
+    return write_bytes(final, old + line.rstrip("\n").encode("utf-8") + b"\n")
