@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from edge_se.errors import EdgeSeError
 
@@ -29,14 +31,21 @@ PLUGINS: tuple[str, ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one line (``--help`` still shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``edge-se`` parser with every available subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="edge-se",
         description="Squeeze-and-Excitation CNNs from PyTorch to the edge.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in PLUGINS:
         try:
@@ -58,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgeSeError as exc:
         print(f"edge-se {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `edge-se models | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
+        return 0
     except KeyboardInterrupt:
         print(f"edge-se {args.command}: interrupted", file=sys.stderr)
         return 130
