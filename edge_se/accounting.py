@@ -121,8 +121,20 @@ class _Counter:
     def __init__(self) -> None:
         self.rows: list[LayerCount] = []
 
-    def conv(self, name: str, c_in: int, c_out: int, k: int, stride: int, hw: int, *, groups: int = 1,
-             bias: bool = False, bn: str | None = None, se: bool = False) -> int:
+    def conv(
+        self,
+        name: str,
+        c_in: int,
+        c_out: int,
+        k: int,
+        stride: int,
+        hw: int,
+        *,
+        groups: int = 1,
+        bias: bool = False,
+        bn: str | None = None,
+        se: bool = False,
+    ) -> int:
         out = conv_out(hw, k, stride)
         params = c_out * (c_in // groups) * k * k + (c_out if bias else 0)
         macs = c_out * out * out * (c_in // groups) * k * k
@@ -153,8 +165,9 @@ def _mbconv(cnt: _Counter, b: BlockPlan, hw: int) -> int:
         cnt.se(f"{p}.se", se, hw)
     if b.mid_channels != b.in_channels:
         cnt.conv(f"{p}.expand.conv", b.in_channels, b.mid_channels, 1, 1, hw, bn=f"{p}.expand.bn")
-    out = cnt.conv(f"{p}.dw.conv", b.mid_channels, b.mid_channels, b.kernel, b.stride, hw,
-                   groups=b.mid_channels, bn=f"{p}.dw.bn")
+    out = cnt.conv(
+        f"{p}.dw.conv", b.mid_channels, b.mid_channels, b.kernel, b.stride, hw, groups=b.mid_channels, bn=f"{p}.dw.bn"
+    )
     if se is not None and se.placement == "standard":
         cnt.se(f"{p}.se", se, out)
     cnt.conv(f"{p}.project.conv", b.mid_channels, b.out_channels, 1, 1, out, bn=f"{p}.project.bn")

@@ -109,10 +109,6 @@ class DropPath(nn.Module):
         return x * mask / keep
 
 
-def _bn_kwargs(bn_eps: float, bn_momentum: float) -> dict[str, float]:
-    return {"bn_eps": bn_eps, "bn_momentum": bn_momentum}
-
-
 class MBConv(nn.Module):
     """Inverted residual (and its depthwise-separable special case) with SE at its planned place.
 
@@ -122,18 +118,24 @@ class MBConv(nn.Module):
 
     def __init__(self, plan: BlockPlan, *, bn_eps: float, bn_momentum: float, drop_path: float = 0.0) -> None:
         super().__init__()
-        bn = _bn_kwargs(bn_eps, bn_momentum)
         self.plan = plan
         self.expand = (
-            ConvBnAct(plan.in_channels, plan.mid_channels, 1, act=plan.act, **bn)
+            ConvBnAct(plan.in_channels, plan.mid_channels, 1, act=plan.act, bn_eps=bn_eps, bn_momentum=bn_momentum)
             if plan.mid_channels != plan.in_channels
             else None
         )
         self.dw = ConvBnAct(
-            plan.mid_channels, plan.mid_channels, plan.kernel, plan.stride, groups=plan.mid_channels, act=plan.act, **bn
+            plan.mid_channels,
+            plan.mid_channels,
+            plan.kernel,
+            plan.stride,
+            groups=plan.mid_channels,
+            act=plan.act,
+            bn_eps=bn_eps,
+            bn_momentum=bn_momentum,
         )
         self.se = SqueezeExcite.from_plan(plan.se) if plan.se is not None else None
-        self.project = ConvBnAct(plan.mid_channels, plan.out_channels, 1, **bn)
+        self.project = ConvBnAct(plan.mid_channels, plan.out_channels, 1, bn_eps=bn_eps, bn_momentum=bn_momentum)
         self.drop_path = DropPath(drop_path) if plan.shortcut == "identity" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -20,9 +20,11 @@ class EdgeSENet(nn.Module):
     def __init__(self, spec: ArchSpec, *, drop_path_rate: float = 0.0) -> None:
         super().__init__()
         self.spec = spec
-        bn = {"bn_eps": spec.bn_eps, "bn_momentum": spec.bn_momentum}
+        eps, momentum = spec.bn_eps, spec.bn_momentum
         stem_stride = 2
-        self.stem = ConvBnAct(3, spec.stem_channels, spec.stem_kernel, stem_stride, act=spec.stem_act, **bn)
+        self.stem = ConvBnAct(
+            3, spec.stem_channels, spec.stem_kernel, stem_stride, act=spec.stem_act, bn_eps=eps, bn_momentum=momentum
+        )
         # ResNet's 3x3/2 max-pool follows the stem; kept separate so the stem's names stay conv/bn/act.
         self.stem_pool = nn.MaxPool2d(3, 2, 1) if spec.family == "resnet" else None
         plans = resolve(spec)
@@ -31,12 +33,12 @@ class EdgeSENet(nn.Module):
             # Stochastic depth grows linearly with depth, as in torchvision and timm.
             dp = drop_path_rate * plan.index / max(1, len(plans))
             cls = Bottleneck if plan.kind == "bottleneck" else MBConv
-            blocks.append(cls(plan, drop_path=dp, **bn))
+            blocks.append(cls(plan, drop_path=dp, bn_eps=eps, bn_momentum=momentum))
         self.blocks = nn.Sequential(*blocks)
         features = plans[-1].out_channels
         self.head = None
         if spec.head_channels:
-            self.head = ConvBnAct(features, spec.head_channels, 1, act=spec.stem_act, **bn)
+            self.head = ConvBnAct(features, spec.head_channels, 1, act=spec.stem_act, bn_eps=eps, bn_momentum=momentum)
             features = spec.head_channels
         self.head_fc = None
         self.head_act = None

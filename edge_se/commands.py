@@ -17,16 +17,22 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-twins", action="store_true", help="leave out the no-SE twins (NAME_nose)")
     p.set_defaults(func=run_models)
 
-    p = sub.add_parser(
-        "info", help="parameters and MACs of a model, with the SE share of each", formatter_class=fmt
-    )
+    p = sub.add_parser("info", help="parameters and MACs of a model, with the SE share of each", formatter_class=fmt)
     p.add_argument("model", help="registry name, e.g. efficientnet_b0, efficientnet_phi1.5, resnet50_nose")
-    p.add_argument("--resolution", type=_int_arg("--resolution"), default=None,
-                   help="input side in pixels (default: the model's own)")
+    p.add_argument(
+        "--resolution",
+        type=_int_arg("--resolution"),
+        default=None,
+        help="input side in pixels (default: the model's own)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
-    p.add_argument("--weights", default=None, metavar="FILE",
-                   help="check that a local state dict (edge-se, torchvision or timm naming) loads strictly")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="check that a local state dict (edge-se, torchvision or timm naming) loads strictly",
+    )
     p.set_defaults(func=run_info)
 
 
@@ -97,7 +103,9 @@ def format_layers(acc: Accounting) -> str:
     out = [f"{'layer':<28} {'kind':<7} {'out (C,H,W)':<18} {'params':>10} {'MACs':>13} {'ops':>11} SE"]
     for r in acc.rows:
         shape = "x".join(str(v) for v in r.out_shape)
-        out.append(f"{r.name:<28} {r.kind:<7} {shape:<18} {r.params:>10,} {r.macs:>13,} {r.ops:>11,} {'*' if r.se else ''}")
+        out.append(
+            f"{r.name:<28} {r.kind:<7} {shape:<18} {r.params:>10,} {r.macs:>13,} {r.ops:>11,} {'*' if r.se else ''}"
+        )
     return "\n".join(out)
 
 

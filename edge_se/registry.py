@@ -10,11 +10,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Literal, cast
 
 from edge_se.build import EdgeSENet, build
 from edge_se.errors import EdgeSeError
 from edge_se.families import efficientnet, efficientnet_phi, mobilenetv3, resnet50
-from edge_se.specs import EFFICIENTNET_SCALES, GATES, PLACEMENTS, ArchSpec
+from edge_se.specs import EFFICIENTNET_SCALES, GATES, PLACEMENTS, ArchSpec, Gate, Placement, Scale
 
 NOSE_SUFFIX = "_nose"
 _PHI_RE = re.compile(r"^efficientnet_phi(-?\d+(?:\.\d+)?)$")
@@ -31,12 +32,20 @@ def register(name: str, factory: Callable[[], ArchSpec]) -> None:
     _REGISTRY[name] = factory
 
 
+def _efficientnet_factory(name: str, scale: Scale) -> Callable[[], ArchSpec]:
+    return lambda: efficientnet(name, scale)
+
+
+def _mobilenetv3_factory(name: str, size: Literal["large", "small"], width: float) -> Callable[[], ArchSpec]:
+    return lambda: mobilenetv3(name, size, width)
+
+
 for _key, _scale in EFFICIENTNET_SCALES.items():
-    register(f"efficientnet_{_key}", lambda k=_key, s=_scale: efficientnet(f"efficientnet_{k}", s))
+    register(f"efficientnet_{_key}", _efficientnet_factory(f"efficientnet_{_key}", _scale))
 for _size in ("large", "small"):
     for _w in (50, 75, 100):
         _n = f"mobilenetv3_{_size}_{_w:03d}"
-        register(_n, lambda n=_n, size=_size, w=_w: mobilenetv3(n, size, w / 100))  # type: ignore[misc]
+        register(_n, _mobilenetv3_factory(_n, _size, _w / 100))
 register("seresnet50", lambda: resnet50("seresnet50", se=True))
 register("resnet50", lambda: resnet50("resnet50", se=False))
 
@@ -84,7 +93,13 @@ def get_spec(
             raise EdgeSeError(f"unknown gate {gate!r}; valid: {', '.join(GATES)}")
         if placement is not None and placement not in PLACEMENTS:
             raise EdgeSeError(f"unknown placement {placement!r}; valid: {', '.join(PLACEMENTS)}")
-        spec = spec.with_(se=replace(spec.se, gate=gate or spec.se.gate, placement=placement or spec.se.placement))
+        spec = spec.with_(
+            se=replace(
+                spec.se,
+                gate=cast(Gate, gate or spec.se.gate),
+                placement=cast(Placement, placement or spec.se.placement),
+            )
+        )
     if nose:
         spec = spec.with_(name=name, se=None)
     if num_classes is not None:

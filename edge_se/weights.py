@@ -118,7 +118,9 @@ def _torchvision_map(spec: ArchSpec, state: Mapping[str, torch.Tensor]) -> dict[
         for k, part in enumerate(_mbconv_parts(plan)):
             dst = f"blocks.{plan.index}.{part}"
             if part == "se":
-                mapping |= {f"{prefix}{k}.{fc}.{s}": f"{dst}.{fc}.{s}" for fc in ("fc1", "fc2") for s in ("weight", "bias")}
+                mapping |= {
+                    f"{prefix}{k}.{fc}.{s}": f"{dst}.{fc}.{s}" for fc in ("fc1", "fc2") for s in ("weight", "bias")
+                }
             else:
                 mapping |= {f"{prefix}{k}.{src}": d for src, d in _conv_bn(dst).items()}
     return mapping
@@ -145,7 +147,11 @@ def _timm_map(spec: ArchSpec, state: Mapping[str, torch.Tensor]) -> dict[str, st
     for (prefix, keys), plan in zip(blocks, plans, strict=True):
         dst = f"blocks.{plan.index}"
         ds = "conv_pwl.weight" not in keys  # timm DepthwiseSeparableConv: conv_dw, bn1, se, conv_pw, bn2
-        convs = {"conv_dw": "dw", "conv_pw": "project"} if ds else {"conv_pw": "expand", "conv_dw": "dw", "conv_pwl": "project"}
+        convs = (
+            {"conv_dw": "dw", "conv_pw": "project"}
+            if ds
+            else {"conv_pw": "expand", "conv_dw": "dw", "conv_pwl": "project"}
+        )
         bns = {"bn1": "dw", "bn2": "project"} if ds else {"bn1": "expand", "bn2": "dw", "bn3": "project"}
         mapping |= {f"{prefix}{c}.weight": f"{dst}.{d}.conv.weight" for c, d in convs.items()}
         mapping |= {f"{prefix}{b}.{s}": f"{dst}.{d}.bn.{s}" for b, d in bns.items() for s in _BN}
@@ -155,7 +161,7 @@ def _timm_map(spec: ArchSpec, state: Mapping[str, torch.Tensor]) -> dict[str, st
 
 
 def _resnet_map(plans: tuple[BlockPlan, ...], state: Mapping[str, torch.Tensor]) -> dict[str, str]:
-    """torchvision and timm share ResNet names (``layer{L}.{j}``, ``fc``); timm's SE is ``se.fc1/fc2``."""
+    """Torchvision and timm share ResNet names (``layer{L}.{j}``, ``fc``); timm's SE is ``se.fc1/fc2``."""
     mapping = {"conv1.weight": "stem.conv.weight"} | {f"bn1.{s}": f"stem.bn.{s}" for s in _BN}
     mapping |= {f"fc.{s}": f"classifier.{s}" for s in ("weight", "bias")}
     blocks = _group_blocks(state, r"^layer(\d+)\.(\d+)\.")
@@ -253,7 +259,8 @@ def load_weights(
             raise EdgeSeError(f"weights file {str(path)!r}: tensor {key!r} has no place in {model_name}")
         if tuple(own[key].shape) != tuple(value.shape):
             raise EdgeSeError(
-                f"weights file {str(path)!r}: {key} has shape {tuple(value.shape)}, {model_name} needs {tuple(own[key].shape)}"
+                f"weights file {str(path)!r}: {key} has shape {tuple(value.shape)}, "
+                f"{model_name} needs {tuple(own[key].shape)}"
             )
     model.load_state_dict(renamed, strict=True)
     return model

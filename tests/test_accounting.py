@@ -33,9 +33,15 @@ def test_every_variant_builds_runs_and_every_row_matches_its_module(name):
 
 @pytest.mark.parametrize(
     ("name", "resolution"),
-    [("efficientnet_b0", 224), ("efficientnet_b0", 97), ("mobilenetv3_large_100", 224),
-     ("mobilenetv3_small_075", 161), ("seresnet50", 128), ("seresnet50_nose", 65),
-     ("efficientnet_phi0.5", 120)],
+    [
+        ("efficientnet_b0", 224),
+        ("efficientnet_b0", 97),
+        ("mobilenetv3_large_100", 224),
+        ("mobilenetv3_small_075", 161),
+        ("seresnet50", 128),
+        ("seresnet50_nose", 65),
+        ("efficientnet_phi0.5", 120),
+    ],
 )
 def test_macs_equal_half_of_torch_flop_counter(name, resolution):
     # flop_counter counts 2 FLOPs per multiply-accumulate of conv and mm/addmm and nothing else,

@@ -19,8 +19,16 @@ def test_models_lists_every_name_once(capsys):
     assert main(["models"]) == 0
     names = capsys.readouterr().out.split()
     assert names == sorted(set(names))
-    for required in ["efficientnet_b0", "efficientnet_b7", "mobilenetv3_large_100", "mobilenetv3_small_100",
-                     "seresnet50", "resnet50", "efficientnet_b0_nose", "seresnet50_nose"]:
+    for required in [
+        "efficientnet_b0",
+        "efficientnet_b7",
+        "mobilenetv3_large_100",
+        "mobilenetv3_small_100",
+        "seresnet50",
+        "resnet50",
+        "efficientnet_b0_nose",
+        "seresnet50_nose",
+    ]:
         assert required in names
     assert "resnet50_nose" not in names  # no SE, no twin
 
@@ -62,8 +70,9 @@ def test_bad_input_is_one_line_and_nonzero(argv, needle, tmp_path):
 def test_malformed_weights_file_on_the_cli(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"definitely not torch")
-    proc = subprocess.run([EDGE_SE, "info", "efficientnet_b0", "--weights", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [EDGE_SE, "info", "efficientnet_b0", "--weights", str(bad)], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "bad.pt" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -77,6 +86,9 @@ def test_info_checks_good_weights(tmp_path, capsys):
 
 
 def test_import_edge_se_does_not_pull_upper_layers():
-    code = "import sys, edge_se, edge_se.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in ('quantize','export','device_bench')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True).stdout
+    upper = "('quantize', 'export', 'device_bench')"
+    code = f"import sys, edge_se, edge_se.cli; print(sorted(m for m in sys.modules if m.split('.')[0] in {upper}))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
+    ).stdout
     assert out.strip() == "[]"

@@ -2,7 +2,13 @@ import math
 
 import pytest
 
-from edge_se.scaling import compound_coefficients, make_divisible, scale_channels, scale_repeats, scale_resolution
+from edge_se.scaling import (
+    compound_coefficients,
+    make_divisible,
+    scale_channels,
+    scale_repeats,
+    scale_resolution,
+)
 
 
 @pytest.mark.parametrize(
