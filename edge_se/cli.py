@@ -28,6 +28,7 @@ PLUGINS: tuple[str, ...] = (
     "quantize.cli",
     "export.cli",
     "device_bench.cli",
+    "pipeline.cli",
 )
 
 

@@ -1,0 +1,170 @@
+"""Read a run directory's finished cells into flat records for tables and plots.
+
+:func:`load_cells` is the only I/O here; everything else is a pure function of its records.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_se.errors import EdgeSeError
+
+
+@dataclass
+class RunResults:
+    """Every finished cell's result, by stage, plus the index of the run."""
+
+    run_dir: Path
+    index: dict[str, Any]
+    by_stage: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    def stage(self, name: str) -> list[dict[str, Any]]:
+        """Results of one stage (empty if none finished)."""
+        return self.by_stage.get(name, [])
+
+
+def load_cells(run_dir: str | Path) -> RunResults:
+    """Load ``index.json`` and the result of every cell it lists as done or cached."""
+    root = Path(run_dir)
+    index_path = root / "index.json"
+    if not index_path.is_file():
+        raise EdgeSeError(f"{str(root)!r} is not an edge-se run directory (no index.json); run `edge-se run` first")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EdgeSeError(f"{index_path}: not valid JSON ({exc.msg})") from None
+    out = RunResults(run_dir=root, index=index)
+    for cell_id, entry in index.get("cells", {}).items():
+        if entry.get("status") not in ("done", "cached"):
+            continue
+        path = root / "cells" / entry["stage"] / entry["key"] / "result.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        result["id"] = cell_id
+        result["dir"] = str(path.parent)
+        out.by_stage.setdefault(entry["stage"], []).append(result)
+    return out
+
+
+def _p(result: dict[str, Any], key: str, default: Any = None) -> Any:
+    return result.get("params", {}).get(key, default)
+
+
+def delegation_share(manifest: dict[str, Any]) -> float | None:
+    """Share (0..1) of the graph's operators that run inside the delegate, from the manifest's summary."""
+    d = manifest.get("delegation") or {}
+    for key in ("delegated_share", "share", "delegated_fraction"):
+        if isinstance(d.get(key), (int, float)):
+            return float(d[key])
+    delegated, outside = d.get("delegated_ops"), d.get("non_delegated_ops")
+    count = lambda v: sum(v.values()) if isinstance(v, dict) else (v if isinstance(v, int) else None)  # noqa: E731
+    n_in, n_out = count(delegated), count(outside)
+    if n_in is None or n_out is None or n_in + n_out == 0:
+        return None
+    return n_in / (n_in + n_out)
+
+
+def artifact_rows(res: RunResults) -> list[dict[str, Any]]:
+    """One row per exported artifact: model, format, dtype, policy, size, checksum, parity, delegation, cost."""
+    info = {r["model"]: r["accounting"] for r in res.stage("info")}
+    rows = []
+    for r in res.stage("export"):
+        m = r.get("manifest", {})
+        parity = m.get("parity") or r.get("export", {}).get("parity") or {}
+        acc = info.get(r["model"], {})
+        rows.append({
+            "id": r["id"],
+            "model": r["model"],
+            "base": r.get("meta", {}).get("base", r["model"]),
+            "twin": bool(r.get("meta", {}).get("twin")),
+            "format": _p(r, "format"),
+            "dtype": _p(r, "dtype"),
+            "policy": _p(r, "policy"),
+            "resolution": m.get("resolution", r.get("meta", {}).get("resolution")),
+            "size_bytes": m.get("size_bytes"),
+            "sha256": m.get("sha256"),
+            "parity_passed": parity.get("passed"),
+            "parity": parity,
+            "delegation_share": delegation_share(m),
+            "params": m.get("params", acc.get("params")),
+            "macs": m.get("macs", acc.get("macs")),
+            "artifact": str(Path(r["dir"]) / r["artifact"]),
+        })
+    return rows
+
+
+def bench_rows(res: RunResults) -> list[dict[str, Any]]:
+    """One row per (artifact, device) benchmark, joined with the artifact's row."""
+    by_export = {row["id"]: row for row in artifact_rows(res)}
+    rows = []
+    for r in res.stage("bench"):
+        b = r["bench"]
+        export_id = "/".join(["export", r["model"], _p(r, "format"), _p(r, "dtype"), str(_p(r, "policy"))])
+        art = by_export.get(export_id, {})
+        lat = b.get("latency_ms") or {}
+        rows.append(art | {
+            "device": _p(r, "device"),
+            "emulated": bool(b.get("emulated")),
+            "p50_ms": lat.get("p50"),
+            "p90_ms": lat.get("p90"),
+            "min_ms": lat.get("min"),
+            "unstable": b.get("unstable"),
+            "instructions_per_inference": b.get("instructions_per_inference"),
+            "threads": b.get("threads"),
+        })
+    return rows
+
+
+def quant_rows(res: RunResults) -> list[dict[str, Any]]:
+    """One row per (model, target, policy) quantisation with its fidelity metrics."""
+    rows = []
+    for r in res.stage("quantize"):
+        m = r.get("metrics", {})
+        rows.append({
+            "model": r["model"],
+            "target": _p(r, "target"),
+            "policy": _p(r, "policy"),
+            "top1_agreement": m.get("top1_agreement"),
+            "accuracy": m.get("accuracy"),
+            "float_accuracy": m.get("float_accuracy"),
+            "cosine": m.get("cosine"),
+            "sqnr_db": m.get("sqnr_db"),
+            "sqnr_db_median": m.get("sqnr_db_median"),
+            "sqnr_db_worst": m.get("sqnr_db_worst"),
+            "gate_error": m.get("gate_error") or [],
+        })
+    return rows
+
+
+def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
+    """Desktop PyTorch baselines, one row per measured configuration (skips recorded as such)."""
+    rows = []
+    for r in res.stage("baseline"):
+        for line in r.get("baseline", []):
+            lat = line.get("latency_ms") or {}
+            rows.append({
+                "model": r["model"],
+                "device": line.get("device", _p(r, "device")),
+                "dtype": line.get("dtype"),
+                "batch": line.get("batch"),
+                "mode": line.get("mode") or line.get("runtime"),
+                "p50_ms": lat.get("p50"),
+                "skipped": line.get("skipped"),
+                "gpu": line.get("gpu_name"),
+            })
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats: lower x (latency) and higher y (fidelity)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best_y = [], float("-inf")
+    for i in order:
+        if points[i][1] > best_y:
+            front.append(i)
+            best_y = points[i][1]
+    return front

@@ -1,0 +1,260 @@
+"""The sweep configuration (``edge-se run CONFIG.toml``): parsed into frozen dataclasses, validated by key.
+
+A malformed config raises :class:`~edge_se.errors.EdgeSeError` naming the file and the key
+(``demo.toml: [export].formats[1]: unknown format 'onnx'; valid: pte, tflite``).
+
+Example config::
+
+    [run]
+    resolution = 64            # input side for every model (pixels)
+    threads = 1                # benchmark threads
+
+    [data]
+    source = "digits"          # digits | a folder of class sub-folders | random (smoke only)
+    calib_size = 64
+
+    [[models]]
+    name = "mobilenetv3_small_100"
+    train_epochs = 30          # 0: random weights; weights = "file.pt" to load instead
+    twin = true                # also the same network without SE, trained the same way
+
+    [quantize]
+    policies = ["ptq", "gate-fixed"]
+    engine = "torchao"
+
+    [export]
+    formats = ["pte", "tflite"]
+    dtypes = ["fp32", "int8"]
+
+    [bench]
+    devices = ["local", "qemu-aarch64"]
+    runs = 20
+    repeats = 2
+
+    [baseline]
+    devices = ["cpu", "cuda"]  # cuda is recorded as skipped where there is none
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_se.errors import EdgeSeError
+
+FORMATS = ("pte", "tflite")
+DTYPES = ("fp32", "int8")
+ENGINES = ("torchao", "nncf")
+BASELINE_DEVICES = ("cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelCfg:
+    """One model of the sweep."""
+
+    name: str
+    train_epochs: int = 0
+    weights: str | None = None
+    twin: bool = False
+    resolution: int | None = None  # overrides [run].resolution
+    quantize: bool = True  # False: fp32 artifacts only (int8 cells are left out)
+
+    @property
+    def label(self) -> str:
+        """The model name (the key every result carries)."""
+        return self.name
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole sweep: models x dtypes x policies x formats x devices."""
+
+    path: str
+    resolution: int = 224
+    threads: int = 1
+    seed: int = 0
+    data_source: str = "digits"
+    calib_size: int = 64
+    models: tuple[ModelCfg, ...] = ()
+    policies: tuple[str, ...] = ("ptq",)
+    engine: str = "torchao"
+    formats: tuple[str, ...] = FORMATS
+    dtypes: tuple[str, ...] = DTYPES
+    devices: tuple[str, ...] = ("local",)
+    bench_runs: int = 20
+    bench_warmup: int = 5
+    bench_repeats: int = 2
+    bench_min_seconds: float = 0.5
+    baseline_devices: tuple[str, ...] = ("cpu",)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class _Reader:
+    """Typed access to one TOML table with errors naming ``file: [table].key``."""
+
+    def __init__(self, path: str, table: str, data: Any) -> None:
+        self.path, self.table = path, table
+        if not isinstance(data, dict):
+            raise self.error("", f"must be a table, got {type(data).__name__}")
+        self.data = data
+        self.used: set[str] = set()
+
+    def error(self, key: str, msg: str) -> EdgeSeError:
+        where = f"[{self.table}]" + (f".{key}" if key else "")
+        return EdgeSeError(f"{self.path}: {where}: {msg}")
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {kinds[0].__name__}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {kinds[0].__name__}, got {type(value).__name__} {value!r}")
+        return value
+
+    def positive(self, key: str, default: int, *, allow_zero: bool = False) -> int:
+        value = self.get(key, int, default)
+        if value < 0 or (value == 0 and not allow_zero):
+            raise self.error(key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+        return int(value)
+
+    def choices(
+        self, key: str, valid: tuple[str, ...], default: tuple[str, ...], *, allow_empty: bool = False
+    ) -> tuple[str, ...]:
+        values = self.get(key, list, list(default))
+        if not values and not allow_empty:
+            raise self.error(key, f"must not be empty; valid: {', '.join(valid)}")
+        for i, v in enumerate(values):
+            if v not in valid:
+                raise self.error(f"{key}[{i}]", f"unknown value {v!r}; valid: {', '.join(valid)}")
+        return tuple(values)
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        values = self.get(key, list, list(default))
+        for i, v in enumerate(values):
+            if not isinstance(v, str) or not v:
+                raise self.error(f"{key}[{i}]", f"expected a non-empty string, got {v!r}")
+        return tuple(values)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise self.error(unknown[0], f"unknown key; valid: {', '.join(sorted(self.used))}")
+
+
+_TABLES = ("run", "data", "models", "quantize", "export", "bench", "baseline")
+
+
+def parse_config(text: str, path: str = "<config>") -> RunConfig:
+    """Parse and validate a sweep config from TOML text."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise EdgeSeError(f"{path}: not valid TOML: {exc}") from None
+    unknown = sorted(set(doc) - set(_TABLES))
+    if unknown:
+        raise EdgeSeError(f"{path}: unknown table [{unknown[0]}]; valid: {', '.join(_TABLES)}")
+
+    run = _Reader(path, "run", doc.get("run", {}))
+    resolution = run.positive("resolution", 224)
+    if resolution < 32:
+        raise run.error("resolution", f"need >= 32 pixels, got {resolution}")
+    threads = run.positive("threads", 1)
+    seed = run.positive("seed", 0, allow_zero=True)
+    run.done()
+
+    data = _Reader(path, "data", doc.get("data", {}))
+    source = data.get("source", str, "digits")
+    calib_size = data.positive("calib_size", 64)
+    data.done()
+
+    models_doc = doc.get("models")
+    if not isinstance(models_doc, list) or not models_doc:
+        raise EdgeSeError(f"{path}: [[models]]: need at least one model table")
+    models = tuple(_model(path, i, m) for i, m in enumerate(models_doc))
+
+    quant = _Reader(path, "quantize", doc.get("quantize", {}))
+    policies = quant.strings("policies", ("ptq",))
+    engine = quant.get("engine", str, "torchao")
+    if engine not in ENGINES:
+        raise quant.error("engine", f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    quant.done()
+
+    export = _Reader(path, "export", doc.get("export", {}))
+    formats = export.choices("formats", FORMATS, FORMATS)
+    dtypes = export.choices("dtypes", DTYPES, DTYPES)
+    export.done()
+
+    bench = _Reader(path, "bench", doc.get("bench", {}))
+    devices = bench.strings("devices", ("local",))
+    runs = bench.positive("runs", 20)
+    warmup = bench.positive("warmup", 5, allow_zero=True)
+    repeats = bench.positive("repeats", 2)
+    min_seconds = float(bench.get("min_seconds", (int, float), 0.5))
+    bench.done()
+
+    base = _Reader(path, "baseline", doc.get("baseline", {}))
+    baseline_devices = base.choices("devices", BASELINE_DEVICES, ("cpu",), allow_empty=True)
+    base.done()
+
+    return RunConfig(
+        path=path,
+        resolution=resolution,
+        threads=threads,
+        seed=seed,
+        data_source=source,
+        calib_size=calib_size,
+        models=models,
+        policies=policies,
+        engine=engine,
+        formats=formats,
+        dtypes=dtypes,
+        devices=devices,
+        bench_runs=runs,
+        bench_warmup=warmup,
+        bench_repeats=repeats,
+        bench_min_seconds=min_seconds,
+        baseline_devices=baseline_devices,
+    )
+
+
+def _model(path: str, index: int, doc: Any) -> ModelCfg:
+    from edge_se.registry import get_spec
+
+    r = _Reader(path, f"models[{index}]", doc)
+    name = r.get("name", str, None)
+    if name is None:
+        raise r.error("name", "missing; every model needs a registry name")
+    try:
+        spec = get_spec(name)
+    except EdgeSeError as exc:
+        raise r.error("name", str(exc)) from None
+    cfg = ModelCfg(
+        name=name,
+        train_epochs=r.positive("train_epochs", 0, allow_zero=True),
+        weights=r.get("weights", str, None),
+        twin=r.get("twin", bool, False),
+        resolution=r.get("resolution", int, None),
+        quantize=r.get("quantize", bool, True),
+    )
+    r.done()
+    if cfg.twin and spec.se is None:
+        raise r.error("twin", f"{name!r} has no SE blocks, so it has no no-SE twin")
+    if cfg.weights and cfg.train_epochs:
+        raise r.error("weights", "give either weights or train_epochs, not both")
+    if cfg.resolution is not None and cfg.resolution < 32:
+        raise r.error("resolution", f"need >= 32 pixels, got {cfg.resolution}")
+    return cfg
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read and validate a sweep config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise EdgeSeError(f"config file {str(p)!r} does not exist")
+    return parse_config(p.read_text(encoding="utf-8"), str(p))

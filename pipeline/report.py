@@ -1,0 +1,251 @@
+"""``edge-se report RUN_DIR``: report.md and a self-contained report.html (images embedded) with PNG plots.
+
+Sections: (1) latency vs MACs, (2) int8 fidelity vs latency per policy with the Pareto front,
+(3) per-SE-block gate error, (4) what SE costs against the no-SE twin, (5) compound scaling,
+(6) every artifact with size, parity, delegation share and checksum; plus the desktop baselines.
+Every figure comes from the run's measured results; a section with no data says what to run.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_se.atomic import write_text
+from edge_se.registry import NOSE_SUFFIX
+from pipeline import plots
+from pipeline.collect import RunResults, artifact_rows, baseline_rows, bench_rows, load_cells, quant_rows
+
+BASELINE_POLICY = "ptq"
+
+
+@dataclass
+class Section:
+    """One report section: a title, markdown paragraphs/tables, and optional image."""
+
+    title: str
+    body: list[str] = field(default_factory=list)
+    image: Path | None = None
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, (int, float)):
+        return format(v, spec)
+    return str(v)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _local(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], float]:
+    """(model, format, dtype, policy) -> local p50 ms."""
+    return {(r["model"], r["format"], r["dtype"], str(r["policy"])): r["p50_ms"]
+            for r in rows if r.get("device") == "local" and r.get("p50_ms")}
+
+
+def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
+    """Compute every section (and write its PNG into ``out_dir``)."""
+    arts, benches, quants = artifact_rows(res), bench_rows(res), quant_rows(res)
+    local = _local(benches)
+    sections = []
+
+    s = Section("1. Latency against MACs")
+    s.image = plots.latency_vs_macs(benches, out_dir / "latency_vs_macs.png")
+    s.body.append(_table(
+        ["model", "format", "dtype", "policy", "device", "MACs (M)", "p50 ms", "p90 ms", "instr./inference", "unstable"],
+        [[r["model"], r["format"], r["dtype"], str(r["policy"]), r["device"], _fmt((r.get("macs") or 0) / 1e6, ".1f"),
+          _fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else ""), _fmt(r.get("p90_ms")),
+          _fmt(r.get("instructions_per_inference"), ".4g"), _fmt(r.get("unstable"))]
+         for r in sorted(benches, key=lambda r: (r["device"], r["model"], r["format"], r["dtype"]))]))
+    sections.append(s)
+
+    s = Section("2. Accuracy and agreement with float against latency, per quantisation policy")
+    points = [q | {"p50_ms": local.get((q["model"], q["target"], "int8", q["policy"]))} for q in quants]
+    s.image = plots.fidelity_vs_latency(points, out_dir / "fidelity_vs_latency.png")
+    s.body.append(_table(
+        ["model", "target", "policy", "accuracy", "top-1 agreement", "logits SQNR dB", "median / worst image dB",
+         "cosine", "int8 p50 ms"],
+        [[q["model"], q["target"], q["policy"], _fmt(q["accuracy"]), _fmt(q["top1_agreement"]), _fmt(q["sqnr_db"]),
+          f"{_fmt(q['sqnr_db_median'])} / {_fmt(q['sqnr_db_worst'])}", _fmt(q["cosine"], ".4f"), _fmt(q["p50_ms"])]
+         for q in sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))]))
+    sections.append(s)
+
+    s = Section("3. Per-SE-block gate error: plain PTQ against the SE-aware policies")
+    with_gates = [q for q in quants if not q["model"].endswith(NOSE_SUFFIX)]
+    s.image = plots.gate_error(with_gates, BASELINE_POLICY, out_dir / "gate_error.png")
+    for q in with_gates:
+        if q["gate_error"]:
+            worst = min(q["gate_error"], key=lambda g: g.get("sqnr_db") if g.get("sqnr_db") is not None else 1e9)
+            s.body.append(f"- {q['model']} ({q['target']}, {q['policy']}): {len(q['gate_error'])} SE blocks, "
+                          f"worst gate SQNR {_fmt(worst.get('sqnr_db'))} dB at `{worst.get('block')}`")
+    sections.append(s)
+
+    sections.append(_se_cost_section(res, arts, local, out_dir))
+    sections.append(_scaling_section(res, local, out_dir))
+
+    s = Section("6. Every artifact")
+    s.body.append(_table(
+        ["artifact", "size (bytes)", "parity", "delegated share", "sha256"],
+        [[Path(a["artifact"]).name, f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
+          _parity_text(a), _fmt(a.get("delegation_share"), ".1%"), f"`{(a.get('sha256') or '-')[:16]}`"]
+         for a in sorted(arts, key=lambda a: Path(a["artifact"]).name)]))
+    sections.append(s)
+
+    base = baseline_rows(res)
+    s = Section("Desktop PyTorch baselines")
+    s.body.append(_table(["model", "device", "mode", "dtype", "batch", "p50 ms", "note"],
+                         [[b["model"], b["device"], b["mode"], b["dtype"], b["batch"], _fmt(b["p50_ms"]),
+                           b.get("skipped") or (b.get("gpu") or "")] for b in base]))
+    sections.append(s)
+    for sec in sections:
+        if not sec.body or all(line.count("\n") == 1 and line.startswith("|") for line in sec.body):
+            if sec.image is None:
+                sec.body.append("_No measured results for this section in this run._")
+    return sections
+
+
+def _parity_text(a: dict[str, Any]) -> str:
+    p = a.get("parity") or {}
+    bits = []
+    for key in ("max_abs_err", "max_abs", "cosine", "sqnr_db", "top1_agreement"):
+        if isinstance(p.get(key), (int, float)):
+            bits.append(f"{key}={_fmt(p[key], '.3g')}")
+    status = {True: "pass", False: "FAIL", None: "-"}[p.get("passed")]
+    return status + (" (" + ", ".join(bits[:3]) + ")" if bits else "")
+
+
+def _se_cost_section(res: RunResults, arts: list[dict[str, Any]], local: dict[Any, float], out: Path) -> Section:
+    s = Section("4. What SE costs: each model against its no-SE twin")
+    info = {r["model"]: r["accounting"] for r in res.stage("info")}
+    pairs = []
+    for name, acc in sorted(info.items()):
+        twin = info.get(name + NOSE_SUFFIX)
+        if twin is None:
+            continue
+        for fmt, dtype in sorted({(a["format"], a["dtype"]) for a in arts if a["model"] == name}):
+            pol = "-" if dtype == "fp32" else BASELINE_POLICY
+            size = {a["model"]: a.get("size_bytes") for a in arts
+                    if a["format"] == fmt and a["dtype"] == dtype and str(a["policy"]) == pol}
+            se = {"params": acc["params"], "macs": acc["macs"], "size_bytes": size.get(name),
+                  "p50_ms": local.get((name, fmt, dtype, pol))}
+            nose = {"params": twin["params"], "macs": twin["macs"], "size_bytes": size.get(name + NOSE_SUFFIX),
+                    "p50_ms": local.get((name + NOSE_SUFFIX, fmt, dtype, pol))}
+            pairs.append({"label": f"{name}\n{fmt} {dtype}", "se": se, "nose": nose})
+
+            def pct(key: str, se: dict[str, Any] = se, nose: dict[str, Any] = nose) -> str:
+                return f"{100 * (se[key] / nose[key] - 1):+.1f}%" if se.get(key) and nose.get(key) else "n/a"
+
+            s.body.append(f"- **{name}** ({fmt} {dtype}): SE adds {pct('macs')} MACs, {pct('params')} parameters, "
+                          f"{pct('size_bytes')} file size and {pct('p50_ms')} latency here.")
+    s.image = plots.se_cost(pairs, out / "se_cost.png")
+    return s
+
+
+def _scaling_section(res: RunResults, local: dict[Any, float], out: Path) -> Section:
+    s = Section("5. Compound scaling: phi against params, MACs and latency")
+    pts = []
+    for r in res.stage("info"):
+        phi = r.get("phi")
+        m = re.fullmatch(r"efficientnet_b0", r["model"])
+        if phi is None and m is not None:
+            phi = 0.0  # B0 is the phi = 0 point of the scaling rule
+        if phi is None or r["model"].endswith(NOSE_SUFFIX):
+            continue
+        acc = r["accounting"]
+        lat = {f"{fmt} {dt}": ms for (model, fmt, dt, pol), ms in local.items()
+               if model == r["model"] and pol in ("-", BASELINE_POLICY)}
+        pts.append({"phi": phi, "params": acc["params"], "macs": acc["macs"], "resolution": acc["resolution"],
+                    "latency": lat, "model": r["model"]})
+    s.image = plots.compound_scaling(pts, out / "compound_scaling.png")
+    s.body.append(_table(["model", "phi", "resolution", "params", "MACs (M)", "latency p50 ms (local)"],
+                         [[p["model"], _fmt(p["phi"]), p["resolution"], f"{p['params']:,}",
+                           _fmt(p["macs"] / 1e6, ".1f"),
+                           ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-"]
+                          for p in sorted(pts, key=lambda p: p["phi"])]))
+    return s
+
+
+def render_markdown(res: RunResults, sections: list[Section]) -> str:
+    """report.md: images referenced as files beside it."""
+    idx = res.index
+    lines = ["# edge-se report", "",
+             f"Run `{res.run_dir}` from `{idx.get('config', '?')}`, started {idx.get('started', '?')}, "
+             f"{idx.get('seconds', '?')} s of work.", ""]
+    statuses: dict[str, int] = {}
+    for e in idx.get("cells", {}).values():
+        statuses[e.get("status", "?")] = statuses.get(e.get("status", "?"), 0) + 1
+    lines.append("Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + ".")
+    failed = [(cid, e.get("error")) for cid, e in idx.get("cells", {}).items() if e.get("status") == "failed"]
+    for cid, err in failed:
+        lines.append(f"- failed `{cid}`: {err}")
+    for sec in sections:
+        lines += ["", f"## {sec.title}", ""]
+        if sec.image is not None:
+            lines += [f"![{sec.title}]({sec.image.name})", ""]
+        lines += sec.body
+    return "\n".join(lines) + "\n"
+
+
+def _md_table_to_html(block: str) -> str:
+    rows = [r.strip().strip("|").split(" | ") for r in block.strip().splitlines()]
+    head, body = rows[0], rows[2:]
+    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr></thead><tbody>"]
+    for r in body:
+        out.append("<tr>" + "".join(f"<td>{_inline(c.strip())}</td>" for c in r) + "</tr>")
+    return "\n".join(out) + "</tbody></table>"
+
+
+def _inline(text: str) -> str:
+    t = html.escape(text)
+    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
+    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+
+
+def render_html(res: RunResults, sections: list[Section]) -> str:
+    """report.html: one file, every image embedded as a data URI."""
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>edge-se report</title><style>",
+             "body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}",
+             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}",
+             "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{font-size:12px}</style></head><body>",
+             "<h1>edge-se report</h1>",
+             f"<p>Run <code>{html.escape(str(res.run_dir))}</code>, {html.escape(str(res.index.get('seconds', '?')))}"
+             " s of work.</p>"]
+    for sec in sections:
+        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
+        if sec.image is not None:
+            data = base64.b64encode(sec.image.read_bytes()).decode()
+            parts.append(f"<img alt='{html.escape(sec.title)}' src='data:image/png;base64,{data}'>")
+        items = []
+        for block in sec.body:
+            if block.startswith("|"):
+                parts.append(_md_table_to_html(block))
+            elif block.startswith("- "):
+                items.append(f"<li>{_inline(block[2:])}</li>")
+            else:
+                parts.append(f"<p>{_inline(block)}</p>")
+        if items:
+            parts.append("<ul>" + "".join(items) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(run_dir: str | Path) -> dict[str, str]:
+    """Write report.md, report.html and the PNGs into ``run_dir``; return their paths."""
+    res = load_cells(run_dir)
+    out = Path(run_dir)
+    sections = build_sections(res, out)
+    md = write_text(out / "report.md", render_markdown(res, sections))
+    page = write_text(out / "report.html", render_html(res, sections))
+    images = [str(s.image) for s in sections if s.image is not None]
+    return {"markdown": str(md), "html": str(page), "images": ", ".join(images)}

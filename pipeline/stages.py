@@ -1,0 +1,187 @@
+"""Run one cell of a sweep through the stage's own CLI contract, in a subprocess.
+
+Each stage is the ``edge-se`` subcommand a user would type (``train``, ``quantize``, ``export``,
+``bench``, ``bench-torch``): the sweep exercises exactly the contracts users rely on, and a crash in
+one cell (a converter abort, say) cannot take the whole run down. ``info`` is computed in-process.
+Every path a result records is relative to its cell directory, which is renamed into the cache
+when the cell finishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edge_se.accounting import count
+from edge_se.registry import get_spec
+from pipeline.cells import Cell
+from pipeline.config import RunConfig
+from pipeline.store import file_sha256
+
+CELL_TIMEOUT_S = 3600.0  # a whole training run or a QEMU benchmark fits well inside an hour
+_TOOLS = ("torch", "executorch", "torchao", "litert-torch", "ai-edge-litert", "nncf", "edge-se")
+
+
+class StageError(RuntimeError):
+    """A cell failed; the message is one line naming the command and its last error line."""
+
+
+@dataclass(frozen=True)
+class Dep:
+    """A finished dependency: its directory in the cache and its result."""
+
+    dir: Path
+    result: Mapping[str, Any]
+
+
+def tool_versions() -> dict[str, str]:
+    """Installed versions of every tool whose output a cell depends on (part of every cache key)."""
+    out = {}
+    for name in _TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Mapping[str, str]) -> dict[str, Any]:
+    """Everything a cell's output depends on: the cache key is the hash of this."""
+    inputs: dict[str, Any] = {"stage": cell.stage, "model": cell.model, "params": dict(cell.params)}
+    inputs["deps"] = {i: d.result.get("output_sha256") or d.result.get("key") for i, d in sorted(deps.items())}
+    if cell.stage in ("train", "quantize", "export"):
+        inputs |= {"data": cfg.data_source, "calib_size": cfg.calib_size, "seed": cfg.seed, "engine": cfg.engine}
+        inputs["resolution"] = cell.meta["resolution"]
+    if cell.stage in ("bench", "baseline"):
+        inputs |= {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup,
+                   "repeats": cfg.bench_repeats, "min_seconds": cfg.bench_min_seconds,
+                   "resolution": cell.meta["resolution"]}
+    if cell.stage != "info":
+        inputs["versions"] = dict(versions)
+    return inputs
+
+
+def _cli(args: Sequence[str], workdir: Path, *, timeout: float = CELL_TIMEOUT_S) -> list[dict[str, Any]]:
+    """Run ``edge-se ARGS`` with logs to ``workdir/log.txt``; return the JSON lines it printed."""
+    cmd = [sys.executable, "-m", "edge_se.cli", *args]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(workdir / "log.txt", "ab") as log:
+        log.write(("$ edge-se " + " ".join(args) + "\n").encode())
+        log.flush()
+        try:
+            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=log, timeout=timeout, env=env, check=False)
+        except subprocess.TimeoutExpired:
+            raise StageError(f"edge-se {args[0]} timed out after {timeout:.0f} s") from None
+        log.write(proc.stdout)
+    if proc.returncode != 0:
+        lines = (workdir / "log.txt").read_text(errors="replace").strip().splitlines()
+        errors = [ln for ln in lines if "error" in ln.lower()] or lines or ["(no output)"]
+        raise StageError(f"edge-se {args[0]} exited {proc.returncode}: {errors[-1][:400]}")
+    records = []
+    for line in proc.stdout.decode(errors="replace").splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def _weights_arg(deps: Mapping[str, Dep], cell: Cell) -> list[str]:
+    for dep_id, dep in deps.items():
+        if dep_id.startswith("train/"):
+            return ["--weights", str(dep.dir / dep.result["weights"])]
+    return []
+
+
+def _relative(path: str | Path, workdir: Path) -> str:
+    p = Path(path)
+    return str(p.resolve().relative_to(workdir.resolve())) if p.is_absolute() else str(p)
+
+
+def run_cell(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    """Compute one cell into ``workdir``; return its result (JSON-ready)."""
+    t0 = time.perf_counter()
+    result = _STAGES[cell.stage](cell, cfg, deps, workdir)
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    result |= {"stage": cell.stage, "model": cell.model, "params": dict(cell.params), "meta": cell.meta}
+    return result
+
+
+def _info(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    spec = get_spec(cell.model)
+    acc = count(spec, int(cell.param("resolution")))  # type: ignore[call-overload]
+    return {"accounting": acc.summary(), "phi": spec.phi, "family": spec.family, "width": spec.width,
+            "depth": spec.depth}
+
+
+def _train(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    out = workdir / "weights.pt"
+    recs = _cli(["train", cell.model, "--data", cfg.data_source, "--epochs", str(cell.param("epochs")),
+                 "--resolution", str(cell.param("resolution")), "--seed", str(cfg.seed), "--out", str(out)], workdir)
+    if not out.is_file():
+        raise StageError(f"edge-se train printed success but wrote no {out.name}")
+    return {"weights": out.name, "output_sha256": file_sha256(out), "train": recs[-1] if recs else {}}
+
+
+def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    out = workdir / "quantized.pt2"
+    recs = _cli(["quantize", cell.model, "--policy", str(cell.param("policy")), "--engine", cfg.engine,
+                 "--target", str(cell.param("target")), "--calib", cfg.data_source,
+                 "--calib-size", str(cfg.calib_size), "--resolution", str(cell.meta["resolution"]),
+                 "--seed", str(cfg.seed), "--out", str(out), *_weights_arg(deps, cell)], workdir)
+    if not recs:
+        raise StageError("edge-se quantize printed no metrics line")
+    metrics = recs[-1]
+    return {"metrics": metrics, "output_sha256": file_sha256(out) if out.is_file() else None}
+
+
+def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    args = ["export", cell.model, "--format", str(cell.param("format")), "--dtype", str(cell.param("dtype")),
+            "--out", str(workdir), "--resolution", str(cell.meta["resolution"]), "--calib", cfg.data_source,
+            "--seed", str(cfg.seed), *_weights_arg(deps, cell)]
+    if cell.param("dtype") == "int8":
+        args += ["--policy", str(cell.param("policy")), "--engine", cfg.engine]
+    recs = _cli(args, workdir)
+    if len(recs) != 1:
+        raise StageError(f"edge-se export printed {len(recs)} artifact lines, expected 1")
+    rec = recs[0]
+    artifact = _relative(rec["path"], workdir)
+    manifest = _relative(rec["manifest"], workdir)
+    return {"artifact": artifact, "manifest_file": manifest, "export": rec,
+            "manifest": json.loads((workdir / manifest).read_text()),
+            "output_sha256": file_sha256(workdir / artifact)}
+
+
+def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    (dep,) = deps.values()
+    artifact = dep.dir / dep.result["artifact"]
+    out = workdir / "bench.jsonl"
+    _cli(["bench", str(artifact), "--device", str(cell.param("device")), "--runs", str(cfg.bench_runs),
+          "--warmup", str(cfg.bench_warmup), "--threads", str(cfg.threads), "--repeats", str(cfg.bench_repeats),
+          "--min-seconds", str(cfg.bench_min_seconds), "--out", str(out)], workdir)
+    lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
+    if not lines:
+        raise StageError("edge-se bench wrote no result line")
+    return {"bench": lines[-1]}
+
+
+def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    out = workdir / "baseline.jsonl"
+    _cli(["bench-torch", cell.model, "--device", str(cell.param("device")),
+          "--resolution", str(cell.meta["resolution"]), "--out", str(out)], workdir)
+    lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
+    return {"baseline": lines}
+
+
+_STAGES = {"info": _info, "train": _train, "quantize": _quantize, "export": _export, "bench": _bench,
+           "baseline": _baseline}
