@@ -74,12 +74,26 @@ def plan_cells(cfg: RunConfig) -> list[Cell]:
             exports: list[Cell] = []
             for fmt in cfg.formats:
                 if "fp32" in cfg.dtypes:
-                    exports.append(Cell("export", name, (("format", fmt), ("dtype", "fp32"), ("policy", "-")),
-                                        weight_deps, meta=common))
+                    exports.append(
+                        Cell(
+                            "export",
+                            name,
+                            (("format", fmt), ("dtype", "fp32"), ("policy", "-")),
+                            weight_deps,
+                            meta=common,
+                        )
+                    )
                 if int8:
                     for policy in policies:
-                        exports.append(Cell("export", name, (("format", fmt), ("dtype", "int8"), ("policy", policy)),
-                                            weight_deps, meta=common))
+                        exports.append(
+                            Cell(
+                                "export",
+                                name,
+                                (("format", fmt), ("dtype", "int8"), ("policy", policy)),
+                                weight_deps,
+                                meta=common,
+                            )
+                        )
             cells += exports
             for exp in exports:
                 for device in cfg.devices:

@@ -13,8 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("run", help="run a sweep from a TOML config (cached, resumable)", formatter_class=fmt)
     p.add_argument("config", help="sweep config (TOML); see pipeline/config.py and configs/demo.toml")
     p.add_argument("--out", default=None, help="run directory (default: runs/<config name>)")
-    p.add_argument("--report", action=argparse.BooleanOptionalAction, default=True,
-                   help="write the report when the sweep ends")
+    p.add_argument(
+        "--report", action=argparse.BooleanOptionalAction, default=True, help="write the report when the sweep ends"
+    )
     p.set_defaults(func=run_run)
     p = sub.add_parser("report", help="write report.md and report.html for a run directory", formatter_class=fmt)
     p.add_argument("run_dir", help="a directory written by `edge-se run`")
@@ -29,9 +30,11 @@ def run_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    print(f"edge-se run: {args.config} -> {out} ({len(cfg.models)} model(s), formats {','.join(cfg.formats)}, "
-          f"dtypes {','.join(cfg.dtypes)}, policies {','.join(cfg.policies)}, devices {','.join(cfg.devices)})",
-          flush=True)
+    print(
+        f"edge-se run: {args.config} -> {out} ({len(cfg.models)} model(s), formats {','.join(cfg.formats)}, "
+        f"dtypes {','.join(cfg.dtypes)}, policies {','.join(cfg.policies)}, devices {','.join(cfg.devices)})",
+        flush=True,
+    )
     summary = run_sweep(cfg, out)
     print(format_summary(out))
     if args.report:

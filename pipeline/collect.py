@@ -76,24 +76,26 @@ def artifact_rows(res: RunResults) -> list[dict[str, Any]]:
         m = r.get("manifest", {})
         parity = m.get("parity") or r.get("export", {}).get("parity") or {}
         acc = info.get(r["model"], {})
-        rows.append({
-            "id": r["id"],
-            "model": r["model"],
-            "base": r.get("meta", {}).get("base", r["model"]),
-            "twin": bool(r.get("meta", {}).get("twin")),
-            "format": _p(r, "format"),
-            "dtype": _p(r, "dtype"),
-            "policy": _p(r, "policy"),
-            "resolution": m.get("resolution", r.get("meta", {}).get("resolution")),
-            "size_bytes": m.get("size_bytes"),
-            "sha256": m.get("sha256"),
-            "parity_passed": parity.get("passed"),
-            "parity": parity,
-            "delegation_share": delegation_share(m),
-            "params": m.get("params", acc.get("params")),
-            "macs": m.get("macs", acc.get("macs")),
-            "artifact": str(Path(r["dir"]) / r["artifact"]),
-        })
+        rows.append(
+            {
+                "id": r["id"],
+                "model": r["model"],
+                "base": r.get("meta", {}).get("base", r["model"]),
+                "twin": bool(r.get("meta", {}).get("twin")),
+                "format": _p(r, "format"),
+                "dtype": _p(r, "dtype"),
+                "policy": _p(r, "policy"),
+                "resolution": m.get("resolution", r.get("meta", {}).get("resolution")),
+                "size_bytes": m.get("size_bytes"),
+                "sha256": m.get("sha256"),
+                "parity_passed": parity.get("passed"),
+                "parity": parity,
+                "delegation_share": delegation_share(m),
+                "params": m.get("params", acc.get("params")),
+                "macs": m.get("macs", acc.get("macs")),
+                "artifact": str(Path(r["dir"]) / r["artifact"]),
+            }
+        )
     return rows
 
 
@@ -106,16 +108,19 @@ def bench_rows(res: RunResults) -> list[dict[str, Any]]:
         export_id = "/".join(["export", r["model"], _p(r, "format"), _p(r, "dtype"), str(_p(r, "policy"))])
         art = by_export.get(export_id, {})
         lat = b.get("latency_ms") or {}
-        rows.append(art | {
-            "device": _p(r, "device"),
-            "emulated": bool(b.get("emulated")),
-            "p50_ms": lat.get("p50"),
-            "p90_ms": lat.get("p90"),
-            "min_ms": lat.get("min"),
-            "unstable": b.get("unstable"),
-            "instructions_per_inference": b.get("instructions_per_inference"),
-            "threads": b.get("threads"),
-        })
+        rows.append(
+            art
+            | {
+                "device": _p(r, "device"),
+                "emulated": bool(b.get("emulated")),
+                "p50_ms": lat.get("p50"),
+                "p90_ms": lat.get("p90"),
+                "min_ms": lat.get("min"),
+                "unstable": b.get("unstable"),
+                "instructions_per_inference": b.get("instructions_per_inference"),
+                "threads": b.get("threads"),
+            }
+        )
     return rows
 
 
@@ -124,19 +129,21 @@ def quant_rows(res: RunResults) -> list[dict[str, Any]]:
     rows = []
     for r in res.stage("quantize"):
         m = r.get("metrics", {})
-        rows.append({
-            "model": r["model"],
-            "target": _p(r, "target"),
-            "policy": _p(r, "policy"),
-            "top1_agreement": m.get("top1_agreement"),
-            "accuracy": m.get("accuracy"),
-            "float_accuracy": m.get("float_accuracy"),
-            "cosine": m.get("cosine"),
-            "sqnr_db": m.get("sqnr_db"),
-            "sqnr_db_median": m.get("sqnr_db_median"),
-            "sqnr_db_worst": m.get("sqnr_db_worst"),
-            "gate_error": m.get("gate_error") or [],
-        })
+        rows.append(
+            {
+                "model": r["model"],
+                "target": _p(r, "target"),
+                "policy": _p(r, "policy"),
+                "top1_agreement": m.get("top1_agreement"),
+                "accuracy": m.get("accuracy"),
+                "float_accuracy": m.get("float_accuracy"),
+                "cosine": m.get("cosine"),
+                "sqnr_db": m.get("sqnr_db"),
+                "sqnr_db_median": m.get("sqnr_db_median"),
+                "sqnr_db_worst": m.get("sqnr_db_worst"),
+                "gate_error": m.get("gate_error") or [],
+            }
+        )
     return rows
 
 
@@ -146,16 +153,18 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
     for r in res.stage("baseline"):
         for line in r.get("baseline", []):
             lat = line.get("latency_ms") or {}
-            rows.append({
-                "model": r["model"],
-                "device": line.get("device", _p(r, "device")),
-                "dtype": line.get("dtype"),
-                "batch": line.get("batch"),
-                "mode": line.get("mode") or line.get("runtime"),
-                "p50_ms": lat.get("p50"),
-                "skipped": line.get("skipped"),
-                "gpu": line.get("gpu_name"),
-            })
+            rows.append(
+                {
+                    "model": r["model"],
+                    "device": line.get("device", _p(r, "device")),
+                    "dtype": line.get("dtype"),
+                    "batch": line.get("batch"),
+                    "mode": line.get("mode") or line.get("runtime"),
+                    "p50_ms": lat.get("p50"),
+                    "skipped": line.get("skipped"),
+                    "gpu": line.get("gpu_name"),
+                }
+            )
     return rows
 
 

@@ -41,15 +41,31 @@ def latency_vs_macs(rows: list[dict[str, Any]], path: Path) -> Path | None:
     if not real and not emu:
         return None
     plt = _plt()
-    panels = [p for p in ((real, "p50_ms", "latency p50 (ms)"),
-                          (emu, "instructions_per_inference", "instructions / inference (emulated aarch64)")) if p[0]]
+    panels = [
+        p
+        for p in (
+            (real, "p50_ms", "latency p50 (ms)"),
+            (emu, "instructions_per_inference", "instructions / inference (emulated aarch64)"),
+        )
+        if p[0]
+    ]
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), squeeze=False)
     for ax, (data, key, ylabel) in zip(axes[0], panels, strict=True):
         for r in data:
-            ax.scatter(r["macs"] / 1e6, r[key], marker=_MARKERS.get(r["format"], "x"),
-                       color=_COLORS.get(r["dtype"], "gray"), s=45)
-            ax.annotate(_short(r) + ("" if key != "p50_ms" else f" [{r['device']}]"), (r["macs"] / 1e6, r[key]),
-                        fontsize=6, xytext=(3, 3), textcoords="offset points")
+            ax.scatter(
+                r["macs"] / 1e6,
+                r[key],
+                marker=_MARKERS.get(r["format"], "x"),
+                color=_COLORS.get(r["dtype"], "gray"),
+                s=45,
+            )
+            ax.annotate(
+                _short(r) + ("" if key != "p50_ms" else f" [{r['device']}]"),
+                (r["macs"] / 1e6, r[key]),
+                fontsize=6,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
         ax.set_xlabel("MACs per image (millions)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
@@ -67,8 +83,10 @@ def fidelity_vs_latency(points: list[dict[str, Any]], path: Path) -> Path | None
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for ax, key, label in ((axes[0], "sqnr_db", "logits SQNR vs float (dB)"),
-                           (axes[1], "top1_agreement", "top-1 agreement with float (%)")):
+    for ax, key, label in (
+        (axes[0], "sqnr_db", "logits SQNR vs float (dB)"),
+        (axes[1], "top1_agreement", "top-1 agreement with float (%)"),
+    ):
         groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for p in pts:
             groups[f"{p['model']} {p['target']}"].append(p)
@@ -98,11 +116,19 @@ def gate_error(rows: list[dict[str, Any]], baseline: str, path: Path) -> Path | 
     panels = sorted({(r["model"], r["target"]) for r in data})
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
     for ax, (model, target) in zip(axes[0], panels, strict=True):
-        for r in sorted((r for r in data if (r["model"], r["target"]) == (model, target)),
-                        key=lambda r: (r["policy"] != baseline, r["policy"])):
+        for r in sorted(
+            (r for r in data if (r["model"], r["target"]) == (model, target)),
+            key=lambda r: (r["policy"] != baseline, r["policy"]),
+        ):
             ys = [g.get("sqnr_db") for g in r["gate_error"]]
-            ax.plot(range(len(ys)), ys, marker="o", lw=2 if r["policy"] == baseline else 1.5,
-                    ls="--" if r["policy"] == baseline else "-", label=r["policy"])
+            ax.plot(
+                range(len(ys)),
+                ys,
+                marker="o",
+                lw=2 if r["policy"] == baseline else 1.5,
+                ls="--" if r["policy"] == baseline else "-",
+                label=r["policy"],
+            )
         ax.set_title(f"{model} ({target})", fontsize=10)
         ax.set_xlabel("SE block (forward order)")
         ax.set_ylabel("gate SQNR, int8 vs float (dB)")
@@ -121,8 +147,9 @@ def se_cost(pairs: list[dict[str, Any]], path: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(pairs) + 3), 4.8))
     width = 0.8 / len(metrics)
     for j, (key, label) in enumerate(metrics):
-        vals = [100 * (p["se"][key] / p["nose"][key] - 1) if p["se"].get(key) and p["nose"].get(key) else 0.0
-                for p in pairs]
+        vals = [
+            100 * (p["se"][key] / p["nose"][key] - 1) if p["se"].get(key) and p["nose"].get(key) else 0.0 for p in pairs
+        ]
         bars = ax.bar([i + j * width for i in range(len(pairs))], vals, width, label=label)
         ax.bar_label(bars, fmt="%+.1f%%", fontsize=7)
     ax.set_xticks([i + 1.5 * width for i in range(len(pairs))], [p["label"] for p in pairs], fontsize=8)

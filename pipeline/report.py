@@ -50,8 +50,11 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def _local(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], float]:
     """(model, format, dtype, policy) -> local p50 ms."""
-    return {(r["model"], r["format"], r["dtype"], str(r["policy"])): r["p50_ms"]
-            for r in rows if r.get("device") == "local" and r.get("p50_ms")}
+    return {
+        (r["model"], r["format"], r["dtype"], str(r["policy"])): r["p50_ms"]
+        for r in rows
+        if r.get("device") == "local" and r.get("p50_ms")
+    }
 
 
 def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
@@ -62,23 +65,71 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
 
     s = Section("1. Latency against MACs")
     s.image = plots.latency_vs_macs(benches, out_dir / "latency_vs_macs.png")
-    s.body.append(_table(
-        ["model", "format", "dtype", "policy", "device", "MACs (M)", "p50 ms", "p90 ms", "instr./inference", "unstable"],
-        [[r["model"], r["format"], r["dtype"], str(r["policy"]), r["device"], _fmt((r.get("macs") or 0) / 1e6, ".1f"),
-          _fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else ""), _fmt(r.get("p90_ms")),
-          _fmt(r.get("instructions_per_inference"), ".4g"), _fmt(r.get("unstable"))]
-         for r in sorted(benches, key=lambda r: (r["device"], r["model"], r["format"], r["dtype"]))]))
+    s.body.append(
+        _table(
+            [
+                "model",
+                "format",
+                "dtype",
+                "policy",
+                "device",
+                "MACs (M)",
+                "p50 ms",
+                "p90 ms",
+                "instr./inference",
+                "unstable",
+            ],
+            [
+                [
+                    r["model"],
+                    r["format"],
+                    r["dtype"],
+                    str(r["policy"]),
+                    r["device"],
+                    _fmt((r.get("macs") or 0) / 1e6, ".1f"),
+                    _fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else ""),
+                    _fmt(r.get("p90_ms")),
+                    _fmt(r.get("instructions_per_inference"), ".4g"),
+                    _fmt(r.get("unstable")),
+                ]
+                for r in sorted(benches, key=lambda r: (r["device"], r["model"], r["format"], r["dtype"]))
+            ],
+        )
+    )
     sections.append(s)
 
     s = Section("2. Accuracy and agreement with float against latency, per quantisation policy")
     points = [q | {"p50_ms": local.get((q["model"], q["target"], "int8", q["policy"]))} for q in quants]
     s.image = plots.fidelity_vs_latency(points, out_dir / "fidelity_vs_latency.png")
-    s.body.append(_table(
-        ["model", "target", "policy", "accuracy", "top-1 agreement", "logits SQNR dB", "median / worst image dB",
-         "cosine", "int8 p50 ms"],
-        [[q["model"], q["target"], q["policy"], _fmt(q["accuracy"]), _fmt(q["top1_agreement"]), _fmt(q["sqnr_db"]),
-          f"{_fmt(q['sqnr_db_median'])} / {_fmt(q['sqnr_db_worst'])}", _fmt(q["cosine"], ".4f"), _fmt(q["p50_ms"])]
-         for q in sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))]))
+    s.body.append(
+        _table(
+            [
+                "model",
+                "target",
+                "policy",
+                "accuracy",
+                "top-1 agreement",
+                "logits SQNR dB",
+                "median / worst image dB",
+                "cosine",
+                "int8 p50 ms",
+            ],
+            [
+                [
+                    q["model"],
+                    q["target"],
+                    q["policy"],
+                    _fmt(q["accuracy"]),
+                    _fmt(q["top1_agreement"]),
+                    _fmt(q["sqnr_db"]),
+                    f"{_fmt(q['sqnr_db_median'])} / {_fmt(q['sqnr_db_worst'])}",
+                    _fmt(q["cosine"], ".4f"),
+                    _fmt(q["p50_ms"]),
+                ]
+                for q in sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))
+            ],
+        )
+    )
     sections.append(s)
 
     s = Section("3. Per-SE-block gate error: plain PTQ against the SE-aware policies")
@@ -87,26 +138,52 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
     for q in with_gates:
         if q["gate_error"]:
             worst = min(q["gate_error"], key=lambda g: g.get("sqnr_db") if g.get("sqnr_db") is not None else 1e9)
-            s.body.append(f"- {q['model']} ({q['target']}, {q['policy']}): {len(q['gate_error'])} SE blocks, "
-                          f"worst gate SQNR {_fmt(worst.get('sqnr_db'))} dB at `{worst.get('block')}`")
+            s.body.append(
+                f"- {q['model']} ({q['target']}, {q['policy']}): {len(q['gate_error'])} SE blocks, "
+                f"worst gate SQNR {_fmt(worst.get('sqnr_db'))} dB at `{worst.get('block')}`"
+            )
     sections.append(s)
 
     sections.append(_se_cost_section(res, arts, local, out_dir))
     sections.append(_scaling_section(res, local, out_dir))
 
     s = Section("6. Every artifact")
-    s.body.append(_table(
-        ["artifact", "size (bytes)", "parity", "delegated share", "sha256"],
-        [[Path(a["artifact"]).name, f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
-          _parity_text(a), _fmt(a.get("delegation_share"), ".1%"), f"`{(a.get('sha256') or '-')[:16]}`"]
-         for a in sorted(arts, key=lambda a: Path(a["artifact"]).name)]))
+    s.body.append(
+        _table(
+            ["artifact", "size (bytes)", "parity", "delegated share", "sha256"],
+            [
+                [
+                    Path(a["artifact"]).name,
+                    f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
+                    _parity_text(a),
+                    _fmt(a.get("delegation_share"), ".1%"),
+                    f"`{(a.get('sha256') or '-')[:16]}`",
+                ]
+                for a in sorted(arts, key=lambda a: Path(a["artifact"]).name)
+            ],
+        )
+    )
     sections.append(s)
 
     base = baseline_rows(res)
     s = Section("Desktop PyTorch baselines")
-    s.body.append(_table(["model", "device", "mode", "dtype", "batch", "p50 ms", "note"],
-                         [[b["model"], b["device"], b["mode"], b["dtype"], b["batch"], _fmt(b["p50_ms"]),
-                           b.get("skipped") or (b.get("gpu") or "")] for b in base]))
+    s.body.append(
+        _table(
+            ["model", "device", "mode", "dtype", "batch", "p50 ms", "note"],
+            [
+                [
+                    b["model"],
+                    b["device"],
+                    b["mode"],
+                    b["dtype"],
+                    b["batch"],
+                    _fmt(b["p50_ms"]),
+                    b.get("skipped") or (b.get("gpu") or ""),
+                ]
+                for b in base
+            ],
+        )
+    )
     sections.append(s)
     for sec in sections:
         if not sec.body or all(line.count("\n") == 1 and line.startswith("|") for line in sec.body):
@@ -135,19 +212,32 @@ def _se_cost_section(res: RunResults, arts: list[dict[str, Any]], local: dict[An
             continue
         for fmt, dtype in sorted({(a["format"], a["dtype"]) for a in arts if a["model"] == name}):
             pol = "-" if dtype == "fp32" else BASELINE_POLICY
-            size = {a["model"]: a.get("size_bytes") for a in arts
-                    if a["format"] == fmt and a["dtype"] == dtype and str(a["policy"]) == pol}
-            se = {"params": acc["params"], "macs": acc["macs"], "size_bytes": size.get(name),
-                  "p50_ms": local.get((name, fmt, dtype, pol))}
-            nose = {"params": twin["params"], "macs": twin["macs"], "size_bytes": size.get(name + NOSE_SUFFIX),
-                    "p50_ms": local.get((name + NOSE_SUFFIX, fmt, dtype, pol))}
+            size = {
+                a["model"]: a.get("size_bytes")
+                for a in arts
+                if a["format"] == fmt and a["dtype"] == dtype and str(a["policy"]) == pol
+            }
+            se = {
+                "params": acc["params"],
+                "macs": acc["macs"],
+                "size_bytes": size.get(name),
+                "p50_ms": local.get((name, fmt, dtype, pol)),
+            }
+            nose = {
+                "params": twin["params"],
+                "macs": twin["macs"],
+                "size_bytes": size.get(name + NOSE_SUFFIX),
+                "p50_ms": local.get((name + NOSE_SUFFIX, fmt, dtype, pol)),
+            }
             pairs.append({"label": f"{name}\n{fmt} {dtype}", "se": se, "nose": nose})
 
             def pct(key: str, se: dict[str, Any] = se, nose: dict[str, Any] = nose) -> str:
                 return f"{100 * (se[key] / nose[key] - 1):+.1f}%" if se.get(key) and nose.get(key) else "n/a"
 
-            s.body.append(f"- **{name}** ({fmt} {dtype}): SE adds {pct('macs')} MACs, {pct('params')} parameters, "
-                          f"{pct('size_bytes')} file size and {pct('p50_ms')} latency here.")
+            s.body.append(
+                f"- **{name}** ({fmt} {dtype}): SE adds {pct('macs')} MACs, {pct('params')} parameters, "
+                f"{pct('size_bytes')} file size and {pct('p50_ms')} latency here."
+            )
     s.image = plots.se_cost(pairs, out / "se_cost.png")
     return s
 
@@ -163,25 +253,51 @@ def _scaling_section(res: RunResults, local: dict[Any, float], out: Path) -> Sec
         if phi is None or r["model"].endswith(NOSE_SUFFIX):
             continue
         acc = r["accounting"]
-        lat = {f"{fmt} {dt}": ms for (model, fmt, dt, pol), ms in local.items()
-               if model == r["model"] and pol in ("-", BASELINE_POLICY)}
-        pts.append({"phi": phi, "params": acc["params"], "macs": acc["macs"], "resolution": acc["resolution"],
-                    "latency": lat, "model": r["model"]})
+        lat = {
+            f"{fmt} {dt}": ms
+            for (model, fmt, dt, pol), ms in local.items()
+            if model == r["model"] and pol in ("-", BASELINE_POLICY)
+        }
+        pts.append(
+            {
+                "phi": phi,
+                "params": acc["params"],
+                "macs": acc["macs"],
+                "resolution": acc["resolution"],
+                "latency": lat,
+                "model": r["model"],
+            }
+        )
     s.image = plots.compound_scaling(pts, out / "compound_scaling.png")
-    s.body.append(_table(["model", "phi", "resolution", "params", "MACs (M)", "latency p50 ms (local)"],
-                         [[p["model"], _fmt(p["phi"]), p["resolution"], f"{p['params']:,}",
-                           _fmt(p["macs"] / 1e6, ".1f"),
-                           ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-"]
-                          for p in sorted(pts, key=lambda p: p["phi"])]))
+    s.body.append(
+        _table(
+            ["model", "phi", "resolution", "params", "MACs (M)", "latency p50 ms (local)"],
+            [
+                [
+                    p["model"],
+                    _fmt(p["phi"]),
+                    p["resolution"],
+                    f"{p['params']:,}",
+                    _fmt(p["macs"] / 1e6, ".1f"),
+                    ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-",
+                ]
+                for p in sorted(pts, key=lambda p: p["phi"])
+            ],
+        )
+    )
     return s
 
 
 def render_markdown(res: RunResults, sections: list[Section]) -> str:
     """report.md: images referenced as files beside it."""
     idx = res.index
-    lines = ["# edge-se report", "",
-             f"Run `{res.run_dir}` from `{idx.get('config', '?')}`, started {idx.get('started', '?')}, "
-             f"{idx.get('seconds', '?')} s of work.", ""]
+    lines = [
+        "# edge-se report",
+        "",
+        f"Run `{res.run_dir}` from `{idx.get('config', '?')}`, started {idx.get('started', '?')}, "
+        f"{idx.get('seconds', '?')} s of work.",
+        "",
+    ]
     statuses: dict[str, int] = {}
     for e in idx.get("cells", {}).values():
         statuses[e.get("status", "?")] = statuses.get(e.get("status", "?"), 0) + 1
@@ -214,13 +330,15 @@ def _inline(text: str) -> str:
 
 def render_html(res: RunResults, sections: list[Section]) -> str:
     """report.html: one file, every image embedded as a data URI."""
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>edge-se report</title><style>",
-             "body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}",
-             "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}",
-             "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{font-size:12px}</style></head><body>",
-             "<h1>edge-se report</h1>",
-             f"<p>Run <code>{html.escape(str(res.run_dir))}</code>, {html.escape(str(res.index.get('seconds', '?')))}"
-             " s of work.</p>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>edge-se report</title><style>",
+        "body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}",
+        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}",
+        "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{font-size:12px}</style></head><body>",
+        "<h1>edge-se report</h1>",
+        f"<p>Run <code>{html.escape(str(res.run_dir))}</code>, {html.escape(str(res.index.get('seconds', '?')))}"
+        " s of work.</p>",
+    ]
     for sec in sections:
         parts.append(f"<h2>{html.escape(sec.title)}</h2>")
         if sec.image is not None:

@@ -61,9 +61,14 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
         inputs |= {"data": cfg.data_source, "calib_size": cfg.calib_size, "seed": cfg.seed, "engine": cfg.engine}
         inputs["resolution"] = cell.meta["resolution"]
     if cell.stage in ("bench", "baseline"):
-        inputs |= {"threads": cfg.threads, "runs": cfg.bench_runs, "warmup": cfg.bench_warmup,
-                   "repeats": cfg.bench_repeats, "min_seconds": cfg.bench_min_seconds,
-                   "resolution": cell.meta["resolution"]}
+        inputs |= {
+            "threads": cfg.threads,
+            "runs": cfg.bench_runs,
+            "warmup": cfg.bench_warmup,
+            "repeats": cfg.bench_repeats,
+            "min_seconds": cfg.bench_min_seconds,
+            "resolution": cell.meta["resolution"],
+        }
     if cell.stage != "info":
         inputs["versions"] = dict(versions)
     return inputs
@@ -120,14 +125,34 @@ def run_cell(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path)
 def _info(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     spec = get_spec(cell.model)
     acc = count(spec, int(cell.param("resolution")))  # type: ignore[call-overload]
-    return {"accounting": acc.summary(), "phi": spec.phi, "family": spec.family, "width": spec.width,
-            "depth": spec.depth}
+    return {
+        "accounting": acc.summary(),
+        "phi": spec.phi,
+        "family": spec.family,
+        "width": spec.width,
+        "depth": spec.depth,
+    }
 
 
 def _train(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     out = workdir / "weights.pt"
-    recs = _cli(["train", cell.model, "--data", cfg.data_source, "--epochs", str(cell.param("epochs")),
-                 "--resolution", str(cell.param("resolution")), "--seed", str(cfg.seed), "--out", str(out)], workdir)
+    recs = _cli(
+        [
+            "train",
+            cell.model,
+            "--data",
+            cfg.data_source,
+            "--epochs",
+            str(cell.param("epochs")),
+            "--resolution",
+            str(cell.param("resolution")),
+            "--seed",
+            str(cfg.seed),
+            "--out",
+            str(out),
+        ],
+        workdir,
+    )
     if not out.is_file():
         raise StageError(f"edge-se train printed success but wrote no {out.name}")
     return {"weights": out.name, "output_sha256": file_sha256(out), "train": recs[-1] if recs else {}}
@@ -135,10 +160,30 @@ def _train(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
 
 def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     out = workdir / "quantized.pt2"
-    recs = _cli(["quantize", cell.model, "--policy", str(cell.param("policy")), "--engine", cfg.engine,
-                 "--target", str(cell.param("target")), "--calib", cfg.data_source,
-                 "--calib-size", str(cfg.calib_size), "--resolution", str(cell.meta["resolution"]),
-                 "--seed", str(cfg.seed), "--out", str(out), *_weights_arg(deps, cell)], workdir)
+    recs = _cli(
+        [
+            "quantize",
+            cell.model,
+            "--policy",
+            str(cell.param("policy")),
+            "--engine",
+            cfg.engine,
+            "--target",
+            str(cell.param("target")),
+            "--calib",
+            cfg.data_source,
+            "--calib-size",
+            str(cfg.calib_size),
+            "--resolution",
+            str(cell.meta["resolution"]),
+            "--seed",
+            str(cfg.seed),
+            "--out",
+            str(out),
+            *_weights_arg(deps, cell),
+        ],
+        workdir,
+    )
     if not recs:
         raise StageError("edge-se quantize printed no metrics line")
     metrics = recs[-1]
@@ -146,9 +191,23 @@ def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
 
 
 def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
-    args = ["export", cell.model, "--format", str(cell.param("format")), "--dtype", str(cell.param("dtype")),
-            "--out", str(workdir), "--resolution", str(cell.meta["resolution"]), "--calib", cfg.data_source,
-            "--seed", str(cfg.seed), *_weights_arg(deps, cell)]
+    args = [
+        "export",
+        cell.model,
+        "--format",
+        str(cell.param("format")),
+        "--dtype",
+        str(cell.param("dtype")),
+        "--out",
+        str(workdir),
+        "--resolution",
+        str(cell.meta["resolution"]),
+        "--calib",
+        cfg.data_source,
+        "--seed",
+        str(cfg.seed),
+        *_weights_arg(deps, cell),
+    ]
     if cell.param("dtype") == "int8":
         args += ["--policy", str(cell.param("policy")), "--engine", cfg.engine]
     recs = _cli(args, workdir)
@@ -157,18 +216,40 @@ def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) 
     rec = recs[0]
     artifact = _relative(rec["path"], workdir)
     manifest = _relative(rec["manifest"], workdir)
-    return {"artifact": artifact, "manifest_file": manifest, "export": rec,
-            "manifest": json.loads((workdir / manifest).read_text()),
-            "output_sha256": file_sha256(workdir / artifact)}
+    return {
+        "artifact": artifact,
+        "manifest_file": manifest,
+        "export": rec,
+        "manifest": json.loads((workdir / manifest).read_text()),
+        "output_sha256": file_sha256(workdir / artifact),
+    }
 
 
 def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     (dep,) = deps.values()
     artifact = dep.dir / dep.result["artifact"]
     out = workdir / "bench.jsonl"
-    _cli(["bench", str(artifact), "--device", str(cell.param("device")), "--runs", str(cfg.bench_runs),
-          "--warmup", str(cfg.bench_warmup), "--threads", str(cfg.threads), "--repeats", str(cfg.bench_repeats),
-          "--min-seconds", str(cfg.bench_min_seconds), "--out", str(out)], workdir)
+    _cli(
+        [
+            "bench",
+            str(artifact),
+            "--device",
+            str(cell.param("device")),
+            "--runs",
+            str(cfg.bench_runs),
+            "--warmup",
+            str(cfg.bench_warmup),
+            "--threads",
+            str(cfg.threads),
+            "--repeats",
+            str(cfg.bench_repeats),
+            "--min-seconds",
+            str(cfg.bench_min_seconds),
+            "--out",
+            str(out),
+        ],
+        workdir,
+    )
     lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
     if not lines:
         raise StageError("edge-se bench wrote no result line")
@@ -177,11 +258,28 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
 
 def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     out = workdir / "baseline.jsonl"
-    _cli(["bench-torch", cell.model, "--device", str(cell.param("device")),
-          "--resolution", str(cell.meta["resolution"]), "--out", str(out)], workdir)
+    _cli(
+        [
+            "bench-torch",
+            cell.model,
+            "--device",
+            str(cell.param("device")),
+            "--resolution",
+            str(cell.meta["resolution"]),
+            "--out",
+            str(out),
+        ],
+        workdir,
+    )
     lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
     return {"baseline": lines}
 
 
-_STAGES = {"info": _info, "train": _train, "quantize": _quantize, "export": _export, "bench": _bench,
-           "baseline": _baseline}
+_STAGES = {
+    "info": _info,
+    "train": _train,
+    "quantize": _quantize,
+    "export": _export,
+    "bench": _bench,
+    "baseline": _baseline,
+}

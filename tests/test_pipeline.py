@@ -78,28 +78,57 @@ class FakeRunner:
             (workdir / "weights.pt").write_bytes(b"w")
             return out | {"weights": "weights.pt", "output_sha256": "ab" * 32}
         if cell.stage == "quantize":
-            gates = [{"block": f"blocks.{i}.se", "mean_abs": 0.01, "max_abs": 0.1, "cosine": 0.999,
-                      "sqnr_db": 30 + 10 * seed - i} for i in range(acc["se_blocks"])]
-            return out | {"metrics": {"top1_agreement": 0.99 + 0.01 * seed, "cosine": 0.99, "sqnr_db": 20 + 10 * seed,
-                                      "sqnr_db_median": 25.0, "sqnr_db_worst": 5.0, "accuracy": 0.95,
-                                      "gate_error": gates}}
+            gates = [
+                {
+                    "block": f"blocks.{i}.se",
+                    "mean_abs": 0.01,
+                    "max_abs": 0.1,
+                    "cosine": 0.999,
+                    "sqnr_db": 30 + 10 * seed - i,
+                }
+                for i in range(acc["se_blocks"])
+            ]
+            return out | {
+                "metrics": {
+                    "top1_agreement": 0.99 + 0.01 * seed,
+                    "cosine": 0.99,
+                    "sqnr_db": 20 + 10 * seed,
+                    "sqnr_db_median": 25.0,
+                    "sqnr_db_worst": 5.0,
+                    "accuracy": 0.95,
+                    "gate_error": gates,
+                }
+            }
         if cell.stage == "export":
             name = f"{cell.model}_{'xnnpack' if p['format'] == 'pte' else 'litert'}_{p['dtype']}.{p['format']}"
             (workdir / name).write_bytes(b"artifact")
-            manifest = {"size_bytes": int(1e6 * (1 + seed)), "sha256": "cd" * 32, "params": acc["params"],
-                        "macs": acc["macs"], "resolution": 64, "parity": {"passed": True, "max_abs_err": 1e-4},
-                        "delegation": {"delegated_ops": {"conv": 10}, "non_delegated_ops": {"sigmoid": 1}}}
+            manifest = {
+                "size_bytes": int(1e6 * (1 + seed)),
+                "sha256": "cd" * 32,
+                "params": acc["params"],
+                "macs": acc["macs"],
+                "resolution": 64,
+                "parity": {"passed": True, "max_abs_err": 1e-4},
+                "delegation": {"delegated_ops": {"conv": 10}, "non_delegated_ops": {"sigmoid": 1}},
+            }
             return out | {"artifact": name, "manifest": manifest, "output_sha256": "ef" * 32}
         if cell.stage == "bench":
             emulated = p["device"] == "qemu-aarch64"
-            return out | {"bench": {"latency_ms": {"p50": 1 + 5 * seed, "p90": 2 + 5 * seed, "min": 1.0},
-                                    "emulated": emulated,
-                                    "instructions_per_inference": 1e7 * (1 + seed) if emulated else None}}
+            return out | {
+                "bench": {
+                    "latency_ms": {"p50": 1 + 5 * seed, "p90": 2 + 5 * seed, "min": 1.0},
+                    "emulated": emulated,
+                    "instructions_per_inference": 1e7 * (1 + seed) if emulated else None,
+                }
+            }
         if cell.stage == "baseline":
             if p["device"] == "cuda":
                 return out | {"baseline": [{"device": "cuda", "skipped": "no CUDA device: CPU baseline only"}]}
-            return out | {"baseline": [{"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "eager",
-                                        "latency_ms": {"p50": 3.0}}]}
+            return out | {
+                "baseline": [
+                    {"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "eager", "latency_ms": {"p50": 3.0}}
+                ]
+            }
         raise AssertionError(cell.stage)
 
 
@@ -140,8 +169,12 @@ def test_malformed_config_names_the_key(tmp_path, text, needle):
 def test_malformed_config_on_the_cli_is_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[[models]]\nname='resnet50'\n[quantize]\nengine='tensorrt'\n")
-    proc = subprocess.run([sys.executable, "-m", "edge_se.cli", "run", str(bad), "--out", str(tmp_path / "r")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_se.cli", "run", str(bad), "--out", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "[quantize].engine: unknown engine 'tensorrt'" in proc.stderr
 
@@ -197,13 +230,25 @@ def test_report_renders_in_a_real_headless_browser(tmp_path):
     run_sweep(cfg, run_dir, runner=FakeRunner())
     paths = write_report(run_dir)
     md = Path(paths["markdown"]).read_text()
-    for title in ("1. Latency against MACs", "2. Accuracy and agreement", "3. Per-SE-block gate error",
-                  "4. What SE costs", "5. Compound scaling", "6. Every artifact", "Desktop PyTorch baselines"):
+    for title in (
+        "1. Latency against MACs",
+        "2. Accuracy and agreement",
+        "3. Per-SE-block gate error",
+        "4. What SE costs",
+        "5. Compound scaling",
+        "6. Every artifact",
+        "Desktop PyTorch baselines",
+    ):
         assert title in md
     assert "SE adds" in md and "No measured results" not in md
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
-    assert pngs == ["compound_scaling.png", "fidelity_vs_latency.png", "gate_error.png", "latency_vs_macs.png",
-                    "se_cost.png"]
+    assert pngs == [
+        "compound_scaling.png",
+        "fidelity_vs_latency.png",
+        "gate_error.png",
+        "latency_vs_macs.png",
+        "se_cost.png",
+    ]
     page = Path(paths["html"]).read_text()
     assert page.count("data:image/png;base64,") == 5 and "src='report" not in page
 
@@ -211,7 +256,9 @@ def test_report_renders_in_a_real_headless_browser(tmp_path):
     if chromium is None:
         pytest.skip("chromium is not installed (make setup installs it from Debian's packages)")
     # A copy of the page with a probe: records script errors and whether every image decoded.
-    probe = page.replace("</body>", """<script>
+    probe = page.replace(
+        "</body>",
+        """<script>
       window.__errors = [];
       window.addEventListener('error', e => window.__errors.push(String(e.message)));
       window.addEventListener('load', () => {
@@ -219,16 +266,31 @@ def test_report_renders_in_a_real_headless_browser(tmp_path):
         const broken = imgs.filter(i => !i.complete || i.naturalWidth === 0).length;
         document.body.setAttribute('data-probe', JSON.stringify({images: imgs.length, broken,
                                                                   errors: window.__errors}));
-      });</script></body>""")
+      });</script></body>""",
+    )
     probe_path = run_dir / "probe.html"
     probe_path.write_text(probe)
     proc = subprocess.run(
-        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'chrome'}", "--virtual-time-budget=5000", "--dump-dom", probe_path.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'chrome'}",
+            "--virtual-time-budget=5000",
+            "--dump-dom",
+            probe_path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    marker = proc.stdout.split("data-probe=\"", 1)[1].split('"', 1)[0].replace("&quot;", '"')
+    marker = proc.stdout.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
     probe_result = json.loads(marker)
     assert probe_result == {"images": 5, "broken": 0, "errors": []}
