@@ -35,3 +35,64 @@ clean:  ## remove build outputs and runs (keeps .venv)
 	rm -rf runs results artifacts build *.egg-info .pytest_cache
 
 .PHONY: help setup test lint demo clean
+
+# --- export: verified .pte/.tflite artifacts (owner: export/) ---------------------------------
+EXPORT_MODEL  ?= mobilenetv3_small_100
+EXPORT_OUT    ?= artifacts
+EXPORT_CALIB  ?= random
+EXPORT_MODELS ?= mobilenetv3_small_100,mobilenetv3_large_100,efficientnet_b0,seresnet50
+EXPORT_RES    ?= 224
+
+export: $(STAMP)  ## write EXPORT_MODEL's .pte and .tflite, fp32 and int8, checked, to EXPORT_OUT
+	$(VENV)/bin/edge-se export $(EXPORT_MODEL) --format all --dtype all --out $(EXPORT_OUT) --calib $(EXPORT_CALIB)
+
+bench-export: $(STAMP)  ## export wall time and sizes per model/format/dtype -> results/bench_export.{jsonl,md}
+	$(PY) -m export.bench --models $(EXPORT_MODELS) --resolution $(EXPORT_RES) --calib $(EXPORT_CALIB) --results results
+
+.PHONY: export bench-export
+
+# --- device_bench: aarch64 emulation, native runner, devices (owned by device_bench) ----------
+arm-emu-deps:  ## install the Debian packages arm-emu and the ssh tests need (root; idempotent)
+	scripts/arm_emu.sh --deps
+
+arm-emu: $(STAMP)  ## build the aarch64 emulation environment in .arm-emu/ (idempotent)
+	PY=$(PY) scripts/arm_emu.sh
+
+native-runner: $(STAMP)  ## build the host native ExecuTorch runner (build/device_bench/)
+	$(PY) -m device_bench.native_build
+
+devices: $(STAMP)  ## list the inventory's devices and probe them
+	$(VENV)/bin/edge-se devices
+
+.PHONY: arm-emu-deps arm-emu native-runner devices
+
+# --- bench-peers: edge-se int8 vs the standard peer recipes (owner: benchmarks/peers/, issue 6) ---------
+# TensorFlow (Keras applications + TFLiteConverter) lives only in .venv-peers, built from requirements-peers.lock.
+PEERS_VENV   := .venv-peers
+PEERS_STAMP  := $(PEERS_VENV)/.installed
+PEERS_OUT    ?= artifacts/peers
+PEERS_ROUNDS ?= 3
+PEERS_ARGS   ?=
+
+$(PEERS_STAMP): requirements-peers.lock
+	test -x $(PEERS_VENV)/bin/python || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-peers.lock
+	touch $(PEERS_STAMP)
+
+bench-peers: $(STAMP) $(PEERS_STAMP)  ## build + time edge-se and peer int8/fp32 artifacts -> results/bench_peers.{jsonl,md}
+	$(PY) -m benchmarks.peers.run --out $(PEERS_OUT) --results results --peers-python $(PEERS_VENV)/bin/python \
+	  --rounds $(PEERS_ROUNDS) $(PEERS_ARGS)
+
+.PHONY: bench-peers
+
+# --- quantize (owner: quantisation engineer) -------------------------------------------------
+QUANT_OUT ?= results/quant_bench.jsonl
+
+bench-quant: $(STAMP)  ## policy x engine x target matrix of int8 fidelity -> results/quant_bench.{jsonl,md}
+	$(PY) -m quantize.bench --out $(QUANT_OUT) --table $(basename $(QUANT_OUT)).md
+
+train-demo: $(STAMP)  ## train the default demo model (mobilenetv3_small_100, digits, 64 px) -> results/weights
+	$(VENV)/bin/edge-se train mobilenetv3_small_100 --data digits --epochs 15 --resolution 64 \
+	  --out results/weights/mobilenetv3_small_100_digits64.pt
+
+.PHONY: bench-quant train-demo

@@ -1,0 +1,239 @@
+"""ExecuTorch ``.pte`` with the XNNPACK delegate: lower, summarise delegation, run in the runtime.
+
+``torch.export`` -> (graph rewrites) -> ``to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])``
+-> ``to_executorch()``. The converters are imported inside the functions, so importing this
+module costs nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edge_se.errors import EdgeSeError
+
+# Ops that only move data between a delegate and the program (no arithmetic).
+_PLUMBING = {"getitem", "executorch_call_delegate"}
+# The gate functions of an SE block (edge_se.blocks.make_gate) as they appear after lowering.
+_GATE_OPS = ("sigmoid", "hardsigmoid", "softmax", "_softmax", "clamp", "hardtanh", "div", "mul", "add")
+
+
+def op_name(target: Any) -> str:
+    """A stable operator name such as ``aten.convolution.default`` for an FX node target."""
+    name = getattr(target, "name", None)
+    if callable(name):
+        try:
+            text = str(name())  # torch OpOverload / EdgeOpOverload: "aten::convolution.default"
+            return text.replace("::", ".")
+        except Exception:  # noqa: BLE001 - some targets have an unrelated name() signature
+            pass
+    return getattr(target, "__name__", str(target))
+
+
+def rewrite_head_mean(ep: torch.export.ExportedProgram) -> list[str]:
+    """Make ``mean.dim(x, [2, 3], keepdim=False)`` on 4-D ``x`` delegable: ``mean(keepdim=True)`` + view.
+
+    XNNPACK lowers ``mean.dim`` only as global average pooling with ``keepdim=True``; the heads
+    of every family pool with ``x.mean((2, 3))``, which would otherwise run in the portable
+    kernels between two delegate partitions. The rewrite is exact (same sum, same divisor).
+
+    Returns:
+        One description per rewritten node (empty when nothing matched).
+    """
+    gm = ep.graph_module
+    done: list[str] = []
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target is not torch.ops.aten.mean.dim:
+            continue
+        src = node.args[0]
+        val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
+        if val is None or val.dim() != 4 or keepdim or node.kwargs.get("dtype") is not None:
+            continue
+        dims = sorted(d % 4 for d in node.args[1])
+        if dims != [2, 3]:
+            continue
+        with gm.graph.inserting_before(node):
+            pooled = gm.graph.call_function(torch.ops.aten.mean.dim, (src, [2, 3], True))
+            pooled.meta = dict(node.meta)
+            pooled.meta["val"] = val.mean((2, 3), keepdim=True)
+            flat = gm.graph.call_function(torch.ops.aten.view.default, (pooled, list(node.meta["val"].shape)))
+            flat.meta = dict(node.meta)
+        node.replace_all_uses_with(flat)
+        gm.graph.erase_node(node)
+        done.append(f"{node.name}: mean.dim(keepdim=False) -> mean.dim(keepdim=True) + view")
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
+def _module_path(node: torch.fx.Node) -> tuple[str, str]:
+    """(deepest module path, its type string) from the node's ``nn_module_stack``, or ('', '')."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    path, typ = list(stack.values())[-1]
+    return str(path), str(typ)
+
+
+def _in_se(node: torch.fx.Node) -> bool | None:
+    """Whether the node belongs to an SE block; ``None`` when the graph lost its module stack."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return None
+    for path, typ in stack.values():
+        if "SqueezeExcite" in str(typ) or str(path).split(".")[-1:] == ["se"] or ".se." in f".{path}.":
+            return True
+    return False
+
+
+def _is_constant(node: torch.fx.Node, constants: set[str]) -> bool:
+    """True when every tensor input is a parameter, buffer or lifted constant (no data flows in)."""
+    inputs = [a for a in node.all_input_nodes]
+    return bool(inputs) and all(a.op == "placeholder" and a.name in constants for a in inputs)
+
+
+def delegation_summary(edge_program: Any) -> dict[str, Any]:
+    """Count operators inside and outside the XNNPACK delegate, by operator name.
+
+    Operators outside the delegate are split into ``se`` (inside an SE block: the gates the
+    quantizer leaves in float are expected here), ``constant`` (acting only on weights or lifted
+    constants, e.g. a 0-d scalar's dim-order copy) and ``other`` (real work on activations in
+    the portable kernels: each gets a warning).
+    """
+    ep = edge_program.exported_program()
+    gm = ep.graph_module
+    sig = ep.graph_signature
+    user_inputs = set(sig.user_inputs)
+    constants = {n.name for n in gm.graph.nodes if n.op == "placeholder" and n.name not in user_inputs}
+    delegated: Counter[str] = Counter()
+    outside: dict[str, Counter[str]] = {"se": Counter(), "constant": Counter(), "other": Counter()}
+    partitions = 0
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.name.startswith("lowered_module"):
+            lowered = getattr(gm, node.target)
+            partitions += 1
+            for inner in lowered.original_module.graph_module.graph.nodes:
+                if inner.op == "call_function":
+                    name = op_name(inner.target)
+                    if name.split(".")[-1] not in _PLUMBING and name not in _PLUMBING:
+                        delegated[name] += 1
+        elif node.op == "call_function":
+            name = op_name(node.target)
+            if name in _PLUMBING or "executorch_call_delegate" in name:
+                continue
+            in_se = _in_se(node)
+            if in_se is None:  # module stack lost: recognise the gate by its operator
+                in_se = any(name.split(".")[1:2] == [g] for g in _GATE_OPS) and not _is_constant(node, constants)
+            kind = "constant" if _is_constant(node, constants) else ("se" if in_se else "other")
+            outside[kind][name] += 1
+    n_in = sum(delegated.values())
+    n_work = n_in + sum(outside["se"].values()) + sum(outside["other"].values())
+    warnings = [
+        f"{count} x {name} runs outside the XNNPACK delegate (portable kernels)"
+        for name, count in sorted(outside["other"].items())
+    ]
+    return {
+        "backend": "XnnpackBackend",
+        "partitions": partitions,
+        "delegated_ops": dict(sorted(delegated.items())),
+        "non_delegated_ops": {k: dict(sorted(v.items())) for k, v in outside.items()},
+        "delegated": n_in,
+        "non_delegated": n_work - n_in,
+        "delegated_share": n_in / n_work if n_work else 0.0,
+        "fully_delegated": not outside["other"] and not outside["se"],
+        "warnings": warnings,
+    }
+
+
+def lower_pte(
+    module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+) -> tuple[bytes, dict[str, Any], list[str]]:
+    """Export ``module`` and lower it to an XNNPACK-delegated ExecuTorch program.
+
+    Args:
+        module: an eval-mode model or a converted PT2E graph (int8).
+        example_inputs: the inputs to trace with (batch 1, the artifact's fixed shape).
+
+    Returns:
+        ``(pte bytes, delegation summary, rewrites applied)``.
+
+    Raises:
+        EdgeSeError: the exporter or the lowering rejected an operator (its message kept).
+    """
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        ep = torch.export.export(module, example_inputs, strict=False)
+        rewrites = rewrite_head_mean(ep)
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        summary = delegation_summary(edge)
+        buffer = edge.to_executorch().buffer
+    except EdgeSeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the converters raise many types; keep the message
+        raise EdgeSeError(f"ExecuTorch/XNNPACK lowering failed: {_first_line(exc)}") from exc
+    return bytes(buffer), summary, rewrites
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _load_method(data: bytes | str | os.PathLike[str]) -> Any:
+    from executorch.runtime import Runtime
+
+    src: bytes | str = data if isinstance(data, bytes) else str(Path(data))
+    try:
+        program = Runtime.get().load_program(src)
+        method = program.load_method("forward")
+    except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError on bad files
+        raise EdgeSeError(f"ExecuTorch runtime cannot load the program: {_first_line(exc)}") from None
+    if method is None:
+        raise EdgeSeError("ExecuTorch program has no 'forward' method")
+    return method
+
+
+# ExecuTorch ScalarType codes (c10 numbering) and names -> numpy dtype names.
+_ET_DTYPES = {"0": "uint8", "1": "int8", "2": "int16", "3": "int32", "4": "int64", "5": "float16", "6": "float32",
+              "7": "float64", "11": "bool", "Byte": "uint8", "Char": "int8", "Short": "int16", "Int": "int32",
+              "Long": "int64", "Half": "float16", "Float": "float32", "Double": "float64", "Bool": "bool"}
+
+
+def pte_io(data: bytes | str | os.PathLike[str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The program's input and output tensors as ``[{shape, dtype}]`` lists, from the runtime's metadata."""
+    meta = _load_method(data).metadata
+
+    def info(t: Any) -> dict[str, Any]:
+        code = t.dtype()
+        key = str(int(code)) if isinstance(code, int) else str(code).split(".")[-1]
+        return {"shape": [int(s) for s in t.sizes()], "dtype": _ET_DTYPES.get(key, key.lower())}
+
+    ins = [info(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
+    outs = [info(meta.output_tensor_meta(i)) for i in range(meta.num_outputs())]
+    return ins, outs
+
+
+def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run ``forward`` once per input array (each the whole input tensor); return output 0 of each run."""
+    method = _load_method(data)
+    outs = []
+    for x in inputs:
+        try:
+            result = method.execute([torch.from_numpy(np.ascontiguousarray(x))])
+        except Exception as exc:  # noqa: BLE001 - a bad input shape surfaces as a RuntimeError
+            raise EdgeSeError(f"ExecuTorch runtime failed to run the program: {_first_line(exc)}") from None
+        outs.append(result[0].detach().numpy().copy())
+    return outs
+
+
+__all__ = ["delegation_summary", "lower_pte", "op_name", "pte_io", "rewrite_head_mean", "run_pte"]

@@ -1,0 +1,112 @@
+"""Re-check an existing artifact against its manifest: checksum, I/O shapes, then parity.
+
+Order matters: the sha256 is checked before anything parses the file, so a truncated or corrupt
+artifact is reported as such instead of crashing a runtime; then the runtime's own view of the
+inputs and outputs must match the manifest (a manifest from another export is caught here); then
+the stored parity inputs (``{artifact}.parity.npz``) run again and are compared with the stored
+reference outputs under the same rules as at export time (:mod:`export.parity`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_se.errors import EdgeSeError
+from export import parity as par
+from export.manifest import read_manifest, sha256_bytes, sha256_file
+
+
+def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[str, Any]], path: str) -> None:
+    if len(runtime) != len(manifest):
+        raise EdgeSeError(f"{path}: the artifact has {len(runtime)} {kind}, its manifest lists {len(manifest)}")
+    for i, (r, m) in enumerate(zip(runtime, manifest, strict=True)):
+        if list(r["shape"]) != list(m["shape"]):  # type: ignore[call-overload]
+            raise EdgeSeError(
+                f"{path}: {kind}[{i}] has shape {r['shape']} in the artifact but {m['shape']} in its manifest "
+                "(manifest from another export?)"
+            )
+        if str(r["dtype"]) != str(m["dtype"]):
+            raise EdgeSeError(f"{path}: {kind}[{i}] is {r['dtype']} in the artifact but {m['dtype']} in its manifest")
+
+
+def _load_golden(artifact: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    golden = (manifest.get("parity") or {}).get("golden")
+    if not isinstance(golden, dict) or "file" not in golden:
+        raise EdgeSeError(f"manifest of {str(artifact)!r} has no parity.golden (exported with --no-check?)")
+    path = artifact.parent / str(golden["file"])
+    if not path.is_file():
+        raise EdgeSeError(f"parity data {str(path)!r} is missing")
+    data = path.read_bytes()
+    if sha256_bytes(data) != golden.get("sha256"):
+        raise EdgeSeError(f"parity data {str(path)!r} does not match the sha256 in its manifest")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise EdgeSeError(f"parity data {str(path)!r} is unreadable: {exc}") from None
+    needed = ["inputs", "reference", "real"] + (["float_reference"] if manifest.get("dtype") == "int8" else [])
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise EdgeSeError(f"parity data {str(path)!r} lacks array(s): {', '.join(missing)}")
+    return arrays
+
+
+def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
+    """Re-run the parity check of ``artifact`` in its runtime against its manifest.
+
+    Returns:
+        ``{path, format, dtype, sha256_ok, parity}`` with ``parity["passed"]``.
+
+    Raises:
+        EdgeSeError: a missing, truncated or corrupt artifact, a manifest that does not describe
+            it, or missing parity data; the message names the file and the mismatch.
+    """
+    from export import pte as pte_mod
+    from export import tflite as tfl_mod
+
+    path = Path(artifact)
+    if not path.is_file():
+        raise EdgeSeError(f"artifact {str(path)!r} does not exist")
+    manifest = read_manifest(path)
+    if manifest["artifact"] != path.name:
+        raise EdgeSeError(f"manifest beside {str(path)!r} describes {manifest['artifact']!r}")
+    size = path.stat().st_size
+    if size != manifest["size_bytes"]:
+        raise EdgeSeError(
+            f"{str(path)!r} is {size} bytes but its manifest says {manifest['size_bytes']} (truncated or replaced)"
+        )
+    if sha256_file(path) != manifest["sha256"]:
+        raise EdgeSeError(f"{str(path)!r} does not match the sha256 in its manifest (corrupt or replaced)")
+    fmt, dtype = manifest["format"], manifest["dtype"]
+    if fmt == "pte":
+        ins, outs = pte_mod.pte_io(path)
+        run = pte_mod.run_pte
+    else:
+        ins, outs = tfl_mod.tflite_io(path)
+        run = tfl_mod.run_tflite
+    _check_io("inputs", ins, manifest["inputs"], str(path))
+    _check_io("outputs", outs, manifest["outputs"], str(path))
+    golden = _load_golden(path, manifest)
+    inputs = list(golden["inputs"])
+    expect_shape = list(manifest["inputs"][0]["shape"])
+    if list(inputs[0].shape) != expect_shape:
+        raise EdgeSeError(f"parity data of {str(path)!r} has inputs of shape {list(inputs[0].shape)}, "
+                          f"the manifest says {expect_shape}")
+    actual = run(path, inputs)
+    reference = list(golden["reference"])
+    if dtype == "fp32":
+        figures = par.fp32_parity(actual, reference)
+    else:
+        vq = (manifest["parity"] or {}).get("vs_quantized") or {}
+        figures = par.int8_parity(actual, reference, list(golden["float_reference"]),
+                                  output_scale=vq.get("output_scale"), real_images=list(golden["real"]))
+    return {"path": str(path), "format": fmt, "dtype": dtype, "sha256_ok": True, "parity": figures}
+
+
+__all__ = ["verify_artifact"]
