@@ -36,6 +36,11 @@ Two kinds of check, each with its tolerance stated and explained here, in one pl
   all (noise power above a quarter of the signal's) rather than where a good one lies; the
   quantisation report (``quantize``) is where quality is judged. Top-1 on random inputs is near a
   tie between classes and says little, so it is reported but gated only on real images.
+  When real images are among the samples, the float comparison is gated on them alone: a
+  network calibrated on real data meets random noise out of distribution (its activations leave
+  the calibrated ranges and clip), so its float agreement on noise measures the input, not the
+  artifact. Seen here: a MobileNetV3-Small trained on the digits gave 0.8 dB on noise and full
+  top-1 agreement on the digits. The figures on every sample are still reported.
 """
 
 from __future__ import annotations
@@ -171,9 +176,10 @@ def int8_parity(
     ref_sqnr = sqnr_db(actual, quantized_reference)
     quant_sqnr = sqnr_db(quantized_reference, float_reference)  # the quantisation error itself
     min_ref_sqnr = quant_sqnr - INT8_REF_MARGIN_DB
-    f_cos = cosine(actual, float_reference)
-    f_sqnr = sqnr_db(actual, float_reference)
     real = [i for i, flag in enumerate(real_images) if flag]
+    gated = real or list(range(len(actual)))  # in-distribution samples when there are any
+    f_cos = cosine([actual[i] for i in gated], [float_reference[i] for i in gated])
+    f_sqnr = sqnr_db([actual[i] for i in gated], [float_reference[i] for i in gated])
     top1_all = top1_agreement(actual, float_reference)
     top1_real = top1_agreement([actual[i] for i in real], [float_reference[i] for i in real]) if real else None
     checks = {
@@ -200,8 +206,11 @@ def int8_parity(
         },
         "vs_float": {
             "max_abs_error": max_abs_error(actual, float_reference),
+            "gated_on": "real_images" if real else "all_samples",
             "cosine": f_cos,
             "sqnr_db": _finite(f_sqnr),
+            "cosine_all_samples": cosine(actual, float_reference),
+            "sqnr_db_all_samples": _finite(sqnr_db(actual, float_reference)),
             "top1_agreement": top1_all,
             "top1_agreement_real": top1_real,
             "min_cosine": INT8_MIN_COSINE,

@@ -1,0 +1,151 @@
+"""Benchmark artifacts on devices and append one JSON line per artifact and device.
+
+Every line is appended atomically as soon as its run ends (``edge_se.atomic.append_line``), so
+a crash, a time-out or a failing device never loses earlier lines. A run that fails still
+leaves a line, with ``status: "error"`` and the one-line reason: failures are recorded, not
+hidden.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_bench.inventory import Device
+from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
+from device_bench.transports import resolve
+from device_bench.transports.base import DeviceError, RunOptions, Transport
+from edge_se import atomic
+from edge_se.errors import EdgeSeError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Job:
+    """One artifact with its manifest, checked on the host before anything is sent anywhere."""
+
+    artifact: Path
+    manifest_path: Path
+    manifest: Manifest
+
+
+def manifest_for(artifact: Path) -> Path:
+    """The manifest beside an artifact: ``NAME.EXT.json`` (docs/manifest.md)."""
+    return artifact.with_name(artifact.name + ".json")
+
+
+def prepare(artifacts: Sequence[str | Path]) -> list[Job]:
+    """Check every artifact and its manifest exist and agree; raise naming the first bad one."""
+    jobs = []
+    for a in artifacts:
+        path = Path(a)
+        if not path.is_file():
+            raise EdgeSeError(f"{path}: artifact not found")
+        mpath = manifest_for(path)
+        try:
+            manifest = load_manifest(mpath)
+            verify_artifact(path, manifest)
+        except ManifestError as exc:
+            raise EdgeSeError(str(exc)) from None
+        jobs.append(Job(path, mpath, manifest))
+    return jobs
+
+
+def commit() -> str | None:
+    """The git commit of the edge-se checkout, if it is one."""
+    try:
+        proc = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]:
+    m = job.manifest.raw
+    return {
+        "artifact": str(job.artifact),
+        "manifest_sha256": job.manifest.sha256,
+        "manifest_file_sha256": hashlib.sha256(job.manifest_path.read_bytes()).hexdigest(),
+        "model": m.get("model"),
+        "backend": m.get("backend"),
+        "dtype": m.get("dtype"),
+        "format": job.manifest.format,
+        "resolution": m.get("resolution"),
+        "device": transport.name,
+        "transport": transport.kind,
+        "emulated": transport.emulated,
+        "repeats_requested": opts.repeats,
+        "cooldown_s": opts.cooldown,
+        "commit": commit(),
+        "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def options_for(base: RunOptions, device: Device | None, threads_given: bool) -> RunOptions:
+    """Run options for one device: the inventory's threads/runner/time-out unless given on the command line."""
+    if device is None:
+        return base
+    changes: dict[str, Any] = {}
+    if device.threads is not None and not threads_given:
+        changes["threads"] = device.threads
+    for key in ("runner", "timeout_s"):
+        if key in device.options:
+            changes[key] = device.options[key]
+    return RunOptions(**{**base.__dict__, **changes}) if changes else base
+
+
+def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: dict[str, Device], opts: RunOptions,
+          out: Path, *, threads_given: bool = False) -> list[dict[str, Any]]:
+    """Run every artifact on every device; append and return one record each.
+
+    Bad input (a missing artifact, a bad manifest, an unknown device) raises before any run.
+    A device failure is recorded as a ``status: "error"`` line and the loop goes on.
+    """
+    jobs = prepare(artifacts)
+    targets = [resolve(d, inventory) for d in devices]
+    records = []
+    for transport, entry in targets:
+        dev_opts = options_for(opts, entry, threads_given)
+        for job in jobs:
+            ctx = _context(job, transport, dev_opts)
+            if entry is not None and job.manifest.format == "pte" and "executorch" not in entry.runtimes \
+                    or entry is not None and job.manifest.format == "tflite" and "tflite" not in entry.runtimes:
+                rec = {**ctx, "status": "skipped", "reason": f"inventory lists runtimes {list(entry.runtimes)}"}
+            else:
+                try:
+                    result = transport.run(job.artifact, job.manifest_path, dev_opts)
+                    rec = {**result, **ctx, "status": "ok"}
+                    if rec.get("parity") and not rec["parity"]["passed"]:
+                        rec["status"] = "parity-failed"
+                except (DeviceError, ManifestError) as exc:
+                    rec = {**ctx, "status": "error", "error": str(exc)}
+            atomic.append_line(out, json.dumps(rec, sort_keys=True))
+            records.append(rec)
+            _log(rec)
+    return records
+
+
+def _log(rec: dict[str, Any]) -> None:
+    where = f"{Path(rec['artifact']).name} on {rec['device']}"
+    if rec["status"] == "ok":
+        lat = rec["latency_ms"]
+        p50 = f"{lat['p50']:.4g}" if lat.get("p50") is not None else "n/a"
+        note = " (emulated)" if rec.get("emulated") else ""
+        ipi = rec.get("instructions_per_inference")
+        extra = f", {ipi:.4g} instr/inference" if ipi else ""
+        flag = " UNSTABLE" if rec.get("unstable") else ""
+        print(f"bench: {where}: p50 {p50} ms{note}{extra}{flag}", file=sys.stderr)
+    elif rec["status"] == "parity-failed":
+        print(f"bench: {where}: outputs disagree with the host ({rec['parity']['rule']}, "
+              f"max abs diff {rec['parity']['max_abs_diff']})", file=sys.stderr)
+    else:
+        print(f"bench: {where}: {rec['status']}: {rec.get('error') or rec.get('reason')}", file=sys.stderr)

@@ -1,0 +1,494 @@
+// edge-se native ExecuTorch runner: the same options and JSON as `python -m device_bench.runner`,
+// for machines where ExecuTorch's Python runtime cannot run (aarch64 boards, Android: it needs
+// libtorch). Built against the runtime libraries and headers the executorch wheel ships; see
+// device_bench/native_build.py for the flags. Statistics, input generation and the output
+// checksum follow device_bench/stats.py and device_bench/manifest.py exactly.
+#include <sched.h>
+#include <sys/resource.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <executorch/extension/module/module.h>
+#include <executorch/extension/tensor/tensor_ptr.h>
+
+#include "mini_json.h"
+#include "sha256.h"
+
+// The wheel ships no threadpool.h; these two functions are exported by libexecutorch_threadpool.so.
+namespace executorch::extension::threadpool {
+class ThreadPool {
+ public:
+  size_t get_thread_count() const;
+  bool _unsafe_reset_threadpool(uint32_t num_threads);
+};
+ThreadPool* get_threadpool();
+}  // namespace executorch::extension::threadpool
+
+#ifndef EDGE_SE_ET_VERSION
+#define EDGE_SE_ET_VERSION "unknown"
+#endif
+
+using executorch::aten::ScalarType;
+using executorch::extension::module::Module;
+using executorch::runtime::EValue;
+
+namespace {
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct Args {
+  std::string artifact, manifest, affinity, dump_outputs;
+  std::vector<std::string> input_files;
+  long warmup = 10, runs = 50, max_runs = 0, repeats = 1, threads = 1;
+  double min_seconds = 1.0, cooldown = 1.0, unstable_pct = 5.0;
+  bool count_only = false;
+  unsigned long long seed = 0;
+};
+
+std::string read_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot read");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  auto need = [&](int& i) -> std::string {
+    if (i + 1 >= argc) throw Error(std::string(argv[i]) + " needs a value");
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    std::string k = argv[i];
+    try {
+      if (k == "--manifest") a.manifest = need(i);
+      else if (k == "--warmup") a.warmup = std::stol(need(i));
+      else if (k == "--runs") a.runs = std::stol(need(i));
+      else if (k == "--min-seconds") a.min_seconds = std::stod(need(i));
+      else if (k == "--max-runs") a.max_runs = std::stol(need(i));
+      else if (k == "--repeats") a.repeats = std::stol(need(i));
+      else if (k == "--cooldown") a.cooldown = std::stod(need(i));
+      else if (k == "--unstable-pct") a.unstable_pct = std::stod(need(i));
+      else if (k == "--threads") a.threads = std::stol(need(i));
+      else if (k == "--affinity") a.affinity = need(i);
+      else if (k == "--seed") a.seed = std::stoull(need(i));
+      else if (k == "--input-file") a.input_files.push_back(need(i));
+      else if (k == "--dump-outputs") a.dump_outputs = need(i);
+      else if (k == "--count-only") a.count_only = true;
+      else if (!k.empty() && k[0] == '-') throw Error("unknown option " + k);
+      else if (a.artifact.empty()) a.artifact = k;
+      else throw Error("unexpected argument " + k);
+    } catch (const std::invalid_argument&) {
+      throw Error(k + ": not a number");
+    }
+  }
+  if (a.artifact.empty() || a.manifest.empty()) throw Error("usage: et_runner ARTIFACT --manifest FILE [options]");
+  if (a.runs < 1 || a.repeats < 1 || a.threads < 1) throw Error("--runs, --repeats and --threads must be >= 1");
+  if (a.warmup < 0 || a.max_runs < 0 || a.min_seconds < 0 || a.cooldown < 0) throw Error("negative option value");
+  return a;
+}
+
+// --- inputs (device_bench/manifest.py: make_input) ---
+struct InputSpec {
+  std::vector<int32_t> shape;
+  std::string dtype;
+  bool quantized = false;
+  double scale = 0, lo = -1.0, hi = 1.0;
+  long zero_point = 0;
+  size_t numel() const {
+    size_t n = 1;
+    for (auto d : shape) n *= static_cast<size_t>(d);
+    return n;
+  }
+};
+
+ScalarType scalar_type(const std::string& dtype) {
+  if (dtype == "float32") return ScalarType::Float;
+  if (dtype == "int8") return ScalarType::Char;
+  if (dtype == "uint8") return ScalarType::Byte;
+  if (dtype == "int32") return ScalarType::Int;
+  if (dtype == "int64") return ScalarType::Long;
+  throw Error("dtype " + dtype + " not supported; valid: float32, int8, uint8, int32, int64");
+}
+
+size_t itemsize(ScalarType t) {
+  switch (t) {
+    case ScalarType::Char: case ScalarType::Byte: case ScalarType::Bool: return 1;
+    case ScalarType::Half: case ScalarType::BFloat16: return 2;
+    case ScalarType::Long: case ScalarType::Double: return 8;
+    default: return 4;
+  }
+}
+
+std::string numpy_name(ScalarType t) {
+  switch (t) {
+    case ScalarType::Float: return "float32";
+    case ScalarType::Char: return "int8";
+    case ScalarType::Byte: return "uint8";
+    case ScalarType::Int: return "int32";
+    case ScalarType::Long: return "int64";
+    case ScalarType::Half: return "float16";
+    case ScalarType::Double: return "float64";
+    case ScalarType::Bool: return "bool";
+    default: return "other";
+  }
+}
+
+std::vector<uint8_t> make_input(const InputSpec& s, uint64_t seed) {
+  ScalarType t = scalar_type(s.dtype);
+  size_t n = s.numel();
+  std::vector<uint8_t> out(n * itemsize(t));
+  double lo = s.lo, hi = s.hi;
+  long qmin = t == ScalarType::Char ? -128 : 0, qmax = t == ScalarType::Char ? 127 : 255;
+  if (s.quantized) {
+    lo = (qmin - s.zero_point) * s.scale;
+    hi = (qmax - s.zero_point) * s.scale;
+  } else if (t != ScalarType::Float) {
+    throw Error("input of dtype " + s.dtype + " needs scale/zero_point or --input-file");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (i + 1);  // SplitMix64
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    z ^= z >> 31;
+    double u = static_cast<double>(z >> 40) / 16777216.0;
+    float x = static_cast<float>(lo + (hi - lo) * u);
+    if (!s.quantized) {
+      reinterpret_cast<float*>(out.data())[i] = x;
+    } else {
+      double q = std::nearbyint(static_cast<double>(x) / s.scale) + s.zero_point;
+      q = std::min<double>(std::max<double>(q, qmin), qmax);
+      if (t == ScalarType::Char) reinterpret_cast<int8_t*>(out.data())[i] = static_cast<int8_t>(q);
+      else out[i] = static_cast<uint8_t>(q);
+    }
+  }
+  return out;
+}
+
+std::vector<InputSpec> read_manifest(const Args& a, std::string* sha) {
+  const std::string where = a.manifest;
+  mini_json::Value doc;
+  try {
+    doc = mini_json::parse(read_file(a.manifest));
+  } catch (const std::runtime_error& e) {
+    throw Error(where + ": " + e.what());
+  }
+  if (doc.at("schema", where).str != "edge-se/manifest/1") throw Error(where + ": schema not edge-se/manifest/1");
+  if (doc.at("format", where).str != "pte") throw Error(where + ": format " + doc.at("format", where).str + " needs the Python runner");
+  *sha = doc.at("sha256", where).str;
+  std::vector<InputSpec> specs;
+  const auto& ins = doc.at("inputs", where);
+  for (size_t i = 0; i < ins.arr.size(); ++i) {
+    const std::string w = where + ": inputs[" + std::to_string(i) + "]";
+    InputSpec s;
+    for (const auto& d : ins.arr[i].at("shape", w).arr) s.shape.push_back(static_cast<int32_t>(d.num));
+    s.dtype = ins.arr[i].at("dtype", w).str;
+    scalar_type(s.dtype);
+    if (ins.arr[i].has("scale") && !ins.arr[i].obj.at("scale").is_null()) {
+      s.quantized = true;
+      s.scale = ins.arr[i].obj.at("scale").num;
+      if (ins.arr[i].has("zero_point") && !ins.arr[i].obj.at("zero_point").is_null())
+        s.zero_point = static_cast<long>(ins.arr[i].obj.at("zero_point").num);
+    }
+    if (ins.arr[i].has("range") && ins.arr[i].obj.at("range").arr.size() == 2) {
+      s.lo = ins.arr[i].obj.at("range").arr[0].num;
+      s.hi = ins.arr[i].obj.at("range").arr[1].num;
+    }
+    specs.push_back(s);
+  }
+  if (specs.empty()) throw Error(where + ": inputs must be a non-empty list");
+  return specs;
+}
+
+// --- statistics (device_bench/stats.py) ---
+double percentile(const std::vector<double>& s, double q) {
+  double pos = q / 100.0 * static_cast<double>(s.size() - 1);
+  size_t lo = static_cast<size_t>(std::floor(pos));
+  size_t hi = std::min(lo + 1, s.size() - 1);
+  return s[lo] + (s[hi] - s[lo]) * (pos - static_cast<double>(lo));
+}
+
+std::string num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+std::string summarize(std::vector<double> s, double* p50_out = nullptr, double seconds = -1) {
+  std::sort(s.begin(), s.end());
+  double sum = 0;
+  for (double x : s) sum += x;
+  double mean = sum / static_cast<double>(s.size());
+  double var = 0;
+  for (double x : s) var += (x - mean) * (x - mean);
+  var /= static_cast<double>(s.size());
+  if (p50_out) *p50_out = percentile(s, 50);
+  std::string out = "{\"min\": " + num(s.front()) + ", \"p50\": " + num(percentile(s, 50)) +
+                    ", \"p90\": " + num(percentile(s, 90)) + ", \"p99\": " + num(percentile(s, 99)) +
+                    ", \"mean\": " + num(mean) + ", \"std\": " + num(std::sqrt(var)) +
+                    ", \"count\": " + std::to_string(s.size());
+  if (seconds >= 0) out += ", \"seconds\": " + num(seconds);
+  return out + "}";
+}
+
+// --- system ---
+std::string cpu_model() {
+  std::ifstream f("/proc/cpuinfo");
+  std::string line, name, imp, part;
+  while (std::getline(f, line)) {
+    auto c = line.find(':');
+    if (c == std::string::npos) continue;
+    std::string k = line.substr(0, c), v = line.substr(c + 1);
+    k.erase(k.find_last_not_of(" \t") + 1);
+    v.erase(0, v.find_first_not_of(" \t"));
+    if (k == "model name" && name.empty()) name = v;
+    if (k == "CPU implementer" && imp.empty()) imp = v;
+    if (k == "CPU part" && part.empty()) part = v;
+  }
+  if (name.empty() && !part.empty()) {
+    static const std::pair<long, const char*> parts[] = {
+        {0xd03, "Cortex-A53"}, {0xd04, "Cortex-A35"}, {0xd05, "Cortex-A55"}, {0xd07, "Cortex-A57"},
+        {0xd08, "Cortex-A72"}, {0xd09, "Cortex-A73"}, {0xd0a, "Cortex-A75"}, {0xd0b, "Cortex-A76"},
+        {0xd0c, "Neoverse-N1"}, {0xd0d, "Cortex-A77"}, {0xd40, "Neoverse-V1"}, {0xd41, "Cortex-A78"},
+        {0xd44, "Cortex-X1"}, {0xd46, "Cortex-A510"}, {0xd47, "Cortex-A710"}, {0xd48, "Cortex-X2"},
+        {0xd49, "Neoverse-N2"}, {0xd4f, "Neoverse-V2"}};
+    long p = std::strtol(part.c_str(), nullptr, 16);
+    name = imp == "0x41" ? "part " + part : "implementer " + imp + " part " + part;
+    if (imp == "0x41")
+      for (const auto& kv : parts)
+        if (kv.first == p) name = kv.second;
+  }
+  if (name.empty()) name = "unknown";
+  std::ifstream dt("/proc/device-tree/model");
+  std::string model;
+  if (dt && std::getline(dt, model, '\0') && !model.empty()) name += " (" + model + ")";
+  return name;
+}
+
+struct OutputSummary {
+  std::string checksum, shapes;
+  double abs_sum = 0, nonzero_fraction = 0;
+  std::vector<uint8_t> bytes;
+};
+
+OutputSummary summarize_outputs(const std::vector<EValue>& outs) {
+  OutputSummary r;
+  sha256::Hasher h;
+  size_t total = 0, nonzero = 0;
+  r.shapes = "[";
+  for (size_t i = 0; i < outs.size(); ++i) {
+    if (!outs[i].isTensor()) throw Error("output " + std::to_string(i) + " is not a tensor");
+    const auto& t = outs[i].toTensor();
+    const auto* p = static_cast<const uint8_t*>(t.const_data_ptr());
+    h.update(p, t.nbytes());
+    r.bytes.insert(r.bytes.end(), p, p + t.nbytes());
+    std::string shape = "[";
+    for (ssize_t d = 0; d < t.dim(); ++d) shape += (d ? ", " : "") + std::to_string(t.size(d));
+    r.shapes += std::string(i ? ", " : "") + "{\"shape\": " + shape + "], \"dtype\": \"" +
+                numpy_name(t.scalar_type()) + "\"}";
+    for (ssize_t k = 0; k < t.numel(); ++k) {
+      double v = 0;
+      switch (t.scalar_type()) {
+        case ScalarType::Float: v = t.const_data_ptr<float>()[k]; break;
+        case ScalarType::Char: v = t.const_data_ptr<int8_t>()[k]; break;
+        case ScalarType::Byte: v = t.const_data_ptr<uint8_t>()[k]; break;
+        case ScalarType::Int: v = t.const_data_ptr<int32_t>()[k]; break;
+        case ScalarType::Long: v = static_cast<double>(t.const_data_ptr<int64_t>()[k]); break;
+        default: v = 1;  // other dtypes: counted as non-zero, not summed
+      }
+      r.abs_sum += std::fabs(v);
+      nonzero += v != 0;
+    }
+    total += static_cast<size_t>(t.numel());
+  }
+  r.shapes += "]";
+  r.checksum = "sha256:" + h.hexdigest();
+  r.nonzero_fraction = total ? static_cast<double>(nonzero) / static_cast<double>(total) : 0.0;
+  return r;
+}
+
+int run(const Args& a) {
+  std::string expected_sha;
+  auto specs = read_manifest(a, &expected_sha);
+  std::string digest = sha256::file_hexdigest(a.artifact);
+  if (digest.empty()) throw Error(a.artifact + ": cannot read artifact");
+  if (digest != expected_sha)
+    throw Error(a.artifact + ": sha256 " + digest.substr(0, 16) + "... does not match manifest sha256 " +
+                expected_sha.substr(0, 16) + "...; the artifact was modified or the manifest belongs to another file");
+  std::string affinity = "null";
+  if (!a.affinity.empty()) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    std::stringstream ss(a.affinity);
+    std::string tok;
+    while (std::getline(ss, tok, ',')) CPU_SET(std::stoi(tok), &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0) throw Error("--affinity " + a.affinity + ": sched_setaffinity failed");
+    affinity = "[";
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) affinity += (affinity.size() > 1 ? ", " : "") + std::to_string(c);
+    affinity += "]";
+  }
+  if (!a.input_files.empty() && a.input_files.size() != specs.size())
+    throw Error("--input-file given " + std::to_string(a.input_files.size()) + " times; the model has " +
+                std::to_string(specs.size()) + " inputs");
+  std::vector<std::vector<uint8_t>> buffers;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    if (a.input_files.empty()) {
+      buffers.push_back(make_input(specs[i], a.seed + i));
+    } else {
+      std::string raw = read_file(a.input_files[i]);
+      size_t want = specs[i].numel() * itemsize(scalar_type(specs[i].dtype));
+      if (raw.size() != want) throw Error(a.input_files[i] + ": expected " + std::to_string(want) + " raw bytes");
+      buffers.emplace_back(raw.begin(), raw.end());
+    }
+  }
+
+  using clock = std::chrono::steady_clock;
+  auto t0 = clock::now();
+  auto* pool = executorch::extension::threadpool::get_threadpool();
+  pool->_unsafe_reset_threadpool(static_cast<uint32_t>(a.threads));
+  Module module(a.artifact, Module::LoadMode::File);
+  if (module.load() != executorch::runtime::Error::Ok) throw Error(a.artifact + ": ExecuTorch could not load the program");
+  if (module.load_method("forward") != executorch::runtime::Error::Ok)
+    throw Error(a.artifact + ": ExecuTorch could not load method 'forward' (missing kernels or backend?)");
+  auto meta = module.method_meta("forward");
+  if (!meta.ok()) throw Error(a.artifact + ": no method 'forward'");
+  if (meta->num_inputs() != specs.size())
+    throw Error("manifest lists " + std::to_string(specs.size()) + " inputs, the program takes " +
+                std::to_string(meta->num_inputs()));
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> inputs;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto info = meta->input_tensor_meta(i);
+    if (!info.ok()) throw Error("inputs[" + std::to_string(i) + "]: not a tensor input");
+    auto sizes = info->sizes();
+    std::vector<int32_t> got(sizes.begin(), sizes.end());
+    if (got != specs[i].shape) throw Error("inputs[" + std::to_string(i) + "]: manifest shape differs from the program's");
+    tensors.push_back(executorch::extension::make_tensor_ptr(
+        std::vector<executorch::aten::SizesType>(specs[i].shape.begin(), specs[i].shape.end()),
+        buffers[i].data(), scalar_type(specs[i].dtype)));
+    inputs.emplace_back(*tensors.back());
+  }
+  double load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+
+  auto forward = [&]() {
+    auto r = module.forward(inputs);
+    if (!r.ok()) throw Error(a.artifact + ": forward failed with ExecuTorch error " + std::to_string(static_cast<int>(r.error())));
+    return std::move(*r);
+  };
+  t0 = clock::now();
+  auto first_out = forward();
+  double first_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+  OutputSummary first = summarize_outputs(first_out);
+  if (!a.dump_outputs.empty()) {
+    std::ofstream f(a.dump_outputs, std::ios::binary);
+    f.write(reinterpret_cast<const char*>(first.bytes.data()), static_cast<std::streamsize>(first.bytes.size()));
+  }
+  for (long i = 0; i < a.warmup; ++i) forward();
+  if (a.count_only) {  // instruction counting: same instructions every time (no clock, no statistics)
+    for (long i = 0; i < a.runs; ++i) forward();
+    std::printf("{\"schema\": \"edge-se/bench/1\", \"runner\": \"native\", \"count_only\": true, \"runs\": %ld, "
+                "\"output_checksum\": %s}\n", a.runs, mini_json::quote(first.checksum).c_str());
+    return 0;
+  }
+
+  std::vector<std::vector<double>> repeats;
+  std::vector<double> seconds;
+  std::vector<EValue> last_out;
+  for (long r = 0; r < a.repeats; ++r) {
+    if (r) std::this_thread::sleep_for(std::chrono::duration<double>(a.cooldown));
+    std::vector<double> samples;
+    double spent = 0;
+    while (static_cast<long>(samples.size()) < a.runs || spent < a.min_seconds) {
+      auto t = clock::now();
+      last_out = forward();
+      double dt = std::chrono::duration<double>(clock::now() - t).count();
+      spent += dt;
+      samples.push_back(dt * 1e3);
+      if (a.max_runs && static_cast<long>(samples.size()) >= a.max_runs) break;
+    }
+    repeats.push_back(samples);
+    seconds.push_back(spent);
+  }
+  OutputSummary last = summarize_outputs(last_out);
+
+  std::vector<double> pooled, medians;
+  std::string per = "[";
+  for (size_t r = 0; r < repeats.size(); ++r) {
+    double p50;
+    per += (r ? ", " : "") + summarize(repeats[r], &p50, seconds[r]);
+    medians.push_back(p50);
+    pooled.insert(pooled.end(), repeats[r].begin(), repeats[r].end());
+  }
+  per += "]";
+  double lo = *std::min_element(medians.begin(), medians.end()), hi = *std::max_element(medians.begin(), medians.end());
+  double spread = lo > 0 ? 100.0 * (hi - lo) / lo : (hi > lo ? INFINITY : 0.0);
+  double total = 0;
+  for (double s : seconds) total += s;
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  struct utsname un;
+  uname(&un);
+
+  std::string j = "{";
+  auto kv = [&](const std::string& k, const std::string& v) { j += (j.size() > 1 ? ", " : "") + mini_json::quote(k) + ": " + v; };
+  kv("schema", "\"edge-se/bench/1\"");
+  kv("runner", "\"native\"");
+  std::string base = a.artifact.substr(a.artifact.find_last_of('/') + 1);
+  kv("artifact", mini_json::quote(base));
+  kv("manifest_sha256", mini_json::quote(digest));
+  kv("format", "\"pte\"");
+  kv("runtime", "{\"name\": \"executorch-native\", \"version\": " + mini_json::quote(EDGE_SE_ET_VERSION) + "}");
+  kv("threads", std::to_string(pool->get_thread_count()));
+  kv("affinity", affinity);
+  kv("warmup", std::to_string(a.warmup));
+  kv("runs", std::to_string(a.runs));
+  kv("min_seconds", num(a.min_seconds));
+  kv("seed", a.input_files.empty() ? std::to_string(a.seed) : "null");
+  kv("inputs_from", a.input_files.empty() ? "\"seed\"" : "\"files\"");
+  kv("latency_ms", summarize(pooled));
+  kv("repeats", per);
+  kv("repeat_spread_pct", num(spread));
+  kv("unstable", spread > a.unstable_pct ? "true" : "false");
+  kv("unstable_threshold_pct", num(a.unstable_pct));
+  kv("total_seconds", num(total));
+  kv("load_ms", num(load_ms));
+  kv("first_inference_ms", num(first_ms));
+  kv("peak_rss_bytes", std::to_string(static_cast<long long>(ru.ru_maxrss) * 1024));
+  kv("output_checksum", mini_json::quote(first.checksum));
+  kv("outputs", first.shapes);
+  kv("output_abs_sum", num(first.abs_sum));
+  kv("output_nonzero_fraction", num(first.nonzero_fraction));
+  kv("outputs_repeatable", last.checksum == first.checksum ? "true" : "false");
+  kv("cpu_model", mini_json::quote(cpu_model()));
+  kv("machine", mini_json::quote(un.machine));
+  kv("kernel", mini_json::quote(std::string(un.sysname) + " " + un.release));
+  kv("cpu_count", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
+  std::printf("%s}\n", j.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(parse_args(argc, argv));
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "device_bench.native_runner: error: %s\n", e.what());
+    return 2;
+  }
+}

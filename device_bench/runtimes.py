@@ -1,0 +1,152 @@
+"""Runtime adapters for the on-device runner: LiteRT/TFLite and ExecuTorch's Python runtime.
+
+Runs on the device: numpy plus whichever runtime is importable; never imports torch itself.
+Each adapter loads an artifact with an explicit thread count and runs it on numpy inputs.
+The timed region is one inference: ``invoke()`` for TFLite (inputs are set once, before
+warm-up), one ``Method.execute`` for ExecuTorch (which copies the inputs in, as every caller of
+that API must).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from device_bench.manifest import ManifestError, TensorSpec
+
+
+class RuntimeUnavailable(RuntimeError):
+    """No runtime for this artifact format can be imported on this machine."""
+
+
+class Session(Protocol):
+    """A loaded model: ``name``, ``version``, ``threads`` and ``run``."""
+
+    name: str
+    version: str
+    threads: int
+
+    def set_inputs(self, inputs: Sequence[np.ndarray]) -> None:
+        """Bind the inputs used by every following :meth:`run`."""
+
+    def run(self) -> None:
+        """Run one inference on the bound inputs."""
+
+    def outputs(self) -> list[np.ndarray]:
+        """Copies of the outputs of the last :meth:`run`."""
+
+
+def _version(dist: str, module: Any) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return str(getattr(module, "__version__", "unknown"))
+
+
+class TfliteSession:
+    """A ``.tflite`` model in ``ai_edge_litert`` (preferred) or ``tflite_runtime``."""
+
+    def __init__(self, path: str, inputs: Sequence[TensorSpec], threads: int) -> None:
+        interpreter_cls, self.name, self.version = self._import()
+        self.threads = threads
+        self._interp = interpreter_cls(model_path=path, num_threads=threads)
+        self._interp.allocate_tensors()
+        self._in = self._interp.get_input_details()
+        self._out = self._interp.get_output_details()
+        if len(self._in) != len(inputs):
+            raise ManifestError(f"manifest lists {len(inputs)} inputs, the model takes {len(self._in)}")
+        for i, (det, spec) in enumerate(zip(self._in, inputs, strict=True)):
+            shape = tuple(int(d) for d in det["shape"])
+            if shape != spec.shape or np.dtype(det["dtype"]).name != spec.dtype:
+                raise ManifestError(
+                    f"inputs[{i}]: manifest says {list(spec.shape)} {spec.dtype}, "
+                    f"the model takes {list(shape)} {np.dtype(det['dtype']).name}"
+                )
+
+    @staticmethod
+    def _import() -> tuple[Any, str, str]:
+        for mod_name, dist, label in (
+            ("ai_edge_litert.interpreter", "ai-edge-litert", "ai_edge_litert"),
+            ("tflite_runtime.interpreter", "tflite-runtime", "tflite_runtime"),
+        ):
+            try:
+                mod = importlib.import_module(mod_name)
+            except ImportError:
+                continue
+            return mod.Interpreter, label, _version(dist, mod)
+        raise RuntimeUnavailable("no TFLite runtime: install ai-edge-litert or tflite-runtime")
+
+    def set_inputs(self, inputs: Sequence[np.ndarray]) -> None:
+        """Copy the inputs into the interpreter's input tensors."""
+        for det, arr in zip(self._in, inputs, strict=True):
+            self._interp.set_tensor(det["index"], arr)
+
+    def run(self) -> None:
+        """One ``invoke()``."""
+        self._interp.invoke()
+
+    def outputs(self) -> list[np.ndarray]:
+        """Output tensors in the graph's output order (not name order)."""
+        return [np.array(self._interp.get_tensor(d["index"])) for d in self._out]
+
+
+class ExecutorchSession:
+    """A ``.pte`` program in ExecuTorch's Python runtime (x86/host only: it needs libtorch)."""
+
+    def __init__(self, path: str, inputs: Sequence[TensorSpec], threads: int) -> None:
+        try:
+            runtime_mod = importlib.import_module("executorch.runtime")
+            portable = importlib.import_module("executorch.extension.pybindings.portable_lib")
+        except ImportError as exc:
+            raise RuntimeUnavailable(
+                f"ExecuTorch Python runtime not importable ({exc}); use the native runner (--runner native)"
+            ) from None
+        self.name = "executorch"
+        self.version = _version("executorch", runtime_mod)
+        # The Python runtime keeps its own thread pool; torch.set_num_threads does not reach it.
+        portable._unsafe_reset_threadpool(threads)
+        self.threads = int(portable._threadpool_get_thread_count())
+        # Method.execute takes only torch tensors. The runtime itself imported torch (libtorch
+        # is its dependency); take that module rather than importing torch in this runner.
+        self._torch = sys.modules.get("torch")
+        if self._torch is None:
+            raise RuntimeUnavailable("ExecuTorch's Python runtime loaded without torch; use --runner native")
+        program = runtime_mod.Runtime.get().load_program(path)
+        self._method = program.load_method("forward")
+        meta = self._method.metadata
+        if meta.num_inputs() != len(inputs):
+            raise ManifestError(f"manifest lists {len(inputs)} inputs, the program takes {meta.num_inputs()}")
+        for i, spec in enumerate(inputs):
+            sizes = tuple(int(d) for d in meta.input_tensor_meta(i).sizes())
+            if sizes != spec.shape:
+                raise ManifestError(f"inputs[{i}]: manifest says {list(spec.shape)}, the program takes {list(sizes)}")
+        self._inputs: list[Any] = []
+        self._last: list[Any] = []
+
+    def set_inputs(self, inputs: Sequence[np.ndarray]) -> None:
+        """Wrap the numpy inputs (zero-copy) for ``Method.execute``."""
+        self._inputs = [self._torch.from_numpy(np.ascontiguousarray(a)) for a in inputs]
+
+    def run(self) -> None:
+        """One ``Method.execute``."""
+        self._last = self._method.execute(self._inputs)
+
+    def outputs(self) -> list[np.ndarray]:
+        """Copies of the last outputs as numpy arrays."""
+        return [np.array(t.detach().numpy(), copy=True) for t in self._last]
+
+
+def open_session(fmt: str, path: str, inputs: Sequence[TensorSpec], threads: int) -> Session:
+    """Load ``path`` (``fmt`` is the manifest format) with ``threads`` threads."""
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    if fmt == "tflite":
+        return TfliteSession(path, inputs, threads)
+    if fmt == "pte":
+        return ExecutorchSession(path, inputs, threads)
+    raise ManifestError(f"format {fmt!r} has no runtime; valid: pte, tflite")

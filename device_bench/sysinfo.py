@@ -1,0 +1,91 @@
+"""What the machine running a benchmark is: CPU model, architecture, kernel, peak RSS.
+
+Runs on the device: standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+
+#: ARM ``CPU part`` numbers (implementer 0x41, Arm Ltd.) from the Arm Technical Reference Manuals.
+ARM_PARTS = {
+    0xD03: "Cortex-A53",
+    0xD04: "Cortex-A35",
+    0xD05: "Cortex-A55",
+    0xD07: "Cortex-A57",
+    0xD08: "Cortex-A72",
+    0xD09: "Cortex-A73",
+    0xD0A: "Cortex-A75",
+    0xD0B: "Cortex-A76",
+    0xD0C: "Neoverse-N1",
+    0xD0D: "Cortex-A77",
+    0xD40: "Neoverse-V1",
+    0xD41: "Cortex-A78",
+    0xD44: "Cortex-X1",
+    0xD46: "Cortex-A510",
+    0xD47: "Cortex-A710",
+    0xD48: "Cortex-X2",
+    0xD49: "Neoverse-N2",
+    0xD4F: "Neoverse-V2",
+}
+
+
+def cpu_model(cpuinfo: str | None = None, dt_model: str | None = None) -> str:
+    """Return a human CPU name from ``/proc/cpuinfo`` (x86 ``model name`` or ARM part numbers).
+
+    Args:
+        cpuinfo: text of /proc/cpuinfo (read from the machine when None).
+        dt_model: device-tree board model (e.g. "Raspberry Pi 4 Model B"), read when None.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(errors="replace")
+        except OSError:
+            cpuinfo = ""
+    if dt_model is None:
+        try:
+            dt_model = Path("/proc/device-tree/model").read_text(errors="replace").strip("\x00\n ")
+        except OSError:
+            dt_model = ""
+    fields: dict[str, list[str]] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip().lower(), []).append(value.strip())
+    if "model name" in fields:
+        name = fields["model name"][0]
+    elif "cpu part" in fields:
+        parts = []
+        for imp, part in zip(fields.get("cpu implementer", []), fields["cpu part"], strict=False):
+            try:
+                p = int(part, 16)
+            except ValueError:
+                continue
+            label = ARM_PARTS.get(p, f"part {part}") if imp.lower() == "0x41" else f"implementer {imp} part {part}"
+            if label not in parts:
+                parts.append(label)
+        name = " + ".join(parts) or "unknown ARM"
+    else:
+        name = platform.processor() or "unknown"
+    return f"{name} ({dt_model})" if dt_model else name
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process in bytes (``ru_maxrss`` is KiB on Linux)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def describe() -> dict[str, str | int]:
+    """CPU model, machine architecture, kernel release and logical CPU count."""
+    uname = os.uname()
+    return {
+        "cpu_model": cpu_model(),
+        "machine": uname.machine,
+        "kernel": f"{uname.sysname} {uname.release}",
+        "cpu_count": os.cpu_count() or 0,
+    }

@@ -1,0 +1,178 @@
+"""Desktop PyTorch baselines: eager and ``torch.compile`` on the CPU and, when present, on CUDA.
+
+Each (mode, dtype, batch) gives one JSON line in the same format as device runs. CPU timing
+uses ``perf_counter`` around each call (CPU ops are synchronous); CUDA timing uses CUDA events
+recorded around each call after warm-up, reading each pair after the end event completes, so
+host launch overhead and asynchrony are measured the way the GPU sees them.
+Without CUDA, a ``--device cuda`` request says so in one line and records the CPU baseline only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from device_bench import stats, sysinfo
+from edge_se import atomic
+from edge_se.errors import EdgeSeError
+
+DTYPES = ("fp32", "fp16", "bf16")
+#: The larger batch timed on a GPU beside batch 1 (throughput regime).
+GPU_LARGE_BATCH = 32
+
+
+@dataclass(frozen=True)
+class TorchBenchConfig:
+    """What to time; empty ``dtypes``/``batches`` pick the device's defaults."""
+
+    model: str
+    device: str = "cpu"
+    dtypes: tuple[str, ...] = ()
+    batches: tuple[int, ...] = ()
+    resolution: int | None = None
+    compile: bool = True
+    runs: int = 50
+    warmup: int = 10
+    min_seconds: float = 1.0
+    repeats: int = 3
+    cooldown: float = 0.5
+    threads: int = 1
+
+
+def build_registry_model(name: str) -> tuple[Any, int]:
+    """An edge-se registry model (random weights: latency only) and its default resolution."""
+    import edge_se
+
+    try:
+        spec = edge_se.get_spec(name)
+    except (KeyError, ValueError) as exc:
+        raise EdgeSeError(str(exc).strip("'\"")) from None
+    return edge_se.build_model(name), int(spec.resolution)
+
+
+def resolve(cfg: TorchBenchConfig, cuda_available: bool) -> tuple[str, tuple[str, ...], tuple[int, ...], str | None]:
+    """Device, dtypes and batches actually run, and the one-line note when CUDA was asked for but absent."""
+    note = None
+    device = cfg.device
+    if device not in ("cpu", "cuda"):
+        raise EdgeSeError(f"--device {device!r} not valid; valid: cpu, cuda")
+    bad = [d for d in cfg.dtypes if d not in DTYPES]
+    if bad:
+        raise EdgeSeError(f"--dtype {bad[0]!r} not valid; valid: {', '.join(DTYPES)}")
+    if device == "cuda" and not cuda_available:
+        note = "CUDA is not available on this machine: recording the CPU baseline only"
+        device = "cpu"
+    if device == "cuda":
+        return device, cfg.dtypes or DTYPES, cfg.batches or (1, GPU_LARGE_BATCH), note
+    if note:  # the CPU baseline only: fp32 (reduced precisions were a GPU request)
+        return device, ("fp32",), cfg.batches or (1,), note
+    return device, cfg.dtypes or ("fp32",), cfg.batches or (1,), None
+
+
+def _timer(torch: Any, device: str) -> Callable[[Callable[[], Any]], float]:
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def cuda_time(fn: Callable[[], Any]) -> float:
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return float(start.elapsed_time(end))  # ms
+
+        return cuda_time
+
+    def cpu_time(fn: Callable[[], Any]) -> float:
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+
+    return cpu_time
+
+
+def time_model(fn: Callable[[], Any], timer: Callable[[Callable[[], Any]], float], cfg: TorchBenchConfig
+               ) -> dict[str, Any]:
+    """Warm up, then ``repeats`` x (at least ``runs`` and ``min_seconds``) timed calls."""
+    for _ in range(cfg.warmup):
+        timer(fn)
+    repeats, seconds = [], []
+    for r in range(cfg.repeats):
+        if r:
+            time.sleep(cfg.cooldown)
+        samples: list[float] = []
+        while len(samples) < cfg.runs or sum(samples) < cfg.min_seconds * 1e3:
+            samples.append(timer(fn))
+        repeats.append(samples)
+        seconds.append(sum(samples) / 1e3)
+    return {**stats.combine_repeats(repeats, seconds=seconds), "total_seconds": sum(seconds)}
+
+
+def bench_torch(cfg: TorchBenchConfig, out: Path, *,
+                build: Callable[[str], tuple[Any, int]] = build_registry_model) -> list[dict[str, Any]]:
+    """Time every (mode, dtype, batch); append and return one record each."""
+    import torch
+
+    device, dtypes, batches, note = resolve(cfg, torch.cuda.is_available())
+    if note:
+        print(f"bench-torch: {note}", file=sys.stderr)
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    base, default_res = build(cfg.model)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    res = cfg.resolution or default_res
+    facts = sysinfo.describe()
+    gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
+    modes = ("eager", "compile") if cfg.compile else ("eager",)
+    records = []
+    for dtype in dtypes:
+        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        model = base.to(device=device, dtype=tdtype).eval()
+        for mode in modes:
+            for batch in batches:
+                g = torch.Generator().manual_seed(0)
+                x = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device=device, dtype=tdtype)
+                rec: dict[str, Any] = {
+                    "artifact": None, "manifest_sha256": None, "model": cfg.model, "device": device,
+                    "transport": "torch", "emulated": False, "dtype": dtype, "batch": batch, "resolution": res,
+                    "runtime": {"name": f"torch-{mode}", "version": torch.__version__},
+                    "threads": torch.get_num_threads(), "gpu_name": gpu, "cuda_requested_but_absent": note is not None,
+                    "warmup": cfg.warmup, "runs": cfg.runs, "min_seconds": cfg.min_seconds, "load_ms": load_ms,
+                    **facts, "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
+                }
+                try:
+                    with torch.inference_mode():
+                        fn_model = torch.compile(model) if mode == "compile" else model
+                        timer = _timer(torch, device)
+                        out_holder: list[Any] = []
+                        rec["first_inference_ms"] = timer(lambda: out_holder.append(fn_model(x)))  # noqa: B023
+                        y = out_holder[0].float().cpu().contiguous().numpy()
+                        rec["output_checksum"] = "sha256:" + hashlib.sha256(y.tobytes()).hexdigest()
+                        rec.update(time_model(lambda: fn_model(x), timer, cfg))  # noqa: B023
+                    p50 = rec["latency_ms"]["p50"]
+                    rec["throughput_per_s"] = batch * 1e3 / p50 if p50 > 0 else None
+                    rec["peak_rss_bytes"] = sysinfo.peak_rss_bytes()
+                    if device == "cuda":
+                        rec["gpu_peak_memory_bytes"] = int(torch.cuda.max_memory_allocated())
+                    rec["status"] = "ok"
+                except Exception as exc:  # noqa: BLE001 - a mode that does not work is recorded, not fatal
+                    rec["status"] = "error"
+                    rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                atomic.append_line(out, json.dumps(rec, sort_keys=True))
+                records.append(rec)
+                _log(rec)
+    return records
+
+
+def _log(rec: dict[str, Any]) -> None:
+    what = f"{rec['model']} {rec['runtime']['name']} {rec['device']} {rec['dtype']} batch {rec['batch']}"
+    if rec["status"] == "ok":
+        print(f"bench-torch: {what}: p50 {rec['latency_ms']['p50']:.4g} ms", file=sys.stderr)
+    else:
+        print(f"bench-torch: {what}: {rec['error']}", file=sys.stderr)
+

@@ -1,0 +1,118 @@
+"""What every transport shares: run options, the device error, the payload sent to a device.
+
+A transport moves an artifact and its manifest to a device, runs a runner there and returns
+the runner's JSON object (plus transport facts). Host side: may import edge_se.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from edge_se.errors import EdgeSeError
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+#: The on-device runner: these modules only (numpy + a runtime; no torch, no edge_se).
+RUNNER_MODULES = ("__init__.py", "runner.py", "stats.py", "manifest.py", "sysinfo.py", "runtimes.py")
+
+RunnerKind = Literal["auto", "python", "native"]
+
+
+class DeviceError(EdgeSeError):
+    """A device could not run the benchmark: one line that names the device and the cause."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to measure (mirrors the runner's options; see device_bench/runner.py)."""
+
+    warmup: int = 10
+    runs: int = 50
+    min_seconds: float = 1.0
+    max_runs: int = 0
+    repeats: int = 3
+    cooldown: float = 1.0
+    threads: int = 1
+    affinity: str | None = None
+    seed: int = 0
+    unstable_pct: float = 5.0
+    runner: RunnerKind = "auto"
+    timeout_s: float = 600.0
+    parity: bool = True
+
+    def argv(self, **override: Any) -> list[str]:
+        """Runner command-line options (``override`` replaces fields, e.g. ``runs=3``)."""
+        o = {**self.__dict__, **override}
+        args = ["--warmup", str(o["warmup"]), "--runs", str(o["runs"]), "--min-seconds", str(o["min_seconds"]),
+                "--max-runs", str(o["max_runs"]), "--repeats", str(o["repeats"]), "--cooldown", str(o["cooldown"]),
+                "--threads", str(o["threads"]), "--seed", str(o["seed"]), "--unstable-pct", str(o["unstable_pct"])]
+        if o["affinity"]:
+            args += ["--affinity", str(o["affinity"])]
+        return args
+
+
+class Transport(Protocol):
+    """A way to reach one device."""
+
+    name: str
+    kind: str
+    emulated: bool
+
+    def run(self, artifact: Path, manifest: Path, opts: RunOptions) -> dict[str, Any]:
+        """Run one artifact; return the runner's result object."""
+
+    def probe(self) -> dict[str, Any]:
+        """Reachability, architecture and the runtimes available."""
+
+
+def stage_runner(dest: Path) -> Path:
+    """Copy the on-device runner package into ``dest/device_bench``; return ``dest``."""
+    pkg = dest / "device_bench"
+    pkg.mkdir(parents=True, exist_ok=True)
+    for name in RUNNER_MODULES:
+        shutil.copy2(PACKAGE_DIR / name, pkg / name)
+    return dest
+
+
+def parse_result(stdout: str, device: str) -> dict[str, Any]:
+    """The runner's JSON object: the last stdout line that parses as a JSON object."""
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict):
+                return obj
+    tail = stdout.strip().splitlines()[-1:] or ["<no output>"]
+    raise DeviceError(f"{device}: the runner printed no result JSON (last line: {tail[0][:200]})")
+
+
+def last_error_line(stderr: str) -> str:
+    """The most useful line of a failing command's stderr (a runner error, else the last line)."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "error:" in ln:
+            return ln[:300]
+    return lines[-1][:300] if lines else "no error output"
+
+
+def run_checked(
+    cmd: Sequence[str], *, device: str, timeout_s: float, what: str, **kw: Any
+) -> subprocess.CompletedProcess:
+    """Run a host command; a time-out or non-zero exit becomes a one-line :class:`DeviceError`."""
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout_s, **kw)
+    except subprocess.TimeoutExpired:
+        raise DeviceError(f"{device}: {what} timed out after {timeout_s:g} s") from None
+    except FileNotFoundError:
+        raise DeviceError(f"{device}: {cmd[0]} not found on this machine") from None
+    if proc.returncode != 0:
+        raise DeviceError(f"{device}: {what} failed (exit {proc.returncode}): {last_error_line(proc.stderr)}")
+    return proc

@@ -1,0 +1,134 @@
+"""The ``qemu-aarch64`` transport: user-mode emulated aarch64 (Neoverse-N1), built by ``make arm-emu``.
+
+Three measurements per artifact:
+    1. the normal benchmark under emulation; its wall time is kept but labelled emulated
+       (40x-450x native: it says nothing about a real device);
+    2. instructions executed per inference, counted by the TCG plugin as
+       ``(count(n0 + k runs) - count(n0 runs)) / k`` so loading and start-up cancel out, with one
+       thread so spinning worker threads add no noise;
+    3. parity: the first inference's outputs against the same runner on this host (int8
+       bit-identical, fp32 within :data:`device_bench.parity.FP32_ATOL`).
+``.tflite`` runs in the aarch64 Python runner; ``.pte`` in the cross-compiled native runner.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from device_bench import emu, parity
+from device_bench.manifest import load_manifest
+from device_bench.transports.base import DeviceError, RunOptions, parse_result, run_checked, stage_runner
+from device_bench.transports.local import LocalTransport
+
+#: Runs in the shorter of the two counted processes, and how many more a pilot count does.
+COUNT_BASE_RUNS = 2
+COUNT_EXTRA_RUNS = 8
+#: The two counted processes must differ by at least this many instructions. Counting runs
+#: use the runners' ``--count-only`` mode (no clock reads, no statistics); what still varies
+#: between identical processes (start-up, about 1e4 instructions) stays below 1e-4 of 1e8.
+COUNT_MIN_DELTA = 1e8
+
+
+class QemuTransport:
+    """Emulated aarch64 on this machine."""
+
+    kind = "qemu-aarch64"
+    emulated = True
+
+    def __init__(self, name: str = "qemu-aarch64", *, base: Path | None = None, count: bool = True) -> None:
+        self.name = name
+        self.base = base
+        self.count = count
+
+    def _command(self, env: emu.EmuEnv, fmt: str, artifact: Path, manifest: Path, args: list[str],
+                 count_to: Path | None = None) -> list[str]:
+        if fmt == "pte":
+            prog = [str(env.native_runner)]
+        else:
+            prog = [str(env.python), "-m", "device_bench.runner"]
+        return [*env.prefix(count_to=count_to), *prog, str(artifact), "--manifest", str(manifest), *args]
+
+    def _exec(self, env: emu.EmuEnv, cmd: list[str], stage: Path, opts: RunOptions, what: str) -> dict[str, Any]:
+        proc = run_checked(cmd, device=self.name, timeout_s=opts.timeout_s, what=what, env=env.env(str(stage)))
+        return parse_result(proc.stdout, self.name)
+
+    def instructions_per_inference(self, env: emu.EmuEnv, fmt: str, artifact: Path, manifest: Path,
+                                   opts: RunOptions, stage: Path) -> dict[str, Any]:
+        """Count instructions for two run lengths; return the per-inference figure and its inputs.
+
+        A pilot pair (``n0``, ``n0 + 8``) estimates the figure; when its difference is under
+        :data:`COUNT_MIN_DELTA` (a small model), a third process runs enough inferences to reach it.
+        """
+
+        def count(n: int) -> int:
+            out = stage / f"count-{n}.txt"
+            args = [*opts.argv(warmup=0, runs=n, max_runs=n, min_seconds=0, repeats=1, cooldown=0, threads=1),
+                    "--count-only"]
+            self._exec(env, self._command(env, fmt, artifact, manifest, args, count_to=out), stage, opts,
+                       "instruction count")
+            try:
+                return int(out.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}") from None
+
+        runs = [COUNT_BASE_RUNS, COUNT_BASE_RUNS + COUNT_EXTRA_RUNS]
+        counts = [count(n) for n in runs]
+        per = (counts[1] - counts[0]) / COUNT_EXTRA_RUNS
+        if per <= 0:
+            raise DeviceError(f"{self.name}: instruction counts {counts} do not grow with the run count")
+        if counts[1] - counts[0] < COUNT_MIN_DELTA:
+            extra = math.ceil(COUNT_MIN_DELTA / per)
+            runs[1] = COUNT_BASE_RUNS + extra
+            counts[1] = count(runs[1])
+            per = (counts[1] - counts[0]) / extra
+        return {"instructions_per_inference": per,
+                "instruction_count": {"runs": list(runs), "counts": counts, "threads": 1, "qemu_cpu": emu.QEMU_CPU,
+                                      "aslr_disabled": bool(emu.no_aslr_prefix()),
+                                      "method": "(count(n1) - count(n0)) / (n1 - n0)"}}
+
+    def run(self, artifact: Path, manifest: Path, opts: RunOptions) -> dict[str, Any]:
+        """Benchmark, count instructions and check parity with the host."""
+        fmt = load_manifest(manifest).format
+        env = emu.find(self.base, need=("python",) + (("native_runner",) if fmt == "pte" else ())
+                       + (("plugin",) if self.count else ()))
+        with tempfile.TemporaryDirectory(prefix="edge-se-qemu-") as tmp:
+            stage = stage_runner(Path(tmp))
+            dump = stage / "arm-outputs.bin"
+            cmd = self._command(env, fmt, artifact, manifest, [*opts.argv(), "--dump-outputs", str(dump)])
+            result = self._exec(env, cmd, stage, opts, "emulated runner")
+            result["latency_note"] = "emulated wall time (QEMU TCG user mode): not a device figure"
+            result["qemu_cpu"] = emu.QEMU_CPU
+            if self.count:
+                result.update(self.instructions_per_inference(env, fmt, artifact, manifest, opts, stage))
+            if opts.parity:
+                result["parity"] = self._parity(artifact, manifest, opts, fmt, dump, result, stage)
+        return result
+
+    def _parity(self, artifact: Path, manifest: Path, opts: RunOptions, fmt: str, dump: Path,
+                arm: dict[str, Any], stage: Path) -> dict[str, Any]:
+        host_dump = stage / "host-outputs.bin"
+        host_opts = RunOptions(runner="native" if fmt == "pte" else "python", timeout_s=opts.timeout_s,
+                               seed=opts.seed)
+        host = LocalTransport("local").run(artifact, manifest, host_opts, fmt=fmt, dump_outputs=host_dump,
+                                           warmup=0, runs=1, max_runs=1, min_seconds=0, repeats=1, cooldown=0)
+        dtype = load_manifest(manifest).dtype
+        res = parity.compare(parity.decode(host_dump.read_bytes(), host["outputs"]),
+                             parity.decode(dump.read_bytes(), arm["outputs"]), dtype=dtype)
+        res["reference"] = f"local {host['machine']} {host['runtime']['name']} {host['runtime']['version']}"
+        res["reference_checksum"] = host["output_checksum"]
+        return res
+
+    def probe(self) -> dict[str, Any]:
+        """Whether the environment is built and which runtimes it has."""
+        try:
+            env = emu.find(self.base, need=("python",))
+        except DeviceError as exc:
+            return {"reachable": False, "error": str(exc)}
+        runtimes = ["ai_edge_litert"] if (env.site / "ai_edge_litert").exists() else []
+        if env.native_runner.exists():
+            runtimes.append("executorch-native")
+        return {"reachable": True, "machine": "aarch64", "cpu": emu.QEMU_CPU, "runtimes": runtimes,
+                "instruction_counting": env.plugin.exists()}

@@ -1,0 +1,254 @@
+"""``quantize_model``: PT2E int8 quantisation of any network under a named, SE-aware policy.
+
+Example:
+    >>> import torch, edge_se
+    >>> from quantize import quantize_model
+    >>> model = edge_se.build_model("mobilenetv3_small_100", num_classes=10).eval()
+    >>> calib = [torch.randn(8, 3, 64, 64)]
+    >>> qm = quantize_model(model, (calib[0][:1],), calib, target="pte", policy="gate-fixed")
+    >>> len(qm.se_blocks), qm.policy
+    (9, ('gate-fixed',))
+    >>> qm.graph(calib[0][:2]).shape
+    torch.Size([2, 10])
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.fx import GraphModule
+
+from edge_se.errors import EdgeSeError
+from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
+from quantize.capture import run_graph
+from quantize.metrics import gate_error, logits_report
+from quantize.policies import PolicyPlan, resolve_policy
+from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
+from quantize.se_pattern import SEBlock, find_se_blocks
+
+ENGINES: tuple[str, ...] = ("torchao", "nncf")
+# Images per calibration forward pass.
+CALIB_BATCH = 32
+# `auto` stops when the quantised logits reach both figures on its evaluation images ...
+AUTO_TARGET_SQNR_DB = 30.0
+AUTO_TARGET_AGREEMENT = 0.995
+# ... or after this many blocks were moved to fp32, and evaluates on at most this many images.
+AUTO_MAX_FLOAT_BLOCKS = 6
+AUTO_EVAL_IMAGES = 256
+
+
+@dataclass
+class QuantizedModel:
+    """A quantised network and how it was made.
+
+    Attributes:
+        graph: output of ``convert_pt2e``: the quantised PyTorch reference, callable on float inputs.
+        quantizer: the PT2E quantizer used (``litert_torch.convert`` needs it in
+            ``QuantConfig(pt2e_quantizer=...)``; its class subclasses the stock quantizer).
+        target: ``pte`` or ``tflite``.
+        engine: ``torchao`` or ``nncf``.
+        policy: the policy names applied.
+        se_blocks: the SE blocks found by pattern in the exported graph (:class:`SEBlock`).
+        calibration: ``{"source", "size", "seed", "selection", "pool"}``.
+        rewrites: graph rewrites / special settings applied (recorded in the export manifest).
+        reference: the exported float graph (same node names), the reference for gate errors.
+        steps: for ``auto``: one record per step (blocks in fp32, figures reached).
+    """
+
+    graph: GraphModule
+    quantizer: object
+    target: str
+    engine: str
+    policy: tuple[str, ...]
+    se_blocks: list
+    calibration: dict
+    rewrites: list[str]
+    reference: GraphModule | None = None
+    steps: list[dict] = field(default_factory=list)
+
+
+def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
+    """``torch.export.export(model.eval(), example_inputs).module()``: the graph PT2E works on.
+
+    The batch dimension of the first input is exported as dynamic, so that calibration and
+    evaluation run whole batches; re-exporting the quantised graph with a batch-1 example (as
+    the export package does) specialises it again.
+    """
+    inputs = tuple(example_inputs)
+    first = inputs[0]
+    # A batch of 1 would be specialised (0/1 specialisation): trace with the image repeated twice.
+    traced = (torch.cat([first, first]) if first.shape[0] == 1 else first,) + inputs[1:]
+    dynamic = ({0: torch.export.Dim.DYNAMIC},) + (None,) * (len(inputs) - 1)
+    try:
+        return torch.export.export(model.eval(), traced, dynamic_shapes=dynamic).module()
+    except Exception:  # noqa: BLE001 - a model whose batch cannot be symbolic: keep it static
+        return torch.export.export(model.eval(), inputs).module()
+
+
+def _calibrate_batches(images: torch.Tensor) -> list[torch.Tensor]:
+    return [images[i : i + CALIB_BATCH] for i in range(0, images.shape[0], CALIB_BATCH)]
+
+
+def _quantize_once(
+    exported: GraphModule,
+    images: torch.Tensor,
+    *,
+    target: str,
+    engine: str,
+    options: QuantizerOptions,
+) -> tuple[GraphModule, object]:
+    """Prepare -> calibrate on ``images`` -> convert, on a copy of ``exported``."""
+    quantizer = make_quantizer(target, options)
+    gm = copy.deepcopy(exported)
+    fold = target == "pte"  # litert-torch's docs require convert_pt2e(fold_quantize=False)
+    if engine == "nncf":
+        import nncf
+        from nncf.experimental.torch.fx import quantize_pt2e as nncf_quantize_pt2e
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        # histogram: NNCF's own default estimator; percentile: mean of per-batch quantiles.
+        ranges = {
+            "histogram": None,
+            "minmax": "MINMAX",
+            "percentile": "MEAN_QUANTILE",
+        }[options.act_observer]
+        ranges = getattr(RangeEstimatorParametersSet, ranges) if ranges else None
+        with torch.no_grad():
+            q = nncf_quantize_pt2e(
+                gm,
+                quantizer,
+                nncf.Dataset(_calibrate_batches(images)),
+                subset_size=int(images.shape[0]),
+                activations_range_estimator_params=ranges,
+                fold_quantize=fold,
+            )
+        return q, quantizer
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(gm, quantizer)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for batch in _calibrate_batches(images):
+            prepared(batch)
+    return convert_pt2e(prepared, fold_quantize=fold), quantizer
+
+
+def _select(
+    plan: PolicyPlan, exported: GraphModule, blocks: list[SEBlock], pool: torch.Tensor, size: int, seed: int
+) -> tuple[torch.Tensor, str]:
+    if plan.selection == "gate-coverage" and blocks and size < pool.shape[0]:
+        _, gates = run_graph(exported, pool, blocks)
+        features = torch.cat([gates[b.name] for b in blocks], dim=1)
+        return pool[k_center_indices(features, size, seed)], "gate-coverage"
+    if plan.selection == "gate-coverage" and not blocks:
+        raise EdgeSeError("policy 'gate-coverage' needs SE blocks, and none were found in this model")
+    return pool[random_indices(pool.shape[0], size, seed)], "random"
+
+
+def quantize_model(
+    model: torch.nn.Module,
+    example_inputs: tuple[torch.Tensor, ...],
+    calib: Sequence[torch.Tensor],
+    *,
+    target: Literal["pte", "tflite"],
+    policy: str | Sequence[str] = "ptq",
+    engine: Literal["torchao", "nncf"] = "torchao",
+    seed: int = 0,
+    calib_size: int | None = None,
+    calib_source: str = "unknown",
+) -> QuantizedModel:
+    """Quantise ``model`` to int8 with PT2E for ``target`` under ``policy``.
+
+    Args:
+        model: a float network (put in eval mode; not modified otherwise).
+        example_inputs: inputs for ``torch.export`` (e.g. one image ``[1, 3, R, R]``).
+        calib: float image batches ``[N, 3, R, R]``, already preprocessed: the calibration pool.
+        target: ``pte`` (ExecuTorch XNNPACK quantizer) or ``tflite`` (litert-torch quantizer).
+        policy: policy names (see :data:`quantize.policies.POLICIES`), a list or ``"a,b"``.
+        engine: ``torchao`` (prepare/convert) or ``nncf`` (NNCF's ``quantize_pt2e``).
+        seed: seeds the calibration subset.
+        calib_size: images used to calibrate, drawn from the pool (None: all of it).
+        calib_source: where the pool came from, for the record (``digits``, a folder, ...).
+
+    Raises:
+        EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size.
+    """
+    if target not in TARGETS:
+        raise EdgeSeError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    if engine not in ENGINES:
+        raise EdgeSeError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    plan = resolve_policy(policy)
+    pool = pool_images(calib)
+    size = check_size(calib_size, pool.shape[0])
+    exported = export_graph(model, example_inputs)
+    blocks = find_se_blocks(exported)
+    if plan.island != "none" and not blocks:
+        raise EdgeSeError(f"policy {plan.island!r} needs SE blocks, and none were found in this model")
+    subset, selection = _select(plan, exported, blocks, pool, size, seed)
+    calibration = {"source": calib_source, "size": int(subset.shape[0]), "pool": int(pool.shape[0]),
+                   "seed": seed, "selection": selection}
+
+    def options(float_blocks: set[str] | None) -> QuantizerOptions:
+        edits = se_edits(exported, float_blocks=float_blocks, float_mul=plan.island != "se-float",
+                         fixed_gate=plan.fixed_gate)
+        return QuantizerOptions(act_observer=plan.act_observer, edits=edits)
+
+    steps: list[dict] = []
+    if plan.island == "auto":
+        graph, quantizer, float_blocks, steps = _auto(exported, blocks, pool, subset, target, engine, options, seed)
+    else:
+        float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
+        graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
+                                          options=options(float_blocks))
+    rewrites = _describe(plan, blocks, float_blocks, engine)
+    return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
+                          se_blocks=blocks, calibration=calibration, rewrites=rewrites, reference=exported,
+                          steps=steps)
+
+
+def _auto(exported, blocks, pool, subset, target, engine, options, seed):  # noqa: ANN001, ANN202
+    """Move the SE block with the worst gate SQNR to fp32 until the output targets are met."""
+    eval_images = pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
+    ref_logits, ref_gates = run_graph(exported, eval_images, blocks)
+    sizes = {b.name: 2 * b.channels * b.reduced + b.channels + b.reduced for b in blocks}
+    float_blocks: set[str] = set()
+    steps: list[dict] = []
+    while True:
+        graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
+                                          options=options(float_blocks))
+        logits, gates = run_graph(graph, eval_images, blocks)
+        report = logits_report(ref_logits, logits)
+        errors = [gate_error(b.name, ref_gates[b.name], gates[b.name]) for b in blocks]
+        steps.append({
+            "float_blocks": sorted(float_blocks),
+            "sqnr_db": report["sqnr_db"],
+            "top1_agreement": report["top1_agreement"],
+            "gate_sqnr_db_min": min(float(e["sqnr_db"]) for e in errors),
+            # fp32 instead of int8 excitation weights: 3 more bytes per parameter.
+            "extra_bytes": 3 * sum(sizes[b] for b in float_blocks),
+        })
+        met = report["sqnr_db"] >= AUTO_TARGET_SQNR_DB and report["top1_agreement"] >= AUTO_TARGET_AGREEMENT
+        candidates = [e for e in errors if e["block"] not in float_blocks]
+        if met or not candidates or len(float_blocks) >= AUTO_MAX_FLOAT_BLOCKS:
+            steps[-1]["target_met"] = bool(met)
+            return graph, quantizer, float_blocks, steps
+        float_blocks.add(str(min(candidates, key=lambda e: float(e["sqnr_db"]))["block"]))
+
+
+def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str) -> list[str]:
+    out = []
+    if plan.fixed_gate:
+        n = len(blocks) - (len(float_blocks) if plan.island != "se-float" else 0)
+        out.append(f"gate-fixed: {n} SE gate outputs quantised with scale 1/256, zero point -128")
+    if float_blocks:
+        what = "FCs, activation, gate" + ("" if plan.island == "se-float" else " and channel multiply")
+        names = ", ".join(b.name for b in blocks if b.name in float_blocks)
+        out.append(f"{plan.island}: {len(float_blocks)} SE blocks keep {what} in fp32: {names}")
+    if plan.act_observer != "histogram":
+        out.append(f"activation ranges: {plan.act_observer}" + (" (NNCF estimator)" if engine == "nncf" else ""))
+    if plan.selection == "gate-coverage":
+        out.append("calibration subset: k-center greedy over float SE gate vectors")
+    return out

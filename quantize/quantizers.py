@@ -1,0 +1,228 @@
+"""The PT2E quantizers edge-se uses, with the graph edits the SE-aware policies make at annotation.
+
+- ``pte``: ExecuTorch's ``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)``
+  (int8 per-channel weights, int8 per-tensor affine activations observed with a histogram).
+- ``tflite``: litert-torch's ``PT2EQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True,
+  is_dynamic=False)`` (the same scheme; it also annotates sigmoid with fixed parameters).
+
+A policy never writes its own quantizer: :func:`make_quantizer` returns a subclass of the stock
+quantizer class (so ``litert_torch.convert(quant_config=QuantConfig(pt2e_quantizer=...))`` and the
+XNNPACK lowering accept it as they accept the stock one) whose ``annotate`` applies
+:class:`AnnotationEdits` before and after the stock annotation:
+
+- ``float_nodes``: marked "annotated, no quantisation" first, so the stock annotators skip them and
+  they stay fp32 (a mixed-precision island).
+- ``fixed_gate``: SE gate outputs (and the multiply's gate input) quantised with fixed parameters
+  covering [0, 1] (scale 1/256, zero point -128 in int8) instead of an observed range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch.fx import GraphModule, Node
+
+from quantize.se_pattern import find_se_blocks
+
+Target = Literal["pte", "tflite"]
+TARGETS: tuple[str, ...] = ("pte", "tflite")
+ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile")
+ANNOTATION_KEY = "quantization_annotation"
+
+# TFLite's own choice for LOGISTIC outputs, and the natural grid for a value in [0, 1]:
+# 256 levels of 1/256 starting at 0 (int8 -128 -> 0.0, 127 -> 0.996).
+GATE_SCALE = 1.0 / 256.0
+GATE_ZERO_POINT = -128
+
+
+@dataclass(frozen=True)
+class AnnotationEdits:
+    """What a policy changes in the annotation of the stock quantizer.
+
+    Attributes:
+        float_nodes: names of graph nodes left unquantised (inputs and outputs stay fp32).
+        fixed_gate: node names of SE gates to quantise with fixed [0, 1] parameters.
+        fixed_gate_muls: ``{mul node name: gate node name}`` for the multiplies consuming them.
+    """
+
+    float_nodes: frozenset[str] = frozenset()
+    fixed_gate: frozenset[str] = frozenset()
+    fixed_gate_muls: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass
+class QuantizerOptions:
+    """Options of the stock quantizer a policy may set.
+
+    Attributes:
+        act_observer: activation range estimator: ``histogram`` (the stock default: minimises the
+            L2 quantisation error), ``minmax`` (observed extremes), ``percentile`` (clips the
+            0.01% tails of the observed values).
+        edits: graph edits applied at annotation (see :class:`AnnotationEdits`).
+    """
+
+    act_observer: str = "histogram"
+    edits: AnnotationEdits = field(default_factory=AnnotationEdits)
+
+
+def _fixed_gate_spec() -> object:
+    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
+
+    return FixedQParamsQuantizationSpec(
+        dtype=torch.int8,
+        scale=GATE_SCALE,
+        zero_point=GATE_ZERO_POINT,
+        quant_min=-128,
+        quant_max=127,
+        qscheme=torch.per_tensor_affine,
+    )
+
+
+def _observer_ctr(name: str) -> Callable[..., object]:
+    from torchao.quantization.pt2e import HistogramObserver, MinMaxObserver
+
+    if name == "histogram":
+        return HistogramObserver
+    if name == "minmax":
+        return MinMaxObserver
+    if name == "percentile":
+        from quantize.observers import PercentileObserver
+
+        return PercentileObserver
+    raise ValueError(f"unknown activation observer {name!r}; valid: {', '.join(ACT_OBSERVERS)}")
+
+
+def _with_act_observer(config: object, name: str) -> object:
+    """A copy of a (frozen) QuantizationConfig whose activation specs use observer ``name``."""
+    if name == "histogram":
+        return config  # the stock default of both quantizers
+    ctr = _observer_ctr(name)
+    changes = {}
+    for key in ("input_activation", "output_activation"):
+        spec = getattr(config, key)
+        if spec is not None:
+            changes[key] = dataclasses.replace(spec, observer_or_fake_quant_ctr=ctr)
+    return dataclasses.replace(config, **changes)  # type: ignore[type-var]
+
+
+def _apply_pre_edits(model: GraphModule, edits: AnnotationEdits) -> None:
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    for node in model.graph.nodes:
+        if node.name in edits.float_nodes:
+            node.meta[ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+
+
+def _apply_post_edits(model: GraphModule, edits: AnnotationEdits) -> None:
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    if not edits.fixed_gate:
+        return
+    spec = _fixed_gate_spec()
+    nodes = {n.name: n for n in model.graph.nodes}
+    for gate_name in edits.fixed_gate:
+        gate = nodes.get(gate_name)
+        if gate is None or gate_name in edits.float_nodes:
+            continue
+        ann = gate.meta.get(ANNOTATION_KEY)
+        if ann is None:
+            gate.meta[ANNOTATION_KEY] = QuantizationAnnotation(output_qspec=spec, _annotated=True)
+        else:
+            ann.output_qspec = spec
+    for mul_name, gate_name in edits.fixed_gate_muls:
+        mul, gate = nodes.get(mul_name), nodes.get(gate_name)
+        if mul is None or gate is None or mul_name in edits.float_nodes:
+            continue
+        ann = mul.meta.get(ANNOTATION_KEY)
+        if ann is not None:
+            for arg in list(ann.input_qspec_map):
+                if _reaches(arg, gate):
+                    ann.input_qspec_map[arg] = spec
+
+
+def _reaches(arg: Node, gate: Node) -> bool:
+    """Whether ``arg`` is ``gate`` or a shape-only view of it."""
+    node: object = arg
+    for _ in range(4):
+        if node is gate:
+            return True
+        if not isinstance(node, Node) or not node.args:
+            return False
+        node = node.args[0]
+    return False
+
+
+def _policy_class(base: type) -> type:
+    class PolicyQuantizer(base):  # type: ignore[misc, valid-type]
+        """The stock quantizer plus edge-se's annotation edits (see module docstring)."""
+
+        edge_se_edits: AnnotationEdits = AnnotationEdits()
+
+        def annotate(self, model: GraphModule) -> GraphModule:
+            _apply_pre_edits(model, self.edge_se_edits)
+            model = super().annotate(model)
+            _apply_post_edits(model, self.edge_se_edits)
+            return model
+
+    PolicyQuantizer.__name__ = PolicyQuantizer.__qualname__ = f"EdgeSe{base.__name__}"
+    return PolicyQuantizer
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def make_quantizer(target: str, options: QuantizerOptions | None = None) -> object:
+    """The PT2E quantizer for ``target`` (``pte`` or ``tflite``) with ``options`` applied.
+
+    Raises:
+        ValueError: an unknown target or observer, naming the valid choices.
+    """
+    options = options or QuantizerOptions()
+    if target == "pte":
+        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+            XNNPACKQuantizer,
+            get_symmetric_quantization_config,
+        )
+
+        base, config = XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)
+    elif target == "tflite":
+        from litert_torch.quantize import pt2e_quantizer as lq
+
+        base = lq.PT2EQuantizer
+        config = lq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+    else:
+        raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    cls = _CLASSES.setdefault(base.__name__, _policy_class(base))
+    quantizer = cls()
+    quantizer.set_global(_with_act_observer(config, options.act_observer))
+    quantizer.edge_se_edits = options.edits
+    return quantizer
+
+
+def se_edits(gm: GraphModule, *, float_blocks: set[str] | None, float_mul: bool, fixed_gate: bool) -> AnnotationEdits:
+    """The :class:`AnnotationEdits` for the SE blocks of ``gm``.
+
+    Args:
+        gm: the exported graph the quantizer will annotate (node names must match).
+        float_blocks: names of SE blocks whose excitation stays fp32 (None: none).
+        float_mul: also keep those blocks' channel multiply (and so the gate) in fp32.
+        fixed_gate: quantise the remaining gates with fixed [0, 1] parameters.
+    """
+    float_nodes: set[str] = set()
+    fixed: set[str] = set()
+    muls: list[tuple[str, str]] = []
+    for block in find_se_blocks(gm):
+        if float_blocks is not None and block.name in float_blocks:
+            float_nodes.update(block.excitation_nodes())
+            if float_mul:
+                float_nodes.add(block.mul)
+            elif fixed_gate:
+                muls.append((block.mul, block.gate))
+        elif fixed_gate:
+            fixed.add(block.gate)
+            muls.append((block.mul, block.gate))
+    return AnnotationEdits(frozenset(float_nodes), frozenset(fixed), tuple(muls))

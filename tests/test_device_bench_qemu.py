@@ -1,0 +1,92 @@
+"""qemu-aarch64 end to end: emulated Neoverse-N1 runs, host parity and instruction counts.
+
+Builds the emulation environment with scripts/arm_emu.sh when it is missing (minutes; it skips
+only when the Debian packages are absent and cannot be installed because this is not root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from device_artifacts import artifacts  # noqa: F401  (session fixture)
+
+from device_bench import emu, parity
+from device_bench.manifest import load_manifest
+from device_bench.transports.base import DeviceError, RunOptions
+from device_bench.transports.qemu import QemuTransport
+from edge_se.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+#: Two instruction counts of the same run must agree this closely (relative).
+COUNT_RTOL = 1e-3
+FAST = RunOptions(warmup=1, runs=3, min_seconds=0, repeats=2, cooldown=0, timeout_s=300)
+pytestmark = [pytest.mark.slow, pytest.mark.device]
+
+
+@pytest.fixture(scope="module")
+def emu_env() -> emu.EmuEnv:
+    try:
+        return emu.find()
+    except DeviceError:
+        pass
+    cmd = ["bash", str(REPO / "scripts/arm_emu.sh")]
+    if os.geteuid() == 0:
+        subprocess.run([*cmd, "--deps"], check=True, timeout=900)
+    else:
+        missing = subprocess.run("command -v qemu-aarch64 debootstrap aarch64-linux-gnu-g++", shell=True,
+                                 capture_output=True, text=True)
+        if missing.returncode != 0:
+            pytest.skip("qemu-user/debootstrap/g++-aarch64-linux-gnu missing and not root to install them: "
+                        "run scripts/arm_emu.sh --deps as root")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, cwd=REPO)
+    assert proc.returncode == 0, f"make arm-emu failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return emu.find()
+
+
+@pytest.mark.export
+def test_qemu_int8_identical_to_host_and_counts_repeat(emu_env, artifacts, tmp_path):  # noqa: F811
+    out = tmp_path / "q.jsonl"
+    arts = [artifacts["tiny_se_litert_int8.tflite"], artifacts["tiny_se_xnnpack_int8.pte"]]
+    rc = main(["bench", *map(str, arts), "--device", "qemu-aarch64", "--runs", "3", "--warmup", "1",
+               "--min-seconds", "0", "--repeats", "2", "--cooldown", "0", "--out", str(out)])
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rc == 0, [r.get("error") for r in recs]
+    t = QemuTransport()
+    for rec, art in zip(recs, arts, strict=True):
+        assert rec["status"] == "ok" and rec["emulated"] is True and rec["transport"] == "qemu-aarch64"
+        assert rec["machine"] == "aarch64" and rec["cpu_model"].startswith("Neoverse-N1")
+        assert "emulated" in rec["latency_note"]
+        assert rec["parity"]["bit_identical"] is True and rec["parity"]["passed"] is True, rec["parity"]
+        assert rec["output_checksum"] == rec["parity"]["reference_checksum"]
+        first = rec["instructions_per_inference"]
+        assert first > 1e4, "a conv + SE inference takes more than 10k instructions"
+        fmt = load_manifest(f"{art}.json").format
+        again = t.instructions_per_inference(emu_env, fmt, art, Path(f"{art}.json"), FAST, tmp_path)
+        rel = abs(again["instructions_per_inference"] - first) / first
+        second = again["instructions_per_inference"]
+        assert rel <= COUNT_RTOL, f"instruction counts {first} vs {second} differ by {rel:.2e}"
+
+
+@pytest.mark.export
+def test_qemu_fp32_within_tolerance(emu_env, artifacts):  # noqa: F811
+    art = artifacts["tiny_se_xnnpack_fp32.pte"]
+    res = QemuTransport(count=False).run(art, Path(f"{art}.json"), FAST)
+    p = res["parity"]
+    assert p["passed"], p
+    assert p["max_abs_diff"] <= parity.FP32_ATOL, f"max abs diff {p['max_abs_diff']}, mean {p['mean_abs_diff']}"
+    assert "instructions_per_inference" not in res
+
+
+def test_parity_rules_can_fail():
+    import numpy as np
+
+    a = [np.array([1.0, 2.0], dtype=np.float32)]
+    b = [np.array([1.0, 2.0 + 1e-3], dtype=np.float32)]
+    assert not parity.compare(a, b, dtype="fp32")["passed"]
+    near = [np.nextafter(a[0], np.float32(3))]
+    assert parity.compare(a, near, dtype="fp32")["passed"]
+    assert not parity.compare(a, near, dtype="int8")["passed"], "int8 must be bit-identical"

@@ -1,0 +1,163 @@
+"""The on-device runner (Python and native) on both formats, run locally in subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from device_artifacts import artifacts  # noqa: F401  (session fixture)
+
+from device_bench import manifest as mf
+from device_bench.native_build import build
+
+REPO = Path(__file__).resolve().parent.parent
+FAST = ["--warmup", "2", "--runs", "5", "--min-seconds", "0", "--repeats", "2", "--cooldown", "0"]
+LATENCY_KEYS = {"min", "p50", "p90", "p99", "mean", "std", "count"}
+RESULT_KEYS = {"latency_ms", "total_seconds", "load_ms", "first_inference_ms", "peak_rss_bytes", "output_checksum",
+               "threads", "runtime", "cpu_model", "machine", "kernel", "repeats", "repeat_spread_pct", "unstable",
+               "unstable_threshold_pct", "manifest_sha256"}
+
+# Blocks torch and edge_se for the child: the runner must work with numpy + a runtime only.
+BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'edge_se'):
+            raise ImportError(f'{name} is blocked: the device runner must not import it')
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def run_python(artifact: Path, *extra: str, block: bool = False) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = "import runpy; runpy.run_module('device_bench.runner', run_name='__main__')"
+    code = (BLOCKER if block else "") + run
+    cmd = [sys.executable, "-c", code, str(artifact), "--manifest", f"{artifact}.json", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def native() -> Path:
+    return build("host")
+
+
+def check_result(res: dict, *, runs: int, repeats: int) -> None:
+    assert RESULT_KEYS <= set(res), RESULT_KEYS - set(res)
+    lat = res["latency_ms"]
+    assert set(lat) == LATENCY_KEYS
+    assert lat["count"] >= runs * repeats
+    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
+    assert len(res["repeats"]) == repeats and all(r["count"] >= runs for r in res["repeats"])
+    assert res["output_checksum"].startswith("sha256:") and len(res["output_checksum"]) == 71
+    assert res["output_nonzero_fraction"] > 0.5, "outputs are mostly zero: the model computed nothing"
+    assert res["peak_rss_bytes"] > 1 << 20
+    assert res["threads"] == 1
+    assert res["outputs_repeatable"] is True
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("name", ["tiny_se_litert_fp32.tflite", "tiny_se_litert_int8.tflite"])
+def test_python_runner_tflite_without_torch(artifacts, name):  # noqa: F811
+    proc = run_python(artifacts[name], *FAST, "--threads", "1", block=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout)
+    check_result(res, runs=5, repeats=2)
+    assert res["runtime"]["name"] in ("ai_edge_litert", "tflite_runtime")
+    assert res["manifest_sha256"] == json.loads(Path(f"{artifacts[name]}.json").read_text())["sha256"]
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("name", ["tiny_se_xnnpack_fp32.pte", "tiny_se_xnnpack_int8.pte"])
+def test_python_and_native_runner_pte_agree(artifacts, native, name):  # noqa: F811
+    py = run_python(artifacts[name], *FAST)
+    assert py.returncode == 0, py.stderr[-2000:]
+    nat = subprocess.run([str(native), str(artifacts[name]), "--manifest", f"{artifacts[name]}.json", *FAST],
+                         capture_output=True, text=True, timeout=300)
+    assert nat.returncode == 0, nat.stderr[-2000:]
+    py_res, nat_res = json.loads(py.stdout), json.loads(nat.stdout)
+    check_result(py_res, runs=5, repeats=2)
+    check_result(nat_res, runs=5, repeats=2)
+    assert py_res["runtime"]["name"] == "executorch"
+    assert nat_res["runtime"]["name"] == "executorch-native"
+    # Same seed -> bit-identical inputs in both runners -> identical output bytes on the same CPU.
+    assert nat_res["output_checksum"] == py_res["output_checksum"]
+    assert set(py_res) - {"affinity"} <= set(nat_res) | {"affinity"}
+
+
+@pytest.mark.export
+def test_min_seconds_and_seed_are_honoured(artifacts, native):  # noqa: F811
+    art = artifacts["tiny_se_xnnpack_int8.pte"]
+    base = [str(native), str(art), "--manifest", f"{art}.json", "--warmup", "0", "--runs", "3", "--repeats", "1"]
+    a = json.loads(subprocess.run([*base, "--min-seconds", "0.3"], capture_output=True, text=True, check=True).stdout)
+    assert a["total_seconds"] >= 0.3 and a["latency_ms"]["count"] > 3
+    b = json.loads(subprocess.run([*base, "--min-seconds", "0", "--seed", "7"], capture_output=True, text=True,
+                                  check=True).stdout)
+    assert b["latency_ms"]["count"] == 3
+    assert b["output_checksum"] != a["output_checksum"], "a different seed must give different outputs"
+
+
+@pytest.mark.export
+def test_real_samples_from_file(artifacts, tmp_path):  # noqa: F811
+    art = artifacts["tiny_se_litert_int8.tflite"]
+    spec = mf.load_manifest(f"{art}.json").inputs[0]
+    sample = np.full(spec.shape, 3, dtype=np.int8)
+    np.save(tmp_path / "x.npy", sample)
+    seeded = json.loads(run_python(art, *FAST).stdout)
+    proc = run_python(art, *FAST, "--input-file", str(tmp_path / "x.npy"))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res["inputs_from"] == "files" and res["seed"] is None
+    assert res["output_checksum"] != seeded["output_checksum"]
+    (tmp_path / "bad.npy").write_bytes(b"")
+    np.save(tmp_path / "bad.npy", sample.astype(np.float32))
+    bad = run_python(art, *FAST, "--input-file", str(tmp_path / "bad.npy"))
+    assert bad.returncode == 2 and "int8" in bad.stderr
+
+
+@pytest.mark.export
+def test_tampered_artifact_is_refused_by_both_runners(artifacts, native, tmp_path):  # noqa: F811
+    src = artifacts["tiny_se_xnnpack_fp32.pte"]
+    art = tmp_path / src.name
+    data = bytearray(src.read_bytes())
+    data[-1] ^= 0xFF
+    art.write_bytes(bytes(data))
+    (tmp_path / f"{src.name}.json").write_text(Path(f"{src}.json").read_text())
+    py = run_python(art, *FAST)
+    assert py.returncode == 2 and "does not match manifest sha256" in py.stderr
+    nat = subprocess.run([str(native), str(art), "--manifest", f"{art}.json", *FAST], capture_output=True, text=True)
+    assert nat.returncode == 2 and "does not match manifest sha256" in nat.stderr
+
+
+@pytest.mark.export
+def test_manifest_errors_name_the_key(artifacts, native, tmp_path):  # noqa: F811
+    src = artifacts["tiny_se_xnnpack_fp32.pte"]
+    doc = json.loads(Path(f"{src}.json").read_text())
+    del doc["sha256"]
+    art = tmp_path / src.name
+    art.write_bytes(src.read_bytes())
+    Path(f"{art}.json").write_text(json.dumps(doc))
+    py = run_python(art, *FAST)
+    assert py.returncode == 2 and "'sha256'" in py.stderr
+    nat = subprocess.run([str(native), str(art), "--manifest", f"{art}.json"], capture_output=True, text=True)
+    assert nat.returncode == 2 and "'sha256'" in nat.stderr
+
+
+def test_input_generation_is_deterministic_and_in_range():
+    f32 = mf.TensorSpec("x", (2, 3, 4), "float32")
+    a, b = mf.make_input(f32, 0), mf.make_input(f32, 0)
+    assert a.dtype == np.float32 and a.shape == (2, 3, 4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, mf.make_input(f32, 1))
+    assert a.min() >= -1.0 and a.max() < 1.0
+    q = mf.TensorSpec("x", (1000,), "int8", scale=0.05, zero_point=-3)
+    x = mf.make_input(q, 5)
+    assert x.dtype == np.int8 and x.min() >= -128 and x.max() <= 127
+    # Spread over the grid: the generated floats span the quantised range.
+    assert x.min() < -100 and x.max() > 100
+    # SplitMix64 reference values (seed 0), from the published algorithm.
+    assert mf.splitmix64(0, 2).tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]

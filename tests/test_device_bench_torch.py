@@ -1,0 +1,89 @@
+"""Desktop PyTorch baselines: the CPU path runs here; the CUDA path's logic is tested with stand-ins."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from device_bench import torch_baseline as tb
+from edge_se.cli import main
+
+FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--repeats", "2"]
+
+
+def test_bench_torch_cpu_eager_registry_model(tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    args = ["bench-torch", "mobilenetv3_small_100", "--device", "cpu", "--resolution", "64", "--no-compile", *FAST]
+    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--batch", "2", "--out", str(out)]) == 0
+    a, b = (json.loads(x) for x in out.read_text().splitlines())
+    assert a["status"] == "ok" and a["device"] == "cpu" and a["runtime"]["name"] == "torch-eager"
+    assert a["resolution"] == 64 and a["batch"] == 1 and b["batch"] == 2 and a["gpu_name"] is None
+    assert set(a["latency_ms"]) == {"min", "p50", "p90", "p99", "mean", "std", "count"}
+    assert a["latency_ms"]["count"] >= 6
+    assert a["output_checksum"] != b["output_checksum"]
+    assert a["throughput_per_s"] == pytest.approx(1e3 / a["latency_ms"]["p50"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-CUDA message; this machine has CUDA")
+def test_cuda_request_without_cuda_says_so_and_records_cpu(tmp_path, capsys):
+    out = tmp_path / "t.jsonl"
+    assert main(["bench-torch", "mobilenetv3_small_100", "--device", "cuda", "--resolution", "32", "--no-compile",
+                 *FAST, "--out", str(out)]) == 0
+    err = [x for x in capsys.readouterr().err.splitlines() if "CUDA" in x]
+    assert err == ["bench-torch: CUDA is not available on this machine: recording the CPU baseline only"]
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["device"], r["dtype"], r["batch"]) for r in recs] == [("cpu", "fp32", 1)]
+    assert recs[0]["cuda_requested_but_absent"] is True
+
+
+def test_resolve_defaults():
+    cfg = tb.TorchBenchConfig(model="m", device="cuda")
+    assert tb.resolve(cfg, True) == ("cuda", ("fp32", "fp16", "bf16"), (1, tb.GPU_LARGE_BATCH), None)
+    assert tb.resolve(tb.TorchBenchConfig(model="m", dtypes=("bf16",)), False)[:3] == ("cpu", ("bf16",), (1,))
+    with pytest.raises(ValueError, match="--dtype 'int4'"):
+        tb.resolve(tb.TorchBenchConfig(model="m", dtypes=("int4",)), True)
+
+
+def test_cuda_timer_reads_events_after_the_end_event():
+    calls = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            assert enable_timing
+            self.done = False
+
+        def record(self):
+            calls.append("record")
+
+        def synchronize(self):
+            calls.append("sync")
+            self.done = True
+
+        def elapsed_time(self, end):
+            assert end.done, "elapsed_time read before the end event completed"
+            return 2.5
+
+    class FakeTorch:
+        cuda = type("cuda", (), {"Event": Event})
+
+    timer = tb._timer(FakeTorch, "cuda")
+    assert timer(lambda: calls.append("call")) == 2.5
+    assert calls == ["record", "call", "record", "sync"]
+
+
+@pytest.mark.slow
+def test_compile_mode_runs_or_records_why(tmp_path):
+    def tiny(_name):
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(), 16
+
+    cfg = tb.TorchBenchConfig(model="tiny", runs=3, warmup=1, min_seconds=0, repeats=1)
+    recs = tb.bench_torch(cfg, tmp_path / "c.jsonl", build=tiny)
+    assert [r["runtime"]["name"] for r in recs] == ["torch-eager", "torch-compile"]
+    eager, compiled = recs
+    assert eager["status"] == "ok"
+    assert compiled["status"] == "ok" or compiled["error"], "a failing torch.compile must say why"
+    if compiled["status"] == "ok":
+        assert compiled["output_checksum"] is not None

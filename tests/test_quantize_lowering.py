@@ -1,0 +1,101 @@
+"""Every quantisation policy gives a graph that lowers to ExecuTorch (XNNPACK) and to TFLite.
+
+A tiny two-block SE network keeps each conversion to a few seconds; the real families are
+exported by the export package's tests and measured by ``make bench-quant``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import edge_se
+from quantize import POLICIES, quantize_model
+from quantize.metrics import sqnr_db
+
+RES = 32
+# The artifact runs the same int8 arithmetic as the quantised reference up to rounding of
+# requantisation steps: a few LSBs on some logits, far above 20 dB; a broken lowering is < 5 dB.
+ARTIFACT_VS_REFERENCE_MIN_SQNR_DB = 20.0
+
+
+class TinySE(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.se1 = edge_se.SqueezeExcite(16, 8, act="relu", gate="hsigmoid")
+        self.conv = nn.Sequential(nn.Conv2d(16, 24, 3, 2, 1), nn.BatchNorm2d(24), nn.Hardswish())
+        self.se2 = edge_se.SqueezeExcite(24, 8, act="silu", gate="sigmoid")
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = self.se2(self.conv(self.se1(self.stem(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    model = TinySE()
+    with torch.no_grad():  # train-mode passes give BN statistics of the data
+        model.train()
+        model(torch.randn(64, 3, RES, RES))
+    return model.eval()
+
+
+def _run_pte(qm, x):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.runtime import Runtime
+
+    program = to_edge_transform_and_lower(torch.export.export(qm.graph, (x[:1],)),
+                                          partitioner=[XnnpackPartitioner()]).to_executorch()
+    delegated = [n for n in program.exported_program().graph.nodes if "call_delegate" in str(n.target)]
+    assert delegated, "nothing was delegated to XNNPACK"
+    method = Runtime.get().load_program(program.buffer).load_method("forward")
+    return torch.cat([method.execute([x[i : i + 1]])[0] for i in range(x.shape[0])])
+
+
+def _run_tflite(qm, x, tmp_path):
+    import litert_torch
+    from ai_edge_litert.interpreter import Interpreter
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    path = tmp_path / "m.tflite"
+    litert_torch.convert(qm.graph, (x[:1],), quant_config=QuantConfig(pt2e_quantizer=qm.quantizer)).export(str(path))
+    it = Interpreter(str(path))
+    it.allocate_tensors()
+    inp, out = it.get_input_details()[0], it.get_output_details()[0]
+    rows = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].numpy()
+        if inp["dtype"] == np.int8:
+            scale, zp = inp["quantization"]
+            xi = np.clip(np.round(xi / scale) + zp, -128, 127).astype(np.int8)
+        it.set_tensor(inp["index"], xi)
+        it.invoke()
+        y = it.get_tensor(out["index"]).astype(np.float32)
+        if out["dtype"] == np.int8:
+            scale, zp = out["quantization"]
+            y = (y - zp) * scale
+        rows.append(torch.from_numpy(y))
+    return torch.cat(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.export
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_policy_lowers_to_both_formats(tiny, policy, tmp_path):
+    x = torch.randn(24, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    for target in ("pte", "tflite"):
+        qm = quantize_model(tiny, (x[:1],), [x[:16]], target=target, policy=policy, calib_size=8)
+        assert len(qm.se_blocks) == 2
+        with torch.no_grad():
+            ref = qm.graph(x[16:])
+        got = _run_pte(qm, x[16:]) if target == "pte" else _run_tflite(qm, x[16:], tmp_path)
+        s = sqnr_db(ref, got)
+        assert s >= ARTIFACT_VS_REFERENCE_MIN_SQNR_DB, (
+            f"{target}/{policy}: artifact vs quantised reference {s:.1f} dB, "
+            f"max abs err {float((ref - got).abs().max()):.4f}, mean {float((ref - got).abs().mean()):.4f}")
