@@ -19,22 +19,35 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-test: $(STAMP)  ## run the whole test suite (CI runs this)
+system-deps:  ## install the Debian packages the tests need (chromium, qemu, cross g++, sshd; root, idempotent)
+	bash scripts/system_deps.sh
+
+test: $(STAMP) system-deps  ## run the whole test suite (CI runs this)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff and mypy
-	$(VENV)/bin/ruff check edge_se quantize export device_bench tests
+	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline tests
 	$(VENV)/bin/mypy
 
-demo: $(STAMP)  ## the main job on the embedded default
-	$(VENV)/bin/edge-se models
-	for m in efficientnet_b0 mobilenetv3_large_100 mobilenetv3_small_100 seresnet50; do \
-	  $(VENV)/bin/edge-se info $$m || exit 1; done
+demo: $(STAMP) system-deps arm-emu  ## the main job on the embedded default: configs/demo.toml -> $(RUN)/report.html
+	@start=$$(date +%s); \
+	$(VENV)/bin/edge-se run configs/demo.toml --out $(RUN); rc=$$?; \
+	echo "make demo: $$(( $$(date +%s) - start )) s wall (exit $$rc); report: $(RUN)/report.html" | tee $(RUN)/demo_time.txt; \
+	exit $$rc
 
-clean:  ## remove build outputs and runs (keeps .venv)
+report: $(STAMP)  ## (re)write report.md/report.html of RUN (default runs/demo)
+	$(VENV)/bin/edge-se report $(RUN)
+
+DEVICE ?= local
+bench: $(STAMP)  ## time every artifact in EXPORT_OUT on DEVICE (local, qemu-aarch64, ssh://..., adb://...) -> results/bench.jsonl
+	@shopt -s nullglob; arts=($(EXPORT_OUT)/*.pte $(EXPORT_OUT)/*.tflite); \
+	if [ $${#arts[@]} -eq 0 ]; then echo "make bench: no artifacts in $(EXPORT_OUT); run make export first" >&2; exit 2; fi; \
+	$(VENV)/bin/edge-se bench "$${arts[@]}" --device $(DEVICE) --out results/bench.jsonl
+
+clean:  ## remove build outputs and runs (keeps .venv and .arm-emu)
 	rm -rf runs results artifacts build *.egg-info .pytest_cache
 
-.PHONY: help setup test lint demo clean
+.PHONY: help setup system-deps test lint demo report bench clean
 
 # --- export: verified .pte/.tflite artifacts (owner: export/) ---------------------------------
 EXPORT_MODEL  ?= mobilenetv3_small_100

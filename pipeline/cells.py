@@ -96,7 +96,9 @@ def plan_cells(cfg: RunConfig) -> list[Cell]:
                         )
             cells += exports
             for exp in exports:
-                for device in cfg.devices:
+                for device in m.devices or cfg.devices:
+                    if device.startswith("qemu") and exp.param("dtype") not in cfg.emulated_dtypes:
+                        continue
                     cells.append(Cell("bench", name, exp.params + (("device", device),), (exp.id,), meta=common))
             for device in cfg.baseline_devices:
                 cells.append(Cell("baseline", name, (("device", device),), meta=common))

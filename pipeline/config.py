@@ -17,6 +17,7 @@ Example config::
     name = "mobilenetv3_small_100"
     train_epochs = 30          # 0: random weights; weights = "file.pt" to load instead
     twin = true                # also the same network without SE, trained the same way
+    devices = ["local"]        # optional: overrides [bench].devices for this model and its twin
 
     [quantize]
     policies = ["ptq", "gate-fixed"]
@@ -28,6 +29,7 @@ Example config::
 
     [bench]
     devices = ["local", "qemu-aarch64"]
+    emulated_dtypes = ["int8"]   # emulation is slow: count instructions of the int8 artifacts only
     runs = 20
     repeats = 2
 
@@ -60,6 +62,7 @@ class ModelCfg:
     twin: bool = False
     resolution: int | None = None  # overrides [run].resolution
     quantize: bool = True  # False: fp32 artifacts only (int8 cells are left out)
+    devices: tuple[str, ...] | None = None  # overrides [bench].devices for this model (and its twin)
 
     @property
     def label(self) -> str:
@@ -87,6 +90,7 @@ class RunConfig:
     bench_warmup: int = 5
     bench_repeats: int = 2
     bench_min_seconds: float = 0.5
+    emulated_dtypes: tuple[str, ...] = DTYPES  # dtypes benchmarked on emulated devices (qemu-*)
     baseline_devices: tuple[str, ...] = ("cpu",)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -196,6 +200,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     warmup = bench.positive("warmup", 5, allow_zero=True)
     repeats = bench.positive("repeats", 2)
     min_seconds = float(bench.get("min_seconds", (int, float), 0.5))
+    emulated_dtypes = bench.choices("emulated_dtypes", DTYPES, DTYPES)
     bench.done()
 
     base = _Reader(path, "baseline", doc.get("baseline", {}))
@@ -219,6 +224,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         bench_warmup=warmup,
         bench_repeats=repeats,
         bench_min_seconds=min_seconds,
+        emulated_dtypes=emulated_dtypes,
         baseline_devices=baseline_devices,
     )
 
@@ -241,6 +247,7 @@ def _model(path: str, index: int, doc: Any) -> ModelCfg:
         twin=r.get("twin", bool, False),
         resolution=r.get("resolution", int, None),
         quantize=r.get("quantize", bool, True),
+        devices=r.strings("devices", ()) or None,
     )
     r.done()
     if cfg.twin and spec.se is None:

@@ -9,6 +9,8 @@ when the cell finishes.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -42,6 +44,30 @@ class Dep:
     result: Mapping[str, Any]
 
 
+# The packages whose code computes each stage: their source digest is part of the stage's cache key,
+# so a changed exporter re-runs the exports (and what depends on them) but not the training.
+_STAGE_CODE = {
+    "train": ("edge_se",),
+    "quantize": ("edge_se", "quantize"),
+    "export": ("edge_se", "quantize", "export"),
+    "bench": ("device_bench",),
+    "baseline": ("edge_se", "device_bench"),
+}
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+@functools.lru_cache(maxsize=None)
+def code_digest(packages: tuple[str, ...]) -> str:
+    """sha256 (16 hex digits) of the Python/C++ sources of ``packages`` (paths and bytes)."""
+    h = hashlib.sha256()
+    for pkg in packages:
+        for path in sorted((_ROOT / pkg).rglob("*")):
+            if path.suffix in (".py", ".cpp", ".h", ".c") and "__pycache__" not in path.parts:
+                h.update(str(path.relative_to(_ROOT)).encode())
+                h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def tool_versions() -> dict[str, str]:
     """Installed versions of every tool whose output a cell depends on (part of every cache key)."""
     out = {}
@@ -71,6 +97,7 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
         }
     if cell.stage != "info":
         inputs["versions"] = dict(versions)
+        inputs["code"] = code_digest(_STAGE_CODE[cell.stage])
     return inputs
 
 

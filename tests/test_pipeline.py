@@ -294,3 +294,14 @@ def test_report_renders_in_a_real_headless_browser(tmp_path):
     marker = proc.stdout.split('data-probe="', 1)[1].split('"', 1)[0].replace("&quot;", '"')
     probe_result = json.loads(marker)
     assert probe_result == {"images": 5, "broken": 0, "errors": []}
+
+
+def test_per_model_devices_and_emulated_dtypes(tmp_path):
+    text = CONFIG.replace('[bench]\ndevices = ["local", "qemu-aarch64"]',
+                          '[bench]\ndevices = ["local", "qemu-aarch64"]\nemulated_dtypes = ["int8"]')
+    text = text.replace('name = "efficientnet_phi0"\n', 'name = "efficientnet_phi0"\ndevices = ["local"]\n')
+    ids = [c.id for c in plan_cells(_cfg(tmp_path, text))]
+    assert "bench/mobilenetv3_small_050/pte/int8/ptq/qemu-aarch64" in ids
+    assert "bench/mobilenetv3_small_050/pte/fp32/-/qemu-aarch64" not in ids  # fp32 not emulated
+    assert not [i for i in ids if i.startswith("bench/efficientnet_phi0/") and i.endswith("qemu-aarch64")]
+    assert "bench/efficientnet_phi0/pte/fp32/-/local" in ids
