@@ -11,22 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from edge_se.argtypes import number
 from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")
-
-
-def _positive(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-        return value
-
-    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,45 +22,90 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.ArgumentDefaultsHelpFormatter
     b = subparsers.add_parser("bench", help="time exported artifacts on a device", formatter_class=fmt)
     b.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help=".pte/.tflite files (manifest beside each)")
-    b.add_argument("--device", action="append", default=None,
-                   help="local, qemu-aarch64, ssh://[user@]host[:port], adb://SERIAL or an inventory name "
-                        "(repeat for several; default local)")
+    b.add_argument(
+        "--device",
+        action="append",
+        default=None,
+        help="local, qemu-aarch64, ssh://[user@]host[:port], adb://SERIAL or an inventory name "
+        "(repeat for several; default local)",
+    )
     b.add_argument("--out", required=True, type=Path, help="JSON-lines file to append to")
-    b.add_argument("--runs", type=_positive(int), default=50, help="minimum timed inferences per repeat")
-    b.add_argument("--warmup", type=_positive(int), default=10, help="untimed inferences first")
-    b.add_argument("--min-seconds", type=_positive(float), default=1.0, help="minimum timed seconds per repeat")
-    b.add_argument("--max-runs", type=_positive(int), default=0, help="cap on timed runs per repeat (0: none)")
-    b.add_argument("--threads", type=_positive(int), default=None,
-                   help="runtime threads (default: the inventory's, else 1)")
-    b.add_argument("--repeats", type=_positive(int), default=3, help="independent repeats")
-    b.add_argument("--cooldown", type=_positive(float), default=1.0, help="idle seconds between repeats")
-    b.add_argument("--unstable-pct", type=_positive(float), default=5.0,
-                   help="repeat medians further apart than this (%% of the fastest) mark a result unstable")
+    b.add_argument("--runs", type=number("--runs", int), default=50, help="minimum timed inferences per repeat")
+    b.add_argument("--warmup", type=number("--warmup", int, minimum=0), default=10, help="untimed inferences first")
+    b.add_argument(
+        "--min-seconds",
+        type=number("--min-seconds", float, minimum=0),
+        default=1.0,
+        help="minimum timed seconds per repeat",
+    )
+    b.add_argument(
+        "--max-runs",
+        type=number("--max-runs", int, minimum=0),
+        default=0,
+        help="cap on timed runs per repeat (0: none)",
+    )
+    b.add_argument(
+        "--threads",
+        type=number("--threads", int),
+        default=None,
+        help="runtime threads (default: the inventory's, else 1)",
+    )
+    b.add_argument("--repeats", type=number("--repeats", int), default=3, help="independent repeats")
+    b.add_argument(
+        "--cooldown", type=number("--cooldown", float, minimum=0), default=1.0, help="idle seconds between repeats"
+    )
+    b.add_argument(
+        "--unstable-pct",
+        type=number("--unstable-pct", float, minimum=0),
+        default=5.0,
+        help="repeat medians further apart than this (%% of the fastest) mark a result unstable",
+    )
     b.add_argument("--affinity", default=None, help="pin the runner to these CPUs, e.g. 2,3")
-    b.add_argument("--seed", type=_positive(int), default=0, help="seed of the generated inputs")
-    b.add_argument("--runner", choices=("auto", "python", "native"), default="auto",
-                   help=".pte runner where both exist (auto: Python runtime if importable)")
-    b.add_argument("--timeout", type=_positive(float), default=600.0, help="seconds allowed per device command")
-    b.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare emulated outputs with the host's (qemu-aarch64)")
+    b.add_argument("--seed", type=number("--seed", int, minimum=0), default=0, help="seed of the generated inputs")
+    b.add_argument(
+        "--runner",
+        choices=("auto", "python", "native"),
+        default="auto",
+        help=".pte runner where both exist (auto: Python runtime if importable)",
+    )
+    b.add_argument(
+        "--timeout", type=number("--timeout", float), default=600.0, help="seconds allowed per device command"
+    )
+    b.add_argument(
+        "--parity",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="compare emulated outputs with the host's (qemu-aarch64)",
+    )
     b.add_argument("--inventory", type=Path, default=None, help="device inventory TOML")
     b.set_defaults(func=run_bench)
 
     t = subparsers.add_parser("bench-torch", help="desktop PyTorch baselines (CPU, CUDA)", formatter_class=fmt)
     t.add_argument("model", help="edge-se registry name")
     t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    t.add_argument("--dtype", choices=DTYPES, action="append", default=None,
-                   help="repeat for several (default: fp32 on cpu; fp32, fp16, bf16 on cuda)")
-    t.add_argument("--batch", type=_positive(int), action="append", default=None,
-                   help="repeat for several (default: 1 on cpu; 1 and 32 on cuda)")
-    t.add_argument("--resolution", type=_positive(int), default=None, help="default: the model's spec")
-    t.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="also time torch.compile where it works")
-    t.add_argument("--runs", type=_positive(int), default=50)
-    t.add_argument("--warmup", type=_positive(int), default=10)
-    t.add_argument("--min-seconds", type=_positive(float), default=1.0)
-    t.add_argument("--repeats", type=_positive(int), default=3)
-    t.add_argument("--threads", type=_positive(int), default=1, help="CPU threads (torch.set_num_threads)")
+    t.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        action="append",
+        default=None,
+        help="repeat for several (default: fp32 on cpu; fp32, fp16, bf16 on cuda)",
+    )
+    t.add_argument(
+        "--batch",
+        type=number("--batch", int),
+        action="append",
+        default=None,
+        help="repeat for several (default: 1 on cpu; 1 and 32 on cuda)",
+    )
+    t.add_argument("--resolution", type=number("--resolution", int), default=None, help="default: the model's spec")
+    t.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=True, help="also time torch.compile where it works"
+    )
+    t.add_argument("--runs", type=number("--runs", int), default=50)
+    t.add_argument("--warmup", type=number("--warmup", int, minimum=0), default=10)
+    t.add_argument("--min-seconds", type=number("--min-seconds", float, minimum=0), default=1.0)
+    t.add_argument("--repeats", type=number("--repeats", int), default=3)
+    t.add_argument("--threads", type=number("--threads", int), default=1, help="CPU threads (torch.set_num_threads)")
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=run_bench_torch)
 
@@ -90,14 +123,26 @@ def run_bench(args: argparse.Namespace) -> int:
 
     if args.runs < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
         raise EdgeSeError("--runs, --repeats and --threads must be >= 1")
-    opts = RunOptions(warmup=args.warmup, runs=args.runs, min_seconds=args.min_seconds, max_runs=args.max_runs,
-                      repeats=args.repeats, cooldown=args.cooldown, threads=args.threads or 1,
-                      affinity=args.affinity, seed=args.seed, unstable_pct=args.unstable_pct, runner=args.runner,
-                      timeout_s=args.timeout, parity=args.parity)
+    opts = RunOptions(
+        warmup=args.warmup,
+        runs=args.runs,
+        min_seconds=args.min_seconds,
+        max_runs=args.max_runs,
+        repeats=args.repeats,
+        cooldown=args.cooldown,
+        threads=args.threads or 1,
+        affinity=args.affinity,
+        seed=args.seed,
+        unstable_pct=args.unstable_pct,
+        runner=args.runner,
+        timeout_s=args.timeout,
+        parity=args.parity,
+    )
     devices = args.device or ["local"]
     print(f"bench: {len(args.artifacts)} artifact(s) x {devices}; {opts}", file=sys.stderr)
-    records = bench(args.artifacts, devices, inventory.load(args.inventory), opts, args.out,
-                    threads_given=args.threads is not None)
+    records = bench(
+        args.artifacts, devices, inventory.load(args.inventory), opts, args.out, threads_given=args.threads is not None
+    )
     for rec in records:
         print(json.dumps(rec, sort_keys=True))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1
@@ -107,10 +152,19 @@ def run_bench_torch(args: argparse.Namespace) -> int:
     """``edge-se bench-torch``: PyTorch eager/compiled baselines, one line per configuration."""
     from device_bench.torch_baseline import TorchBenchConfig, bench_torch
 
-    cfg = TorchBenchConfig(model=args.model, device=args.device, dtypes=tuple(args.dtype or ()),
-                           batches=tuple(args.batch or ()), resolution=args.resolution, compile=args.compile,
-                           runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds,
-                           repeats=args.repeats, threads=args.threads)
+    cfg = TorchBenchConfig(
+        model=args.model,
+        device=args.device,
+        dtypes=tuple(args.dtype or ()),
+        batches=tuple(args.batch or ()),
+        resolution=args.resolution,
+        compile=args.compile,
+        runs=args.runs,
+        warmup=args.warmup,
+        min_seconds=args.min_seconds,
+        repeats=args.repeats,
+        threads=args.threads,
+    )
     print(f"bench-torch: {cfg}", file=sys.stderr)
     for rec in bench_torch(cfg, args.out):
         print(json.dumps(rec, sort_keys=True))
@@ -128,8 +182,12 @@ def run_devices(args: argparse.Namespace) -> int:
         where = args.inventory or inventory.default_path() or "devices.toml / ~/.config/edge-se/devices.toml"
         print(f"devices: no devices in {where}", file=sys.stderr)
     for name, dev in devices.items():
-        rec: dict[str, Any] = {"name": name, "transport": dev.transport, "threads": dev.threads,
-                               "runtimes": list(dev.runtimes)}
+        rec: dict[str, Any] = {
+            "name": name,
+            "transport": dev.transport,
+            "threads": dev.threads,
+            "runtimes": list(dev.runtimes),
+        }
         if args.probe:
             try:
                 rec["probe"] = from_url(dev.transport, name=name, options=dev.options).probe()

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from edge_se.accounting import Accounting, count
+from edge_se.argtypes import number
 from edge_se.errors import EdgeSeError
 from edge_se.registry import check_resolution, get_spec, list_models
 
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("model", help="registry name, e.g. efficientnet_b0, efficientnet_phi1.5, resnet50_nose")
     p.add_argument(
         "--resolution",
-        type=_int_arg("--resolution"),
+        type=number("--resolution", int, minimum=None),
         default=None,
         help="input side in pixels (default: the model's own)",
     )
@@ -34,16 +35,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="check that a local state dict (edge-se, torchvision or timm naming) loads strictly",
     )
     p.set_defaults(func=run_info)
-
-
-def _int_arg(flag: str):  # noqa: ANN202 - argparse type callable
-    def parse(text: str) -> int:
-        try:
-            return int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} must be an integer number of pixels, got {text!r}") from None
-
-    return parse
 
 
 def run_models(args: argparse.Namespace) -> int:
