@@ -1,0 +1,154 @@
+"""Manifests (``edge-se/manifest/1``, docs/manifest.md) for peer artifacts, and peer naming.
+
+Standard library only: imported both by the main-venv builders and by the TensorFlow builder that
+runs in the benchmark-only ``.venv-peers`` (which holds neither torch nor edge_se).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "edge-se/manifest/1"
+
+ARCHS = ("efficientnet_b0", "mobilenetv3_large_100")
+"""The architectures compared, by edge-se registry name (the table's key)."""
+
+RECIPES: dict[str, dict[str, str]] = {
+    "edge-se": {"pte": "edge-se export (ExecuTorch/XNNPACK)", "tflite": "edge-se export (litert-torch)"},
+    "executorch": {"pte": "torchvision + ExecuTorch XNNPACKQuantizer + XnnpackPartitioner"},
+    "litert-torch": {"tflite": "torchvision + litert-torch PT2EQuantizer"},
+    "tf-converter": {"tflite": "Keras applications + TensorFlow TFLiteConverter (full-integer int8)"},
+}
+"""Who built an artifact -> format -> one-line description (edge-se first, then the peers)."""
+
+EXTENSIONS = {"pte": "pte", "tflite": "tflite"}
+BACKENDS = {"pte": "xnnpack", "tflite": "litert"}
+
+
+def peer_artifact_name(arch: str, recipe: str, dtype: str, fmt: str) -> str:
+    """``{arch}_{recipe}_{dtype}.{ext}``, e.g. ``efficientnet_b0_tf-converter_int8.tflite``.
+
+    Raises:
+        ValueError: an unknown architecture, recipe, format or dtype (the valid choices named).
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; valid: {', '.join(ARCHS)}")
+    if recipe not in RECIPES or fmt not in RECIPES[recipe]:
+        valid = ", ".join(f"{r}/{f}" for r, fs in RECIPES.items() for f in fs)
+        raise ValueError(f"unknown recipe/format {recipe}/{fmt}; valid: {valid}")
+    if dtype not in ("fp32", "int8"):
+        raise ValueError(f"unknown dtype {dtype!r}; valid: fp32, int8")
+    return f"{arch}_{recipe}_{dtype}.{EXTENSIONS[fmt]}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def tensor_entry(name: str, shape: list[int], dtype: str, *, layout: str | None = None,
+                 scale: float | None = None, zero_point: int | None = None) -> dict[str, Any]:
+    """One ``inputs``/``outputs`` entry; ``scale``/``zero_point`` only for a quantised tensor."""
+    entry: dict[str, Any] = {"name": name, "shape": [int(d) for d in shape], "dtype": dtype,
+                             "scale": None if scale is None else float(scale),
+                             "zero_point": None if zero_point is None else int(zero_point)}
+    if layout is not None:
+        entry["layout"] = layout
+    return entry
+
+
+def peer_manifest(
+    artifact: str | os.PathLike[str],
+    *,
+    fmt: str,
+    dtype: str,
+    arch: str,
+    recipe: str,
+    resolution: int,
+    inputs: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    source: str,
+    versions: dict[str, str | None],
+    delegation: dict[str, Any] | None = None,
+    quantization: dict[str, Any] | None = None,
+    params: int | None = None,
+) -> dict[str, Any]:
+    """The manifest of a peer artifact already on disk (its size and sha256 are read from the file).
+
+    Args:
+        artifact: the written ``.pte``/``.tflite``.
+        fmt: ``pte`` or ``tflite``.
+        dtype: ``fp32`` or ``int8``.
+        arch: edge-se name of the architecture (``model`` field, so the table can group by it).
+        recipe: a key of :data:`RECIPES` (who built it).
+        resolution: input side in pixels.
+        inputs: :func:`tensor_entry` per input, as the runtime takes it.
+        outputs: :func:`tensor_entry` per output.
+        source: where the model came from, e.g. ``torchvision.models.efficientnet_b0``.
+        versions: converter/runtime versions.
+        delegation: delegation summary, when the builder has one.
+        quantization: how an int8 artifact was quantised (``None`` for fp32).
+        params: parameter count of the source model.
+    """
+    p = Path(artifact)
+    if fmt not in BACKENDS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(BACKENDS)}")
+    return {
+        "schema": SCHEMA,
+        "artifact": p.name,
+        "format": fmt,
+        "backend": BACKENDS[fmt],
+        "dtype": dtype,
+        "model": arch,
+        "peer": {"recipe": recipe, "source": source, "description": RECIPES[recipe][fmt]},
+        "resolution": resolution,
+        "inputs": inputs,
+        "outputs": outputs,
+        "quantization": quantization,
+        "params": params,
+        "macs": None,
+        "se_params": None,
+        "se_macs": None,
+        "size_bytes": p.stat().st_size,
+        "sha256": sha256_file(p),
+        "versions": versions,
+        "parity": {"passed": None, "skipped": True, "reason": "peer artifact: built for timing only"},
+        "delegation": delegation,
+        "weights": {"source": "random",
+                    "batchnorm": "random affine parameters, statistics estimated on generated images"},
+    }
+
+
+def write_json_atomic(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
+    """Write ``doc`` as JSON through a temporary file and a rename (mode 0644).
+
+    edge_se.atomic does the same, but this module must also run in ``.venv-peers``, which has no
+    edge_se (it would pull in torch).
+    """
+    write_bytes_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

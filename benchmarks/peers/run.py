@@ -1,0 +1,275 @@
+r"""``make bench-peers``: build edge-se's and the peers' artifacts, time them alternately, write the table.
+
+Runs in the main venv (TensorFlow runs only in ``.venv-peers``, as a subprocess)::
+
+    .venv/bin/python -m benchmarks.peers.run --out artifacts/peers --results results \\
+        --peers-python .venv-peers/bin/python [--threads 1,2] [--rounds 3] [--reuse]
+
+Steps: (1) torchvision peers through ExecuTorch and litert-torch, edge-se random weights with the
+same BatchNorm scheme (:mod:`benchmarks.peers.torch_peers`); (2) Keras peers through TensorFlow's
+converter (:mod:`benchmarks.peers.keras_peers`, in ``.venv-peers``); (3) ``edge-se export ARCH
+--format all --dtype all --weights ...``; (4) a partition report read from every artifact;
+(5) every artifact timed with ``device_bench.runner``, alternating, per round and thread count;
+(6) ``results/bench_peers.jsonl`` and ``results/bench_peers.md``. A failed build is recorded in the
+table and the run goes on. This is a benchmark, not a test: it asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from benchmarks.peers import table, timing
+from benchmarks.peers.manifests import ARCHS, RECIPES, peer_artifact_name
+
+EDGE_SE_BACKENDS = {"pte": "xnnpack", "tflite": "litert"}
+
+
+def expected_artifacts(out: Path, archs: list[str]) -> list[dict[str, Any]]:
+    """Every artifact the run should produce: ``{key, arch, recipe, format, dtype, artifact, manifest}``."""
+    arts = []
+    for arch in archs:
+        for recipe, fmts in RECIPES.items():
+            for fmt in fmts:
+                for dtype in ("int8", "fp32"):
+                    if recipe == "edge-se":
+                        path = out / "edge_se" / f"{arch}_{EDGE_SE_BACKENDS[fmt]}_{dtype}.{fmt}"
+                    else:
+                        path = out / "peers" / peer_artifact_name(arch, recipe, dtype, fmt)
+                    arts.append({"key": table.artifact_key(arch, recipe, fmt, dtype), "arch": arch,
+                                 "recipe": recipe, "format": fmt, "dtype": dtype, "artifact": str(path),
+                                 "manifest": str(path.with_name(path.name + ".json"))})
+    return arts
+
+
+def _log(msg: str) -> None:
+    print(f"bench-peers: {msg}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], what: str) -> tuple[int, list[dict[str, Any]], str]:
+    """Run a builder; stream its stderr; return (exit status, JSON lines of stdout, last stderr line)."""
+    _log(f"{what}: {' '.join(cmd)}")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate()
+    records = []
+    for line in out.splitlines():
+        if line.startswith("{"):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
+    if proc.returncode != 0:
+        _log(f"{what}: exit {proc.returncode}: {last[:300]}")
+    return proc.returncode, records, last[:300]
+
+
+def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: bool,
+          arts: list[dict[str, Any]]) -> dict[str, str]:
+    """Build every missing artifact (all, unless ``reuse``); return ``key -> build error``."""
+    errors: dict[str, str] = {}
+
+    def todo(recipes: set[str], arch: str) -> bool:
+        return not reuse or any(not Path(a["manifest"]).exists() for a in arts
+                                if a["arch"] == arch and a["recipe"] in recipes)
+
+    py = sys.executable
+    weights = out / "weights"
+    if not reuse:  # a build that fails now must not leave an earlier run's file to be timed
+        for a in arts:
+            if a["arch"] in archs:
+                Path(a["artifact"]).unlink(missing_ok=True)
+                Path(a["manifest"]).unlink(missing_ok=True)
+    for arch in archs:
+        need_torch = todo({"executorch", "litert-torch"}, arch)
+        need_edge = todo({"edge-se"}, arch)
+        wfile = weights / f"{arch}_random_bn.pt"
+        if need_torch or (need_edge and not wfile.exists()):
+            cmd = [py, "-m", "benchmarks.peers.torch_peers", "--out", str(out / "peers"), "--arch", arch,
+                   "--seed", str(seed), "--edge-se-weights", str(weights)]
+            if not need_torch:
+                cmd.append("--skip-peers")
+            rc, recs, last = _run(cmd, f"torchvision peers {arch}")
+            for r in recs:
+                if "error" in r:
+                    errors[table.artifact_key(arch, r["recipe"], r["format"], r["dtype"])] = r["error"]
+            if rc != 0 and not recs:
+                for a in arts:
+                    if a["arch"] == arch and a["recipe"] in ("executorch", "litert-torch"):
+                        errors[a["key"]] = f"builder failed: {last}"
+        if todo({"tf-converter"}, arch):
+            if not Path(peers_python).exists():
+                msg = f"{peers_python} missing: run `make bench-peers` (it creates .venv-peers)"
+                for a in arts:
+                    if a["arch"] == arch and a["recipe"] == "tf-converter":
+                        errors[a["key"]] = msg
+            else:
+                rc, recs, last = _run([peers_python, "-m", "benchmarks.peers.keras_peers", "--out",
+                                       str(out / "peers"), "--arch", arch, "--seed", str(seed)], f"Keras peers {arch}")
+                for r in recs:
+                    if "error" in r:
+                        errors[table.artifact_key(arch, "tf-converter", "tflite", r["dtype"])] = r["error"]
+                if rc != 0 and not recs:
+                    for a in arts:
+                        if a["arch"] == arch and a["recipe"] == "tf-converter":
+                            errors[a["key"]] = f"builder failed: {last}"
+        if need_edge:
+            edge_cli = str(Path(py).with_name("edge-se"))
+            rc, recs, last = _run([edge_cli, "export", arch, "--format", "all", "--dtype", "all",
+                                   "--out", str(out / "edge_se"), "--weights", str(wfile), "--seed", str(seed)],
+                                  f"edge-se export {arch}")
+            if rc != 0:
+                for a in arts:
+                    if a["arch"] == arch and a["recipe"] == "edge-se" and not Path(a["manifest"]).exists():
+                        errors[a["key"]] = f"edge-se export exit {rc}: {last}"
+    return errors
+
+
+def collect(arts: list[dict[str, Any]], errors: dict[str, str]) -> list[dict[str, Any]]:
+    """Attach size, partition report and build error to every expected artifact."""
+    from benchmarks.peers.partitions import report
+
+    for a in arts:
+        a["build_error"] = None
+        a["partitions"] = None
+        a["size_bytes"] = None
+        if not Path(a["manifest"]).exists() or not Path(a["artifact"]).exists():
+            a["build_error"] = errors.get(a["key"], "not built (no manifest)")
+            continue
+        if a["key"] in errors:  # built earlier, failed now: the file on disk is stale
+            a["build_error"] = errors[a["key"]]
+            continue
+        a["size_bytes"] = Path(a["artifact"]).stat().st_size
+        try:
+            a["partitions"] = report(a["artifact"], a["dtype"])
+        except (ValueError, OSError) as exc:
+            a["partitions"] = {"error": str(exc)}
+    return arts
+
+
+def _commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple[str, int], dict[str, Any]],
+                  threads: list[int], meta: dict[str, Any]) -> tuple[Path, Path]:
+    """Write ``bench_peers.jsonl`` (artifact, comparison and target records) and ``bench_peers.md``."""
+    from edge_se.atomic import write_text
+
+    comparisons = table.compare(arts, timings, threads)
+    findings = table.target_findings(comparisons, arts)
+    lines = [json.dumps({"kind": "meta", **meta})]
+    for a in arts:
+        for t in threads:
+            lines.append(json.dumps({"kind": "artifact", **{k: v for k, v in a.items() if k != "manifest"},
+                                     "threads": t, **timings.get((a["key"], t), {})}))
+    lines += [json.dumps({"kind": "comparison", **c}) for c in comparisons]
+    lines += [json.dumps({"kind": "target", **f}) for f in findings]
+    jsonl = results / "bench_peers.jsonl"
+    write_text(jsonl, "\n".join(lines) + "\n")
+    header = [
+        "# Peer benchmark: edge-se int8 vs the standard recipes (issue 6)", "",
+        f"Run {meta['started']} to {meta['finished']}, commit {meta['commit']}, {meta['machine']['cpu_model']} "
+        f"({meta['machine']['cpu_count']} logical CPUs). Batch 1, {meta['resolution']}x{meta['resolution']}, random "
+        "weights with randomised BatchNorm, generated calibration images.",
+        f"Timing: `device_bench.runner`, {meta['rounds']} rounds, every artifact once per round and thread count "
+        f"in the same order (A B C A B C ...), {meta['runner']['runs']}+ runs and >= {meta['runner']['min_seconds']} s "
+        f"per timing after {meta['runner']['warmup']} warm-up runs; figure = median of round medians.",
+        f"**Noise:** this machine is shared (load average {meta['loadavg_start'][0]:.1f} at the start, "
+        f"{meta['loadavg_end'][0]:.1f} at the end, on {meta['machine']['cpu_count']} CPUs): absolute figures are "
+        "inflated; `spread_pct` per artifact is in the jsonl.",
+    ]
+    spreads = sorted(float(t["spread_pct"]) for t in timings.values() if t.get("spread_pct") is not None)
+    if spreads:
+        header[-1] += (f" Round medians of one artifact differed by {spreads[len(spreads) // 2]:.0f}% (median over "
+                       f"artifacts) and up to {spreads[-1]:.0f}%: only large ratios are meaningful in this run.")
+    md = results / "bench_peers.md"
+    write_text(md, table.markdown(comparisons, arts, findings, header=header))
+    return jsonl, md
+
+
+def rerender(results: Path) -> tuple[Path, Path]:
+    """Rewrite ``bench_peers.{jsonl,md}`` from an existing jsonl (after a change to the table code)."""
+    records = [json.loads(ln) for ln in (results / "bench_peers.jsonl").read_text().splitlines() if ln.strip()]
+    meta = next(r for r in records if r["kind"] == "meta")
+    fields = ("key", "arch", "recipe", "format", "dtype", "artifact", "size_bytes", "partitions", "build_error")
+    arts: dict[str, dict[str, Any]] = {}
+    timings: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in records:
+        if r["kind"] == "artifact":
+            arts.setdefault(r["key"], {k: r.get(k) for k in fields})
+            timings[(r["key"], int(r["threads"]))] = {k: v for k, v in r.items() if k not in fields
+                                                       and k not in ("kind", "threads")}
+    return write_results(results, list(arts.values()), timings, list(meta["threads"]), meta)
+
+
+def _threads(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads must be comma-separated integers like 1,2, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"--threads needs counts >= 1, got {text!r}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Build, report, time and tabulate; return 0 (failures are results, recorded in the table)."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.peers.run", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="artifacts/peers", help="artifacts folder (edge_se/, peers/, weights/)")
+    p.add_argument("--results", default="results", help="folder for bench_peers.jsonl and bench_peers.md")
+    p.add_argument("--arch", action="append", choices=ARCHS, help="architecture (repeatable; default: all)")
+    p.add_argument("--peers-python", default=".venv-peers/bin/python", help="interpreter of the TensorFlow env")
+    p.add_argument("--threads", type=_threads, default=[1, 2], help="thread counts, comma-separated")
+    p.add_argument("--rounds", type=int, default=3, help="timing rounds (each artifact once per round)")
+    p.add_argument("--runs", type=int, default=20, help="minimum timed inferences per timing")
+    p.add_argument("--warmup", type=int, default=5, help="untimed inferences per timing")
+    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per timing")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, BatchNorm and calibration images")
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep artifacts already built (default: rebuild everything in this run)")
+    p.add_argument("--render-only", action="store_true",
+                   help="only rewrite bench_peers.md (and .jsonl) from the existing bench_peers.jsonl")
+    args = p.parse_args(argv)
+    archs = list(args.arch or ARCHS)
+    out, results = Path(args.out), Path(args.results)
+    if args.render_only:
+        _, md = rerender(results)
+        sys.stdout.write(md.read_text())
+        return 0
+    started = datetime.datetime.now().isoformat(timespec="seconds")
+    arts = expected_artifacts(out, archs)
+    errors = build(out, archs, peers_python=args.peers_python, seed=args.seed, reuse=args.reuse, arts=arts)
+    collect(arts, errors)
+    timed = {a["key"]: (a["artifact"], a["manifest"]) for a in arts if a["build_error"] is None}
+    opts = timing.RunnerOptions(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
+    load_start = os.getloadavg()
+    _log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
+    timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, opts=opts)
+    from device_bench.sysinfo import describe
+
+    meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "commit": _commit(), "machine": describe(), "loadavg_start": list(load_start),
+            "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
+            "threads": args.threads, "runner": {"runs": args.runs, "warmup": args.warmup,
+                                                "min_seconds": args.min_seconds}}
+    jsonl, md = write_results(results, arts, timings, args.threads, meta)
+    _log(f"wrote {jsonl} and {md}")
+    sys.stdout.write(md.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

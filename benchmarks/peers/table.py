@@ -1,0 +1,210 @@
+"""The peer benchmark's table: edge-se vs the best peer int8 artifact, per architecture, format and threads.
+
+Pure functions over plain records (no I/O, no runtimes), so the comparison logic is tested
+without building anything. Inputs:
+    * artifacts: one dict per artifact, ``{key, arch, recipe, format, dtype, artifact, size_bytes,
+      partitions, build_error}`` (``partitions``: a :mod:`benchmarks.peers.partitions` report);
+    * timings: ``(key, threads)`` -> :func:`benchmarks.peers.timing.aggregate` output plus ``errors``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.peers.manifests import ARCHS, RECIPES
+
+TARGET_RATIO = 1.00
+"""Issue 6: edge-se int8 at most this multiple of the best peer int8 latency (same arch, format, run)."""
+
+SINGLE_PARTITION_TARGETS = (("mobilenetv3_large_100", "tflite"),)
+"""Issue 6: (arch, format) whose edge-se int8 artifact must be one delegate partition."""
+
+
+def artifact_key(arch: str, recipe: str, fmt: str, dtype: str) -> str:
+    """``arch/recipe/format/dtype``: the key of an artifact in artifacts and timings."""
+    return f"{arch}/{recipe}/{fmt}/{dtype}"
+
+
+def peers_for(fmt: str) -> list[str]:
+    """Peer recipes that produce ``fmt`` (edge-se excluded), in :data:`RECIPES` order."""
+    return [r for r, fmts in RECIPES.items() if r != "edge-se" and fmt in fmts]
+
+
+def _ms(timings: dict[tuple[str, int], dict[str, Any]], key: str, threads: int, field: str = "p50_ms") -> float | None:
+    value = timings.get((key, threads), {}).get(field)
+    return None if value is None else float(value)
+
+
+def best_peer(peer_ms: dict[str, float | None]) -> tuple[str, float] | None:
+    """The fastest peer with a measurement, ``(recipe, ms)``; ``None`` when none was measured."""
+    measured = [(ms, r) for r, ms in peer_ms.items() if ms is not None]
+    if not measured:
+        return None
+    ms, recipe = min(measured)
+    return recipe, ms
+
+
+def ratio(edge_ms: float | None, peer_ms: float | None) -> float | None:
+    """``edge_ms / peer_ms``; ``None`` when either is missing (or the peer took no time)."""
+    if edge_ms is None or peer_ms is None or peer_ms <= 0:
+        return None
+    return edge_ms / peer_ms
+
+
+def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], dict[str, Any]],
+            threads: Sequence[int]) -> list[dict[str, Any]]:
+    """One comparison record per architecture x format x thread count.
+
+    Returns:
+        Records with ``arch``, ``format``, ``threads``, ``recipes`` {recipe: {int8_ms, int8_p90_ms,
+        fp32_ms, fp32_p90_ms, int8_faster_than_fp32, int8_speedup}} (edge-se first),
+        ``best_peer_int8`` {recipe, ms} or ``None``, ``ratio`` (edge-se int8 / best peer int8),
+        ``target_met`` (``ratio <= TARGET_RATIO``; ``None`` when not measurable) and
+        ``over_target_pct`` (how far above the target, 0 when met).
+    """
+    present = {(a["arch"], a["format"]) for a in artifacts}
+    out = []
+    for arch in ARCHS:
+        for fmt in ("pte", "tflite"):
+            if (arch, fmt) not in present:
+                continue
+            for t in threads:
+                recipes: dict[str, dict[str, Any]] = {}
+                for recipe in ["edge-se", *peers_for(fmt)]:
+                    row: dict[str, Any] = {}
+                    for dtype in ("int8", "fp32"):
+                        key = artifact_key(arch, recipe, fmt, dtype)
+                        row[f"{dtype}_ms"] = _ms(timings, key, t)
+                        row[f"{dtype}_p90_ms"] = _ms(timings, key, t, "p90_ms")
+                    r = ratio(row["fp32_ms"], row["int8_ms"])
+                    row["int8_speedup"] = r
+                    row["int8_faster_than_fp32"] = None if r is None else r > 1.0
+                    recipes[recipe] = row
+                best = best_peer({r: v["int8_ms"] for r, v in recipes.items() if r != "edge-se"})
+                rr = ratio(recipes["edge-se"]["int8_ms"], best[1] if best else None)
+                out.append({
+                    "arch": arch, "format": fmt, "threads": t, "recipes": recipes,
+                    "best_peer_int8": None if best is None else {"recipe": best[0], "ms": best[1]},
+                    "ratio": rr,
+                    "target_ratio": TARGET_RATIO,
+                    "target_met": None if rr is None else rr <= TARGET_RATIO,
+                    "over_target_pct": None if rr is None else max(0.0, 100.0 * (rr / TARGET_RATIO - 1.0)),
+                })
+    return out
+
+
+def operator_profile(partitions: dict[str, Any] | None) -> str:
+    """One line: partitions, ops outside the delegate, float ops in int8 (the "why" of a miss)."""
+    if not partitions:
+        return "no partition report"
+    parts = [f"{partitions.get('partitions')} partition(s)"]
+    outside = partitions.get("ops_outside_delegate") or {}
+    if outside:
+        parts.append("outside delegate: " + ", ".join(f"{k} x{v}" for k, v in outside.items()))
+    floats = partitions.get("float_ops_in_int8") or {}
+    if floats:
+        parts.append("float in int8: " + ", ".join(f"{k} x{v}" for k, v in floats.items()))
+    return "; ".join(parts)
+
+
+def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every issue-6 target with ``met`` (``True``/``False``/``None`` = not measurable) and ``detail``.
+
+    Targets: edge-se int8 <= best peer int8 (per arch, format, threads); edge-se int8 faster than
+    its fp32 (per arch, format, threads); :data:`SINGLE_PARTITION_TARGETS` in one partition.
+    """
+    by_key = {a["key"]: a for a in artifacts}
+    findings = []
+    for c in comparisons:
+        edge = c["recipes"]["edge-se"]
+        key = artifact_key(c["arch"], "edge-se", c["format"], "int8")
+        art = by_key.get(key, {})
+        why = art.get("build_error") or operator_profile(art.get("partitions"))
+        where = f"{c['arch']} .{c['format']} {c['threads']}T"
+        if c["ratio"] is None:
+            detail = "not measured: " + (why if edge["int8_ms"] is None else "no peer int8 measured")
+        elif c["target_met"]:
+            detail = f"{c['ratio']:.2f}x best peer ({c['best_peer_int8']['recipe']})"
+        else:
+            detail = (f"{c['ratio']:.2f}x best peer ({c['best_peer_int8']['recipe']}): "
+                      f"{c['over_target_pct']:.0f}% over; {why}")
+        findings.append({"target": f"int8 <= {TARGET_RATIO:.2f}x best peer", "where": where,
+                         "met": c["target_met"], "detail": detail})
+        sp = edge["int8_speedup"]
+        findings.append({
+            "target": "int8 faster than fp32", "where": where,
+            "met": edge["int8_faster_than_fp32"],
+            "detail": "not measured" if sp is None else (
+                f"int8 {edge['int8_ms']:.2f} ms vs fp32 {edge['fp32_ms']:.2f} ms ({sp:.2f}x)"
+                + ("" if sp > 1.0 else f": int8 {100.0 * (1.0 / sp - 1.0):.0f}% slower; {why}")),
+        })
+    for arch, fmt in SINGLE_PARTITION_TARGETS:
+        art = by_key.get(artifact_key(arch, "edge-se", fmt, "int8"))
+        rep = (art or {}).get("partitions")
+        met = None if not rep else bool(rep.get("single_partition"))
+        detail = ((art or {}).get("build_error") or "artifact missing") if not rep else operator_profile(rep)
+        findings.append({"target": "int8 in one delegate partition", "where": f"{arch} .{fmt}",
+                         "met": met, "detail": detail})
+    return findings
+
+
+def delegated_count(rep: dict[str, Any]) -> str:
+    """Operators inside the delegate: XNNPACK nodes of a ``.pte``; original ops minus those outside for ``.tflite``."""
+    if rep.get("kind") == "pte":
+        return str(sum((rep.get("delegated_nodes") or {}).values()))
+    if rep.get("kind") == "tflite":
+        return f"{rep['ops_total'] - sum((rep.get('ops_outside_delegate') or {}).values())} of {rep['ops_total']}"
+    return "—"
+
+
+def _f(value: float | None, fmt: str = "{:.2f}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _yes(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "**no**")
+
+
+def markdown(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str, Any]],
+             findings: Sequence[dict[str, Any]], *, header: Sequence[str] = ()) -> str:
+    """The report: latency table, int8-vs-fp32 table, targets, partition report, failures."""
+    lines = [*header, ""]
+    lines += ["## int8 latency, edge-se vs peers (ms: median of round medians; p90 in brackets)", "",
+              "| arch | format | threads | edge-se int8 | peer int8 | best peer | edge-se / best | target <= 1.00 |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        e = c["recipes"]["edge-se"]
+        peers = "; ".join(f"{r} {_f(v['int8_ms'])} ({_f(v['int8_p90_ms'])})"
+                          for r, v in c["recipes"].items() if r != "edge-se")
+        best = c["best_peer_int8"]
+        met = "—" if c["target_met"] is None else ("met" if c["target_met"] else f"**+{c['over_target_pct']:.0f}%**")
+        lines.append(f"| {c['arch']} | {c['format']} | {c['threads']} | {_f(e['int8_ms'])} ({_f(e['int8_p90_ms'])}) "
+                     f"| {peers} | {best['recipe'] + ' ' + _f(best['ms']) if best else '—'} "
+                     f"| {_f(c['ratio'], '{:.2f}x')} | {met} |")
+    lines += ["", "## int8 vs fp32 (ms; speed-up = fp32 / int8; 'no' = int8 is slower)", "",
+              "| arch | format | threads | recipe | fp32 | int8 | speed-up | int8 faster? |",
+              "|---|---|---|---|---|---|---|---|"]
+    for c in comparisons:
+        for r, v in c["recipes"].items():
+            lines.append(f"| {c['arch']} | {c['format']} | {c['threads']} | {r} | {_f(v['fp32_ms'])} | "
+                         f"{_f(v['int8_ms'])} | {_f(v['int8_speedup'], '{:.2f}x')} "
+                         f"| {_yes(v['int8_faster_than_fp32'])} |")
+    lines += ["", "## Targets (issue 6)", "", "| target | where | met | detail |", "|---|---|---|---|"]
+    for f in findings:
+        lines.append(f"| {f['target']} | {f['where']} | {_yes(f['met'])} | {f['detail']} |")
+    lines += ["", "## Delegation and partitions (read from each artifact)", "",
+              "| artifact | size MB | partitions | ops in delegate | ops outside delegate | float ops in int8 graph |",
+              "|---|---|---|---|---|---|"]
+    for a in artifacts:
+        rep = a.get("partitions") or {}
+        outside = ", ".join(f"{k} x{v}" for k, v in (rep.get("ops_outside_delegate") or {}).items()) or "none"
+        floats = rep.get("float_ops_in_int8")
+        fl = "n/a (fp32)" if floats is None else (", ".join(f"{k} x{v}" for k, v in floats.items()) or "none")
+        size = _f(a["size_bytes"] / 1e6, "{:.1f}") if a.get("size_bytes") else "—"
+        if a.get("build_error"):
+            lines.append(f"| {a['key']} | — | — | — | build failed: {a['build_error']} | — |")
+        else:
+            lines.append(f"| {a['key']} | {size} | {rep.get('partitions', '—')} | {delegated_count(rep)} "
+                         f"| {outside} | {fl} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,165 @@
+"""Alternating timing of many artifacts with the project's runner (``python -m device_bench.runner``).
+
+Every artifact is timed once per round, in the same order each round (A B C A B C ...), at each
+thread count, so slow drift of a shared machine (other jobs, thermal state) hits all artifacts
+alike. Each timing is one runner process; its result is one JSON object on stdout. The figure
+per artifact and thread count is the median over rounds of each round's median (and p90).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Flags passed to ``device_bench.runner`` for every timing.
+
+    Attributes:
+        runs: minimum timed inferences per timing.
+        warmup: untimed inferences after loading.
+        min_seconds: minimum timed seconds per timing.
+        timeout_s: wall-clock limit of one runner process, seconds.
+    """
+
+    runs: int = 20
+    warmup: int = 5
+    min_seconds: float = 1.0
+    timeout_s: float = 300.0
+
+
+def schedule(keys: Sequence[str], threads: Sequence[int], rounds: int) -> list[tuple[int, int, str]]:
+    """The timing order: ``(round, threads, key)`` for every round, thread count and artifact.
+
+    Within a round every thread count runs over all artifacts in the given order, so each
+    artifact sees the same sequence of neighbours in every round.
+
+    Raises:
+        ValueError: no rounds, no thread counts or a thread count below 1.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    if not threads or min(threads) < 1:
+        raise ValueError(f"threads must be a non-empty list of counts >= 1, got {list(threads)}")
+    return [(r, t, k) for r in range(rounds) for t in threads for k in keys]
+
+
+def parse_runner_output(stdout: str) -> dict[str, Any]:
+    """The runner's result: the last line of stdout that parses as a JSON object with ``latency_ms``.
+
+    Raises:
+        ValueError: no such line (the first 200 characters of the output are quoted).
+    """
+    for line in reversed(stdout.strip().splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(doc, dict) and "latency_ms" in doc:
+            return doc
+    raise ValueError(f"runner printed no result object with latency_ms: {stdout[:200]!r}")
+
+
+def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Combine one artifact's per-round runner results (at one thread count).
+
+    Args:
+        results: runner result objects, one per round (``latency_ms`` with ``p50``/``p90``/``min``).
+
+    Returns:
+        ``p50_ms`` (median of round medians), ``p90_ms`` (median of round p90s), ``min_ms``
+        (fastest inference seen), ``round_p50_ms`` (each round's median, in round order),
+        ``spread_pct`` (100 * (max - min) / min of the round medians), ``rounds``, ``samples``.
+
+    Raises:
+        ValueError: no results.
+    """
+    if not results:
+        raise ValueError("no runner results to aggregate")
+    p50 = [float(r["latency_ms"]["p50"]) for r in results]
+    p90 = [float(r["latency_ms"]["p90"]) for r in results]
+    return {
+        "p50_ms": statistics.median(p50),
+        "p90_ms": statistics.median(p90),
+        "min_ms": min(float(r["latency_ms"]["min"]) for r in results),
+        "round_p50_ms": p50,
+        "spread_pct": 100.0 * (max(p50) - min(p50)) / min(p50) if min(p50) > 0 else float("inf"),
+        "rounds": len(results),
+        "samples": sum(int(r["latency_ms"]["count"]) for r in results),
+    }
+
+
+def runner_command(python: str, artifact: str, manifest: str, threads: int, opts: RunnerOptions) -> list[str]:
+    """The argv of one runner process."""
+    return [python, "-m", "device_bench.runner", artifact, "--manifest", manifest, "--threads", str(threads),
+            "--runs", str(opts.runs), "--warmup", str(opts.warmup), "--min-seconds", str(opts.min_seconds)]
+
+
+def time_once(python: str, artifact: str, manifest: str, threads: int, opts: RunnerOptions) -> dict[str, Any]:
+    """Run the runner once; return its result, or ``{"error": ...}`` when it failed."""
+    cmd = runner_command(python, artifact, manifest, threads, opts)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout_s, check=False)
+    except subprocess.TimeoutExpired:
+        return {"error": f"runner timed out after {opts.timeout_s:.0f} s"}
+    if proc.returncode != 0:
+        tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or [""]
+        return {"error": f"runner exit {proc.returncode}: {tail[0][:300]}"}
+    try:
+        return parse_runner_output(proc.stdout)
+    except ValueError as exc:
+        return {"error": str(exc)}
+
+
+def time_alternating(
+    artifacts: dict[str, tuple[str, str]],
+    *,
+    threads: Sequence[int],
+    rounds: int,
+    opts: RunnerOptions,
+    python: str = sys.executable,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Time every artifact ``rounds`` times at each thread count, alternating; aggregate per pair.
+
+    Args:
+        artifacts: key -> (artifact path, manifest path), timed in this order each round.
+        threads: thread counts.
+        rounds: rounds (each artifact timed once per round and thread count).
+        opts: runner flags.
+        python: the interpreter that runs ``device_bench.runner`` (the main venv's).
+        log: progress sink (stderr).
+
+    Returns:
+        ``(key, threads)`` -> :func:`aggregate` of its rounds plus ``errors`` (a list; an artifact
+        that never ran has only ``errors``).
+    """
+    per: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, int], list[str]] = {}
+    plan = schedule(list(artifacts), threads, rounds)
+    for i, (r, t, key) in enumerate(plan):
+        if len(errors.get((key, t), [])) >= 2 and not per.get((key, t)):
+            continue  # failed twice and never ran: not worth more rounds
+        path, manifest = artifacts[key]
+        res = time_once(python, path, manifest, t, opts)
+        if "error" in res:
+            errors.setdefault((key, t), []).append(res["error"])
+            log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {res['error']}")
+            continue
+        per.setdefault((key, t), []).append(res)
+        log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: p50 {res['latency_ms']['p50']:.2f} ms")
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for key in artifacts:
+        for t in threads:
+            runs = per.get((key, t), [])
+            out[(key, t)] = {**(aggregate(runs) if runs else {}), "errors": errors.get((key, t), [])}
+    return out

@@ -1,0 +1,259 @@
+"""The peer benchmark's pure logic: timing aggregation, comparison table, partition analysis.
+
+No TensorFlow and no builds here (``make bench-peers`` is a benchmark, not a test); one slow test
+runs the partition readers on the tiny artifacts the device_bench tests already build.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
+
+from device_artifacts import artifacts  # noqa: E402,F401  (session fixture)
+
+from benchmarks.peers import partitions, table, timing  # noqa: E402
+from benchmarks.peers.manifests import peer_artifact_name, peer_manifest, tensor_entry, write_json_atomic  # noqa: E402
+
+EXACT = 1e-12
+"""Medians, ratios and percentages of exact binary inputs: only float rounding separates them."""
+
+OpInfo = partitions.OpInfo
+
+
+def _result(p50: float, p90: float, lo: float, n: int = 20) -> dict:
+    return {"latency_ms": {"p50": p50, "p90": p90, "min": lo, "count": n}}
+
+
+# --- timing ---------------------------------------------------------------------------------------
+
+
+def test_schedule_alternates_all_artifacts_every_round():
+    order = timing.schedule(["A", "B", "C"], [1, 2], 2)
+    assert [k for _, _, k in order] == ["A", "B", "C"] * 4
+    assert [(r, t) for r, t, _ in order[:6]] == [(0, 1)] * 3 + [(0, 2)] * 3
+    assert order[6][0] == 1
+
+
+@pytest.mark.parametrize("rounds,threads", [(0, [1]), (1, []), (1, [0, 1])])
+def test_schedule_rejects_bad_plans(rounds, threads):
+    with pytest.raises(ValueError, match="must be"):
+        timing.schedule(["A"], threads, rounds)
+
+
+def test_parse_runner_output_takes_last_result_line():
+    out = "noise\n{\"other\": 1}\n" + json.dumps(_result(2.0, 3.0, 1.5)) + "\nINFO: trailing\n"
+    assert timing.parse_runner_output(out)["latency_ms"]["p50"] == 2.0
+    with pytest.raises(ValueError, match="no result object"):
+        timing.parse_runner_output("INFO: Created TensorFlow Lite XNNPACK delegate\n{\"x\": 1}\n")
+
+
+def test_aggregate_is_median_of_round_medians():
+    agg = timing.aggregate([_result(3.0, 4.0, 2.5), _result(1.0, 9.0, 0.9), _result(2.0, 5.0, 1.9)])
+    assert agg["p50_ms"] == pytest.approx(2.0, abs=EXACT)
+    assert agg["p90_ms"] == pytest.approx(5.0, abs=EXACT)
+    assert agg["min_ms"] == pytest.approx(0.9, abs=EXACT)
+    assert agg["round_p50_ms"] == [3.0, 1.0, 2.0]
+    assert agg["spread_pct"] == pytest.approx(200.0, abs=EXACT)
+    assert agg["samples"] == 60
+    with pytest.raises(ValueError):
+        timing.aggregate([])
+
+
+def test_runner_command_passes_every_flag():
+    cmd = timing.runner_command("py", "a.pte", "a.pte.json", 2, timing.RunnerOptions(runs=7, warmup=3, min_seconds=0.5))
+    assert cmd == ["py", "-m", "device_bench.runner", "a.pte", "--manifest", "a.pte.json", "--threads", "2",
+                   "--runs", "7", "--warmup", "3", "--min-seconds", "0.5"]
+
+
+# --- table ----------------------------------------------------------------------------------------
+
+
+def _art(arch, recipe, fmt, dtype, partitions=None, error=None):
+    return {"key": table.artifact_key(arch, recipe, fmt, dtype), "arch": arch, "recipe": recipe, "format": fmt,
+            "dtype": dtype, "artifact": f"{arch}_{recipe}_{dtype}.{fmt}", "size_bytes": 1_000_000,
+            "partitions": partitions, "build_error": error}
+
+
+def _timings(ms: dict[str, float], threads: int = 1) -> dict:
+    return {(k, threads): {"p50_ms": v, "p90_ms": v * 1.1, "errors": []} for k, v in ms.items()}
+
+
+def test_compare_ratio_best_peer_and_margin():
+    arch = "mobilenetv3_large_100"
+    arts = [_art(arch, r, "tflite", d) for r in ("edge-se", "litert-torch", "tf-converter") for d in ("int8", "fp32")]
+    ms = {f"{arch}/edge-se/tflite/int8": 5.0, f"{arch}/edge-se/tflite/fp32": 4.0,
+          f"{arch}/litert-torch/tflite/int8": 6.4, f"{arch}/litert-torch/tflite/fp32": 3.7,
+          f"{arch}/tf-converter/tflite/int8": 4.0, f"{arch}/tf-converter/tflite/fp32": 3.6}
+    (c,) = table.compare(arts, _timings(ms), [1])
+    assert (c["arch"], c["format"], c["threads"]) == (arch, "tflite", 1)
+    assert c["best_peer_int8"] == {"recipe": "tf-converter", "ms": 4.0}
+    assert c["ratio"] == pytest.approx(1.25, abs=EXACT)
+    assert c["target_met"] is False
+    assert c["over_target_pct"] == pytest.approx(25.0, abs=1e-9)
+    assert c["recipes"]["edge-se"]["int8_faster_than_fp32"] is False
+    assert c["recipes"]["edge-se"]["int8_speedup"] == pytest.approx(0.8, abs=EXACT)
+    assert c["recipes"]["tf-converter"]["int8_faster_than_fp32"] is False
+    assert list(c["recipes"]) == ["edge-se", "litert-torch", "tf-converter"]
+
+
+def test_compare_met_and_unmeasured():
+    arch = "efficientnet_b0"
+    arts = [_art(arch, r, "pte", d) for r in ("edge-se", "executorch") for d in ("int8", "fp32")]
+    met = table.compare(arts, _timings({f"{arch}/edge-se/pte/int8": 2.0, f"{arch}/executorch/pte/int8": 2.5}), [1])[0]
+    assert met["target_met"] is True and met["over_target_pct"] == 0.0
+    assert met["recipes"]["edge-se"]["int8_faster_than_fp32"] is None  # fp32 not timed
+    missing = table.compare(arts, _timings({f"{arch}/executorch/pte/int8": 2.5}), [1])[0]
+    assert missing["ratio"] is None and missing["target_met"] is None
+
+
+def test_target_findings_say_by_how_much_and_why():
+    arch = "mobilenetv3_large_100"
+    rep = {"partitions": 21, "single_partition": False, "ops_outside_delegate": {"HARD_SWISH": 20},
+           "float_ops_in_int8": {"ADD": 16}}
+    arts = [_art(arch, "edge-se", "tflite", "int8", partitions=rep), _art(arch, "edge-se", "tflite", "fp32"),
+            _art(arch, "litert-torch", "tflite", "int8"), _art(arch, "litert-torch", "tflite", "fp32")]
+    ms = {f"{arch}/edge-se/tflite/int8": 6.0, f"{arch}/edge-se/tflite/fp32": 4.0,
+          f"{arch}/litert-torch/tflite/int8": 5.0}
+    findings = table.target_findings(table.compare(arts, _timings(ms), [1]), arts)
+    by = {f["target"]: f for f in findings}
+    peer = by["int8 <= 1.00x best peer"]
+    assert peer["met"] is False and "20% over" in peer["detail"] and "HARD_SWISH x20" in peer["detail"]
+    speed = by["int8 faster than fp32"]
+    assert speed["met"] is False and "50% slower" in speed["detail"]
+    part = by["int8 in one delegate partition"]
+    assert part["met"] is False and "21 partition(s)" in part["detail"]
+    md = table.markdown(table.compare(arts, _timings(ms), [1]), arts, findings, header=["# t"])
+    assert "| mobilenetv3_large_100 | tflite | 1 | 6.00 (6.60) |" in md
+    assert "**+20%**" in md and "HARD_SWISH x20" in md
+
+
+# --- partitions -----------------------------------------------------------------------------------
+
+
+def test_nodes_outside_delegate_follows_the_data_flow():
+    # t0 -> conv(A) -> t1 -> hswish(B) -> t2 -> conv(C) -> t3 -> add(D, internal) -> t4 ; t4 graph output
+    nodes = [
+        OpInfo("CONV_2D", inputs=(0, 10), outputs=(1,)),
+        OpInfo("HARD_SWISH", inputs=(1,), outputs=(2,)),
+        OpInfo("CONV_2D", inputs=(2, 11), outputs=(3,)),
+        OpInfo("ADD", inputs=(3, 12), outputs=(4,)),
+        OpInfo("DELEGATE", inputs=(0,), outputs=(1,)),     # partition 1: node 0
+        OpInfo("DELEGATE", inputs=(2,), outputs=(4,)),     # partition 2: nodes 2 and 3
+    ]
+    assert partitions.nodes_outside_delegate(nodes, [4]) == [1]
+    rep = partitions.summarize_tflite(nodes, [4], dtype="fp32")
+    assert rep["partitions"] == 2 and rep["ops_outside_delegate"] == {"HARD_SWISH": 1}
+    assert rep["single_partition"] is False and rep["ops_total"] == 4 and rep["float_ops_in_int8"] is None
+    # A graph output made outside any partition is outside too.
+    assert partitions.nodes_outside_delegate(nodes[:1] + [OpInfo("DELEGATE", inputs=(0,), outputs=(1,))], [1]) == []
+    assert partitions.nodes_outside_delegate(nodes[:2] + [OpInfo("DELEGATE", inputs=(0,), outputs=(1,))], [2]) == [1]
+
+
+def test_float_islands_in_int8_tflite():
+    nodes = [
+        OpInfo("CONV_2D", ("int8", "int8", "int32"), ("int8",), (0, 9, 8), (1,)),
+        OpInfo("DEQUANTIZE", ("int8",), ("float32",), (1,), (2,)),
+        OpInfo("LOGISTIC", ("float32",), ("float32",), (2,), (3,)),
+        OpInfo("QUANTIZE", ("float32",), ("int8",), (3,), (4,)),
+        OpInfo("DELEGATE", (), (), (0,), (4,)),
+    ]
+    rep = partitions.summarize_tflite(nodes, [4], dtype="int8")
+    assert rep["float_ops_in_int8"] == {"LOGISTIC": 1}
+    assert rep["quant_boundaries"] == 2 and rep["single_partition"] is True
+
+
+def test_xnn_graph_ops_and_pte_summary():
+    graph = {
+        "xvalues": [
+            {"xvalue_union_type": "XNNTensorValue", "xvalue_union": {"datatype": "xnn_datatype_fp32", "id_out": 0}},
+            {"xvalue_union_type": "XNNQuantizedTensorValue",
+             "xvalue_union": {"tensor_value": {"datatype": "xnn_datatype_qint8", "id_out": 1}}},
+            {"xvalue_union_type": "XNNTensorValue", "xvalue_union": {"datatype": "xnn_datatype_fp32", "id_out": 2}},
+            {"xvalue_union_type": "XNNQuantizedTensorValue",
+             "xvalue_union": {"tensor_value": {"datatype": "xnn_datatype_qint8", "id_out": 3}}},
+        ],
+        "xnodes": [
+            {"xnode_union_type": "XNNConvert", "xnode_union": {"input_id": 0, "output_id": 1, "flags": 0}},
+            {"xnode_union_type": "XNNConvert", "xnode_union": {"input_id": 1, "output_id": 2, "flags": 0}},
+            {"xnode_union_type": "XNNSigmoid", "xnode_union": {"input_id": 2, "output_id": 2, "flags": 0}},
+            {"xnode_union_type": "XNNMultiply", "xnode_union": {"input1_id": 1, "input2_id": 3, "output_id": 3}},
+            {"xnode_union_type": "XNNStaticTranspose", "xnode_union": {"input_id": 2, "output_id": 2, "perm": [0]}},
+        ],
+    }
+    ops = partitions.xnn_graph_ops(graph)
+    assert ops[3] == OpInfo("XNNMultiply", ("xnn_datatype_qint8", "xnn_datatype_qint8"), ("xnn_datatype_qint8",))
+    instructions = [("kernel", "dim_order_ops::_to_dim_order_copy.out"), ("delegate", "XnnpackBackend")]
+    rep = partitions.summarize_pte(instructions, [ops], dtype="int8")
+    assert rep["partitions"] == 1 and rep["single_partition"] is True
+    assert rep["ops_outside_delegate"] == {"dim_order_ops::_to_dim_order_copy.out": 1}
+    assert rep["float_ops_in_int8"] == {"XNNSigmoid": 1}  # transpose only moves data; converts are boundaries
+    assert rep["quant_boundaries"] == 2
+    assert partitions.summarize_pte([], [ops], dtype="fp32")["float_ops_in_int8"] is None
+
+
+def test_report_rejects_unknown_extension(tmp_path):
+    with pytest.raises(ValueError, match="valid: .tflite, .pte"):
+        partitions.report(tmp_path / "model.onnx")
+
+
+@pytest.mark.slow
+@pytest.mark.export
+def test_readers_on_real_artifacts(artifacts):  # noqa: F811 - pytest fixture
+    tfl = partitions.report(artifacts["tiny_se_litert_int8.tflite"], "int8")
+    assert tfl["partitions"] >= 1 and tfl["ops_total"] > tfl["partitions"]
+    assert isinstance(tfl["float_ops_in_int8"], dict)
+    pte = partitions.report(artifacts["tiny_se_xnnpack_int8.pte"])
+    assert pte["partitions"] >= 1
+    assert "XNNConv2d" in pte["delegated_nodes"]
+    # ExecuTorch's XNNPACK quantizer leaves sigmoid in float (PLATFORM.md): the SE gate is a float island.
+    assert "XNNSigmoid" in pte["float_ops_in_int8"], pte
+
+
+# --- manifests ------------------------------------------------------------------------------------
+
+
+def test_peer_names_and_manifest_load_in_the_runner(tmp_path):
+    from device_bench.manifest import load_manifest, verify_artifact
+
+    assert peer_artifact_name("efficientnet_b0", "tf-converter", "int8", "tflite") == \
+        "efficientnet_b0_tf-converter_int8.tflite"
+    with pytest.raises(ValueError, match="unknown recipe/format executorch/tflite; valid: .*executorch/pte"):
+        peer_artifact_name("efficientnet_b0", "executorch", "int8", "tflite")
+    with pytest.raises(ValueError, match="valid: efficientnet_b0"):
+        peer_artifact_name("resnet50", "executorch", "int8", "pte")
+    art = tmp_path / peer_artifact_name("efficientnet_b0", "tf-converter", "int8", "tflite")
+    art.write_bytes(b"not really a model")
+    doc = peer_manifest(art, fmt="tflite", dtype="int8", arch="efficientnet_b0", recipe="tf-converter",
+                        resolution=224, inputs=[tensor_entry("input_0", [1, 224, 224, 3], "int8", layout="NHWC",
+                                                             scale=0.5, zero_point=-3)],
+                        outputs=[tensor_entry("output_0", [1, 1000], "int8", scale=0.1, zero_point=0)],
+                        source="keras.applications.EfficientNetB0", versions={})
+    write_json_atomic(art.with_name(art.name + ".json"), doc)
+    m = load_manifest(art.with_name(art.name + ".json"))
+    assert verify_artifact(art, m) == doc["sha256"]
+    assert m.inputs[0].scale == 0.5 and m.inputs[0].zero_point == -3 and m.dtype == "int8"
+
+
+def test_results_round_trip_through_jsonl(tmp_path):
+    from benchmarks.peers import run
+
+    arch = "efficientnet_b0"
+    rep = {"kind": "pte", "partitions": 1, "single_partition": True, "delegated_nodes": {"XNNConv2d": 3},
+           "ops_outside_delegate": {}, "float_ops_in_int8": {"XNNSigmoid": 2}}
+    arts = [_art(arch, "edge-se", "pte", "int8", partitions=rep), _art(arch, "executorch", "pte", "int8"),
+            _art(arch, "edge-se", "pte", "fp32", error="edge-se export exit 1: parity check failed")]
+    ms = {f"{arch}/edge-se/pte/int8": 3.0, f"{arch}/executorch/pte/int8": 2.0}
+    meta = {"started": "t0", "finished": "t1", "commit": None, "machine": {"cpu_model": "x", "cpu_count": 2},
+            "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0], "resolution": 224, "rounds": 1,
+            "threads": [1], "runner": {"runs": 5, "warmup": 1, "min_seconds": 0.1}}
+    _, md = run.write_results(tmp_path, arts, _timings(ms), [1], meta)
+    first = md.read_text()
+    assert "| 1.50x | **+50%** |" in first and "build failed: edge-se export exit 1" in first
+    assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in first
+    run.rerender(tmp_path)
+    assert md.read_text() == first
