@@ -153,6 +153,7 @@ def int8_parity(
     *,
     output_scale: float | None,
     real_images: Sequence[bool],
+    gate_top1: bool = True,
 ) -> dict[str, object]:
     """int8 artifact vs the quantised PyTorch reference (exactness) and the float model (quality).
 
@@ -162,6 +163,9 @@ def int8_parity(
         float_reference: outputs of the float model on the same inputs.
         output_scale: the output's quantisation step (float units per integer step), if known.
         real_images: per sample, whether the input is a real image (top-1 is gated only on those).
+        gate_top1: gate top-1 agreement at all; False for random weights, whose class scores are
+            near-ties on every image (measured: SE-ResNet-50 with random weights, 12% top-1
+            agreement at 9 dB logits SQNR), so top-1 is then reported only.
 
     Returns:
         JSON-ready figures with ``passed`` and every threshold applied.
@@ -187,7 +191,7 @@ def int8_parity(
         "vs_quantized_sqnr": ref_sqnr >= min_ref_sqnr,
         "vs_float_cosine": f_cos >= INT8_MIN_COSINE,
         "vs_float_sqnr": f_sqnr >= INT8_MIN_SQNR_DB,
-        "vs_float_top1_real": top1_real is None or top1_real >= INT8_MIN_TOP1_AGREEMENT,
+        "vs_float_top1_real": not gate_top1 or top1_real is None or top1_real >= INT8_MIN_TOP1_AGREEMENT,
     }
     return {
         "reference": "quantized_pt2e+float",
