@@ -136,8 +136,8 @@ def _weights_arg(deps: Mapping[str, Dep], cell: Cell) -> list[str]:
 
 
 def _relative(path: str | Path, workdir: Path) -> str:
-    p = Path(path)
-    return str(p.resolve().relative_to(workdir.resolve())) if p.is_absolute() else str(p)
+    """``path`` (absolute, or relative to the current directory as the CLI printed it) relative to ``workdir``."""
+    return str(Path(path).resolve().relative_to(workdir.resolve()))
 
 
 def run_cell(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:

@@ -43,7 +43,7 @@ class Store:
     """Finished cells under ``root/cells``, failures under ``root/failed``, the index beside them."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # subprocesses print paths; keep them unambiguous
         self.root.mkdir(parents=True, exist_ok=True)
         self._clean_partials()
 

@@ -305,3 +305,13 @@ def test_per_model_devices_and_emulated_dtypes(tmp_path):
     assert "bench/mobilenetv3_small_050/pte/fp32/-/qemu-aarch64" not in ids  # fp32 not emulated
     assert not [i for i in ids if i.startswith("bench/efficientnet_phi0/") and i.endswith("qemu-aarch64")]
     assert "bench/efficientnet_phi0/pte/fp32/-/local" in ids
+
+
+def test_paths_printed_by_a_stage_are_made_relative_to_the_cell(tmp_path, monkeypatch):
+    from pipeline.stages import _relative
+
+    monkeypatch.chdir(tmp_path)
+    cell = Path("runs/demo/cells/export/.tmp-1")  # a relative run dir, as `--out runs/demo` gives
+    (tmp_path / cell).mkdir(parents=True)
+    assert _relative("runs/demo/cells/export/.tmp-1/a.pte", cell) == "a.pte"
+    assert _relative(str(tmp_path / cell / "a.pte.json"), cell) == "a.pte.json"
