@@ -100,9 +100,11 @@ bench-peers: $(STAMP) $(PEERS_STAMP)  ## build + time edge-se and peer int8/fp32
 
 # --- quantize (owner: quantisation engineer) -------------------------------------------------
 QUANT_OUT ?= results/quant_bench.jsonl
+# Minutes after which bench-quant starts no new cell (a rerun resumes where it stopped).
+QUANT_BUDGET_MIN ?= 45
 
 bench-quant: $(STAMP)  ## policy x engine x target matrix of int8 fidelity -> results/quant_bench.{jsonl,md}
-	$(PY) -m quantize.bench --out $(QUANT_OUT) --table $(basename $(QUANT_OUT)).md
+	$(PY) -m quantize.bench --out $(QUANT_OUT) --table $(basename $(QUANT_OUT)).md --budget-min $(QUANT_BUDGET_MIN)
 
 train-demo: $(STAMP)  ## train the default demo model (mobilenetv3_small_100, digits, 64 px) -> results/weights
 	$(VENV)/bin/edge-se train mobilenetv3_small_100 --data digits --epochs 15 --resolution 64 \

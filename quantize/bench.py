@@ -7,9 +7,16 @@ Models: edge-se's MobileNetV3-Small and EfficientNet-B0 trained on the digits da
 (trained here on first use, weights cached under ``results/weights``), and torchvision's and
 timm's EfficientNet-B0 and MobileNetV3-Large with random weights and randomised BatchNorm
 statistics (nothing is downloaded; their accuracy means nothing, their fidelity does).
+``edge-se:ARCH+builder-init`` is the same model trained without the recipe's Linear init (the cause
+of the low int8 fidelity found earlier; see results/quant_bench.md). Training the defaults takes
+about 6 min (MobileNetV3-Small, 15 epochs) and 7.5 min (EfficientNet-B0, 8 epochs) on one core.
 Calibration: 64 images of the digits training split; evaluation: the 360 held-out images.
-A benchmark, not a test: it takes tens of minutes on 2 cores. Every cell is appended as soon as
-it is measured (atomically), and a failing cell is recorded with its error.
+A benchmark, not a test: the full matrix takes about an hour on 2 cores, so cells run most
+informative first (every model's ``ptq``, then each policy across models, then NNCF), cells
+already in ``--out`` are skipped (a rerun resumes), and ``--budget-min`` stops starting new cells
+after that many minutes. Every cell is appended as soon as it is measured (atomically), a failing
+cell is recorded with its error, and hand-written notes after ``<!-- notes -->`` in the table
+file are kept.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ from edge_se.atomic import append_line, write_text
 from edge_se.data import load_images
 
 RESOLUTION = 64
+# ``edge-se:ARCH+builder-init``: trained without the recipe's Linear init (see edge_se.train).
+BUILDER_INIT = "builder-init"
 CALIB_SIZE = 64
 TRAIN_EPOCHS = {"mobilenetv3_small_100": 15, "efficientnet_b0": 8}
 DEFAULT_MODELS = (
@@ -37,7 +46,11 @@ DEFAULT_MODELS = (
     "torchvision:mobilenet_v3_large",
     "timm:efficientnet_b0",
     "timm:mobilenetv3_large_100",
+    "edge-se:mobilenetv3_small_100+builder-init",
+    "edge-se:efficientnet_b0+builder-init",
 )
+# Text after this line of results/quant_bench.md is hand-written and kept when the table is rewritten.
+NOTES_MARKER = "<!-- notes -->"
 DEFAULT_POLICIES = (
     "ptq",
     "gate-fixed",
@@ -70,15 +83,20 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
 def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     """The model named ``lib:arch`` and a record of its weights (trained here for ``edge-se:``)."""
     lib, _, arch = spec.partition(":")
+    arch, _, variant = arch.partition("+")
     torch.manual_seed(0)
     model: nn.Module
     if lib == "edge-se":
         from edge_se.registry import build_model
-        from edge_se.train import load_model, save_weights, train
+        from edge_se.train import init_linear_layers, load_model, save_weights, train
 
-        path = weights_dir / f"{arch}_digits{RESOLUTION}.pt"
+        if variant not in ("", BUILDER_INIT):
+            raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid: {BUILDER_INIT}")
+        path = weights_dir / f"{arch}_digits{RESOLUTION}{'_' + variant if variant else ''}.pt"
         if not path.exists():
             model = build_model(arch, num_classes=10)
+            if not variant:  # the recipe's init; +builder-init keeps the builder's (the cause, for the table)
+                init_linear_layers(model)
             epochs = TRAIN_EPOCHS.get(arch, 10)
             _log(f"training {arch} for {epochs} epochs on digits at {RESOLUTION}px")
             result = train(model, load_images("digits", RESOLUTION, split="train"), epochs=epochs,
@@ -141,6 +159,50 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _key(r: dict) -> tuple[str, str, str, str]:
+    return (r["model"], r["target"], r["engine"], r["policy"])
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON lines of ``path`` (none when it is missing), the last record of each cell winning."""
+    if not path.exists():
+        return []
+    by_key: dict[tuple[str, str, str, str], dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            by_key.pop(_key(r), None)
+            by_key[_key(r)] = r
+    return list(by_key.values())
+
+
+def write_table(path: str | Path, records: list[dict]) -> None:
+    """Write the table to ``path``, keeping any hand-written text after :data:`NOTES_MARKER`."""
+    p = Path(path)
+    old = p.read_text() if p.exists() else ""
+    notes = old[old.index(NOTES_MARKER):] if NOTES_MARKER in old else ""
+    write_text(p, markdown_table(records) + ("\n" + notes if notes else ""))
+
+
+def plan_cells(models: list[str], policies: list[str], targets: list[str], engines: list[str],
+               nncf_policies: set[str]) -> list[tuple[str, str, str, str]]:
+    """Cells ``(model, target, engine, policy)``, the most informative first.
+
+    Order: the ``ptq`` baseline of every model, then the other policies in the order given, then the
+    second engine.
+    """
+    cells = []
+    for m_i, spec in enumerate(models):
+        for t_i, target in enumerate(targets):
+            for e_i, engine in enumerate(engines):
+                for p_i, policy in enumerate(policies):
+                    if engine == "nncf" and policy not in nncf_policies:
+                        continue
+                    rank = (e_i, 0 if policy == "ptq" else 1, p_i, m_i, t_i)
+                    cells.append((rank, (spec, target, engine, policy)))
+    return [c for _, c in sorted(cells)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the matrix; append JSON lines; rewrite the markdown table after every cell."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
@@ -155,39 +217,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="results/quant_bench.md")
     parser.add_argument("--weights-dir", default="results/weights")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table-only", action="store_true", help="only rewrite the table from --out")
+    parser.add_argument("--budget-min", type=float, default=0.0,
+                        help="start no new cell after this many minutes (0: no limit)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    calib_pool = load_images("digits", RESOLUTION, split="train")
-    calib = calib_pool.images
-    held = load_images("digits", RESOLUTION, split="test")
     out = Path(args.out)
-    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
-    done = {(r["model"], r["target"], r["engine"], r["policy"]) for r in records if "error" not in r}
-    nncf_policies = set(args.nncf_policies.split(";"))
-    for spec in args.models.split(","):
-        model, weights = load_bench_model(spec, Path(args.weights_dir))
-        for target in args.targets.split(","):
-            for engine in args.engines.split(","):
-                for policy in args.policies.split(";"):
-                    if engine == "nncf" and policy not in nncf_policies:
-                        continue
-                    key = (spec, target, engine, policy)
-                    if key in done:
-                        continue
-                    _log(f"bench-quant: {spec} {target} {engine} {policy}")
-                    record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
-                                    "resolution": RESOLUTION, **weights}
-                    try:
-                        record.update(run_cell(model, calib, held, target, engine, policy))
-                        _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
-                             f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
-                    except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on
-                        record["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                        _log(traceback.format_exc(limit=3))
-                    records = [r for r in records if (r["model"], r["target"], r["engine"], r["policy"]) != key]
-                    records.append(record)
-                    append_line(out, json.dumps(record))
-                    write_text(args.table, markdown_table(records))
+    records = read_records(out)
+    if args.table_only:
+        write_table(args.table, records)
+        return 0
+    torch.set_num_threads(args.threads)
+    calib = load_images("digits", RESOLUTION, split="train").images
+    held = load_images("digits", RESOLUTION, split="test")
+    done = {_key(r) for r in records if "error" not in r}
+    cells = plan_cells(args.models.split(","), args.policies.split(";"), args.targets.split(","),
+                       args.engines.split(","), set(args.nncf_policies.split(";")))
+    loaded: dict[str, tuple[nn.Module, dict]] = {}
+    started = time.perf_counter()
+    for key in cells:
+        if key in done:
+            continue
+        if args.budget_min and time.perf_counter() - started > 60 * args.budget_min:
+            _log(f"bench-quant: budget of {args.budget_min} min spent; rerun to resume")
+            break
+        spec, target, engine, policy = key
+        if spec not in loaded:
+            loaded[spec] = load_bench_model(spec, Path(args.weights_dir))
+        model, weights = loaded[spec]
+        _log(f"bench-quant: {spec} {target} {engine} {policy}")
+        record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
+                        "resolution": RESOLUTION, **weights}
+        try:
+            record.update(run_cell(model, calib, held, target, engine, policy))
+            _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
+                 f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
+        except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on
+            record["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            _log(traceback.format_exc(limit=3))
+        append_line(out, json.dumps(record))
+        records = read_records(out)  # other runs may append to the same file
+        write_table(args.table, records)
     return 0
 
 

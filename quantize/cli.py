@@ -112,7 +112,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from edge_se.data import load_images
     from edge_se.registry import get_spec
-    from edge_se.train import LR, save_weights, train
+    from edge_se.train import LR, init_linear_layers, save_weights, train
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -120,6 +120,8 @@ def run_train(args: argparse.Namespace) -> int:
     train_data = load_images(args.data, args.resolution, split="train", seed=args.seed)
     test_data = load_images(args.data, args.resolution, split="test", seed=args.seed)
     model, meta = load_float_model(args.model, args.weights, num_classes=len(train_data.classes))
+    if not args.weights:  # from scratch: the recipe's Linear init (see edge_se.train)
+        init_linear_layers(model)
     _log(json.dumps({"train": args.model, "data": train_data.source, "images": len(train_data),
                      "held_out": len(test_data), "resolution": args.resolution, "epochs": args.epochs,
                      "threads": args.threads, "init": args.weights or "random"}))
@@ -127,7 +129,7 @@ def run_train(args: argparse.Namespace) -> int:
                    seed=args.seed, log=_log)
     extra = {"accuracy": result.accuracy, "train_accuracy": result.train_accuracy, "epochs": result.epochs,
              "data": train_data.source, "classes": train_data.classes, "seconds": round(result.seconds, 1),
-             "threads": args.threads}
+             "threads": args.threads, "init": args.weights or "random, Linear normal(0, 0.01)"}
     save_weights(args.out, model, model_name=args.model, num_classes=len(train_data.classes),
                  resolution=args.resolution, extra=extra)
     print(json.dumps({"model": args.model, "out": str(args.out), "sidecar": f"{args.out}.json", **extra}))

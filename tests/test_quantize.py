@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -212,3 +213,23 @@ def test_bad_inputs_are_one_line_errors(small_model):
         quantize_model(small_model, (x[:1],), [x], target="onnx")  # type: ignore[arg-type]
     with pytest.raises(EdgeSeError, match="unknown engine"):
         quantize_model(small_model, (x[:1],), [x], target="pte", engine="tvm")  # type: ignore[arg-type]
+
+
+def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
+    from quantize.bench import NOTES_MARKER, plan_cells, read_records, write_table
+
+    cells = plan_cells(["a", "b"], ["se-float", "ptq"], ["pte"], ["torchao", "nncf"], {"ptq"})
+    assert cells[:2] == [("a", "pte", "torchao", "ptq"), ("b", "pte", "torchao", "ptq")]
+    assert [c[2] for c in cells][-2:] == ["nncf", "nncf"] and len(cells) == 6
+    out = tmp_path / "b.jsonl"
+    rec = {"model": "a", "target": "pte", "engine": "torchao", "policy": "ptq"}
+    out.write_text(json.dumps({**rec, "error": "E: x"}) + "\n" + json.dumps({**rec, "sqnr_db": 30.0}) + "\n")
+    records = read_records(out)
+    assert len(records) == 1 and records[0]["sqnr_db"] == 30.0, "the last record of a cell wins"
+    table = tmp_path / "b.md"
+    table.write_text(f"old table\n{NOTES_MARKER}\nmy notes\n")
+    records[0].update(sqnr_db_median=31.0, sqnr_db_worst=20.0, top1_agreement=1.0, accuracy=None,
+                      gate_sqnr_db_min=None, gate_sqnr_db_median=None, quantize_seconds=1.0)
+    write_table(table, records)
+    text = table.read_text()
+    assert "old table" not in text and "| a | pte | torchao | ptq | 30.0 |" in text and text.endswith("my notes\n")

@@ -1,7 +1,10 @@
 """Every quantisation policy gives a graph that lowers to ExecuTorch (XNNPACK) and to TFLite.
 
-A tiny two-block SE network keeps each conversion to a few seconds; the real families are
-exported by the export package's tests and measured by ``make bench-quant``.
+A tiny two-block SE network at 32 px keeps each conversion to a few seconds; the real families
+are exported by the export package's tests and measured by ``make bench-quant``. To bound the
+run time the policies are lowered in combinations (one conversion per combination and format)
+that together name every policy: ``test_combos_cover_every_policy`` fails when a new policy is
+added without being lowered here.
 """
 
 from __future__ import annotations
@@ -84,18 +87,39 @@ def _run_tflite(qm, x, tmp_path):
     return torch.cat(rows)
 
 
+# Policy combinations lowered: each sets different aspects (see quantize.policies), so each combo
+# is a valid recipe, and together they name every policy.
+COMBOS = (
+    "ptq",
+    "gate-fixed,gate-coverage,act-percentile",
+    "se-float,act-minmax",
+    "se-float-mul",
+    "auto",
+)
+
+
+def test_combos_cover_every_policy():
+    named = {p for combo in COMBOS for p in combo.split(",")}
+    assert named == set(POLICIES), f"policies never lowered: {sorted(set(POLICIES) - named)}"
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.randn(20, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+
+
 @pytest.mark.slow
 @pytest.mark.export
-@pytest.mark.parametrize("policy", sorted(POLICIES))
-def test_policy_lowers_to_both_formats(tiny, policy, tmp_path):
-    x = torch.randn(24, 3, RES, RES, generator=torch.Generator().manual_seed(1))
-    for target in ("pte", "tflite"):
-        qm = quantize_model(tiny, (x[:1],), [x[:16]], target=target, policy=policy, calib_size=8)
-        assert len(qm.se_blocks) == 2
-        with torch.no_grad():
-            ref = qm.graph(x[16:])
-        got = _run_pte(qm, x[16:]) if target == "pte" else _run_tflite(qm, x[16:], tmp_path)
-        s = sqnr_db(ref, got)
-        assert s >= ARTIFACT_VS_REFERENCE_MIN_SQNR_DB, (
-            f"{target}/{policy}: artifact vs quantised reference {s:.1f} dB, "
-            f"max abs err {float((ref - got).abs().max()):.4f}, mean {float((ref - got).abs().mean()):.4f}")
+@pytest.mark.parametrize("target", ["pte", "tflite"])
+@pytest.mark.parametrize("policy", COMBOS)
+def test_policy_lowers(tiny, images, policy, target, tmp_path):
+    calib, held = images[:12], images[12:]
+    qm = quantize_model(tiny, (calib[:1],), [calib], target=target, policy=policy, calib_size=8)
+    assert len(qm.se_blocks) == 2
+    with torch.no_grad():
+        ref = qm.graph(held)
+    got = _run_pte(qm, held) if target == "pte" else _run_tflite(qm, held, tmp_path)
+    s = sqnr_db(ref, got)
+    assert s >= ARTIFACT_VS_REFERENCE_MIN_SQNR_DB, (
+        f"{target}/{policy}: artifact vs quantised reference {s:.1f} dB, "
+        f"max abs err {float((ref - got).abs().max()):.4f}, mean {float((ref - got).abs().mean()):.4f}")

@@ -11,7 +11,15 @@ from torch import nn
 import edge_se
 from edge_se.data import ImageSet, load_images
 from edge_se.errors import EdgeSeError
-from edge_se.train import TRAIN_BN_MOMENTUM, load_model, recalibrate_bn, save_weights, train
+from edge_se.train import (
+    LINEAR_INIT_STD,
+    TRAIN_BN_MOMENTUM,
+    init_linear_layers,
+    load_model,
+    recalibrate_bn,
+    save_weights,
+    train,
+)
 
 # Cumulative-average BN statistics vs the statistics of the whole set: float32 sums over batches.
 BN_STATS_ATOL = 1e-4
@@ -27,6 +35,22 @@ def test_recalibrate_bn_matches_data_statistics():
     feats = net[0](x)
     assert torch.allclose(net[1].running_mean, feats.mean((0, 2, 3)), atol=BN_STATS_ATOL)
     assert net[1].momentum == 0.01, "the model's own momentum is restored"
+
+
+# The sample std of 1024*576 normal draws is within 1% of the target; the builder's
+# uniform(+-1/sqrt(10)) classifier init has std 0.18, 18x the recipe's.
+INIT_STD_RTOL = 0.01
+
+
+def test_init_linear_layers_sets_small_normal_weights_and_keeps_convs():
+    model = edge_se.build_model("mobilenetv3_small_100", num_classes=10)
+    conv_before = model.stem.conv.weight.clone()
+    assert init_linear_layers(model) == 2  # head_fc and classifier
+    w = model.head_fc.weight
+    assert abs(float(w.std()) - LINEAR_INIT_STD) <= INIT_STD_RTOL * LINEAR_INIT_STD
+    assert float(model.classifier.weight.std()) < 2 * LINEAR_INIT_STD
+    assert float(model.classifier.bias.abs().max()) == 0.0
+    assert torch.equal(model.stem.conv.weight, conv_before), "only Linear layers are re-initialised"
 
 
 @pytest.fixture
