@@ -124,22 +124,37 @@ def _finite(x: float) -> float | str:
     return x if math.isfinite(x) else str(x)
 
 
-def fp32_parity(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> dict[str, object]:
+def fp32_parity(
+    actual: Sequence[np.ndarray], reference: Sequence[np.ndarray], *, real_images: Sequence[bool] | None = None
+) -> dict[str, object]:
     """fp32 artifact vs eager model: max/mean abs error, error relative to the reference scale.
+
+    When real images are among the samples the gate applies to them alone, for the reason given
+    for int8 in the module docstring: a network whose BatchNorm statistics come from real images
+    (random weights re-estimated on the digits, say) meets noise inputs with near-zero running
+    variances, its logits reach 1e4 and float re-association errors grow with them (measured:
+    EfficientNet-B0, 14% relative on noise, 3e-6 on the digits and on noise-calibrated weights).
 
     Returns:
         JSON-ready figures with ``passed`` (relative error <= :data:`FP32_RTOL`) and the tolerance.
     """
-    err = max_abs_error(actual, reference)
-    scale = max_abs(reference)
+    real = [i for i, flag in enumerate(real_images or []) if flag]
+    gated = real or list(range(len(actual)))
+    act, ref = [actual[i] for i in gated], [reference[i] for i in gated]
+    err = max_abs_error(act, ref)
+    scale = max_abs(ref)
     rel = err / scale if scale > 0.0 else (0.0 if err == 0.0 else math.inf)
+    all_scale = max_abs(reference)
+    all_err = max_abs_error(actual, reference)
     return {
         "reference": "eager",
         "samples": len(reference),
+        "gated_on": "real_images" if real else "all_samples",
         "max_abs_error": err,
-        "mean_abs_error": mean_abs_error(actual, reference),
+        "mean_abs_error": mean_abs_error(act, ref),
         "reference_max_abs": scale,
         "max_rel_error": _finite(rel),
+        "max_rel_error_all_samples": _finite(all_err / all_scale if all_scale > 0.0 else 0.0),
         "rtol": FP32_RTOL,
         "top1_agreement": top1_agreement(actual, reference),
         "passed": bool(rel <= FP32_RTOL),

@@ -242,7 +242,7 @@ def export_one(
         run = pte_mod.run_pte if fmt == "pte" else tfl_mod.run_tflite
         actual = run(data, runtime_inputs)
         if dtype == "fp32":
-            figures = par.fp32_parity(actual, reference)
+            figures = par.fp32_parity(actual, reference, real_images=real)
         else:
             scale: Any = out_specs[0]["scale"] if fmt == "tflite" else graph_output_scale(reference_module)
             assert float_ref is not None

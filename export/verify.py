@@ -101,7 +101,7 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
     actual = run(path, inputs)
     reference = list(golden["reference"])
     if dtype == "fp32":
-        figures = par.fp32_parity(actual, reference)
+        figures = par.fp32_parity(actual, reference, real_images=list(golden["real"]))
     else:
         vq = (manifest["parity"] or {}).get("vs_quantized") or {}
         figures = par.int8_parity(actual, reference, list(golden["float_reference"]),

@@ -150,6 +150,13 @@ def test_fp32_parity_rule():
     # Relative to the reference scale: tiny logits with an equally tiny error still fail.
     tiny = [r * 1e-10 for r in ref]
     assert par.fp32_parity([t * 1.5 for t in tiny], tiny)["passed"] is False
+    # With real images among the samples only they are gated: noise inputs far off (an
+    # ill-conditioned network out of distribution) are reported, not failed; without real images
+    # the same figures fail.
+    mixed = [ref[0] + 1e-6, ref[1] + 5.0, ref[2] + 5.0]
+    gated = par.fp32_parity(mixed, ref, real_images=[True, False, False])
+    assert gated["passed"] is True and gated["max_rel_error_all_samples"] > 0.5
+    assert par.fp32_parity(mixed, ref, real_images=[False, False, False])["passed"] is False
 
 
 def test_int8_parity_rule_catches_a_broken_artifact():
