@@ -115,7 +115,9 @@ def _cli(args: Sequence[str], workdir: Path, *, timeout: float = CELL_TIMEOUT_S)
         log.write(proc.stdout)
     if proc.returncode != 0:
         lines = (workdir / "log.txt").read_text(errors="replace").strip().splitlines()
-        errors = [ln for ln in lines if "error" in ln.lower()] or lines or ["(no output)"]
+        # The CLI's own one-line error ("edge-se export: error: ...") first, then any error line.
+        errors = [ln for ln in lines if ": error:" in ln] or [ln for ln in lines if "error" in ln.lower()]
+        errors = errors or lines or ["(no output)"]
         raise StageError(f"edge-se {args[0]} exited {proc.returncode}: {errors[-1][:400]}")
     records = []
     for line in proc.stdout.decode(errors="replace").splitlines():
