@@ -147,6 +147,13 @@ def quant_rows(res: RunResults) -> list[dict[str, Any]]:
     return rows
 
 
+def _runtime_name(value: Any) -> Any:
+    """A runtime recorded as ``{"name": ..., "version": ...}`` shown as ``name version``."""
+    if isinstance(value, dict):
+        return " ".join(str(value[k]) for k in ("name", "version") if value.get(k))
+    return value
+
+
 def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
     """Desktop PyTorch baselines, one row per measured configuration (skips recorded as such)."""
     rows = []
@@ -159,7 +166,7 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
                     "device": line.get("device", _p(r, "device")),
                     "dtype": line.get("dtype"),
                     "batch": line.get("batch"),
-                    "mode": line.get("mode") or line.get("runtime"),
+                    "mode": _runtime_name(line.get("mode") or line.get("runtime")),
                     "p50_ms": lat.get("p50"),
                     "skipped": line.get("skipped"),
                     "gpu": line.get("gpu_name"),
