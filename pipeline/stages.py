@@ -56,7 +56,7 @@ _STAGE_CODE = {
 _ROOT = Path(__file__).resolve().parent.parent
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_digest(packages: tuple[str, ...]) -> str:
     """sha256 (16 hex digits) of the Python/C++ sources of ``packages`` (paths and bytes)."""
     h = hashlib.sha256()
