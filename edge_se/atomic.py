@@ -1,4 +1,4 @@
-"""Atomic file writes: a temporary file in the target's folder, fsync, then ``os.replace``.
+"""Atomic file writes (a temporary file in the target's folder, fsync, then ``os.replace``) and file checksums.
 
 An interrupted or failed write never leaves a file under the final name that looks valid, and
 never replaces a good file with a partial one.
@@ -7,6 +7,7 @@ never replaces a good file with a partial one.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -58,3 +59,15 @@ def append_line(path: str | os.PathLike[str], line: str) -> Path:
     if old and not old.endswith(b"\n"):
         old += b"\n"
     return write_bytes(final, old + line.rstrip("\n").encode("utf-8") + b"\n")
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
+
+    ``device_bench``'s on-device runner keeps its own copy: it may import neither torch nor edge_se.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge_se.atomic import atomic_path
+from edge_se.atomic import atomic_path, sha256_file
 from edge_se.errors import EdgeSeError
 
 SCHEMA = "edge-se/manifest/1"
@@ -60,15 +60,6 @@ def manifest_path(artifact: str | os.PathLike[str]) -> Path:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of ``data``."""
     return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict[str, str | None]:

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from edge_se.accounting import count
+from edge_se.atomic import sha256_file
 from edge_se.registry import get_spec
 from pipeline.cells import Cell
 from pipeline.config import RunConfig
-from pipeline.store import file_sha256
 
 CELL_TIMEOUT_S = 3600.0  # a whole training run or a QEMU benchmark fits well inside an hour
 _TOOLS = ("torch", "executorch", "torchao", "litert-torch", "ai-edge-litert", "nncf", "edge-se")
@@ -130,6 +130,11 @@ def _cli(args: Sequence[str], workdir: Path, *, timeout: float = CELL_TIMEOUT_S)
     return records
 
 
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines results file (none if the stage wrote no file)."""
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()] if path.is_file() else []
+
+
 def _weights_arg(deps: Mapping[str, Dep], cell: Cell) -> list[str]:
     for dep_id, dep in deps.items():
         if dep_id.startswith("train/"):
@@ -184,7 +189,7 @@ def _train(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
     )
     if not out.is_file():
         raise StageError(f"edge-se train printed success but wrote no {out.name}")
-    return {"weights": out.name, "output_sha256": file_sha256(out), "train": recs[-1] if recs else {}}
+    return {"weights": out.name, "output_sha256": sha256_file(out), "train": recs[-1] if recs else {}}
 
 
 def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
@@ -216,7 +221,7 @@ def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
     if not recs:
         raise StageError("edge-se quantize printed no metrics line")
     metrics = recs[-1]
-    return {"metrics": metrics, "output_sha256": file_sha256(out) if out.is_file() else None}
+    return {"metrics": metrics, "output_sha256": sha256_file(out) if out.is_file() else None}
 
 
 def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
@@ -250,7 +255,7 @@ def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) 
         "manifest_file": manifest,
         "export": rec,
         "manifest": json.loads((workdir / manifest).read_text()),
-        "output_sha256": file_sha256(workdir / artifact),
+        "output_sha256": sha256_file(workdir / artifact),
     }
 
 
@@ -279,7 +284,7 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
         ],
         workdir,
     )
-    lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
+    lines = _read_jsonl(out)
     if not lines:
         raise StageError("edge-se bench wrote no result line")
     return {"bench": lines[-1]}
@@ -300,8 +305,7 @@ def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
         ],
         workdir,
     )
-    lines = [json.loads(ln) for ln in out.read_text().splitlines() if ln.strip()] if out.is_file() else []
-    return {"baseline": lines}
+    return {"baseline": _read_jsonl(out)}
 
 
 _STAGES = {

@@ -30,15 +30,6 @@ def cache_key(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 hex digest of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class Store:
     """Finished cells under ``root/cells``, failures under ``root/failed``, the index beside them."""
 
