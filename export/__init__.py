@@ -19,9 +19,28 @@ Example:
 
 from __future__ import annotations
 
-from export.manifest import SCHEMA, artifact_name, manifest_path, read_manifest
-from export.pipeline import Calibration, ExportOptions, ParityFailure, export_one
-from export.verify import verify_artifact
+import importlib
+from typing import Any
+
+# Names -> the submodule that defines them, imported on first use (PEP 562): `export.partitions`
+# must import without torch (it also runs in the TensorFlow-only .venv-peers).
+_LAZY = {
+    "SCHEMA": "export.manifest",
+    "artifact_name": "export.manifest",
+    "manifest_path": "export.manifest",
+    "read_manifest": "export.manifest",
+    "Calibration": "export.pipeline",
+    "ExportOptions": "export.pipeline",
+    "ParityFailure": "export.pipeline",
+    "export_one": "export.pipeline",
+    "verify_artifact": "export.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'export' has no attribute {name!r}")
 
 __all__ = [
     "SCHEMA",

@@ -2,7 +2,7 @@
 
 ``edge-se export MODEL --format pte|tflite|all --dtype fp32|int8|all --out DIR [--resolution R]
 [--weights FILE] [--calib random|digits|DIR] [--policy NAME[,NAME]] [--engine torchao|nncf]
-[--channels-last] [--no-check]``
+[--int8-rewrites default|none|NAME[,NAME]] [--channels-last] [--no-check]``
 
 ``edge-se verify ARTIFACT``: exit 0 when the artifact still matches its manifest and reference.
 Exit codes: 0 all good, 1 a parity check failed (figures printed), 2 bad input (one line).
@@ -56,6 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--policy", default="ptq", help="int8 quantisation policy NAME[,NAME] (see quantize)")
     p.add_argument("--engine", choices=ENGINE_CHOICES, default="torchao", help="int8 quantisation engine")
     p.add_argument(
+        "--int8-rewrites",
+        default="default",
+        metavar="default|none|NAME[,NAME]",
+        help="int8 graph rewrites that keep activations and SE gates in int8 (quantize.int8_ops); "
+        "none: the stock quantizer and partitioner",
+    )
+    p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         default=False,
@@ -75,6 +82,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     v.add_argument("artifact", help="a .pte or .tflite written by `edge-se export` (manifest beside it)")
     v.set_defaults(func=run_verify)
+
+
+def _check_rewrites(text: str) -> str:
+    from edge_se.errors import EdgeSeError
+    from quantize.int8_ops import resolve_rewrites
+
+    try:
+        resolve_rewrites(text, "pte")
+    except ValueError as exc:
+        raise EdgeSeError(f"--int8-rewrites: {exc}") from None
+    return text
 
 
 def _expand(choice: str, every: tuple[str, ...]) -> list[str]:
@@ -103,6 +121,7 @@ def run_export(args: argparse.Namespace) -> int:
         policy=policy,
         engine=args.engine,
         seed=args.seed,
+        int8_rewrites=_check_rewrites(args.int8_rewrites),
     )
     print(
         f"edge-se export: {args.model} @ {resolution}px formats={formats} dtypes={dtypes} out={args.out} "

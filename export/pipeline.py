@@ -78,6 +78,8 @@ class ExportOptions:
         policy: quantisation policy names, passed to ``quantize_model``.
         engine: quantisation engine (``torchao`` or ``nncf``).
         seed: seed of the random parity inputs and of the quantiser.
+        int8_rewrites: ``default`` (the target's set in :mod:`quantize.int8_ops`), ``none`` (the
+            stock quantizer and partitioner alone) or rewrite names ``a,b``.
     """
 
     resolution: int
@@ -86,6 +88,7 @@ class ExportOptions:
     policy: tuple[str, ...] = ("ptq",)
     engine: str = "torchao"
     seed: int = 0
+    int8_rewrites: str = "default"
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int) -> tuple[list[np.ndarray], list[bool]]:
@@ -138,7 +141,8 @@ def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...
         raise EdgeSeError("int8 export needs calibration data: pass --calib digits|DIR|random")
     policy: str | list[str] = opts.policy[0] if len(opts.policy) == 1 else list(opts.policy)
     return quantize_model(model, example, calib.batches, target=fmt, policy=policy,  # type: ignore[arg-type]
-                          engine=opts.engine, seed=opts.seed, calib_source=calib.source)  # type: ignore[arg-type]
+                          engine=opts.engine, seed=opts.seed, calib_source=calib.source,  # type: ignore[arg-type]
+                          rewrites=opts.int8_rewrites)
 
 
 def _write_golden(path: Path, inputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
@@ -214,7 +218,8 @@ def export_one(
     delegation: dict[str, Any]
     rewrites: list[str] = []
     if fmt == "pte":
-        data, delegation, rewrites = pte_mod.lower_pte(reference_module, example)
+        int8_ops = q is not None and "int8-ops" in getattr(q, "int8_rewrites", ())
+        data, delegation, rewrites = pte_mod.lower_pte(reference_module, example, int8_ops=int8_ops)
         for w in delegation["warnings"]:
             _log(f"warning: {name} {dtype}: {w}")
     else:
@@ -222,6 +227,7 @@ def export_one(
                                       channels_last=layout == "NHWC")
         delegation = tfl_mod.delegation_summary(data)
     t_convert = time.perf_counter() - t0 - t_quant
+    partitions = _partition_report(data, fmt, dtype)
 
     if fmt == "pte":
         ins, outs = pte_mod.pte_io(data)
@@ -292,6 +298,7 @@ def export_one(
             "se_blocks": _jsonable(q.se_blocks),
             "calibration": _jsonable(q.calibration),
             "rewrites": list(q.rewrites),
+            "int8_rewrites": list(getattr(q, "int8_rewrites", ())),
             "input": {"scale": in_specs[0]["scale"], "zero_point": in_specs[0]["zero_point"]},
             "output": {"scale": out_specs[0]["scale"] if fmt == "tflite" else graph_output_scale(reference_module),
                        "zero_point": out_specs[0]["zero_point"]},
@@ -319,11 +326,23 @@ def export_one(
         "versions": versions(),
         "parity": {**figures, "golden": golden_info, "random_inputs": RANDOM_PARITY_INPUTS, "seed": opts.seed},
         "delegation": delegation,
+        "partitions": partitions,
         "graph_rewrites": rewrites,
         "export_s": record["export_s"],
     }
     write_manifest(path, manifest)
     return record
+
+
+def _partition_report(data: bytes, fmt: str, dtype: str) -> dict[str, Any]:
+    """Partitions, operators outside the delegate and float operators in an int8 graph (:mod:`export.partitions`)."""
+    from export.partitions import report_bytes
+
+    try:
+        return report_bytes(data, fmt, dtype)
+    except (ValueError, OSError) as exc:  # a report is information: its failure must not cost the artifact
+        _log(f"warning: partition report failed: {exc}")
+        return {"error": str(exc)}
 
 
 def _summary(figures: dict[str, Any]) -> str:

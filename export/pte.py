@@ -153,14 +153,46 @@ def delegation_summary(edge_program: Any) -> dict[str, Any]:
     }
 
 
+INT8_PARTITIONER_OPS: tuple[str, ...] = ("sigmoid", "hardswish")
+"""Operators XNNPACK runs in int8 (``xnn_define_sigmoid``/``hardswish`` take qint8 tensors) that
+ExecuTorch 1.5's partitioner configs list as fp32-only, so an int8 one would be left outside."""
+
+
+def int8_partitioner_configs() -> list[type]:
+    """XNNPACK's partitioner configs, with :data:`INT8_PARTITIONER_OPS` also taken in static int8.
+
+    ExecuTorch's ``SigmoidConfig`` and ``HardswishConfig`` declare only ``FP32``: an int8
+    ``dequantize -> sigmoid -> quantize`` would not be partitioned at all. XNNPACK itself has int8
+    kernels for both (a sigmoid's output must be quantised with scale 1/256 and zero point -128,
+    which :mod:`quantize.int8_ops` arranges), and the node visitors define each tensor with the
+    quantisation parameters of its neighbouring Q/DQ nodes, so only the precision list changes.
+    The export parity check runs every such artifact in the runtime before it is written.
+    """
+    from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+    from executorch.backends.xnnpack.partition.config.xnnpack_config import ConfigPrecisionType
+
+    def widened(base: type) -> type:
+        def supported_precision_types(self: Any) -> list[Any]:
+            return [ConfigPrecisionType.FP32, ConfigPrecisionType.STATIC_QUANT]
+
+        return type(f"Int8{base.__name__}", (base,), {"supported_precision_types": supported_precision_types})
+
+    out = []
+    for cfg in ALL_PARTITIONER_CONFIGS:
+        name = getattr(cfg, "target_name", "").split(".")[0]
+        out.append(widened(cfg) if name in INT8_PARTITIONER_OPS else cfg)
+    return out
+
+
 def lower_pte(
-    module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]
+    module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *, int8_ops: bool = False
 ) -> tuple[bytes, dict[str, Any], list[str]]:
     """Export ``module`` and lower it to an XNNPACK-delegated ExecuTorch program.
 
     Args:
         module: an eval-mode model or a converted PT2E graph (int8).
         example_inputs: the inputs to trace with (batch 1, the artifact's fixed shape).
+        int8_ops: partition with :func:`int8_partitioner_configs` (int8 sigmoid and hard-swish).
 
     Returns:
         ``(pte bytes, delegation summary, rewrites applied)``.
@@ -174,7 +206,10 @@ def lower_pte(
     try:
         ep = torch.export.export(module, example_inputs, strict=False)
         rewrites = rewrite_head_mean(ep)
-        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+        if int8_ops:
+            rewrites.append(f"partitioner: XNNPACK takes int8 {', '.join(INT8_PARTITIONER_OPS)}")
+        configs = int8_partitioner_configs() if int8_ops else None
+        edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner(configs=configs)])
         summary = delegation_summary(edge)
         buffer = edge.to_executorch().buffer
     except EdgeSeError:
@@ -236,4 +271,5 @@ def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) 
     return outs
 
 
-__all__ = ["delegation_summary", "lower_pte", "op_name", "pte_io", "rewrite_head_mean", "run_pte"]
+__all__ = ["INT8_PARTITIONER_OPS", "delegation_summary", "int8_partitioner_configs", "lower_pte",
+            "op_name", "pte_io", "rewrite_head_mean", "run_pte"]

@@ -68,6 +68,29 @@ def delegation_share(manifest: dict[str, Any]) -> float | None:
     return n_in / (n_in + n_out)
 
 
+def _ops_text(ops: Any) -> str:
+    """``{"HARD_SWISH": 14}`` -> ``"HARD_SWISH x14"``; ``{}`` -> ``"none"``; not known -> ``"-"``."""
+    if not isinstance(ops, dict):
+        return "-"
+    return ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())) or "none"
+
+
+def partition_fields(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Partitions, operators outside the delegate and float operators inside an int8 graph, from the manifest.
+
+    ``float_in_int8`` is ``None`` for an fp32 artifact (every operator is float there).
+    """
+    rep = manifest.get("partitions")
+    if not isinstance(rep, dict) or "error" in rep:
+        return {"partitions": None, "outside_delegate": "-", "float_in_int8": "-"}
+    floats = rep.get("float_ops_in_int8")
+    return {
+        "partitions": rep.get("partitions"),
+        "outside_delegate": _ops_text(rep.get("ops_outside_delegate")),
+        "float_in_int8": None if floats is None else _ops_text(floats),
+    }
+
+
 def artifact_rows(res: RunResults) -> list[dict[str, Any]]:
     """One row per exported artifact: model, format, dtype, policy, size, checksum, parity, delegation, cost."""
     info = {r["model"]: r["accounting"] for r in res.stage("info")}
@@ -91,6 +114,8 @@ def artifact_rows(res: RunResults) -> list[dict[str, Any]]:
                 "parity_passed": parity.get("passed"),
                 "parity": parity,
                 "delegation_share": delegation_share(m),
+                **partition_fields(m),
+                "int8_rewrites": (m.get("quantization") or {}).get("int8_rewrites"),
                 "params": m.get("params", acc.get("params")),
                 "macs": m.get("macs", acc.get("macs")),
                 "artifact": str(Path(r["dir"]) / r["artifact"]),

@@ -150,13 +150,19 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
     s = Section("6. Every artifact")
     s.body.append(
         _table(
-            ["artifact", "size (bytes)", "parity", "delegated share", "sha256"],
+            ["artifact", "size (bytes)", "parity", "delegated share", "partitions", "outside delegate",
+             "float ops in int8", "int8 rewrites", "sha256"],
             [
                 [
                     Path(a["artifact"]).name,
                     f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
                     _parity_text(a),
                     _fmt(a.get("delegation_share"), ".1%"),
+                    "-" if a.get("partitions") is None else str(a["partitions"]),
+                    a.get("outside_delegate", "-"),
+                    "n/a (fp32)" if a.get("float_in_int8") is None else a["float_in_int8"],
+                    ", ".join(a["int8_rewrites"]) if a.get("int8_rewrites") else ("none" if a.get("dtype") == "int8"
+                                                                                 else "-"),
                     f"`{(a.get('sha256') or '-')[:16]}`",
                 ]
                 for a in sorted(arts, key=lambda a: Path(a["artifact"]).name)

@@ -26,6 +26,7 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -119,15 +120,16 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     return randomize_bn(model), {"weights": "random, randomised BatchNorm"}
 
 
-def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str) -> dict:  # noqa: ANN001
-    """Quantise and evaluate one cell; the record of the JSON line."""
+def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str,  # noqa: ANN001
+             rewrites: str = "none") -> dict:
+    """Quantise and evaluate one cell; the record of the JSON line (``rewrites``: quantize.int8_ops)."""
     from quantize.core import quantize_model
     from quantize.evaluate import evaluate
 
     start = time.perf_counter()
     qm = quantize_model(model, (calib[:1],), [calib], target=target, policy=policy, engine=engine,  # type: ignore[arg-type]
                         seed=0,
-                        calib_size=CALIB_SIZE, calib_source="digits")
+                        calib_size=CALIB_SIZE, calib_source="digits", rewrites=rewrites)
     seconds = time.perf_counter() - start
     figures = evaluate(qm, held.images, held.labels)
     return {"calibration": qm.calibration, "rewrites": qm.rewrites, "auto_steps": qm.steps,
@@ -140,16 +142,16 @@ def _fmt(v: object, spec: str) -> str:
 
 def markdown_table(records: list[dict]) -> str:
     """One row per measured cell: the figures the issue judges by, plus the failures."""
-    head = ("| model | target | engine | policy | logits SQNR dB | median | worst | top-1 agree | accuracy "
-            "| gate SQNR min dB | gate median | s |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| model | target | engine | policy | int8 rewrites | logits SQNR dB | median | worst | top-1 agree "
+            "| accuracy | gate SQNR min dB | gate median | s |")
+    lines = [head, "|" + "---|" * 13]
     for r in records:
+        cell = f"| {r['model']} | {r['target']} | {r['engine']} | {r['policy']} | {_rewrites(r)} |"
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['target']} | {r['engine']} | {r['policy']} | failed: "
-                         f"{r['error'][:80]} |||||||")
+            lines.append(f"{cell} failed: {r['error'][:80]} |||||||")
             continue
         lines.append(
-            f"| {r['model']} | {r['target']} | {r['engine']} | {r['policy']} | {_fmt(r['sqnr_db'], '.1f')} "
+            f"{cell} {_fmt(r['sqnr_db'], '.1f')} "
             f"| {_fmt(r['sqnr_db_median'], '.1f')} | {_fmt(r['sqnr_db_worst'], '.1f')} "
             f"| {_fmt(r['top1_agreement'] * 100, '.1f')}% "
             f"| {_fmt(None if r['accuracy'] is None else r['accuracy'] * 100, '.1f')} "
@@ -159,15 +161,20 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _key(r: dict) -> tuple[str, str, str, str]:
-    return (r["model"], r["target"], r["engine"], r["policy"])
+def _rewrites(r: dict) -> str:
+    # Records made before quantize.int8_ops existed used the stock quantizers: "none".
+    return str(r.get("int8_rewrites", "none"))
+
+
+def _key(r: dict) -> tuple[str, str, str, str, str]:
+    return (r["model"], r["target"], r["engine"], r["policy"], _rewrites(r))
 
 
 def read_records(path: Path) -> list[dict]:
     """The JSON lines of ``path`` (none when it is missing), the last record of each cell winning."""
     if not path.exists():
         return []
-    by_key: dict[tuple[str, str, str, str], dict] = {}
+    by_key: dict[tuple[str, str, str, str, str], dict] = {}
     for line in path.read_text().splitlines():
         if line.strip():
             r = json.loads(line)
@@ -185,11 +192,11 @@ def write_table(path: str | Path, records: list[dict]) -> None:
 
 
 def plan_cells(models: list[str], policies: list[str], targets: list[str], engines: list[str],
-               nncf_policies: set[str]) -> list[tuple[str, str, str, str]]:
-    """Cells ``(model, target, engine, policy)``, the most informative first.
+               nncf_policies: set[str], rewrites: Sequence[str] = ("none",)) -> list[tuple[str, str, str, str, str]]:
+    """Cells ``(model, target, engine, policy, int8 rewrites)``, the most informative first.
 
     Order: the ``ptq`` baseline of every model, then the other policies in the order given, then the
-    second engine.
+    second engine; each cell once per rewrite setting, side by side.
     """
     cells = []
     for m_i, spec in enumerate(models):
@@ -198,8 +205,9 @@ def plan_cells(models: list[str], policies: list[str], targets: list[str], engin
                 for p_i, policy in enumerate(policies):
                     if engine == "nncf" and policy not in nncf_policies:
                         continue
-                    rank = (e_i, 0 if policy == "ptq" else 1, p_i, m_i, t_i)
-                    cells.append((rank, (spec, target, engine, policy)))
+                    for r_i, rw in enumerate(rewrites):
+                        rank = (e_i, 0 if policy == "ptq" else 1, p_i, m_i, t_i, r_i)
+                        cells.append((rank, (spec, target, engine, policy, rw)))
     return [c for _, c in sorted(cells)]
 
 
@@ -213,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="pte,tflite")
     parser.add_argument("--engines", default="torchao,nncf")
     parser.add_argument("--nncf-policies", default="ptq;act-minmax", help="policies also run with nncf")
+    parser.add_argument("--int8-rewrites", default="none",
+                        help="int8 rewrite settings separated by ';' (default, none or names a,b: quantize.int8_ops)")
     parser.add_argument("--out", default="results/quant_bench.jsonl")
     parser.add_argument("--table", default="results/quant_bench.md")
     parser.add_argument("--weights-dir", default="results/weights")
@@ -231,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     held = load_images("digits", RESOLUTION, split="test")
     done = {_key(r) for r in records if "error" not in r}
     cells = plan_cells(args.models.split(","), args.policies.split(";"), args.targets.split(","),
-                       args.engines.split(","), set(args.nncf_policies.split(";")))
+                       args.engines.split(","), set(args.nncf_policies.split(";")), args.int8_rewrites.split(";"))
     loaded: dict[str, tuple[nn.Module, dict]] = {}
     started = time.perf_counter()
     for key in cells:
@@ -240,15 +250,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_min and time.perf_counter() - started > 60 * args.budget_min:
             _log(f"bench-quant: budget of {args.budget_min} min spent; rerun to resume")
             break
-        spec, target, engine, policy = key
+        spec, target, engine, policy, rw = key
         if spec not in loaded:
             loaded[spec] = load_bench_model(spec, Path(args.weights_dir))
         model, weights = loaded[spec]
-        _log(f"bench-quant: {spec} {target} {engine} {policy}")
+        _log(f"bench-quant: {spec} {target} {engine} {policy} int8-rewrites={rw}")
         record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
-                        "resolution": RESOLUTION, **weights}
+                        "int8_rewrites": rw, "resolution": RESOLUTION, **weights}
         try:
-            record.update(run_cell(model, calib, held, target, engine, policy))
+            record.update(run_cell(model, calib, held, target, engine, policy, rw))
             _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
                  f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on

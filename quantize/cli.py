@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help=f"NAME[,NAME] from: {', '.join(POLICIES)}")
     p.add_argument("--engine", choices=ENGINES, default="torchao", help="PT2E engine")
     p.add_argument("--target", choices=TARGETS, default="pte", help="pte: XNNPACK quantizer; tflite: litert-torch's")
+    p.add_argument("--int8-rewrites", default="default", metavar="default|none|NAME[,NAME]",
+                   help="graph rewrites that keep activations and SE gates in int8 (quantize.int8_ops)")
     p.add_argument("--calib", default="digits", help="calibration data: digits, a folder, or random (smoke tests)")
     p.add_argument("--calib-size", type=int, default=64, help="images drawn from the training split to calibrate")
     p.add_argument("--eval-size", type=_positive("--eval-size"), default=360, help="held-out images evaluated")
@@ -146,11 +148,16 @@ def run_quantize(args: argparse.Namespace) -> int:
     from edge_se.train import read_sidecar, recalibrate_bn
     from quantize.core import quantize_model
     from quantize.evaluate import evaluate
+    from quantize.int8_ops import resolve_rewrites
     from quantize.policies import resolve_policy
 
     torch.set_num_threads(args.threads)
     get_spec(args.model)
     resolve_policy(args.policy)  # an unknown policy fails before any work
+    try:
+        resolve_rewrites(args.int8_rewrites, args.target)
+    except ValueError as exc:
+        raise EdgeSeError(f"--int8-rewrites: {exc}") from None
     if args.calib_size < 1:
         raise EdgeSeError(f"bad --calib-size {args.calib_size}: need at least 1 calibration image")
     resolution = args.resolution or (int(read_sidecar(args.weights)["resolution"])
@@ -166,7 +173,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         model.eval()
     start = time.perf_counter()
     qm = quantize_model(model, (calib.images[:1],), [calib.images], target=args.target, policy=args.policy,
-                        engine=args.engine, seed=args.seed, calib_size=args.calib_size, calib_source=calib.source)
+                        engine=args.engine, seed=args.seed, calib_size=args.calib_size, calib_source=calib.source,
+                        rewrites=args.int8_rewrites)
     seconds = time.perf_counter() - start
     images = held.images[: args.eval_size]
     labels = held.labels[: args.eval_size] if held.labels is not None else None
@@ -178,7 +186,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         "model": args.model, "target": args.target, "engine": args.engine, "policy": list(qm.policy),
         "resolution": resolution, "weights": args.weights, "calibration": qm.calibration,
         "eval": {"source": held.source, "split": "test", "images": int(images.shape[0])},
-        "se_blocks": [b.name for b in qm.se_blocks], "rewrites": qm.rewrites, "auto_steps": qm.steps,
+        "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
+        "rewrites": qm.rewrites, "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,
     }
     print(json.dumps(record))

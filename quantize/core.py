@@ -25,6 +25,7 @@ from torch.fx import GraphModule
 from edge_se.errors import EdgeSeError
 from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
 from quantize.capture import run_graph
+from quantize.int8_ops import resolve_rewrites
 from quantize.metrics import gate_error, logits_report
 from quantize.policies import PolicyPlan, resolve_policy
 from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
@@ -57,6 +58,8 @@ class QuantizedModel:
         rewrites: graph rewrites / special settings applied (recorded in the export manifest).
         reference: the exported float graph (same node names), the reference for gate errors.
         steps: for ``auto``: one record per step (blocks in fp32, figures reached).
+        int8_rewrites: the :mod:`quantize.int8_ops` rewrite names requested (``rewrites`` says
+            which matched, and on how many nodes).
     """
 
     graph: GraphModule
@@ -69,6 +72,7 @@ class QuantizedModel:
     rewrites: list[str]
     reference: GraphModule | None = None
     steps: list[dict] = field(default_factory=list)
+    int8_rewrites: tuple[str, ...] = ()
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -159,6 +163,7 @@ def quantize_model(
     seed: int = 0,
     calib_size: int | None = None,
     calib_source: str = "unknown",
+    rewrites: str | Sequence[str] | None = None,
 ) -> QuantizedModel:
     """Quantise ``model`` to int8 with PT2E for ``target`` under ``policy``.
 
@@ -172,6 +177,8 @@ def quantize_model(
         seed: seeds the calibration subset.
         calib_size: images used to calibrate, drawn from the pool (None: all of it).
         calib_source: where the pool came from, for the record (``digits``, a folder, ...).
+        rewrites: int8 rewrites (:mod:`quantize.int8_ops`): ``None``/``"default"`` for the
+            target's default set, ``"none"`` for the stock quantizer alone, or names.
 
     Raises:
         EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size.
@@ -181,6 +188,10 @@ def quantize_model(
     if engine not in ENGINES:
         raise EdgeSeError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     plan = resolve_policy(policy)
+    try:
+        int8_rewrites = resolve_rewrites(rewrites, target)
+    except ValueError as exc:
+        raise EdgeSeError(str(exc)) from None
     pool = pool_images(calib)
     size = check_size(calib_size, pool.shape[0])
     exported = export_graph(model, example_inputs)
@@ -194,7 +205,7 @@ def quantize_model(
     def options(float_blocks: set[str] | None) -> QuantizerOptions:
         edits = se_edits(exported, float_blocks=float_blocks, float_mul=plan.island != "se-float",
                          fixed_gate=plan.fixed_gate)
-        return QuantizerOptions(act_observer=plan.act_observer, edits=edits)
+        return QuantizerOptions(act_observer=plan.act_observer, edits=edits, rewrites=int8_rewrites)
 
     steps: list[dict] = []
     if plan.island == "auto":
@@ -203,10 +214,11 @@ def quantize_model(
         float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks))
-    rewrites = _describe(plan, blocks, float_blocks, engine)
+    described = _describe(plan, blocks, float_blocks, engine)
+    applied = list(getattr(quantizer, "edge_se_applied", []))
     return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
-                          se_blocks=blocks, calibration=calibration, rewrites=rewrites, reference=exported,
-                          steps=steps)
+                          se_blocks=blocks, calibration=calibration, rewrites=described + applied, reference=exported,
+                          steps=steps, int8_rewrites=int8_rewrites)
 
 
 def _auto(exported, blocks, pool, subset, target, engine, options, seed):  # noqa: ANN001, ANN202

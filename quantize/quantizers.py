@@ -26,6 +26,7 @@ from typing import Literal
 import torch
 from torch.fx import GraphModule, Node
 
+from quantize.int8_ops import REWRITES, annotate_int8_ops, apply_rewrites, check_rewrites
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
@@ -63,10 +64,13 @@ class QuantizerOptions:
             L2 quantisation error), ``minmax`` (observed extremes), ``percentile`` (clips the
             0.01% tails of the observed values).
         edits: graph edits applied at annotation (see :class:`AnnotationEdits`).
+        rewrites: int8 rewrites (:data:`quantize.int8_ops.REWRITES`): graph rewrites applied in
+            ``transform_for_annotation``, and ``int8-ops`` annotations after the stock ones.
     """
 
     act_observer: str = "histogram"
     edits: AnnotationEdits = field(default_factory=AnnotationEdits)
+    rewrites: tuple[str, ...] = ()
 
 
 def _fixed_gate_spec() -> object:
@@ -161,10 +165,23 @@ def _policy_class(base: type) -> type:
         """The stock quantizer plus edge-se's annotation edits (see module docstring)."""
 
         edge_se_edits: AnnotationEdits = AnnotationEdits()
+        edge_se_rewrites: tuple[str, ...] = ()
+        edge_se_target: str = ""
+        edge_se_applied: list[str] = []
+
+        def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+            model = super().transform_for_annotation(model)
+            self.edge_se_applied = apply_rewrites(model, [r for r in self.edge_se_rewrites if r != "int8-ops"],
+                                                  keep=self.edge_se_edits.float_nodes)
+            return model
 
         def annotate(self, model: GraphModule) -> GraphModule:
             _apply_pre_edits(model, self.edge_se_edits)
             model = super().annotate(model)
+            if "int8-ops" in self.edge_se_rewrites:
+                n = annotate_int8_ops(model, self.global_config, hardswish=self.edge_se_target == "pte",
+                                      fuse_clamp=self.edge_se_target == "tflite")
+                self.edge_se_applied = [*self.edge_se_applied, f"int8-ops: {n} nodes ({REWRITES['int8-ops']})"]
             _apply_post_edits(model, self.edge_se_edits)
             return model
 
@@ -200,6 +217,8 @@ def make_quantizer(target: str, options: QuantizerOptions | None = None) -> obje
     quantizer = cls()
     quantizer.set_global(_with_act_observer(config, options.act_observer))
     quantizer.edge_se_edits = options.edits
+    quantizer.edge_se_rewrites = check_rewrites(options.rewrites)
+    quantizer.edge_se_target = target
     return quantizer
 
 

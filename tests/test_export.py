@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -16,6 +18,7 @@ from edge_se.errors import EdgeSeError
 from export import parity as par
 from export.manifest import REQUIRED_KEYS, VERSIONED, artifact_name, read_manifest, sha256_file
 from export.pipeline import Calibration, ExportOptions, ParityFailure, export_one, parity_inputs
+from quantize.int8_ops import TARGET_REWRITES
 
 FORMATS = ("pte", "tflite")
 DTYPES = ("fp32", "int8")
@@ -64,6 +67,12 @@ def test_export_writes_verified_artifact_and_manifest(model, fmt, dtype):
         assert float(vf["sqnr_db"]) >= par.INT8_MIN_SQNR_DB
         q = m["quantization"]
         assert q["engine"] == "torchao" and q["policy"] == ["ptq"]
+        # The int8 rewrites (quantize.int8_ops): the whole graph in one delegate partition, nothing
+        # outside it, and no operator computing in float between dequantize and quantize.
+        assert q["int8_rewrites"] == list(TARGET_REWRITES[fmt])
+        rep = m["partitions"]
+        assert rep["partitions"] == 1 and rep["ops_outside_delegate"] == {}, rep
+        assert rep["float_ops_in_int8"] == {}, rep
         if fmt == "tflite":
             # full-integer model: int8 in and out, with the model's own scale and zero point recorded
             for t in (m["inputs"][0], m["outputs"][0]):
@@ -96,6 +105,31 @@ def test_seresnet50_fp32_exports(fmt):
     m = read_manifest(rec["path"])
     assert m["outputs"][0]["shape"] == [1, 1000]
     assert m["sha256"] == sha256_file(rec["path"])
+
+
+@pytest.mark.slow
+@pytest.mark.export
+def test_stock_int8_tflite_of_mobilenet_is_cut_at_every_hardswish(tmp_path):
+    # The contrast that makes the rewrites worth having: without them LiteRT's XNNPACK delegate
+    # leaves every int8 HARD_SWISH to the reference kernels and the graph falls apart in pieces.
+    from edge_se.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        rc = main(["export", "mobilenetv3_small_100", "--format", "tflite", "--dtype", "int8", "--out",
+                   str(tmp_path), "--resolution", str(RESOLUTION), "--calib", "random", "--int8-rewrites", "none"])
+    assert rc == 0
+    m = read_manifest(tmp_path / artifact_name("mobilenetv3_small_100", "tflite", "int8"))
+    assert m["quantization"]["int8_rewrites"] == []
+    assert m["partitions"]["partitions"] > 1 and "HARD_SWISH" in m["partitions"]["ops_outside_delegate"]
+
+
+def test_bad_int8_rewrites_flag_is_one_line_error(capsys):
+    from edge_se.cli import main
+
+    assert main(["export", "mobilenetv3_small_100", "--dtype", "int8", "--out", "x", "--int8-rewrites",
+                 "swish"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--int8-rewrites" in err[0] and "unknown int8 rewrite 'swish'" in err[0], err
 
 
 @pytest.mark.slow

@@ -16,8 +16,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 
 from device_artifacts import artifacts  # noqa: E402,F401  (session fixture)
 
-from benchmarks.peers import partitions, table, timing  # noqa: E402
+from benchmarks.peers import table, timing  # noqa: E402
 from benchmarks.peers.manifests import peer_artifact_name, peer_manifest, tensor_entry, write_json_atomic  # noqa: E402
+from export import partitions  # noqa: E402
 
 EXACT = 1e-12
 """Medians, ratios and percentages of exact binary inputs: only float rounding separates them."""
@@ -114,15 +115,18 @@ def test_compare_met_and_unmeasured():
 def test_target_findings_say_by_how_much_and_why():
     arch = "mobilenetv3_large_100"
     rep = {"partitions": 21, "single_partition": False, "ops_outside_delegate": {"HARD_SWISH": 20},
-           "float_ops_in_int8": {"ADD": 16}}
+           "float_ops_in_int8": {"ADD": 16}, "ops": {"ADD": 16, "HARD_SWISH": 20}}
+    peer_rep = {"partitions": 1, "ops": {"ADD": 16, "MUL": 20}}
     arts = [_art(arch, "edge-se", "tflite", "int8", partitions=rep), _art(arch, "edge-se", "tflite", "fp32"),
-            _art(arch, "litert-torch", "tflite", "int8"), _art(arch, "litert-torch", "tflite", "fp32")]
+            _art(arch, "litert-torch", "tflite", "int8", partitions=peer_rep),
+            _art(arch, "litert-torch", "tflite", "fp32")]
     ms = {f"{arch}/edge-se/tflite/int8": 6.0, f"{arch}/edge-se/tflite/fp32": 4.0,
           f"{arch}/litert-torch/tflite/int8": 5.0}
     findings = table.target_findings(table.compare(arts, _timings(ms), [1]), arts)
     by = {f["target"]: f for f in findings}
     peer = by["int8 <= 1.00x best peer"]
     assert peer["met"] is False and "20% over" in peer["detail"] and "HARD_SWISH x20" in peer["detail"]
+    assert "operators vs litert-torch: +HARD_SWISH x20, -MUL x20" in peer["detail"]
     speed = by["int8 faster than fp32"]
     assert speed["met"] is False and "50% slower" in speed["detail"]
     part = by["int8 in one delegate partition"]
@@ -257,3 +261,12 @@ def test_results_round_trip_through_jsonl(tmp_path):
     assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in first
     run.rerender(tmp_path)
     assert md.read_text() == first
+
+
+def test_op_diff_names_what_one_graph_has_more_of():
+    ours = {"kind": "tflite", "ops": {"CONV_2D": 65, "PAD": 5, "TRANSPOSE": 1}}
+    theirs = {"kind": "tflite", "ops": {"CONV_2D": 65, "MUL": 2}}
+    assert partitions.op_diff(ours, theirs) == "+PAD x5, +TRANSPOSE x1, -MUL x2"
+    assert partitions.op_diff(ours, ours) == "the same operators"
+    pte = {"kind": "pte", "delegated_nodes": {"XNNConv2d": 3}, "ops_outside_delegate": {"aten.add.out": 1}}
+    assert partitions.op_histogram(pte) == {"XNNConv2d": 3, "aten.add.out": 1}

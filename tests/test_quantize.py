@@ -15,6 +15,7 @@ from quantize import POLICIES, find_se_blocks, quantize_model, resolve_policy
 from quantize.calibration import k_center_indices, random_indices
 from quantize.capture import run_graph
 from quantize.core import export_graph
+from quantize.int8_ops import REWRITES
 from quantize.metrics import gate_error, logits_report, sqnr_db
 
 # int8 PTQ of a small network with randomised BN: every figure measured here was >= 30 dB on
@@ -166,7 +167,9 @@ def test_ptq_runs_and_is_close_to_float(small_model, target):
         ref, q = small_model(x[16:]), qm.graph(x[16:])
     assert sqnr_db(ref, q) >= PTQ_MIN_SQNR_DB, f"max abs err {float((ref - q).abs().max()):.4f}"
     assert qm.calibration == {"source": "unknown", "size": 16, "pool": 16, "seed": 0, "selection": "random"}
-    assert len(qm.se_blocks) == 9 and qm.rewrites == []
+    assert len(qm.se_blocks) == 9
+    # ptq itself rewrites nothing; every line is one of the int8 rewrites, which apply by default.
+    assert qm.rewrites and all(line.split(":")[0] in REWRITES for line in qm.rewrites), qm.rewrites
     # The quantised graph really holds int8 quantise ops.
     assert any("quantize_per_tensor" in str(n.target) for n in qm.graph.graph.nodes)
 
@@ -219,8 +222,11 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
     from quantize.bench import NOTES_MARKER, plan_cells, read_records, write_table
 
     cells = plan_cells(["a", "b"], ["se-float", "ptq"], ["pte"], ["torchao", "nncf"], {"ptq"})
-    assert cells[:2] == [("a", "pte", "torchao", "ptq"), ("b", "pte", "torchao", "ptq")]
+    assert cells[:2] == [("a", "pte", "torchao", "ptq", "none"), ("b", "pte", "torchao", "ptq", "none")]
     assert [c[2] for c in cells][-2:] == ["nncf", "nncf"] and len(cells) == 6
+    # Each rewrite setting is a cell of its own, side by side with the same cell without it.
+    both = plan_cells(["a"], ["ptq"], ["pte"], ["torchao"], set(), ["default", "none"])
+    assert both == [("a", "pte", "torchao", "ptq", "default"), ("a", "pte", "torchao", "ptq", "none")]
     out = tmp_path / "b.jsonl"
     rec = {"model": "a", "target": "pte", "engine": "torchao", "policy": "ptq"}
     out.write_text(json.dumps({**rec, "error": "E: x"}) + "\n" + json.dumps({**rec, "sqnr_db": 30.0}) + "\n")
@@ -232,4 +238,6 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
                       gate_sqnr_db_min=None, gate_sqnr_db_median=None, quantize_seconds=1.0)
     write_table(table, records)
     text = table.read_text()
-    assert "old table" not in text and "| a | pte | torchao | ptq | 30.0 |" in text and text.endswith("my notes\n")
+    # A record without int8_rewrites was made with the stock quantizers: "none".
+    assert "old table" not in text and "| a | pte | torchao | ptq | none | 30.0 |" in text
+    assert text.endswith("my notes\n")

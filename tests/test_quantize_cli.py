@@ -47,3 +47,8 @@ def test_bad_engine_is_an_argparse_error(capsys):
         main(["quantize", "mobilenetv3_small_100", "--engine", "tvm", "--out", "x"])
     assert exc.value.code == 2
     assert "invalid choice: 'tvm'" in capsys.readouterr().err
+
+
+def test_unknown_int8_rewrite(capsys, tmp_path):
+    argv = ["quantize", "mobilenetv3_small_100", "--int8-rewrites", "silu,swish", "--out", str(tmp_path / "q")]
+    _one_line_error(capsys, argv, "--int8-rewrites: unknown int8 rewrite 'swish'")

@@ -152,7 +152,7 @@ def _versions() -> dict[str, str | None]:
 
 def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) -> list[dict[str, Any]]:
     """Build the fp32 and int8 ``.tflite`` of ``arch``; a failure is recorded (``error``), not raised."""
-    from benchmarks.peers.partitions import tflite_report
+    from export.partitions import tflite_report
 
     model = keras_model(arch, resolution, seed=seed)
     representative = input_images(arch, REPRESENTATIVE_IMAGES, resolution, seed=seed + 1)

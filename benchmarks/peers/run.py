@@ -134,7 +134,7 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
 
 def collect(arts: list[dict[str, Any]], errors: dict[str, str]) -> list[dict[str, Any]]:
     """Attach size, partition report and build error to every expected artifact."""
-    from benchmarks.peers.partitions import report
+    from export.partitions import report
 
     for a in arts:
         a["build_error"] = None

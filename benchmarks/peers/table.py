@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.peers.manifests import ARCHS, RECIPES
+from export.partitions import op_diff
 
 TARGET_RATIO = 1.00
 """Issue 6: edge-se int8 at most this multiple of the best peer int8 latency (same arch, format, run)."""
@@ -127,8 +128,11 @@ def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[d
         elif c["target_met"]:
             detail = f"{c['ratio']:.2f}x best peer ({c['best_peer_int8']['recipe']})"
         else:
-            detail = (f"{c['ratio']:.2f}x best peer ({c['best_peer_int8']['recipe']}): "
-                      f"{c['over_target_pct']:.0f}% over; {why}")
+            peer = c["best_peer_int8"]["recipe"]
+            peer_rep = by_key.get(artifact_key(c["arch"], peer, c["format"], "int8"), {}).get("partitions")
+            versus = (f"; operators vs {peer}: {op_diff(art['partitions'], peer_rep)}"
+                      if art.get("partitions") and peer_rep else "")
+            detail = f"{c['ratio']:.2f}x best peer ({peer}): {c['over_target_pct']:.0f}% over; {why}{versus}"
         findings.append({"target": f"int8 <= {TARGET_RATIO:.2f}x best peer", "where": where,
                          "met": c["target_met"], "detail": detail})
         sp = edge["int8_speedup"]

@@ -15,7 +15,9 @@ produce that data:
       ``KernelCall`` = an operator in the portable/optimized kernels) and, for each XNNPACK
       payload, its ``XNNGraph`` flatbuffer decoded with the schema ExecuTorch ships (node types and
       value datatypes).
-Neither reader needs TensorFlow; the ``.pte`` reader needs executorch (main venv only).
+Neither reader needs TensorFlow; the ``.pte`` reader needs executorch (main venv only). ``edge-se
+export`` writes the report into every manifest (``partitions``); ``make bench-peers`` reads it
+from every artifact, peers included.
 """
 
 from __future__ import annotations
@@ -120,8 +122,8 @@ def summarize_tflite(nodes: Sequence[OpInfo], graph_outputs: Sequence[int], *, d
         dtype: ``int8`` or ``fp32`` (float islands are reported for int8 only).
 
     Returns:
-        ``partitions`` (DELEGATE nodes), ``ops_outside_delegate`` {op: count},
-        ``ops_total`` (original operators), ``float_ops_in_int8`` {op: count} over all original
+        ``partitions`` (DELEGATE nodes), ``ops_outside_delegate`` {op: count}, ``ops`` {op: count}
+        and ``ops_total`` (original operators), ``float_ops_in_int8`` {op: count} over all original
         operators (int8 only, else ``None``), ``quant_boundaries`` (QUANTIZE + DEQUANTIZE nodes),
         ``single_partition`` (one partition and nothing outside it).
     """
@@ -133,6 +135,7 @@ def summarize_tflite(nodes: Sequence[OpInfo], graph_outputs: Sequence[int], *, d
         "partitions": partitions,
         "single_partition": partitions == 1 and not outside,
         "ops_outside_delegate": dict(sorted(outside.items())),
+        "ops": dict(sorted(Counter(n.name for n in original).items())),
         "ops_total": len(original),
         "float_ops_in_int8": float_ops(original) if dtype == "int8" else None,
         "quant_boundaries": sum(op.name in TFLITE_BOUNDARY_OPS for op in original),
@@ -168,6 +171,29 @@ def summarize_pte(instructions: Sequence[tuple[str, str]], delegate_graphs: Sequ
                               if dtype == "int8" else None),
         "quant_boundaries": sum(n.name in PTE_BOUNDARY_NODES for n in nodes),
     }
+
+
+def op_histogram(report: dict[str, Any]) -> dict[str, int]:
+    """Every operator of an artifact by name.
+
+    tflite: its ``ops``; pte: ``delegated_nodes`` plus ``ops_outside_delegate``.
+    """
+    hist: Counter[str] = Counter(report.get("ops") or report.get("delegated_nodes") or {})
+    if "ops" not in report:
+        hist.update(report.get("ops_outside_delegate") or {})
+    return dict(sorted(hist.items()))
+
+
+def op_diff(ours: dict[str, Any], theirs: dict[str, Any]) -> str:
+    """Operators one artifact has more (``+``) or fewer (``-``) of than another, e.g. ``+PAD x5, -MUL x2``.
+
+    The operator-level answer to "why is this one slower": two graphs with the same operators
+    differ only in shapes and quantisation parameters.
+    """
+    a, b = Counter(op_histogram(ours)), Counter(op_histogram(theirs))
+    more, fewer = a - b, b - a
+    parts = [f"+{k} x{v}" for k, v in sorted(more.items())] + [f"-{k} x{v}" for k, v in sorted(fewer.items())]
+    return ", ".join(parts) or "the same operators"
 
 
 def xnn_graph_ops(graph: dict[str, Any]) -> list[OpInfo]:
@@ -278,6 +304,16 @@ def tflite_report(path: str | os.PathLike[str], dtype: str | None = None) -> dic
     if dtype is None:
         dtype = "int8" if any(d == "int8" for op in nodes for d in op.output_dtypes) else "fp32"
     return summarize_tflite(nodes, outputs, dtype=dtype)
+
+
+def report_bytes(data: bytes, fmt: str, dtype: str | None = None) -> dict[str, Any]:
+    """:func:`tflite_report` or :func:`pte_report` of an artifact held in memory (``fmt``: tflite or pte)."""
+    if fmt not in ("tflite", "pte"):
+        raise ValueError(f"cannot report on format {fmt!r}; valid: tflite, pte")
+    with tempfile.TemporaryDirectory(prefix="edge_se_partitions_") as tmp:
+        path = Path(tmp) / f"artifact.{fmt}"
+        path.write_bytes(data)
+        return tflite_report(path, dtype) if fmt == "tflite" else pte_report(path, dtype)
 
 
 def pte_report(path: str | os.PathLike[str], dtype: str | None = None) -> dict[str, Any]:
