@@ -148,13 +148,21 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
     sections.append(_scaling_section(res, local, out_dir))
 
     s = Section("6. Every artifact")
+    if arts:
+        s.body.append(
+            "Partitions: delegate partitions the runtime made (1 = the whole graph in XNNPACK). Outside delegate: "
+            "operators left to the portable or reference kernels. Float ops in int8: operators computing in float "
+            "between dequantize and quantize. Int8 rewrites: `quantize.int8_ops`, as recorded in the manifest.\n"
+        )
     s.body.append(
         _table(
             ["artifact", "size (bytes)", "parity", "delegated share", "partitions", "outside delegate",
              "float ops in int8", "int8 rewrites", "sha256"],
             [
                 [
-                    Path(a["artifact"]).name,
+                    # int8 artifacts of two policies share a file name (in different cells): say which.
+                    Path(a["artifact"]).name + (f" ({a['policy']})" if a.get("dtype") == "int8" and a.get("policy")
+                                                 else ""),
                     f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
                     _parity_text(a),
                     _fmt(a.get("delegation_share"), ".1%"),
