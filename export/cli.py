@@ -84,17 +84,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     v.set_defaults(func=run_verify)
 
 
-def _check_rewrites(text: str) -> str:
-    from edge_se.errors import EdgeSeError
-    from quantize.int8_ops import resolve_rewrites
-
-    try:
-        resolve_rewrites(text, "pte")
-    except ValueError as exc:
-        raise EdgeSeError(f"--int8-rewrites: {exc}") from None
-    return text
-
-
 def _expand(choice: str, every: tuple[str, ...]) -> list[str]:
     return list(every) if choice == "all" else [choice]
 
@@ -108,6 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
     from edge_se.registry import check_resolution, get_spec
     from export.pipeline import ExportOptions, ParityFailure, export_one
     from export.sources import load_calibration, prepare_model
+    from quantize.int8_ops import check_flag
 
     spec = get_spec(args.model)  # validates the name before anything heavy
     resolution = check_resolution(args.resolution if args.resolution is not None else spec.resolution)
@@ -121,7 +111,7 @@ def run_export(args: argparse.Namespace) -> int:
         policy=policy,
         engine=args.engine,
         seed=args.seed,
-        int8_rewrites=_check_rewrites(args.int8_rewrites),
+        int8_rewrites=check_flag(args.int8_rewrites),
     )
     print(
         f"edge-se export: {args.model} @ {resolution}px formats={formats} dtypes={dtypes} out={args.out} "

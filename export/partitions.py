@@ -173,6 +173,11 @@ def summarize_pte(instructions: Sequence[tuple[str, str]], delegate_graphs: Sequ
     }
 
 
+def ops_text(ops: dict[str, int]) -> str:
+    """``{"HARD_SWISH": 14, "MUL": 2}`` -> ``"HARD_SWISH x14, MUL x2"`` (the dict's order; reports are sorted)."""
+    return ", ".join(f"{k} x{v}" for k, v in ops.items())
+
+
 def op_histogram(report: dict[str, Any]) -> dict[str, int]:
     """Every operator of an artifact by name.
 

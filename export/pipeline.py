@@ -218,16 +218,17 @@ def export_one(
     delegation: dict[str, Any]
     rewrites: list[str] = []
     if fmt == "pte":
-        int8_ops = q is not None and "int8-ops" in getattr(q, "int8_rewrites", ())
+        int8_ops = q is not None and "int8-ops" in q.int8_rewrites
         data, delegation, rewrites = pte_mod.lower_pte(reference_module, example, int8_ops=int8_ops)
         for w in delegation["warnings"]:
             _log(f"warning: {name} {dtype}: {w}")
     else:
         data = tfl_mod.convert_tflite(reference_module, example, quantizer=q.quantizer if q else None,
                                       channels_last=layout == "NHWC")
-        delegation = tfl_mod.delegation_summary(data)
     t_convert = time.perf_counter() - t0 - t_quant
     partitions = _partition_report(data, fmt, dtype)
+    if fmt == "tflite":  # the same load of the model: ops and partitions come from the report
+        delegation = tfl_mod.delegation_from_report(partitions)
 
     if fmt == "pte":
         ins, outs = pte_mod.pte_io(data)
@@ -298,7 +299,7 @@ def export_one(
             "se_blocks": _jsonable(q.se_blocks),
             "calibration": _jsonable(q.calibration),
             "rewrites": list(q.rewrites),
-            "int8_rewrites": list(getattr(q, "int8_rewrites", ())),
+            "int8_rewrites": list(q.int8_rewrites),
             "input": {"scale": in_specs[0]["scale"], "zero_point": in_specs[0]["zero_point"]},
             "output": {"scale": out_specs[0]["scale"] if fmt == "tflite" else graph_output_scale(reference_module),
                        "zero_point": out_specs[0]["zero_point"]},

@@ -41,37 +41,16 @@ def rewrite_head_mean(ep: torch.export.ExportedProgram) -> list[str]:
 
     XNNPACK lowers ``mean.dim`` only as global average pooling with ``keepdim=True``; the heads
     of every family pool with ``x.mean((2, 3))``, which would otherwise run in the portable
-    kernels between two delegate partitions. The rewrite is exact (same sum, same divisor).
+    kernels between two delegate partitions. The rewrite is exact (same sum, same divisor), and
+    it is :mod:`quantize.int8_ops`'s ``head-mean`` (an int8 graph arrives here already rewritten).
 
     Returns:
         One description per rewritten node (empty when nothing matched).
     """
-    gm = ep.graph_module
-    done: list[str] = []
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or node.target is not torch.ops.aten.mean.dim:
-            continue
-        src = node.args[0]
-        val = src.meta.get("val") if isinstance(src, torch.fx.Node) else None
-        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim", False))
-        if val is None or val.dim() != 4 or keepdim or node.kwargs.get("dtype") is not None:
-            continue
-        dims = sorted(d % 4 for d in node.args[1])
-        if dims != [2, 3]:
-            continue
-        with gm.graph.inserting_before(node):
-            pooled = gm.graph.call_function(torch.ops.aten.mean.dim, (src, [2, 3], True))
-            pooled.meta = dict(node.meta)
-            pooled.meta["val"] = val.mean((2, 3), keepdim=True)
-            flat = gm.graph.call_function(torch.ops.aten.view.default, (pooled, list(node.meta["val"].shape)))
-            flat.meta = dict(node.meta)
-        node.replace_all_uses_with(flat)
-        gm.graph.erase_node(node)
-        done.append(f"{node.name}: mean.dim(keepdim=False) -> mean.dim(keepdim=True) + view")
-    if done:
-        gm.graph.lint()
-        gm.recompile()
-    return done
+    from quantize.int8_ops import rewrite_head_means
+
+    return [f"{name}: mean.dim(keepdim=False) -> mean.dim(keepdim=True) + view"
+            for name in rewrite_head_means(ep.graph_module)]
 
 
 def _module_path(node: torch.fx.Node) -> tuple[str, str]:

@@ -14,7 +14,6 @@ import io
 import os
 import re
 import tempfile
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -168,32 +167,38 @@ def run_tflite(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray
     return results
 
 
-def delegation_summary(data: bytes | str | os.PathLike[str]) -> dict[str, Any]:
-    """Operators of the model by TFLite builtin name, and the XNNPACK partitions LiteRT made at load time.
+def delegation_from_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``delegation`` block from an :mod:`export.partitions` report of the model.
 
-    The interpreter applies its default XNNPACK delegate when it allocates tensors; each
-    partition it takes becomes one ``DELEGATE`` node. One partition means the whole graph runs
-    in XNNPACK; many (e.g. int8 HARD_SWISH, which LiteRT 2.3's XNNPACK does not take) mean the
-    graph is cut and the pieces between run in LiteRT's reference kernels.
+    LiteRT applies its default XNNPACK delegate when it allocates tensors; each partition it takes
+    becomes one ``DELEGATE`` node. One partition means the whole graph runs in XNNPACK; many (e.g.
+    int8 HARD_SWISH, which LiteRT 2.3's XNNPACK does not take) mean the graph is cut and the pieces
+    between run in LiteRT's reference kernels. A report that failed gives ``ops: {}``,
+    ``partitions: None``.
     """
-    it = _interpreter(data)
-    try:
-        ops = it._get_ops_details()  # noqa: SLF001 - the only view of the op list the runtime offers
-    except Exception:  # noqa: BLE001 - a runtime without it: report what we can
-        return {"backend": "litert-xnnpack", "ops": {}, "partitions": None}
-    hist = Counter(str(op["op_name"]) for op in ops)
-    partitions = hist.pop("DELEGATE", 0)
     return {
         "backend": "litert-xnnpack (default delegate, applied at load time)",
-        "ops": dict(sorted(hist.items())),
-        "partitions": partitions,
+        "ops": dict(report.get("ops") or {}),
+        "partitions": report.get("partitions"),
     }
+
+
+def delegation_summary(data: bytes | str | os.PathLike[str]) -> dict[str, Any]:
+    """Operators of the model by TFLite builtin name, and the XNNPACK partitions LiteRT made at load time."""
+    from export.partitions import report_bytes, tflite_report
+
+    try:
+        rep = report_bytes(data, "tflite") if isinstance(data, bytes) else tflite_report(data)
+    except ValueError as exc:
+        raise EdgeSeError(str(exc)) from None
+    return delegation_from_report(rep)
 
 
 __all__ = [
     "convert_tflite",
-    "dequantize_array",
+    "delegation_from_report",
     "delegation_summary",
+    "dequantize_array",
     "quantize_array",
     "run_tflite",
     "tflite_io",

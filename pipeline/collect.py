@@ -70,9 +70,11 @@ def delegation_share(manifest: dict[str, Any]) -> float | None:
 
 def _ops_text(ops: Any) -> str:
     """``{"HARD_SWISH": 14}`` -> ``"HARD_SWISH x14"``; ``{}`` -> ``"none"``; not known -> ``"-"``."""
+    from export.partitions import ops_text
+
     if not isinstance(ops, dict):
         return "-"
-    return ", ".join(f"{k} x{v}" for k, v in sorted(ops.items())) or "none"
+    return ops_text(dict(sorted(ops.items()))) or "none"
 
 
 def partition_fields(manifest: dict[str, Any]) -> dict[str, Any]:

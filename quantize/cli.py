@@ -148,16 +148,13 @@ def run_quantize(args: argparse.Namespace) -> int:
     from edge_se.train import read_sidecar, recalibrate_bn
     from quantize.core import quantize_model
     from quantize.evaluate import evaluate
-    from quantize.int8_ops import resolve_rewrites
+    from quantize.int8_ops import check_flag
     from quantize.policies import resolve_policy
 
     torch.set_num_threads(args.threads)
     get_spec(args.model)
     resolve_policy(args.policy)  # an unknown policy fails before any work
-    try:
-        resolve_rewrites(args.int8_rewrites, args.target)
-    except ValueError as exc:
-        raise EdgeSeError(f"--int8-rewrites: {exc}") from None
+    check_flag(args.int8_rewrites, args.target)
     if args.calib_size < 1:
         raise EdgeSeError(f"bad --calib-size {args.calib_size}: need at least 1 calibration image")
     resolution = args.resolution or (int(read_sidecar(args.weights)["resolution"])

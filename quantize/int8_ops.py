@@ -47,6 +47,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from quantize.se_pattern import SHAPE_TARGETS
+
 _aten = torch.ops.aten
 ANNOTATION_KEY = "quantization_annotation"
 
@@ -70,8 +72,6 @@ TARGET_REWRITES: dict[str, tuple[str, ...]] = {
 UNIT_SCALE = 1.0 / 256.0
 UNIT_ZERO_POINT = -128
 
-_SHAPE_OPS = {_aten.view.default, _aten.reshape.default, _aten.flatten.using_ints, _aten.squeeze.dims,
-              _aten.squeeze.dim, _aten.unsqueeze.default, _aten._unsafe_view.default}
 
 
 def check_rewrites(names: Iterable[str]) -> tuple[str, ...]:
@@ -104,6 +104,21 @@ def resolve_rewrites(spec: str | Iterable[str] | None, target: str) -> tuple[str
         return ()
     names = [n.strip() for n in spec.split(",")] if isinstance(spec, str) else list(spec)
     return check_rewrites(n for n in names if n)
+
+
+def check_flag(text: str, target: str = "pte") -> str:
+    """Validate a ``--int8-rewrites`` value for the CLIs; return it unchanged.
+
+    Raises:
+        EdgeSeError: one line naming the flag, the bad name and the valid ones.
+    """
+    from edge_se.errors import EdgeSeError
+
+    try:
+        resolve_rewrites(text, target)
+    except ValueError as exc:
+        raise EdgeSeError(f"--int8-rewrites: {exc}") from None
+    return text
 
 
 # --- graph rewrites (before annotation) ---------------------------------------------------------
@@ -172,6 +187,35 @@ def _attr(gm: GraphModule, path: str) -> torch.Tensor:
     return getattr(owner, attr)
 
 
+def _pool_keepdim(gm: GraphModule, node: Node) -> bool:
+    """``mean(x, (2, 3))`` of a 4-D ``x`` -> ``view(mean(x, (2, 3), keepdim=True), [-1, C])``; False if not that."""
+    src, dims = node.args[0], node.args[1]
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    val = src.meta.get("val") if isinstance(src, Node) else None
+    if val is None or val.dim() != 4 or keepdim or node.kwargs.get("dtype") is not None \
+            or not isinstance(dims, (list, tuple)) or sorted(d % 4 for d in dims if isinstance(d, int)) != [2, 3]:
+        return False
+    pooled = _call(gm, node, _aten.mean.dim, (src, [2, 3], True), node)
+    pooled.meta["val"] = val.mean((2, 3), keepdim=True)
+    # [N, C]: the batch may be symbolic (quantize exports it dynamic), the channels are not.
+    _retarget(node, _aten.view.default, (pooled, [-1, int(val.shape[1])]))
+    return True
+
+
+def rewrite_head_means(gm: GraphModule) -> list[str]:
+    """The ``head-mean`` rewrite alone, on any graph (also an ``ExportedProgram``'s, after quantisation).
+
+    Returns:
+        The names of the rewritten nodes (each now the ``view``; its name and users stay).
+    """
+    done = [n.name for n in list(gm.graph.nodes)
+            if n.op == "call_function" and n.target is _aten.mean.dim and _pool_keepdim(gm, n)]
+    if done:
+        gm.graph.lint()
+        gm.recompile()
+    return done
+
+
 def apply_rewrites(gm: GraphModule, names: Iterable[str], *, keep: Iterable[str] = ()) -> list[str]:
     """Apply the graph rewrites ``names`` (all but ``int8-ops``) to ``gm`` in place.
 
@@ -196,15 +240,7 @@ def apply_rewrites(gm: GraphModule, names: Iterable[str], *, keep: Iterable[str]
             continue
         t = node.target
         if "head-mean" in wanted and t is _aten.mean.dim:
-            src, dims = node.args[0], node.args[1]
-            keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
-            val = src.meta.get("val") if isinstance(src, Node) else None
-            if val is not None and val.dim() == 4 and not keepdim and sorted(d % 4 for d in dims) == [2, 3] \
-                    and node.kwargs.get("dtype") is None:
-                pooled = _call(gm, node, _aten.mean.dim, (src, [2, 3], True), node)
-                pooled.meta["val"] = val.mean((2, 3), keepdim=True)
-                # [N, C]: the batch may be symbolic (quantize exports it dynamic), the channels are not.
-                _retarget(node, _aten.view.default, (pooled, [-1, int(val.shape[1])]))
+            if _pool_keepdim(gm, node):
                 hit("head-mean")
         elif "silu" in wanted and t in (_aten.silu.default, _aten.silu_.default):
             x = node.args[0]
@@ -364,7 +400,7 @@ def _propagate_shapes(gm: GraphModule) -> None:
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, SharedQuantizationSpec
 
     for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in _SHAPE_OPS or _is_annotated(node):
+        if node.op != "call_function" or node.target not in SHAPE_TARGETS or _is_annotated(node):
             continue
         prev = node.args[0]
         if not isinstance(prev, Node) or not _annotated_output(prev):
@@ -381,7 +417,9 @@ __all__ = [
     "UNIT_ZERO_POINT",
     "annotate_int8_ops",
     "apply_rewrites",
+    "check_flag",
     "check_rewrites",
     "resolve_rewrites",
+    "rewrite_head_means",
     "unit_qspec",
 ]

@@ -23,21 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
 from torch.fx import GraphModule, Node
 
-from quantize.int8_ops import REWRITES, annotate_int8_ops, apply_rewrites, check_rewrites
+from quantize.int8_ops import ANNOTATION_KEY, REWRITES, annotate_int8_ops, apply_rewrites, check_rewrites, unit_qspec
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
 TARGETS: tuple[str, ...] = ("pte", "tflite")
 ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile")
-ANNOTATION_KEY = "quantization_annotation"
-
-# TFLite's own choice for LOGISTIC outputs, and the natural grid for a value in [0, 1]:
-# 256 levels of 1/256 starting at 0 (int8 -128 -> 0.0, 127 -> 0.996).
-GATE_SCALE = 1.0 / 256.0
-GATE_ZERO_POINT = -128
 
 
 @dataclass(frozen=True)
@@ -71,19 +64,6 @@ class QuantizerOptions:
     act_observer: str = "histogram"
     edits: AnnotationEdits = field(default_factory=AnnotationEdits)
     rewrites: tuple[str, ...] = ()
-
-
-def _fixed_gate_spec() -> object:
-    from torchao.quantization.pt2e.quantizer import FixedQParamsQuantizationSpec
-
-    return FixedQParamsQuantizationSpec(
-        dtype=torch.int8,
-        scale=GATE_SCALE,
-        zero_point=GATE_ZERO_POINT,
-        quant_min=-128,
-        quant_max=127,
-        qscheme=torch.per_tensor_affine,
-    )
 
 
 def _observer_ctr(name: str) -> Callable[..., object]:
@@ -126,7 +106,7 @@ def _apply_post_edits(model: GraphModule, edits: AnnotationEdits) -> None:
 
     if not edits.fixed_gate:
         return
-    spec = _fixed_gate_spec()
+    spec = unit_qspec()  # TFLite's LOGISTIC grid: scale 1/256, zero point -128
     nodes = {n.name: n for n in model.graph.nodes}
     for gate_name in edits.fixed_gate:
         gate = nodes.get(gate_name)

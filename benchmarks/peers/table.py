@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.peers.manifests import ARCHS, RECIPES
-from export.partitions import op_diff
+from export.partitions import op_diff, ops_text
 
 TARGET_RATIO = 1.00
 """Issue 6: edge-se int8 at most this multiple of the best peer int8 latency (same arch, format, run)."""
@@ -102,10 +102,10 @@ def operator_profile(partitions: dict[str, Any] | None) -> str:
     parts = [f"{partitions.get('partitions')} partition(s)"]
     outside = partitions.get("ops_outside_delegate") or {}
     if outside:
-        parts.append("outside delegate: " + ", ".join(f"{k} x{v}" for k, v in outside.items()))
+        parts.append("outside delegate: " + ops_text(outside))
     floats = partitions.get("float_ops_in_int8") or {}
     if floats:
-        parts.append("float in int8: " + ", ".join(f"{k} x{v}" for k, v in floats.items()))
+        parts.append("float in int8: " + ops_text(floats))
     return "; ".join(parts)
 
 
@@ -202,9 +202,9 @@ def markdown(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str
               "|---|---|---|---|---|---|"]
     for a in artifacts:
         rep = a.get("partitions") or {}
-        outside = ", ".join(f"{k} x{v}" for k, v in (rep.get("ops_outside_delegate") or {}).items()) or "none"
+        outside = ops_text(rep.get("ops_outside_delegate") or {}) or "none"
         floats = rep.get("float_ops_in_int8")
-        fl = "n/a (fp32)" if floats is None else (", ".join(f"{k} x{v}" for k, v in floats.items()) or "none")
+        fl = "n/a (fp32)" if floats is None else (ops_text(floats) or "none")
         size = _f(a["size_bytes"] / 1e6, "{:.1f}") if a.get("size_bytes") else "—"
         if a.get("build_error"):
             lines.append(f"| {a['key']} | — | — | — | build failed: {a['build_error']} | — |")
