@@ -1,6 +1,6 @@
 """Benchmark artifacts on devices and append one JSON line per artifact and device.
 
-Every line is appended atomically as soon as its run ends (``edge_se.atomic.append_line``), so
+Every line is appended atomically as soon as its run ends (``contract.files.append_line``), so
 a crash, a time-out or a failing device never loses earlier lines. A run that fails still
 leaves a line, with ``status: "error"`` and the one-line reason: failures are recorded, not
 hidden.
@@ -22,7 +22,7 @@ from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
 from device_bench.transports import resolve
 from device_bench.transports.base import DeviceError, RunOptions, Transport
-from edge_se import atomic
+from contract import files as atomic
 from edge_se.errors import EdgeSeError
 
 PACKAGE_DIR = Path(__file__).resolve().parent

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from device_bench import stats, sysinfo
-from edge_se import atomic
+from contract import files as atomic
 from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")

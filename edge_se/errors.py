@@ -1,11 +1,36 @@
-"""The one exception type edge-se raises for bad user input.
+"""The exception edge-se raises for bad user input, and the one for a failed toolchain stage.
 
-The CLI prints an :class:`EdgeSeError` as a single line (``edge-se: error: ...``) and exits
-non-zero, with no traceback; anything else is a bug and keeps its traceback.
+The CLI prints either as a single line and exits 2 (:class:`EdgeSeError`, bad input, a subclass
+of the contract's :class:`~contract.errors.ContractError`) or 3 (:class:`StageError`: a converter,
+lowering or runtime failed on valid input); ``--traceback`` shows the whole trace. Anything else
+is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+from contract.errors import ContractError
 
-class EdgeSeError(ValueError):
+
+class EdgeSeError(ContractError):
     """Bad input from the user: the message names the file, field or operator and the valid choices."""
+
+
+class StageError(RuntimeError):
+    """A toolchain stage (convert, lower, run, quantize, ...) failed on valid input: exit code 3.
+
+    The message is one line: the stage, the operator where known, and the toolchain's own words.
+    """
+
+    def __init__(self, stage: str, message: str, *, operator: str | None = None) -> None:
+        self.stage = stage
+        self.operator = operator
+        where = f" at operator {operator}" if operator else ""
+        super().__init__(f"{stage} failed{where}: {message}")
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (the toolchains print pages), cut to ``limit``."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge_se.atomic import atomic_path, write_text
+from contract.files import atomic_path, write_text
 from edge_se.data import ImageSet
 from edge_se.errors import EdgeSeError
 

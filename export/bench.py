@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_se.atomic import append_line, write_text
+from contract.files import append_line, write_text
 
 DEFAULT_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "seresnet50")
 

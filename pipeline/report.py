@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_se.atomic import write_text
+from contract.files import write_text
 from edge_se.registry import NOSE_SUFFIX
 from pipeline import plots
 from pipeline.collect import RunResults, artifact_rows, baseline_rows, bench_rows, load_cells, quant_rows

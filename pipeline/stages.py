@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_se.accounting import count
-from edge_se.atomic import sha256_file
+from contract.files import sha256_file
 from edge_se.registry import get_spec
 from pipeline.cells import Cell
 from pipeline.config import RunConfig

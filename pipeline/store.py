@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from edge_se.atomic import write_text
+from contract.files import write_text
 
 
 def cache_key(inputs: Mapping[str, Any]) -> str:

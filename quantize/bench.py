@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from edge_se.atomic import append_line, write_text
+from contract.files import append_line, write_text
 from edge_se.data import load_images
 
 RESOLUTION = 64

@@ -142,7 +142,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     """Quantise, evaluate against float on held-out images, save, print one JSON line."""
     import torch
 
-    from edge_se.atomic import write_bytes
+    from contract.files import write_bytes
     from edge_se.data import load_images
     from edge_se.registry import get_spec
     from edge_se.train import read_sidecar, recalibrate_bn

@@ -165,7 +165,7 @@ def _commit() -> str | None:
 def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple[str, int], dict[str, Any]],
                   threads: list[int], meta: dict[str, Any]) -> tuple[Path, Path]:
     """Write ``bench_peers.jsonl`` (artifact, comparison and target records) and ``bench_peers.md``."""
-    from edge_se.atomic import write_text
+    from contract.files import write_text
 
     comparisons = table.compare(arts, timings, threads)
     findings = table.target_findings(comparisons, arts)

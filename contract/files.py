@@ -1,7 +1,7 @@
-"""Atomic file writes (a temporary file in the target's folder, fsync, then ``os.replace``) and file checksums.
+"""Atomic file writes (temporary file in the target's folder, fsync, ``os.replace``) and checksums.
 
 An interrupted or failed write never leaves a file under the final name that looks valid, and
-never replaces a good file with a partial one.
+never replaces a good file with a partial one. Standard library only: the on-device runner uses it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,12 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
 
     The caller writes the temporary file however it likes (a converter that takes a file name,
     for example). On an exception the temporary file is removed and ``path`` is untouched.
+    ``mode`` (e.g. ``0o644``) is applied before the rename; ``mkstemp`` creates files 0600.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -30,22 +31,29 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        if mode is not None:
+            tmp.chmod(mode)
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+def write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> Path:
     """Write ``data`` to ``path`` atomically; return the final path."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, mode=mode) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> Path:
+def write_text(path: str | os.PathLike[str], text: str, *, mode: int | None = None) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; return the final path."""
-    return write_bytes(path, text.encode("utf-8"))
+    return write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+def publish(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a build output atomically, readable by others (0644): artifacts are copied and served."""
+    return write_bytes(path, data, mode=0o644)
 
 
 def append_line(path: str | os.PathLike[str], line: str) -> Path:
@@ -61,11 +69,13 @@ def append_line(path: str | os.PathLike[str], line: str) -> Path:
     return write_bytes(final, old + line.rstrip("\n").encode("utf-8") + b"\n")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
 
-    ``device_bench``'s on-device runner keeps its own copy: it may import neither torch nor edge_se.
-    """
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
