@@ -83,6 +83,9 @@ class Manifest:
     def __getitem__(self, key: str) -> Any:
         return self.raw[key]
 
+    def __contains__(self, key: object) -> bool:
+        return key in self.raw
+
 
 def validate(doc: Any, where: str) -> None:
     """Raise a one-line :class:`ContractError` naming ``where`` and the field if ``doc`` is not a valid manifest."""

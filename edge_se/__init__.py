@@ -10,14 +10,33 @@ Example:
 
 from __future__ import annotations
 
-from edge_se.accounting import Accounting, LayerCount, count
-from edge_se.blocks import SqueezeExcite
-from edge_se.build import EdgeSENet, build
-from edge_se.errors import EdgeSeError
-from edge_se.families import efficientnet_phi
-from edge_se.gates import capture_gates, se_modules
-from edge_se.registry import build_model, check_resolution, get_spec, list_models, register
-from edge_se.specs import ArchSpec, SESpec, StageSpec
+import importlib
+from typing import Any
+
+# Names -> the module that defines them, imported on first use (PEP 562): ``import edge_se`` stays
+# light (no torch), so the CLI answers ``--help`` at once and torch-free code can import the package.
+_LAZY = {
+    "Accounting": "edge_se.accounting", "LayerCount": "edge_se.accounting", "count": "edge_se.accounting",
+    "SqueezeExcite": "edge_se.blocks", "EdgeSENet": "edge_se.build", "build": "edge_se.build",
+    "EdgeSeError": "edge_se.errors", "efficientnet_phi": "edge_se.families",
+    "capture_gates": "edge_se.gates", "se_modules": "edge_se.gates",
+    "build_model": "edge_se.registry", "check_resolution": "edge_se.registry", "get_spec": "edge_se.registry",
+    "list_models": "edge_se.registry", "register": "edge_se.registry",
+    "ArchSpec": "edge_se.specs", "SESpec": "edge_se.specs", "StageSpec": "edge_se.specs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'edge_se' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __version__ = "0.1.0"
 

@@ -29,8 +29,8 @@ class StageError(RuntimeError):
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of an exception's message (the toolchains print pages), cut to ``limit``."""
+    """``Type: first non-empty line`` of an exception's message (the toolchains print pages), cut to ``limit``."""
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()[:limit]
+            return f"{type(exc).__name__}: {line.strip()}"[:limit]
     return type(exc).__name__

@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Literal, cast
 
-from edge_se.build import EdgeSENet, build
 from edge_se.errors import EdgeSeError
 from edge_se.families import efficientnet, efficientnet_phi, mobilenetv3, resnet50
 from edge_se.specs import EFFICIENTNET_SCALES, GATES, PLACEMENTS, ArchSpec, Gate, Placement, Scale
+
+if TYPE_CHECKING:  # torch is imported only when a network is built, not for names and accounting
+    from edge_se.build import EdgeSENet
 
 NOSE_SUFFIX = "_nose"
 _PHI_RE = re.compile(r"^efficientnet_phi(-?\d+(?:\.\d+)?)$")
@@ -119,6 +121,8 @@ def build_model(
 ) -> EdgeSENet:
     """Build the registered model ``name`` with random weights (see :mod:`edge_se.weights` to load some)."""
     spec = get_spec(name, num_classes=num_classes, gate=gate, placement=placement)
+    from edge_se.build import build
+
     return build(spec, drop_path_rate=drop_path_rate)
 
 

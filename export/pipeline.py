@@ -308,7 +308,7 @@ def export_one(
         "schema": SCHEMA,
         "artifact": fname,
         "format": fmt,
-        "backend": FORMATS[fmt][0],
+        "backend": FORMATS[fmt].backend,
         "dtype": dtype,
         "model": name,
         "variant": _variant(model),

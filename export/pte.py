@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_se.errors import EdgeSeError
+from edge_se.errors import EdgeSeError, StageError, first_line
 
 # Ops that only move data between a delegate and the program (no arithmetic).
 _PLUMBING = {"getitem", "executorch_call_delegate"}
@@ -194,13 +194,9 @@ def lower_pte(
     except EdgeSeError:
         raise
     except Exception as exc:  # noqa: BLE001 - the converters raise many types; keep the message
-        raise EdgeSeError(f"ExecuTorch/XNNPACK lowering failed: {_first_line(exc)}") from exc
+        raise StageError("lower (ExecuTorch/XNNPACK)", first_line(exc)) from exc
     return bytes(buffer), summary, rewrites
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _load_method(data: bytes | str | os.PathLike[str]) -> Any:
@@ -211,7 +207,7 @@ def _load_method(data: bytes | str | os.PathLike[str]) -> Any:
         program = Runtime.get().load_program(src)
         method = program.load_method("forward")
     except Exception as exc:  # noqa: BLE001 - the runtime raises RuntimeError/ValueError on bad files
-        raise EdgeSeError(f"ExecuTorch runtime cannot load the program: {_first_line(exc)}") from None
+        raise EdgeSeError(f"ExecuTorch runtime cannot load the program: {first_line(exc)}") from None
     if method is None:
         raise EdgeSeError("ExecuTorch program has no 'forward' method")
     return method
@@ -245,7 +241,7 @@ def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) 
         try:
             result = method.execute([torch.from_numpy(np.ascontiguousarray(x))])
         except Exception as exc:  # noqa: BLE001 - a bad input shape surfaces as a RuntimeError
-            raise EdgeSeError(f"ExecuTorch runtime failed to run the program: {_first_line(exc)}") from None
+            raise StageError("run (ExecuTorch)", first_line(exc)) from None
         outs.append(result[0].detach().numpy().copy())
     return outs
 

@@ -21,12 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edge_se.errors import EdgeSeError
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+from edge_se.errors import EdgeSeError, StageError, first_line
 
 
 def convert_tflite(
@@ -67,7 +62,7 @@ def convert_tflite(
                 model.export(str(path))
                 data = path.read_bytes()
     except Exception as exc:  # noqa: BLE001 - the converter raises many types; keep its message
-        raise EdgeSeError(f"litert-torch conversion failed: {_first_line(exc)}") from exc
+        raise StageError("convert (litert-torch)", first_line(exc)) from exc
     return data
 
 
@@ -81,7 +76,7 @@ def _interpreter(data: bytes | str | os.PathLike[str]) -> Any:
             it = Interpreter(model_path=str(data))
         it.allocate_tensors()
     except Exception as exc:  # noqa: BLE001 - a corrupt flatbuffer raises ValueError/RuntimeError
-        raise EdgeSeError(f"LiteRT cannot load the model: {_first_line(exc)}") from None
+        raise EdgeSeError(f"LiteRT cannot load the model: {first_line(exc)}") from None
     return it
 
 
@@ -158,7 +153,7 @@ def run_tflite(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray
         try:
             out = runner(**{str(spec["name"]): arr})
         except Exception as exc:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError
-            raise EdgeSeError(f"LiteRT failed to run the model: {_first_line(exc)}") from None
+            raise StageError("run (LiteRT)", first_line(exc)) from None
         o = outs[0]
         y = np.asarray(out[str(o["name"])])
         if o["scale"] is not None:

@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from edge_se.accounting import count
 from contract.files import sha256_file
+from edge_se.accounting import count
 from edge_se.registry import get_spec
 from pipeline.cells import Cell
 from pipeline.config import RunConfig

@@ -16,9 +16,25 @@ Example:
 
 from __future__ import annotations
 
-from quantize.core import ENGINES, QuantizedModel, export_graph, quantize_model
-from quantize.policies import DEFAULT_POLICY, POLICIES, PolicyPlan, resolve_policy
-from quantize.se_pattern import SEBlock, find_se_blocks
+import importlib
+from typing import Any
+
+# Imported on first use (PEP 562): the CLI reads the policy and engine names without torch.
+_LAZY = {
+    "ENGINES": "quantize.policies", "QuantizedModel": "quantize.core", "export_graph": "quantize.core",
+    "quantize_model": "quantize.core", "DEFAULT_POLICY": "quantize.policies", "POLICIES": "quantize.policies",
+    "PolicyPlan": "quantize.policies", "resolve_policy": "quantize.policies", "SEBlock": "quantize.se_pattern",
+    "find_se_blocks": "quantize.se_pattern",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantize' has no attribute {name!r}")
+
 
 __all__ = [
     "DEFAULT_POLICY",

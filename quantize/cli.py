@@ -44,9 +44,10 @@ def _positive(flag: str):  # noqa: ANN202 - argparse type callable
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``train`` and ``quantize`` to the ``edge-se`` parser."""
-    from quantize.core import ENGINES
-    from quantize.policies import DEFAULT_POLICY, POLICIES
-    from quantize.quantizers import TARGETS
+    from contract.formats import FORMATS
+    from quantize.policies import DEFAULT_POLICY, ENGINES, POLICIES
+
+    TARGETS = tuple(FORMATS)  # noqa: N806 - the quantiser targets are the artifact formats
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("train", help="train or fine-tune a model on the CPU (digits or an image folder)",

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -22,16 +23,15 @@ from typing import Literal
 import torch
 from torch.fx import GraphModule
 
-from edge_se.errors import EdgeSeError
+from edge_se.errors import EdgeSeError, first_line
 from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
 from quantize.capture import run_graph
 from quantize.int8_ops import resolve_rewrites
 from quantize.metrics import gate_error, logits_report
-from quantize.policies import PolicyPlan, resolve_policy
+from quantize.policies import ENGINES, PolicyPlan, resolve_policy
 from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
 from quantize.se_pattern import SEBlock, find_se_blocks
 
-ENGINES: tuple[str, ...] = ("torchao", "nncf")
 # Images per calibration forward pass.
 CALIB_BATCH = 32
 # `auto` stops when the quantised logits reach both figures on its evaluation images ...
@@ -89,7 +89,10 @@ def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...
     dynamic = ({0: torch.export.Dim.DYNAMIC},) + (None,) * (len(inputs) - 1)
     try:
         return torch.export.export(model.eval(), traced, dynamic_shapes=dynamic).module()
-    except Exception:  # noqa: BLE001 - a model whose batch cannot be symbolic: keep it static
+    except Exception as exc:  # noqa: BLE001 - a model whose batch cannot be symbolic: keep it static
+        # No silent fallback: say which one was taken and why (calibration then runs batch by batch).
+        print(f"quantize: the batch dimension cannot be dynamic ({first_line(exc, 160)}); "
+              "exporting with a static batch instead", file=sys.stderr)
         return torch.export.export(model.eval(), inputs).module()
 
 

@@ -39,6 +39,9 @@ POLICIES: dict[str, tuple[str, str]] = {
 # 0.7-1 dB; NNCF's quantize_pt2e lost 2-12 dB.
 DEFAULT_POLICY: tuple[str, ...] = ("gate-coverage",)
 
+ENGINES: tuple[str, ...] = ("torchao", "nncf")
+"""The PT2E engines that run a policy: torchao's prepare/convert, or NNCF's ``quantize_pt2e``."""
+
 
 @dataclass(frozen=True)
 class PolicyPlan:

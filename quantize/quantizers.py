@@ -25,11 +25,12 @@ from typing import Literal
 
 from torch.fx import GraphModule, Node
 
+from contract.formats import FORMATS
 from quantize.int8_ops import ANNOTATION_KEY, REWRITES, annotate_int8_ops, apply_rewrites, check_rewrites, unit_qspec
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
-TARGETS: tuple[str, ...] = ("pte", "tflite")
+TARGETS: tuple[str, ...] = tuple(FORMATS)  # one quantiser per artifact format
 ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile")
 
 
