@@ -264,4 +264,28 @@ def load_config(path: str | Path) -> RunConfig:
     p = Path(path)
     if not p.is_file():
         raise EdgeSeError(f"config file {str(p)!r} does not exist")
-    return parse_config(p.read_text(encoding="utf-8"), str(p))
+    cfg = parse_config(p.read_text(encoding="utf-8"), str(p))
+    check_devices(cfg)
+    return cfg
+
+
+def check_devices(cfg: RunConfig, inventory: dict[str, Any] | None = None) -> None:
+    """Resolve every device the sweep names (URL or inventory name) before any cell runs.
+
+    A bad ``ssh://`` URL or an unknown inventory name is found here, not after an hour of export;
+    nothing is contacted (resolving a transport only parses it).
+
+    Raises:
+        EdgeSeError: one line naming the config file, the field and the device.
+    """
+    from device_bench import inventory as inv
+    from device_bench.transports import resolve
+
+    devices = inv.load() if inventory is None else inventory
+    fields = [("bench.devices", d) for d in cfg.devices]
+    fields += [(f"models[{i}].devices", d) for i, m in enumerate(cfg.models) for d in (m.devices or ())]
+    for field, device in fields:
+        try:
+            resolve(device, devices)
+        except EdgeSeError as exc:
+            raise EdgeSeError(f"{cfg.path}: {field}: {exc}") from None

@@ -92,3 +92,37 @@ def test_import_edge_se_does_not_pull_upper_layers():
         [sys.executable, "-c", code], capture_output=True, text=True, env=os.environ, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_import_edge_se_and_help_do_not_load_torch():
+    """``import edge_se`` and ``edge-se --help`` stay light: torch is loaded when a network is built."""
+    code = ("import sys, edge_se, edge_se.cli; edge_se.cli.build_parser(); "
+            "edge_se.count(edge_se.get_spec('efficientnet_b0')); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_help_never_says_default_none():
+    from edge_se.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in sub.choices.items():
+        assert "(default: None)" not in parser.format_help(), name
+
+
+def test_exit_code_2_for_bad_input_3_for_a_failed_stage(monkeypatch, capsys):
+    """Bad input is the user's to fix (2); a toolchain stage failing on valid input is not (3)."""
+    from edge_se.errors import StageError
+
+    assert main(["info", "no_such_model"]) == 2
+    assert "error:" in capsys.readouterr().err
+
+    def broken_lowering(args):
+        raise StageError("lower (ExecuTorch/XNNPACK)", "RuntimeError: unsupported op", operator="aten.foo")
+
+    monkeypatch.setattr("edge_se.cli._dispatch", broken_lowering, raising=True)
+    assert main(["models"]) == 3
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "lower (ExecuTorch/XNNPACK) failed at operator aten.foo" in err
+    with pytest.raises(StageError):
+        main(["--traceback", "models"])

@@ -315,3 +315,27 @@ def test_paths_printed_by_a_stage_are_made_relative_to_the_cell(tmp_path, monkey
     (tmp_path / cell).mkdir(parents=True)
     assert _relative("runs/demo/cells/export/.tmp-1/a.pte", cell) == "a.pte"
     assert _relative(str(tmp_path / cell / "a.pte.json"), cell) == "a.pte.json"
+
+
+@pytest.mark.parametrize(
+    ("devices", "needle"),
+    [
+        ('["ssh://-oProxyCommand=touch@host"]', "bench.devices"),
+        ('["my-board"]', "neither a transport URL nor in the inventory"),
+        ('["bluetooth://x"]', "bench.devices"),
+    ],
+)
+def test_sweep_devices_are_validated_before_the_first_cell(tmp_path, devices, needle, monkeypatch):
+    """A bad device URL or inventory name is a one-line error at load time, not after an hour of export."""
+    from pipeline.config import load_config
+
+    (tmp_path / "devices.toml").write_text("[devices]\n")  # an empty inventory: no names known
+    monkeypatch.setenv("EDGE_SE_DEVICES", str(tmp_path / "devices.toml"))
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(f"[[models]]\nname='mobilenetv3_small_050'\n[bench]\ndevices = {devices}\n")
+    with pytest.raises(EdgeSeError) as err:
+        load_config(cfg)
+    assert str(err.value).startswith(f"{cfg}: ") and needle in str(err.value) and "\n" not in str(err.value)
+    proc = subprocess.run([sys.executable, "-m", "edge_se.cli", "run", str(cfg), "--out", str(tmp_path / "r")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and not (tmp_path / "r").exists()
