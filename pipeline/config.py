@@ -282,10 +282,10 @@ def check_devices(cfg: RunConfig, inventory: dict[str, Any] | None = None) -> No
     from device_bench.transports import resolve
 
     devices = inv.load() if inventory is None else inventory
-    fields = [("bench.devices", d) for d in cfg.devices]
-    fields += [(f"models[{i}].devices", d) for i, m in enumerate(cfg.models) for d in (m.devices or ())]
-    for field, device in fields:
+    named = [("bench.devices", d) for d in cfg.devices]
+    named += [(f"models[{i}].devices", d) for i, m in enumerate(cfg.models) for d in (m.devices or ())]
+    for where, device in named:
         try:
             resolve(device, devices)
         except EdgeSeError as exc:
-            raise EdgeSeError(f"{cfg.path}: {field}: {exc}") from None
+            raise EdgeSeError(f"{cfg.path}: {where}: {exc}") from None

@@ -9,7 +9,7 @@ Every figure comes from the run's measured results; a section with no data says 
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +43,11 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(c) if not isinstance(c, str) else c for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    """A GitHub-flavoured markdown table (tabulate); non-string cells through :func:`_fmt`."""
+    from tabulate import tabulate
+
+    cells = [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
+    return tabulate(cells, headers=header, tablefmt="github", disable_numparse=True)
 
 
 def _local(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], float]:
@@ -327,49 +329,41 @@ def render_markdown(res: RunResults, sections: list[Section]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _md_table_to_html(block: str) -> str:
-    rows = [r.strip().strip("|").split(" | ") for r in block.strip().splitlines()]
-    head, body = rows[0], rows[2:]
-    out = ["<table><thead><tr>" + "".join(f"<th>{html.escape(c.strip())}</th>" for c in head) + "</tr></thead><tbody>"]
-    for r in body:
-        out.append("<tr>" + "".join(f"<td>{_inline(c.strip())}</td>" for c in r) + "</tr>")
-    return "\n".join(out) + "</tbody></table>"
+@functools.cache
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")
 
 
-def _inline(text: str) -> str:
-    t = html.escape(text)
-    t = re.sub(r"`([^`]+)`", r"<code>\1</code>", t)
-    return re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", t)
+@functools.cache
+def _template() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pipeline", "templates"),
+                             autoescape=jinja2.select_autoescape(["html", "j2"]))
+    return env.get_template("report.html.j2")
 
 
 def render_html(res: RunResults, sections: list[Section]) -> str:
-    """report.html: one file, every image embedded as a data URI."""
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>edge-se report</title><style>",
-        "body{font-family:system-ui,sans-serif;max-width:1300px;margin:2em auto;padding:0 1em;color:#222}",
-        "table{border-collapse:collapse;font-size:13px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 7px}",
-        "th{background:#f2f2f2}img{max-width:100%;border:1px solid #eee}code{font-size:12px}</style></head><body>",
-        "<h1>edge-se report</h1>",
-        f"<p>Run <code>{html.escape(str(res.run_dir))}</code>, {html.escape(str(res.index.get('seconds', '?')))}"
-        " s of work.</p>",
+    """report.html: one file, every image embedded as a data URI; markdown through markdown-it, page through Jinja2."""
+    import markupsafe
+
+    md = _markdown()
+    statuses: dict[str, int] = {}
+    for e in res.index.get("cells", {}).values():
+        statuses[e.get("status", "?")] = statuses.get(e.get("status", "?"), 0) + 1
+    summary = "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
+    rendered = [
+        {
+            "title": sec.title,
+            "image": base64.b64encode(sec.image.read_bytes()).decode() if sec.image is not None else None,
+            "body": markupsafe.Markup(md.render("\n\n".join(sec.body))),
+        }
+        for sec in sections
     ]
-    for sec in sections:
-        parts.append(f"<h2>{html.escape(sec.title)}</h2>")
-        if sec.image is not None:
-            data = base64.b64encode(sec.image.read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(sec.title)}' src='data:image/png;base64,{data}'>")
-        items = []
-        for block in sec.body:
-            if block.startswith("|"):
-                parts.append(_md_table_to_html(block))
-            elif block.startswith("- "):
-                items.append(f"<li>{_inline(block[2:])}</li>")
-            else:
-                parts.append(f"<p>{_inline(block)}</p>")
-        if items:
-            parts.append("<ul>" + "".join(items) + "</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return _template().render(run_dir=str(res.run_dir), seconds=res.index.get("seconds", "?"),
+                              summary=markupsafe.Markup(md.render(summary)), sections=rendered)
 
 
 def write_report(run_dir: str | Path) -> dict[str, str]:
