@@ -17,7 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is n
 from device_artifacts import artifacts  # noqa: E402,F401  (session fixture)
 
 from benchmarks.peers import table, timing  # noqa: E402
-from benchmarks.peers.manifests import peer_artifact_name, peer_manifest, tensor_entry, write_json_atomic  # noqa: E402
+from benchmarks.peers.manifests import peer_artifact_name, peer_manifest, tensor_entry  # noqa: E402
+from contract.manifest import write_manifest  # noqa: E402
 from export import partitions  # noqa: E402
 
 EXACT = 1e-12
@@ -237,7 +238,7 @@ def test_peer_names_and_manifest_load_in_the_runner(tmp_path):
                                                              scale=0.5, zero_point=-3)],
                         outputs=[tensor_entry("output_0", [1, 1000], "int8", scale=0.1, zero_point=0)],
                         source="keras.applications.EfficientNetB0", versions={})
-    write_json_atomic(art.with_name(art.name + ".json"), doc)
+    write_manifest(art, doc)
     m = load_manifest(art.with_name(art.name + ".json"))
     assert verify_artifact(art, m) == doc["sha256"]
     assert m.inputs[0].scale == 0.5 and m.inputs[0].zero_point == -3 and m.dtype == "int8"

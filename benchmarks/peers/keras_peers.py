@@ -32,8 +32,8 @@ from benchmarks.peers.manifests import (
     peer_manifest,
     tensor_entry,
     write_bytes_atomic,
-    write_json_atomic,
 )
+from contract.manifest import write_manifest
 
 REPRESENTATIVE_IMAGES = 8
 """Images in the representative dataset (generated, seeded): ranges only, latency does not depend on them."""
@@ -174,7 +174,7 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
                                 resolution=resolution, inputs=inputs, outputs=outputs, source=source,
                                 versions=_versions(), delegation=tflite_report(path), quantization=quant,
                                 params=int(model.count_params()))
-            write_json_atomic(path.with_name(path.name + ".json"), doc)
+            write_manifest(path, doc)
             record.update(size_bytes=doc["size_bytes"], build_s=round(time.perf_counter() - t0, 1))
         except Exception as exc:  # noqa: BLE001 - a converter failure is a result of the benchmark
             text = str(exc).strip().splitlines()

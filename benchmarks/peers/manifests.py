@@ -1,19 +1,19 @@
 """Manifests (``edge-se/manifest/1``, docs/manifest.md) for peer artifacts, and peer naming.
 
-Standard library only: imported both by the main-venv builders and by the TensorFlow builder that
-runs in the benchmark-only ``.venv-peers`` (which holds neither torch nor edge_se).
+Standard library and :mod:`contract` only: imported both by the main-venv builders and by the
+TensorFlow builder that runs in the benchmark-only ``.venv-peers`` (which holds neither torch nor
+edge_se). The manifest itself, its schema, naming and atomic writes are :mod:`contract`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "edge-se/manifest/1"
+from contract.files import publish, sha256_file
+from contract.formats import FORMATS
+from contract.manifest import SCHEMA
 
 ARCHS = ("efficientnet_b0", "mobilenetv3_large_100")
 """The architectures compared, by edge-se registry name (the table's key)."""
@@ -26,8 +26,6 @@ RECIPES: dict[str, dict[str, str]] = {
 }
 """Who built an artifact -> format -> one-line description (edge-se first, then the peers)."""
 
-EXTENSIONS = {"pte": "pte", "tflite": "tflite"}
-BACKENDS = {"pte": "xnnpack", "tflite": "litert"}
 
 
 def peer_artifact_name(arch: str, recipe: str, dtype: str, fmt: str) -> str:
@@ -43,16 +41,7 @@ def peer_artifact_name(arch: str, recipe: str, dtype: str, fmt: str) -> str:
         raise ValueError(f"unknown recipe/format {recipe}/{fmt}; valid: {valid}")
     if dtype not in ("fp32", "int8"):
         raise ValueError(f"unknown dtype {dtype!r}; valid: fp32, int8")
-    return f"{arch}_{recipe}_{dtype}.{EXTENSIONS[fmt]}"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return f"{arch}_{recipe}_{dtype}.{FORMATS[fmt].ext}"
 
 
 def tensor_entry(name: str, shape: list[int], dtype: str, *, layout: str | None = None,
@@ -100,13 +89,13 @@ def peer_manifest(
         params: parameter count of the source model.
     """
     p = Path(artifact)
-    if fmt not in BACKENDS:
-        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(BACKENDS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     return {
         "schema": SCHEMA,
         "artifact": p.name,
         "format": fmt,
-        "backend": BACKENDS[fmt],
+        "backend": FORMATS[fmt].backend,
         "dtype": dtype,
         "model": arch,
         "peer": {"recipe": recipe, "source": source, "description": RECIPES[recipe][fmt]},
@@ -128,27 +117,5 @@ def peer_manifest(
     }
 
 
-def write_json_atomic(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
-    """Write ``doc`` as JSON through a temporary file and a rename (mode 0644).
-
-    edge_se.atomic does the same, but this module must also run in ``.venv-peers``, which has no
-    edge_se (it would pull in torch).
-    """
-    write_bytes_atomic(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, fsync and rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_bytes_atomic = publish
+"""Artifacts are written like every build output: atomically, mode 0644 (:func:`contract.files.publish`)."""

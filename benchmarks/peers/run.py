@@ -27,8 +27,7 @@ from typing import Any
 
 from benchmarks.peers import table, timing
 from benchmarks.peers.manifests import ARCHS, RECIPES, peer_artifact_name
-
-EDGE_SE_BACKENDS = {"pte": "xnnpack", "tflite": "litert"}
+from contract.formats import artifact_name
 
 
 def expected_artifacts(out: Path, archs: list[str]) -> list[dict[str, Any]]:
@@ -39,7 +38,7 @@ def expected_artifacts(out: Path, archs: list[str]) -> list[dict[str, Any]]:
             for fmt in fmts:
                 for dtype in ("int8", "fp32"):
                     if recipe == "edge-se":
-                        path = out / "edge_se" / f"{arch}_{EDGE_SE_BACKENDS[fmt]}_{dtype}.{fmt}"
+                        path = out / "edge_se" / artifact_name(arch, fmt, dtype)
                     else:
                         path = out / "peers" / peer_artifact_name(arch, recipe, dtype, fmt)
                     arts.append({"key": table.artifact_key(arch, recipe, fmt, dtype), "arch": arch,

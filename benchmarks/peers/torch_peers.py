@@ -39,8 +39,8 @@ from benchmarks.peers.manifests import (
     peer_manifest,
     tensor_entry,
     write_bytes_atomic,
-    write_json_atomic,
 )
+from contract.manifest import write_manifest
 
 TORCHVISION = {"efficientnet_b0": "efficientnet_b0", "mobilenetv3_large_100": "mobilenet_v3_large"}
 """edge-se architecture -> torchvision builder name."""
@@ -209,7 +209,7 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
                 doc = peer_manifest(path, fmt=fmt, dtype=dtype, arch=arch, recipe=recipe, resolution=resolution,
                                     inputs=inputs, outputs=outputs, source=source, versions=versions,
                                     delegation=delegation, quantization=quant, params=params)
-                write_json_atomic(path.with_name(path.name + ".json"), doc)
+                write_manifest(path, doc)
                 record.update(size_bytes=doc["size_bytes"], build_s=round(time.perf_counter() - t0, 1))
             except Exception as exc:  # noqa: BLE001 - a converter failure is a result of the benchmark
                 text = str(exc).strip().splitlines()
