@@ -10,8 +10,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_se.lazy import lazy_attributes
 
 # Names -> the module that defines them, imported on first use (PEP 562): ``import edge_se`` stays
 # light (no torch), so the CLI answers ``--help`` at once and torch-free code can import the package.
@@ -25,18 +24,7 @@ _LAZY = {
     "ArchSpec": "edge_se.specs", "SESpec": "edge_se.specs", "StageSpec": "edge_se.specs",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'edge_se' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __version__ = "0.1.0"
 

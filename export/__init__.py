@@ -19,8 +19,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_se.lazy import lazy_attributes
 
 # Names -> the submodule that defines them, imported on first use (PEP 562): `export.partitions`
 # must import without torch (it also runs in the TensorFlow-only .venv-peers).
@@ -36,11 +35,7 @@ _LAZY = {
     "verify_artifact": "export.verify",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'export' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "SCHEMA",

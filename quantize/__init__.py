@@ -16,8 +16,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from edge_se.lazy import lazy_attributes
 
 # Imported on first use (PEP 562): the CLI reads the policy and engine names without torch.
 _LAZY = {
@@ -27,14 +26,7 @@ _LAZY = {
     "find_se_blocks": "quantize.se_pattern",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantize' has no attribute {name!r}")
-
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 __all__ = [
     "DEFAULT_POLICY",
