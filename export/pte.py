@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.errors import ContractError
 from edge_se.errors import EdgeSeError, StageError, first_line
 
 # Ops that only move data between a delegate and the program (no arithmetic).
@@ -191,7 +192,7 @@ def lower_pte(
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner(configs=configs)])
         summary = delegation_summary(edge)
         buffer = edge.to_executorch().buffer
-    except EdgeSeError:
+    except ContractError:  # bad input found on the way (EdgeSeError is one): not a lowering failure
         raise
     except Exception as exc:  # noqa: BLE001 - the converters raise many types; keep the message
         raise StageError("lower (ExecuTorch/XNNPACK)", first_line(exc)) from exc

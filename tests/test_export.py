@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_export_cache import RESOLUTION, exported
 
-from edge_se.errors import EdgeSeError
+from contract.errors import ContractError
 from export import parity as par
 from export.manifest import REQUIRED_KEYS, VERSIONED, artifact_name, read_manifest, sha256_file
 from export.pipeline import Calibration, ExportOptions, ParityFailure, export_one, parity_inputs
@@ -217,7 +217,7 @@ def test_sqnr_and_cosine_values():
 def test_artifact_name_rejects_unknown_choices():
     assert artifact_name("efficientnet_b0", "pte", "int8") == "efficientnet_b0_xnnpack_int8.pte"
     assert artifact_name("efficientnet_b0", "tflite", "fp32") == "efficientnet_b0_litert_fp32.tflite"
-    with pytest.raises(EdgeSeError, match="valid: pte, tflite"):
+    with pytest.raises(ContractError, match="valid: pte, tflite"):
         artifact_name("m", "onnx", "fp32")
-    with pytest.raises(EdgeSeError, match="valid: fp32, int8"):
+    with pytest.raises(ContractError, match="valid: fp32, int8"):
         artifact_name("m", "pte", "fp16")
