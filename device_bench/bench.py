@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import files as atomic
 from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
 from device_bench.transports import resolve
 from device_bench.transports.base import DeviceError, RunOptions, Transport
-from contract import files as atomic
 from edge_se.errors import EdgeSeError
 
 PACKAGE_DIR = Path(__file__).resolve().parent

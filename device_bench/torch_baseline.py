@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from device_bench import stats, sysinfo
 from contract import files as atomic
+from device_bench import stats, sysinfo
 from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")

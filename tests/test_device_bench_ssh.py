@@ -190,8 +190,31 @@ def test_ssh_url_parsing():
     t = SshTransport.from_url("ssh://pi@raspberrypi.local:2222")
     assert (t.user, t.host, t.port) == ("pi", "raspberrypi.local", 2222)
     cmd = t.base_command()
-    assert cmd[-2:] == ["pi@raspberrypi.local", "--"] and "BatchMode=yes" in cmd and "2222" in cmd
+    assert cmd[-2:] == ["--", "pi@raspberrypi.local"] and "BatchMode=yes" in cmd and "2222" in cmd
     assert SshTransport.from_url("ssh://board").user is None
     for bad in ("ssh://", "ssh://a@b@c", "ssh://host:99999", "ssh://host:port"):
         with pytest.raises(DeviceError, match="ssh://"):
             SshTransport.from_url(bad)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ssh://-oProxyCommand=touch${IFS}/tmp/edge_se_pwned@host", "ssh://-oProxyCommand=id", "ssh://pi@-oProxyCommand=id"],
+)
+def test_ssh_destination_that_looks_like_an_option_is_refused_and_runs_nothing(url, monkeypatch):
+    """``ssh://-oProxyCommand=...`` would make ssh run a local command: refused before any process starts."""
+    from device_bench.transports import from_url
+    from device_bench.transports.base import DeviceError
+    from device_bench.transports.ssh import SshTransport
+
+    def no_process(*a, **k):
+        raise AssertionError(f"a process was started: {a}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    with pytest.raises(DeviceError, match="may not start with '-'"):
+        from_url(url)
+    with pytest.raises(DeviceError, match="may not start with '-'"):
+        SshTransport("-oProxyCommand=id", name="board")  # the inventory path (host/user given as fields)
+    with pytest.raises(DeviceError, match="may not start with '-'"):
+        SshTransport("host", user="-oProxyCommand=id", name="board")

@@ -46,6 +46,10 @@ class SshTransport:
     def __init__(self, host: str, *, user: str | None = None, port: int | None = None, name: str | None = None,
                  options: dict[str, Any] | None = None) -> None:
         opts = dict(options or {})
+        for what, value in (("host", host), ("user", user)):
+            # ssh would read "-oProxyCommand=..." as an option and run it: refuse, never quote around it.
+            if value is not None and (not value or value.startswith("-")):
+                raise DeviceError(f"device {name or host!r}: ssh {what} {value!r} may not start with '-' or be empty")
         self.host, self.user, self.port = host, user, port
         self.url = f"ssh://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}"
         self.name = name or self.url
@@ -59,6 +63,10 @@ class SshTransport:
     @classmethod
     def from_url(cls, url: str, *, name: str | None = None, options: dict[str, Any] | None = None) -> SshTransport:
         """Parse ``ssh://[user@]host[:port]``; raise naming the URL when it is malformed."""
+        user_part, _, host_part = url.removeprefix("ssh://").rpartition("@")
+        if user_part.startswith("-") or host_part.startswith("-"):
+            raise DeviceError(f"device {url!r}: ssh user or host may not start with '-' "
+                              "(ssh would read it as an option)")
         m = _URL.match(url)
         if not m:
             raise DeviceError(f"device {url!r}: expected ssh://[user@]host[:port]")
@@ -76,7 +84,9 @@ class SshTransport:
         if self.port:
             cmd += ["-p", str(self.port)]
         cmd += self.ssh_options
-        cmd += [f"{self.user}@{self.host}" if self.user else self.host, "--"]
+        # "--" ends ssh's options, so the destination can never be read as one (defence in depth
+        # beside the check in __init__); everything after the destination is the remote command.
+        cmd += ["--", f"{self.user}@{self.host}" if self.user else self.host]
         return cmd
 
     def ssh(self, argv: Sequence[str], *, timeout_s: float, what: str, stdin: bytes | None = None,
