@@ -18,6 +18,7 @@ from edge_se.errors import EdgeSeError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: The on-device runner: these modules only (numpy + a runtime; no torch, no edge_se).
+CONTRACT_DIR = PACKAGE_DIR.parent / "contract"  # the runner reads manifests through it (stdlib only)
 RUNNER_MODULES = ("__init__.py", "runner.py", "stats.py", "manifest.py", "sysinfo.py", "runtimes.py")
 
 RunnerKind = Literal["auto", "python", "native"]
@@ -71,11 +72,16 @@ class Transport(Protocol):
 
 
 def stage_runner(dest: Path) -> Path:
-    """Copy the on-device runner package into ``dest/device_bench``; return ``dest``."""
+    """Copy the on-device runner into ``dest``: ``device_bench`` (:data:`RUNNER_MODULES`) and ``contract``."""
     pkg = dest / "device_bench"
     pkg.mkdir(parents=True, exist_ok=True)
     for name in RUNNER_MODULES:
         shutil.copy2(PACKAGE_DIR / name, pkg / name)
+    contract = dest / "contract"
+    contract.mkdir(parents=True, exist_ok=True)
+    for f in CONTRACT_DIR.iterdir():
+        if f.suffix == ".py" or f.name.endswith(".schema.json"):
+            shutil.copy2(f, contract / f.name)
     return dest
 
 
