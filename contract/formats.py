@@ -1,8 +1,8 @@
 """The artifact formats, dtypes and file naming: the one table every layer reads.
 
-A format is data here (its backend name in file names, its extension, the runtime that runs
-it); the code that lowers to it lives in ``export.backends`` and the code that runs it on a
-device in ``device_bench.runtimes``, one file each.
+A format is data here (its backend name in file names and its extension); the code that
+lowers to it lives in ``export`` (``pte.py``, ``tflite.py``) and the code that runs it on a device
+in ``device_bench.runtimes``.
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ class FormatSpec:
     name: str
     backend: str  # the delegate, in artifact file names (``..._xnnpack_int8.pte``)
     ext: str  # file extension without the dot
-    runtime: str  # the runtime that runs it, as device_bench.runtimes names it
 
 
 FORMATS: dict[str, FormatSpec] = {
-    "pte": FormatSpec("pte", backend="xnnpack", ext="pte", runtime="executorch"),
-    "tflite": FormatSpec("tflite", backend="litert", ext="tflite", runtime="litert"),
+    "pte": FormatSpec("pte", backend="xnnpack", ext="pte"),
+    "tflite": FormatSpec("tflite", backend="litert", ext="tflite"),
 }
 DTYPES: tuple[str, ...] = ("fp32", "int8")
 
@@ -39,23 +38,12 @@ def format_spec(fmt: str, *, flag: str = "--format") -> FormatSpec:
         raise ContractError(f"{flag}: unknown format {fmt!r}; valid: {', '.join(FORMATS)}") from None
 
 
-def format_of(path: str | os.PathLike[str]) -> str:
-    """The format of an artifact file from its extension (``.pte`` -> ``pte``)."""
-    ext = Path(path).suffix.lstrip(".")
-    for spec in FORMATS.values():
-        if spec.ext == ext:
-            return spec.name
-    valid = ", ".join("." + s.ext for s in FORMATS.values())
-    raise ContractError(f"{path}: unknown artifact extension {ext!r}; valid: {valid}")
-
-
-def artifact_name(model: str, fmt: str, dtype: str, *, tag: str | None = None) -> str:
-    """``{model}_{backend}_{dtype}[_{tag}].{ext}``, e.g. ``efficientnet_b0_xnnpack_int8.pte``."""
+def artifact_name(model: str, fmt: str, dtype: str) -> str:
+    """``{model}_{backend}_{dtype}.{ext}``, e.g. ``efficientnet_b0_xnnpack_int8.pte``."""
     spec = format_spec(fmt)
     if dtype not in DTYPES:
         raise ContractError(f"--dtype: unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
-    suffix = f"_{tag}" if tag else ""
-    return f"{model}_{spec.backend}_{dtype}{suffix}.{spec.ext}"
+    return f"{model}_{spec.backend}_{dtype}.{spec.ext}"
 
 
 def manifest_path(artifact: str | os.PathLike[str]) -> Path:

@@ -83,16 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    return int(args.func(args) or 0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``edge-se`` command line; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _dispatch(args)
+        return int(args.func(args) or 0)
     except ContractError as exc:  # bad input (EdgeSeError derives from it): the user can fix it
         if args.traceback:
             raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -304,6 +305,12 @@ def _scaling_section(res: RunResults, local: dict[Any, float], out: Path) -> Sec
     return s
 
 
+def _cells_line(res: RunResults) -> str:
+    """``Cells: 50 done, 1 failed.``: how many cells of the run ended in each status."""
+    statuses = Counter(e.get("status", "?") for e in res.index.get("cells", {}).values())
+    return "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
+
+
 def render_markdown(res: RunResults, sections: list[Section]) -> str:
     """report.md: images referenced as files beside it."""
     idx = res.index
@@ -314,10 +321,7 @@ def render_markdown(res: RunResults, sections: list[Section]) -> str:
         f"{idx.get('seconds', '?')} s of work.",
         "",
     ]
-    statuses: dict[str, int] = {}
-    for e in idx.get("cells", {}).values():
-        statuses[e.get("status", "?")] = statuses.get(e.get("status", "?"), 0) + 1
-    lines.append("Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + ".")
+    lines.append(_cells_line(res))
     failed = [(cid, e.get("error")) for cid, e in idx.get("cells", {}).items() if e.get("status") == "failed"]
     for cid, err in failed:
         lines.append(f"- failed `{cid}`: {err}")
@@ -350,10 +354,6 @@ def render_html(res: RunResults, sections: list[Section]) -> str:
     import markupsafe
 
     md = _markdown()
-    statuses: dict[str, int] = {}
-    for e in res.index.get("cells", {}).values():
-        statuses[e.get("status", "?")] = statuses.get(e.get("status", "?"), 0) + 1
-    summary = "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
     rendered = [
         {
             "title": sec.title,
@@ -363,7 +363,7 @@ def render_html(res: RunResults, sections: list[Section]) -> str:
         for sec in sections
     ]
     return _template().render(run_dir=str(res.run_dir), seconds=res.index.get("seconds", "?"),
-                              summary=markupsafe.Markup(md.render(summary)), sections=rendered)
+                              summary=markupsafe.Markup(md.render(_cells_line(res))), sections=rendered)
 
 
 def write_report(run_dir: str | Path) -> dict[str, str]:

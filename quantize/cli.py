@@ -44,10 +44,8 @@ def _positive(flag: str):  # noqa: ANN202 - argparse type callable
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``train`` and ``quantize`` to the ``edge-se`` parser."""
-    from contract.formats import FORMATS
+    from contract.formats import FORMATS  # the quantiser targets are the artifact formats
     from quantize.policies import DEFAULT_POLICY, ENGINES, POLICIES
-
-    TARGETS = tuple(FORMATS)  # noqa: N806 - the quantiser targets are the artifact formats
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("train", help="train or fine-tune a model on the CPU (digits or an image folder)",
@@ -70,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--policy", default=",".join(DEFAULT_POLICY),
                    help=f"NAME[,NAME] from: {', '.join(POLICIES)}")
     p.add_argument("--engine", choices=ENGINES, default="torchao", help="PT2E engine")
-    p.add_argument("--target", choices=TARGETS, default="pte", help="pte: XNNPACK quantizer; tflite: litert-torch's")
+    p.add_argument("--target", choices=tuple(FORMATS), default="pte",
+                   help="pte: XNNPACK quantizer; tflite: litert-torch's")
     p.add_argument("--int8-rewrites", default="default", metavar="default|none|NAME[,NAME]",
                    help="graph rewrites that keep activations and SE gates in int8 (quantize.int8_ops)")
     p.add_argument("--calib", default="digits", help="calibration data: digits, a folder, or random (smoke tests)")

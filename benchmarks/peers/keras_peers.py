@@ -31,8 +31,8 @@ from benchmarks.peers.manifests import (
     peer_artifact_name,
     peer_manifest,
     tensor_entry,
-    write_bytes_atomic,
 )
+from contract.files import publish
 from contract.manifest import write_manifest
 
 REPRESENTATIVE_IMAGES = 8
@@ -165,7 +165,7 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
                                   "artifact": str(path)}
         t0 = time.perf_counter()
         try:
-            write_bytes_atomic(path, convert(model, dtype, representative))
+            publish(path, convert(model, dtype, representative))
             inputs, outputs = tflite_tensors(path)
             quant = None if dtype == "fp32" else {
                 "engine": "tensorflow TFLiteConverter", "policy": ["full-integer"],

@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from contract.files import publish, sha256_file
-from contract.formats import FORMATS
+from contract.files import sha256_file
+from contract.formats import DTYPES, FORMATS
 from contract.manifest import SCHEMA
 
 ARCHS = ("efficientnet_b0", "mobilenetv3_large_100")
@@ -39,8 +39,8 @@ def peer_artifact_name(arch: str, recipe: str, dtype: str, fmt: str) -> str:
     if recipe not in RECIPES or fmt not in RECIPES[recipe]:
         valid = ", ".join(f"{r}/{f}" for r, fs in RECIPES.items() for f in fs)
         raise ValueError(f"unknown recipe/format {recipe}/{fmt}; valid: {valid}")
-    if dtype not in ("fp32", "int8"):
-        raise ValueError(f"unknown dtype {dtype!r}; valid: fp32, int8")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     return f"{arch}_{recipe}_{dtype}.{FORMATS[fmt].ext}"
 
 
@@ -115,7 +115,3 @@ def peer_manifest(
         "weights": {"source": "random",
                     "batchnorm": "random affine parameters, statistics estimated on generated images"},
     }
-
-
-write_bytes_atomic = publish
-"""Artifacts are written like every build output: atomically, mode 0644 (:func:`contract.files.publish`)."""

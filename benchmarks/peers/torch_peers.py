@@ -38,8 +38,8 @@ from benchmarks.peers.manifests import (
     peer_artifact_name,
     peer_manifest,
     tensor_entry,
-    write_bytes_atomic,
 )
+from contract.files import publish
 from contract.manifest import write_manifest
 
 TORCHVISION = {"efficientnet_b0": "efficientnet_b0", "mobilenetv3_large_100": "mobilenet_v3_large"}
@@ -132,7 +132,7 @@ def build_tflite(model: nn.Module, example: torch.Tensor, path: Path, *, quantiz
     tmp = path.with_name(f".{path.name}.tmp")
     with contextlib.redirect_stdout(io.StringIO()):  # the converter prints progress on stdout
         litert_torch.convert(model, (example,), **kwargs).export(str(tmp))
-    write_bytes_atomic(path, tmp.read_bytes())
+    publish(path, tmp.read_bytes())
     tmp.unlink()
 
 
@@ -187,7 +187,7 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
                                  "config": "get_symmetric_quantization_config(is_per_channel=True)",
                                  "calibration": {"source": "random", "samples": len(calib)}}
                     data, delegation = build_pte(graph, example)
-                    write_bytes_atomic(path, data)
+                    publish(path, data)
                     ins, outs = pte_io(path)
                     inputs = [tensor_entry("x", i["shape"], i["dtype"], layout="NCHW") for i in ins]
                     outputs = [tensor_entry(f"output_{k}", o["shape"], o["dtype"]) for k, o in enumerate(outs)]
@@ -229,7 +229,7 @@ def write_edge_se_weights(arch: str, path: Path, *, seed: int = 0) -> Path:
     randomize_batchnorm(model, seed=seed)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    write_bytes_atomic(path, buf.getvalue())
+    publish(path, buf.getvalue())
     return path
 
 

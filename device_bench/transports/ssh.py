@@ -37,6 +37,13 @@ _SSH_FAILURES = (
 )
 
 
+def _refuse_option_like(device: str, what: str, value: str | None) -> None:
+    """Refuse an ssh user or host that ssh would read as an option ("-oProxyCommand=..." runs a command)."""
+    if value is not None and (not value or value.startswith("-")):
+        raise DeviceError(f"device {device!r}: ssh {what} {value!r} may not start with '-' or be empty "
+                          "(ssh would read it as an option)")
+
+
 class SshTransport:
     """A Linux device reached with OpenSSH."""
 
@@ -47,9 +54,7 @@ class SshTransport:
                  options: dict[str, Any] | None = None) -> None:
         opts = dict(options or {})
         for what, value in (("host", host), ("user", user)):
-            # ssh would read "-oProxyCommand=..." as an option and run it: refuse, never quote around it.
-            if value is not None and (not value or value.startswith("-")):
-                raise DeviceError(f"device {name or host!r}: ssh {what} {value!r} may not start with '-' or be empty")
+            _refuse_option_like(name or host, what, value)
         self.host, self.user, self.port = host, user, port
         self.url = f"ssh://{user + '@' if user else ''}{host}{':' + str(port) if port else ''}"
         self.name = name or self.url
@@ -63,10 +68,10 @@ class SshTransport:
     @classmethod
     def from_url(cls, url: str, *, name: str | None = None, options: dict[str, Any] | None = None) -> SshTransport:
         """Parse ``ssh://[user@]host[:port]``; raise naming the URL when it is malformed."""
+        # Before the URL pattern, so "-oProxyCommand=a/b" is refused for what it is, not as malformed.
         user_part, _, host_part = url.removeprefix("ssh://").rpartition("@")
-        if user_part.startswith("-") or host_part.startswith("-"):
-            raise DeviceError(f"device {url!r}: ssh user or host may not start with '-' "
-                              "(ssh would read it as an option)")
+        _refuse_option_like(url, "user", user_part or None)
+        _refuse_option_like(url, "host", host_part)
         m = _URL.match(url)
         if not m:
             raise DeviceError(f"device {url!r}: expected ssh://[user@]host[:port]")
