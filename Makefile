@@ -113,6 +113,6 @@ train-demo: $(STAMP)  ## train the default demo model (mobilenetv3_small_100, di
 .PHONY: bench-quant train-demo
 
 bench-cli: $(STAMP)  ## edge-se --help wall time (farm-bench, paired with `import torch`) -> results/bench_cli.md
-	farm-bench -n 7 --vs "$(CURDIR)/$(PY) -c 'import torch'" -- $(CURDIR)/$(VENV)/bin/edge-se --help | tee results/bench_cli.txt
+	PY=$(PY) EDGE_SE=$(VENV)/bin/edge-se bash scripts/bench_cli.sh
 
 .PHONY: bench-cli
