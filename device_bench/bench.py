@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from contract import files as atomic
+from contract.provenance import git_commit
 from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
 from device_bench.transports import resolve
 from device_bench.transports.base import DeviceError, RunOptions, Transport
 from edge_se.errors import EdgeSeError
-
-PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -59,15 +57,6 @@ def prepare(artifacts: Sequence[str | Path]) -> list[Job]:
     return jobs
 
 
-def commit() -> str | None:
-    """The git commit of the edge-se checkout, if it is one."""
-    try:
-        proc = subprocess.run(["git", "-C", str(PACKAGE_DIR), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
-
 
 def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]:
     m = job.manifest.raw
@@ -85,7 +74,7 @@ def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]
         "emulated": transport.emulated,
         "repeats_requested": opts.repeats,
         "cooldown_s": opts.cooldown,
-        "commit": commit(),
+        "commit": git_commit(),
         "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -21,16 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import append_line, write_text
+from contract.provenance import git_commit
 
 DEFAULT_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "seresnet50")
 
-
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def bench_model(
@@ -89,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = Path(args.results)
     jsonl = results / "bench_export.jsonl"
     dtypes = ["fp32", "int8"] if args.dtype == "all" else [args.dtype]
-    commit = _commit()
+    commit = git_commit(short=True)
     failed = False
     with tempfile.TemporaryDirectory(prefix="edge_se_bench_export_") as tmp:
         for model in [m.strip() for m in args.models.split(",") if m.strip()]:

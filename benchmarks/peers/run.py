@@ -28,6 +28,7 @@ from typing import Any
 from benchmarks.peers import table, timing
 from benchmarks.peers.manifests import ARCHS, RECIPES, peer_artifact_name
 from contract.formats import artifact_name
+from contract.provenance import git_commit
 
 
 def expected_artifacts(out: Path, archs: list[str]) -> list[dict[str, Any]]:
@@ -153,13 +154,6 @@ def collect(arts: list[dict[str, Any]], errors: dict[str, str]) -> list[dict[str
     return arts
 
 
-def _commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
 
 def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple[str, int], dict[str, Any]],
                   threads: list[int], meta: dict[str, Any]) -> tuple[Path, Path]:
@@ -260,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     from device_bench.sysinfo import describe
 
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "commit": _commit(), "machine": describe(), "loadavg_start": list(load_start),
+            "commit": git_commit(short=True), "machine": describe(), "loadavg_start": list(load_start),
             "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
             "threads": args.threads, "runner": {"runs": args.runs, "warmup": args.warmup,
                                                 "min_seconds": args.min_seconds}}
