@@ -21,6 +21,7 @@ from typing import Any
 
 from contract.files import append_line, write_text
 from contract.provenance import git_commit
+from edge_se.tables import Column, table
 
 DEFAULT_MODELS = ("mobilenetv3_small_100", "mobilenetv3_large_100", "efficientnet_b0", "seresnet50")
 
@@ -57,17 +58,19 @@ def bench_model(
     return records
 
 
+_COLUMNS = (
+    Column("model", "model"), Column("format", "format"), Column("dtype", "dtype"), Column("res", "resolution", align="right"),
+    Column("wall s", lambda r: str(r["wall_s"]), align="right"),
+    Column("convert s", lambda r: str(r.get("convert_s") or "-"), align="right"),
+    Column("size MB", lambda r: f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-", align="right"),
+    Column("parity", lambda r: {True: "pass", False: "FAIL", None: "-"}[r.get("parity_passed")]),
+    Column("commit", "commit"),
+)
+
+
 def markdown(records: Sequence[dict[str, Any]]) -> str:
     """A markdown table of the records (one row per artifact)."""
-    head = "| model | format | dtype | res | wall s | convert s | size MB | parity | commit |\n"
-    head += "|---|---|---|---:|---:|---:|---:|---|---|\n"
-    rows = []
-    for r in records:
-        size = f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-"
-        parity = {True: "pass", False: "FAIL", None: "-"}[r.get("parity_passed")]
-        rows.append(f"| {r['model']} | {r['format']} | {r['dtype']} | {r['resolution']} | {r['wall_s']} | "
-                    f"{r.get('convert_s') or '-'} | {size} | {parity} | {r.get('commit') or '-'} |")
-    return "# Export benchmark\n\n" + head + "\n".join(rows) + "\n"
+    return "# Export benchmark\n\n" + table(_COLUMNS, records) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import write_text
+from edge_se import tables
 from edge_se.registry import NOSE_SUFFIX
+from edge_se.tables import Column, fmt
 from pipeline import plots
 from pipeline.collect import RunResults, artifact_rows, baseline_rows, bench_rows, load_cells, quant_rows
 
@@ -33,24 +35,6 @@ class Section:
     image: Path | None = None
 
 
-def _fmt(v: Any, spec: str = ".3g") -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, (int, float)):
-        return format(v, spec)
-    return str(v)
-
-
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    """A GitHub-flavoured markdown table (tabulate); non-string cells through :func:`_fmt`."""
-    from tabulate import tabulate
-
-    cells = [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
-    return tabulate(cells, headers=header, tablefmt="github", disable_numparse=True)
-
-
 def _local(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], float]:
     """(model, format, dtype, policy) -> local p50 ms."""
     return {
@@ -60,148 +44,23 @@ def _local(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], float]
     }
 
 
+@dataclass(frozen=True)
+class _Inputs:
+    """What every section reads: the run's rows, collected once."""
+
+    res: RunResults
+    arts: list[dict[str, Any]]
+    benches: list[dict[str, Any]]
+    quants: list[dict[str, Any]]
+    local: dict[tuple[str, str, str, str], float]
+    out: Path
+
+
 def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
-    """Compute every section (and write its PNG into ``out_dir``)."""
-    arts, benches, quants = artifact_rows(res), bench_rows(res), quant_rows(res)
-    local = _local(benches)
-    sections = []
-
-    s = Section("1. Latency against MACs")
-    s.image = plots.latency_vs_macs(benches, out_dir / "latency_vs_macs.png")
-    s.body.append(
-        _table(
-            [
-                "model",
-                "format",
-                "dtype",
-                "policy",
-                "device",
-                "MACs (M)",
-                "p50 ms",
-                "p90 ms",
-                "instr./inference",
-                "unstable",
-            ],
-            [
-                [
-                    r["model"],
-                    r["format"],
-                    r["dtype"],
-                    str(r["policy"]),
-                    r["device"],
-                    _fmt((r.get("macs") or 0) / 1e6, ".1f"),
-                    _fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else ""),
-                    _fmt(r.get("p90_ms")),
-                    _fmt(r.get("instructions_per_inference"), ".4g"),
-                    _fmt(r.get("unstable")),
-                ]
-                for r in sorted(benches, key=lambda r: (r["device"], r["model"], r["format"], r["dtype"]))
-            ],
-        )
-    )
-    sections.append(s)
-
-    s = Section("2. Accuracy and agreement with float against latency, per quantisation policy")
-    points = [q | {"p50_ms": local.get((q["model"], q["target"], "int8", q["policy"]))} for q in quants]
-    s.image = plots.fidelity_vs_latency(points, out_dir / "fidelity_vs_latency.png")
-    s.body.append(
-        _table(
-            [
-                "model",
-                "target",
-                "policy",
-                "accuracy",
-                "top-1 agreement",
-                "logits SQNR dB",
-                "median / worst image dB",
-                "cosine",
-                "int8 p50 ms",
-            ],
-            [
-                [
-                    q["model"],
-                    q["target"],
-                    q["policy"],
-                    _fmt(q["accuracy"]),
-                    _fmt(q["top1_agreement"]),
-                    _fmt(q["sqnr_db"]),
-                    f"{_fmt(q['sqnr_db_median'])} / {_fmt(q['sqnr_db_worst'])}",
-                    _fmt(q["cosine"], ".4f"),
-                    _fmt(q["p50_ms"]),
-                ]
-                for q in sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))
-            ],
-        )
-    )
-    sections.append(s)
-
-    s = Section("3. Per-SE-block gate error: plain PTQ against the SE-aware policies")
-    with_gates = [q for q in quants if not q["model"].endswith(NOSE_SUFFIX)]
-    s.image = plots.gate_error(with_gates, BASELINE_POLICY, out_dir / "gate_error.png")
-    for q in with_gates:
-        if q["gate_error"]:
-            worst = min(q["gate_error"], key=lambda g: g.get("sqnr_db") if g.get("sqnr_db") is not None else 1e9)
-            s.body.append(
-                f"- {q['model']} ({q['target']}, {q['policy']}): {len(q['gate_error'])} SE blocks, "
-                f"worst gate SQNR {_fmt(worst.get('sqnr_db'))} dB at `{worst.get('block')}`"
-            )
-    sections.append(s)
-
-    sections.append(_se_cost_section(res, arts, local, out_dir))
-    sections.append(_scaling_section(res, local, out_dir))
-
-    s = Section("6. Every artifact")
-    if arts:
-        s.body.append(
-            "Partitions: delegate partitions the runtime made (1 = the whole graph in XNNPACK). Outside delegate: "
-            "operators left to the portable or reference kernels. Float ops in int8: operators computing in float "
-            "between dequantize and quantize. Int8 rewrites: `quantize.int8_ops`, as recorded in the manifest.\n"
-        )
-    s.body.append(
-        _table(
-            ["artifact", "size (bytes)", "parity", "delegated share", "partitions", "outside delegate",
-             "float ops in int8", "int8 rewrites", "sha256"],
-            [
-                [
-                    # int8 artifacts of two policies share a file name (in different cells): say which.
-                    Path(a["artifact"]).name + (f" ({a['policy']})" if a.get("dtype") == "int8" and a.get("policy")
-                                                 else ""),
-                    f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
-                    _parity_text(a),
-                    _fmt(a.get("delegation_share"), ".1%"),
-                    "-" if a.get("partitions") is None else str(a["partitions"]),
-                    a.get("outside_delegate", "-"),
-                    "n/a (fp32)" if a.get("float_in_int8") is None else a["float_in_int8"],
-                    ", ".join(a["int8_rewrites"]) if a.get("int8_rewrites") else ("none" if a.get("dtype") == "int8"
-                                                                                 else "-"),
-                    f"`{(a.get('sha256') or '-')[:16]}`",
-                ]
-                for a in sorted(arts, key=lambda a: Path(a["artifact"]).name)
-            ],
-        )
-    )
-    sections.append(s)
-
-    base = baseline_rows(res)
-    s = Section("Desktop PyTorch baselines")
-    s.body.append(
-        _table(
-            ["model", "device", "mode", "dtype", "batch", "p50 ms", "note"],
-            [
-                [
-                    b["model"],
-                    b["device"],
-                    b["mode"],
-                    b["dtype"],
-                    b["batch"],
-                    _fmt(b["p50_ms"]),
-                    b.get("skipped") or (b.get("gpu") or ""),
-                ]
-                for b in base
-            ],
-        )
-    )
-    sections.append(s)
+    """Compute every section (and write its PNG into ``out_dir``), in report order."""
+    benches = bench_rows(res)
+    data = _Inputs(res, artifact_rows(res), benches, quant_rows(res), _local(benches), out_dir)
+    sections = [build(data) for build in _SECTIONS]
     for sec in sections:
         if not sec.body or all(line.count("\n") == 1 and line.startswith("|") for line in sec.body):
             if sec.image is None:
@@ -209,17 +68,115 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
     return sections
 
 
+_LATENCY_COLUMNS = (
+    Column("model", "model"), Column("format", "format"), Column("dtype", "dtype"),
+    Column("policy", lambda r: str(r["policy"])), Column("device", "device"),
+    Column("MACs (M)", lambda r: (r.get("macs") or 0) / 1e6, ".1f"),
+    Column("p50 ms", lambda r: fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else "")),
+    Column("p90 ms", "p90_ms"), Column("instr./inference", "instructions_per_inference", ".4g"),
+    Column("unstable", "unstable"),
+)
+
+
+def _latency_section(d: _Inputs) -> Section:
+    s = Section("1. Latency against MACs")
+    s.image = plots.latency_vs_macs(d.benches, d.out / "latency_vs_macs.png")
+    rows = sorted(d.benches, key=lambda r: (r["device"], r["model"], r["format"], r["dtype"]))
+    s.body.append(tables.table(_LATENCY_COLUMNS, rows))
+    return s
+
+
+_FIDELITY_COLUMNS = (
+    Column("model", "model"), Column("target", "target"), Column("policy", "policy"),
+    Column("accuracy", "accuracy"), Column("top-1 agreement", "top1_agreement"), Column("logits SQNR dB", "sqnr_db"),
+    Column("median / worst image dB", lambda q: f"{fmt(q['sqnr_db_median'])} / {fmt(q['sqnr_db_worst'])}"),
+    Column("cosine", "cosine", ".4f"), Column("int8 p50 ms", "p50_ms"),
+)
+
+
+def _fidelity_section(d: _Inputs) -> Section:
+    s = Section("2. Accuracy and agreement with float against latency, per quantisation policy")
+    points = [q | {"p50_ms": d.local.get((q["model"], q["target"], "int8", q["policy"]))} for q in d.quants]
+    s.image = plots.fidelity_vs_latency(points, d.out / "fidelity_vs_latency.png")
+    s.body.append(tables.table(_FIDELITY_COLUMNS, sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))))
+    return s
+
+
+def _gate_section(d: _Inputs) -> Section:
+    s = Section("3. Per-SE-block gate error: plain PTQ against the SE-aware policies")
+    with_gates = [q for q in d.quants if not q["model"].endswith(NOSE_SUFFIX)]
+    s.image = plots.gate_error(with_gates, BASELINE_POLICY, d.out / "gate_error.png")
+    for q in with_gates:
+        if q["gate_error"]:
+            worst = min(q["gate_error"], key=lambda g: g.get("sqnr_db") if g.get("sqnr_db") is not None else 1e9)
+            s.body.append(
+                f"- {q['model']} ({q['target']}, {q['policy']}): {len(q['gate_error'])} SE blocks, "
+                f"worst gate SQNR {fmt(worst.get('sqnr_db'))} dB at `{worst.get('block')}`"
+            )
+    return s
+
+
+def _artifact_name(a: dict[str, Any]) -> str:
+    # int8 artifacts of two policies share a file name (in different cells): say which.
+    return Path(a["artifact"]).name + (f" ({a['policy']})" if a.get("dtype") == "int8" and a.get("policy") else "")
+
+
+def _rewrites_cell(a: dict[str, Any]) -> str:
+    if a.get("int8_rewrites"):
+        return ", ".join(a["int8_rewrites"])
+    return "none" if a.get("dtype") == "int8" else "-"
+
+
+_ARTIFACT_COLUMNS = (
+    Column("artifact", _artifact_name),
+    Column("size (bytes)", lambda a: f"{a['size_bytes']:,}" if a.get("size_bytes") else "-"),
+    Column("parity", lambda a: _parity_text(a)),
+    Column("delegated share", "delegation_share", ".1%"),
+    Column("partitions", lambda a: "-" if a.get("partitions") is None else str(a["partitions"])),
+    Column("outside delegate", lambda a: a.get("outside_delegate", "-")),
+    Column("float ops in int8", lambda a: "n/a (fp32)" if a.get("float_in_int8") is None else a["float_in_int8"]),
+    Column("int8 rewrites", _rewrites_cell),
+    Column("sha256", lambda a: f"`{(a.get('sha256') or '-')[:16]}`"),
+)
+
+
+def _artifacts_section(d: _Inputs) -> Section:
+    s = Section("6. Every artifact")
+    if d.arts:
+        s.body.append(
+            "Partitions: delegate partitions the runtime made (1 = the whole graph in XNNPACK). Outside delegate: "
+            "operators left to the portable or reference kernels. Float ops in int8: operators computing in float "
+            "between dequantize and quantize. Int8 rewrites: `quantize.int8_ops`, as recorded in the manifest.\n"
+        )
+    s.body.append(tables.table(_ARTIFACT_COLUMNS, sorted(d.arts, key=lambda a: Path(a["artifact"]).name)))
+    return s
+
+
+_BASELINE_COLUMNS = (
+    Column("model", "model"), Column("device", "device"), Column("mode", "mode"), Column("dtype", "dtype"),
+    Column("batch", "batch"), Column("p50 ms", "p50_ms"),
+    Column("note", lambda b: b.get("skipped") or (b.get("gpu") or "")),
+)
+
+
+def _baselines_section(d: _Inputs) -> Section:
+    s = Section("Desktop PyTorch baselines")
+    s.body.append(tables.table(_BASELINE_COLUMNS, baseline_rows(d.res)))
+    return s
+
+
 def _parity_text(a: dict[str, Any]) -> str:
     p = a.get("parity") or {}
     bits = []
     for key in ("max_abs_err", "max_abs", "cosine", "sqnr_db", "top1_agreement"):
         if isinstance(p.get(key), (int, float)):
-            bits.append(f"{key}={_fmt(p[key], '.3g')}")
+            bits.append(f"{key}={fmt(p[key], '.3g')}")
     status = {True: "pass", False: "FAIL", None: "-"}[p.get("passed")]
     return status + (" (" + ", ".join(bits[:3]) + ")" if bits else "")
 
 
-def _se_cost_section(res: RunResults, arts: list[dict[str, Any]], local: dict[Any, float], out: Path) -> Section:
+def _se_cost_section(d: _Inputs) -> Section:
+    res, arts, local, out = d.res, d.arts, d.local, d.out
     s = Section("4. What SE costs: each model against its no-SE twin")
     info = {r["model"]: r["accounting"] for r in res.stage("info")}
     pairs = []
@@ -227,39 +184,40 @@ def _se_cost_section(res: RunResults, arts: list[dict[str, Any]], local: dict[An
         twin = info.get(name + NOSE_SUFFIX)
         if twin is None:
             continue
-        for fmt, dtype in sorted({(a["format"], a["dtype"]) for a in arts if a["model"] == name}):
+        for form, dtype in sorted({(a["format"], a["dtype"]) for a in arts if a["model"] == name}):
             pol = "-" if dtype == "fp32" else BASELINE_POLICY
             size = {
                 a["model"]: a.get("size_bytes")
                 for a in arts
-                if a["format"] == fmt and a["dtype"] == dtype and str(a["policy"]) == pol
+                if a["format"] == form and a["dtype"] == dtype and str(a["policy"]) == pol
             }
             se = {
                 "params": acc["params"],
                 "macs": acc["macs"],
                 "size_bytes": size.get(name),
-                "p50_ms": local.get((name, fmt, dtype, pol)),
+                "p50_ms": local.get((name, form, dtype, pol)),
             }
             nose = {
                 "params": twin["params"],
                 "macs": twin["macs"],
                 "size_bytes": size.get(name + NOSE_SUFFIX),
-                "p50_ms": local.get((name + NOSE_SUFFIX, fmt, dtype, pol)),
+                "p50_ms": local.get((name + NOSE_SUFFIX, form, dtype, pol)),
             }
-            pairs.append({"label": f"{name}\n{fmt} {dtype}", "se": se, "nose": nose})
+            pairs.append({"label": f"{name}\n{form} {dtype}", "se": se, "nose": nose})
 
             def pct(key: str, se: dict[str, Any] = se, nose: dict[str, Any] = nose) -> str:
                 return f"{100 * (se[key] / nose[key] - 1):+.1f}%" if se.get(key) and nose.get(key) else "n/a"
 
             s.body.append(
-                f"- **{name}** ({fmt} {dtype}): SE adds {pct('macs')} MACs, {pct('params')} parameters, "
+                f"- **{name}** ({form} {dtype}): SE adds {pct('macs')} MACs, {pct('params')} parameters, "
                 f"{pct('size_bytes')} file size and {pct('p50_ms')} latency here."
             )
     s.image = plots.se_cost(pairs, out / "se_cost.png")
     return s
 
 
-def _scaling_section(res: RunResults, local: dict[Any, float], out: Path) -> Section:
+def _scaling_section(d: _Inputs) -> Section:
+    res, local, out = d.res, d.local, d.out
     s = Section("5. Compound scaling: phi against params, MACs and latency")
     pts = []
     for r in res.stage("info"):
@@ -286,23 +244,19 @@ def _scaling_section(res: RunResults, local: dict[Any, float], out: Path) -> Sec
             }
         )
     s.image = plots.compound_scaling(pts, out / "compound_scaling.png")
-    s.body.append(
-        _table(
-            ["model", "phi", "resolution", "params", "MACs (M)", "latency p50 ms (local)"],
-            [
-                [
-                    p["model"],
-                    _fmt(p["phi"]),
-                    p["resolution"],
-                    f"{p['params']:,}",
-                    _fmt(p["macs"] / 1e6, ".1f"),
-                    ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-",
-                ]
-                for p in sorted(pts, key=lambda p: p["phi"])
-            ],
-        )
-    )
+    s.body.append(tables.table(_SCALING_COLUMNS, sorted(pts, key=lambda p: p["phi"])))
     return s
+
+
+_SCALING_COLUMNS = (
+    Column("model", "model"), Column("phi", "phi"), Column("resolution", lambda p: str(p["resolution"])),
+    Column("params", lambda p: f"{p['params']:,}"), Column("MACs (M)", lambda p: p["macs"] / 1e6, ".1f"),
+    Column("latency p50 ms (local)",
+           lambda p: ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-"),
+)
+#: The report's sections, in order (each a function of the collected rows).
+_SECTIONS = (_latency_section, _fidelity_section, _gate_section, _se_cost_section, _scaling_section,
+             _artifacts_section, _baselines_section)
 
 
 def _cells_line(res: RunResults) -> str:

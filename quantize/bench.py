@@ -34,6 +34,7 @@ from torch import nn
 
 from contract.files import append_line, write_text
 from edge_se.data import load_images
+from edge_se.tables import Column, fmt, table
 
 RESOLUTION = 64
 # ``edge-se:ARCH+builder-init``: trained without the recipe's Linear init (see edge_se.train).
@@ -136,29 +137,27 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
             "se_blocks": len(qm.se_blocks), "quantize_seconds": round(seconds, 1), **figures}
 
 
-def _fmt(v: object, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
+def _figure(header: str, key: str, *, scale: float = 1.0) -> Column:
+    """A figure column (one decimal); empty for a failed cell, whose error is in the SQNR column."""
+    def cell(r: dict) -> str:
+        return "" if "error" in r else fmt(None if r.get(key) is None else r[key] * scale, ".1f")
+    return Column(header, cell, align="right")
+
+
+_COLUMNS = (
+    Column("model", "model"), Column("target", "target"), Column("engine", "engine"), Column("policy", "policy"),
+    Column("int8 rewrites", lambda r: _rewrites(r)),
+    Column("logits SQNR dB", lambda r: f"failed: {r['error'][:80]}" if "error" in r else fmt(r["sqnr_db"], ".1f")),
+    _figure("median", "sqnr_db_median"), _figure("worst", "sqnr_db_worst"),
+    _figure("top-1 agree %", "top1_agreement", scale=100), _figure("accuracy %", "accuracy", scale=100),
+    _figure("gate SQNR min dB", "gate_sqnr_db_min"), _figure("gate median", "gate_sqnr_db_median"),
+    Column("s", lambda r: "" if "error" in r else str(r.get("quantize_seconds"))),
+)
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per measured cell: the figures the issue judges by, plus the failures."""
-    head = ("| model | target | engine | policy | int8 rewrites | logits SQNR dB | median | worst | top-1 agree "
-            "| accuracy | gate SQNR min dB | gate median | s |")
-    lines = [head, "|" + "---|" * 13]
-    for r in records:
-        cell = f"| {r['model']} | {r['target']} | {r['engine']} | {r['policy']} | {_rewrites(r)} |"
-        if "error" in r:
-            lines.append(f"{cell} failed: {r['error'][:80]} |||||||")
-            continue
-        lines.append(
-            f"{cell} {_fmt(r['sqnr_db'], '.1f')} "
-            f"| {_fmt(r['sqnr_db_median'], '.1f')} | {_fmt(r['sqnr_db_worst'], '.1f')} "
-            f"| {_fmt(r['top1_agreement'] * 100, '.1f')}% "
-            f"| {_fmt(None if r['accuracy'] is None else r['accuracy'] * 100, '.1f')} "
-            f"| {_fmt(r['gate_sqnr_db_min'], '.1f')} | {_fmt(r['gate_sqnr_db_median'], '.1f')} "
-            f"| {r['quantize_seconds']} |"
-        )
-    return "\n".join(lines) + "\n"
+    """One row per measured cell: the figures the issue judges by, plus the failures (their error instead)."""
+    return table(_COLUMNS, records) + "\n"
 
 
 def _rewrites(r: dict) -> str:
