@@ -34,6 +34,7 @@ from torch import nn
 
 from contract.files import append_line, write_text
 from edge_se.data import load_images
+from edge_se.init import randomize_batchnorm
 from edge_se.tables import Column, fmt, table
 
 RESOLUTION = 64
@@ -67,19 +68,6 @@ DEFAULT_POLICIES = (
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine terms, so a random-weight network has non-trivial logits."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None:
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
-    return model.eval()
 
 
 def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
@@ -118,7 +106,7 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
         model = timm.create_model(arch, pretrained=False, num_classes=10)
     else:
         raise ValueError(f"unknown model library {lib!r} in {spec!r}; valid: edge-se, torchvision, timm")
-    return randomize_bn(model), {"weights": "random, randomised BatchNorm"}
+    return randomize_batchnorm(model), {"weights": "random, randomised BatchNorm"}
 
 
 def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str,  # noqa: ANN001

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
-from test_quantize import RES, randomize_bn
+from test_quantize import RES
 
 import edge_se
 from edge_se.errors import EdgeSeError
+from edge_se.init import randomize_batchnorm
 from quantize import quantize_model
 from quantize.core import export_graph
 from quantize.int8_ops import (
@@ -37,7 +38,7 @@ FLOAT_RTOL = 1e-4
 
 def _model(name: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return randomize_bn(edge_se.build_model(name, num_classes=10))
+    return randomize_batchnorm(edge_se.build_model(name, num_classes=10))
 
 
 def _ops(gm: torch.fx.GraphModule) -> set[object]:

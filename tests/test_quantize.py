@@ -11,6 +11,7 @@ from torch import nn
 
 import edge_se
 from edge_se.errors import EdgeSeError
+from edge_se.init import randomize_batchnorm
 from quantize import POLICIES, find_se_blocks, quantize_model, resolve_policy
 from quantize.calibration import k_center_indices, random_indices
 from quantize.capture import run_graph
@@ -23,19 +24,6 @@ from quantize.metrics import gate_error, logits_report, sqnr_db
 # without flaking on the calibration draw.
 PTQ_MIN_SQNR_DB = 15.0
 RES = 32  # pixels: smallest side every family accepts; keeps export and calibration fast
-
-
-def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine terms: freshly initialised MobileNetV3 gives logits near 0."""
-    gen = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=gen) * 0.2 - 0.1)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
-    return model.eval()
 
 
 def _graph(model: nn.Module) -> torch.fx.GraphModule:
@@ -155,7 +143,7 @@ def test_policy_parsing_and_conflicts():
 
 @pytest.fixture(scope="module")
 def small_model():
-    return randomize_bn(edge_se.build_model("mobilenetv3_small_050", num_classes=10))
+    return randomize_batchnorm(edge_se.build_model("mobilenetv3_small_050", num_classes=10))
 
 
 @pytest.mark.slow
