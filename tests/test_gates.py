@@ -1,0 +1,91 @@
+"""Release gates: parsing with one-line errors, and every gate both met and violated on a recorded run."""
+
+from __future__ import annotations
+
+import pytest
+from test_pipeline import FakeRunner, _cfg
+
+from edge_se.errors import EdgeSeError
+from pipeline.collect import load_cells
+from pipeline.gates import Gates, Violation, check, parse_gates
+from pipeline.run import run_sweep
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A recorded sweep (fake stages, real cells): int8 SQNR 20-30 dB, sizes 1-2 MB, p50 1-6 ms."""
+    tmp = tmp_path_factory.mktemp("gates")
+    run_sweep(_cfg(tmp), tmp / "run", runner=FakeRunner())
+    return load_cells(tmp / "run")
+
+
+@pytest.mark.parametrize(("doc", "needle"), [
+    ({"min_sqnr": 20}, "x.toml: [gates].min_sqnr: unknown gate"),
+    ({"min_sqnr_db": "20"}, "[gates].min_sqnr_db: expected a number, got '20'"),
+    ({"min_top1_agreement": 99}, "[gates].min_top1_agreement: 99 outside 0.0..1.0"),
+    ({"max_artifact_bytes": 1.5}, "[gates].max_artifact_bytes: expected an integer"),
+    ({"max_p50_ms": 5}, "[gates].max_p50_ms: expected a table of device = ms"),
+    ({"max_p50_ms": {"local": -1}}, "[gates].max_p50_ms.local: expected a number of ms > 0"),
+    ({"parity": "yes"}, "[gates].parity: expected true or false"),
+])
+def test_a_bad_gate_is_one_line_naming_the_key(doc, needle):
+    with pytest.raises(EdgeSeError) as err:
+        parse_gates(doc, "x.toml: [gates]")
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_model_table_overrides_only_what_it_names():
+    base = parse_gates({"min_sqnr_db": 25, "max_p50_ms": {"local": 5}}, "g")
+    own = parse_gates({"max_p50_ms": {"pi": 20}}, "m", base)
+    assert own.min_sqnr_db == 25 and dict(own.max_p50_ms) == {"local": 5.0, "pi": 20.0}
+    assert not Gates().active and own.active
+
+
+def test_met_gates_give_no_violation(run):
+    gates = Gates(min_sqnr_db=19.0, min_top1_agreement=0.98, max_p50_ms={"local": 100.0},
+                  max_int8_fp32_ratio=100.0, max_artifact_bytes=10_000_000, parity=True)
+    assert check(run, gates) == []
+
+
+def test_each_violated_gate_names_the_cell_the_gate_and_both_numbers(run):
+    sqnr = check(run, Gates(min_sqnr_db=1000.0))
+    int8_exports = [r for r in run.stage("export") if r["params"]["dtype"] == "int8"]
+    assert len(sqnr) == len(int8_exports) > 0, "one violation per int8 artifact"
+    q = next(r for r in run.stage("quantize"))
+    expected_cell = f"quantize/{q['model']}/{q['params']['target']}/{q['params']['policy']}"
+    line = next(v for v in sqnr if v.cell == expected_cell).line()
+    assert line == f"gate min_sqnr_db: {expected_cell}: measured {q['metrics']['sqnr_db']:.4g}, limit >= 1000"
+
+    size = check(run, Gates(max_artifact_bytes=1))
+    assert len(size) == len(run.stage("export")) and all(v.measured >= 1e6 for v in size)
+    slow = check(run, Gates(max_p50_ms={"local": 0.5}))
+    local_benches = [b for b in run.stage("bench") if b["params"]["device"] == "local"]
+    assert len(slow) == len(local_benches), "emulated devices are never latency-gated"
+    assert all(v.cell.endswith("/local") and v.measured > 0.5 for v in slow)
+    ratio = check(run, Gates(max_int8_fp32_ratio=1e-6))
+    assert ratio and all("/int8/" in v.cell and v.measured > 1e-6 for v in ratio)
+
+
+def test_per_model_gates_apply_to_the_model_and_its_twin(run):
+    strict = {"mobilenetv3_small_050": Gates(max_artifact_bytes=1)}
+    hits = check(run, Gates(), strict)
+    assert hits and all(v.cell.split("/")[1].startswith("mobilenetv3_small_050") for v in hits)
+    assert any(v.cell.split("/")[1].endswith("_nose") for v in hits)
+
+
+def test_a_failed_parity_and_an_unmeasured_cell_fail_their_gates(run):
+    export = next(r for r in run.stage("export"))
+    export["manifest"]["parity"] = {"passed": False}
+    cells = run.index["cells"]
+    bench_id = next(cid for cid, e in cells.items() if e["stage"] == "bench")
+    saved = dict(cells[bench_id])
+    cells[bench_id] = {**saved, "status": "failed", "error": "device dropped"}
+    try:
+        parity = check(run, Gates(parity=True))
+        assert [v.to_dict() for v in parity] == [{"cell": export["id"], "gate": "parity", "measured": "failed",
+                                                  "limit": "pass"}]
+        lost = check(run, Gates(max_p50_ms={"local": 1e9}))
+        assert Violation(bench_id, "measured", None, "a finished cell") in lost
+    finally:
+        export["manifest"]["parity"] = {"passed": True, "max_abs_err": 1e-4}
+        cells[bench_id] = saved
