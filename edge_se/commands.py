@@ -1,18 +1,27 @@
-"""The foundation's subcommands: ``models`` and ``info``."""
+"""The foundation's subcommands: ``models``, ``info`` and ``train``.
+
+    edge-se train MODEL [--data digits|DIR] [--epochs N] [--resolution R] [--weights FILE] [--lr LR]
+                  [--seed N] [--threads N] --out FILE
+
+``train`` prints one JSON line on stdout; logs go to stderr. Heavy imports (torch) happen inside
+the run functions so that building the parser stays cheap.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from edge_se.accounting import Accounting, count
 from edge_se.argtypes import number
+from edge_se.cliargs import DEFAULT_RESOLUTION, add_model_source, add_seed, add_threads
 from edge_se.errors import EdgeSeError
 from edge_se.registry import check_resolution, get_spec, list_models
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``models`` and ``info`` to the ``edge-se`` parser."""
+    """Add ``models``, ``info`` and ``train`` to the ``edge-se`` parser."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     p = sub.add_parser("models", help="list every registered model name, one per line", formatter_class=fmt)
     p.add_argument("--no-twins", action="store_true", help="leave out the no-SE twins (NAME_nose)")
@@ -20,21 +29,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("info", help="parameters and MACs of a model, with the SE share of each", formatter_class=fmt)
     p.add_argument("model", help="registry name, e.g. efficientnet_b0, efficientnet_phi1.5, resnet50_nose")
-    p.add_argument(
-        "--resolution",
-        type=number("--resolution", int, minimum=None),
-        default=None,
-        help="input side in pixels (default: the model's own)",
-    )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--layers", action="store_true", help="also print the per-layer table")
-    p.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE",
-        help="check that a local state dict (edge-se, torchvision or timm naming) loads strictly",
-    )
+    add_model_source(p, weights="check that it loads strictly into MODEL")
     p.set_defaults(func=run_info)
+
+    p = sub.add_parser("train", help="train or fine-tune a model on the CPU (digits or an image folder)",
+                       formatter_class=fmt)
+    p.add_argument("model", help="registry name, e.g. mobilenetv3_small_100")
+    p.add_argument("--data", default="digits", metavar="digits|DIR",
+                   help="digits (scikit-learn's, bundled), or a folder of class sub-folders of images")
+    p.add_argument("--epochs", type=number("--epochs"), default=15, metavar="N", help="passes over the training split")
+    add_model_source(p, weights="start from these weights (fine-tune); without: random, the recipe's init",
+                     resolution=DEFAULT_RESOLUTION)
+    p.add_argument("--lr", type=number("--lr", float, minimum=None), default=None,
+                   help="peak learning rate (default: the recipe's)")
+    add_seed(p, seeds="initialisation, shuffling and augmentation")
+    add_threads(p)
+    p.add_argument("--out", required=True, metavar="FILE", help="weights file to write (plus FILE.json)")
+    p.set_defaults(func=run_train)
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -100,4 +113,37 @@ def format_layers(acc: Accounting) -> str:
     return "\n".join(out)
 
 
-__all__ = ["EdgeSeError", "format_info", "format_layers", "info", "register", "run_info", "run_models"]
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Train, save the weights and sidecar, print one JSON line."""
+    import torch
+
+    from edge_se.data import load_images
+    from edge_se.train import LR, init_linear_layers, load_float_model, save_weights, train
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    get_spec(args.model)  # a bad name fails before any data is read
+    train_data = load_images(args.data, args.resolution, split="train", seed=args.seed)
+    test_data = load_images(args.data, args.resolution, split="test", seed=args.seed)
+    model, _ = load_float_model(args.model, args.weights, num_classes=len(train_data.classes))
+    if not args.weights:  # from scratch: the recipe's Linear init (see edge_se.train)
+        init_linear_layers(model)
+    _log(json.dumps({"train": args.model, "data": train_data.source, "images": len(train_data),
+                     "held_out": len(test_data), "resolution": args.resolution, "epochs": args.epochs,
+                     "threads": args.threads, "init": args.weights or "random"}))
+    result = train(model, train_data, epochs=args.epochs, eval_data=test_data, lr=args.lr or LR,
+                   seed=args.seed, log=_log)
+    extra = {"accuracy": result.accuracy, "train_accuracy": result.train_accuracy, "epochs": result.epochs,
+             "data": train_data.source, "classes": train_data.classes, "seconds": round(result.seconds, 1),
+             "threads": args.threads, "init": args.weights or "random, Linear normal(0, 0.01)"}
+    save_weights(args.out, model, model_name=args.model, num_classes=len(train_data.classes),
+                 resolution=args.resolution, extra=extra)
+    print(json.dumps({"model": args.model, "out": str(args.out), "sidecar": f"{args.out}.json", **extra}))
+    return 0
+
+
+__all__ = ["EdgeSeError", "format_info", "format_layers", "info", "register", "run_info", "run_models", "run_train"]

@@ -311,3 +311,26 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict]:
         first = str(exc).strip().splitlines()
         raise EdgeSeError(f"weights file {path} does not fit {meta['model']}: {' '.join(first[:2])[:300]}") from None
     return model.eval(), meta
+
+
+def load_float_model(name: str, weights: str | Path | None, *, num_classes: int) -> tuple[nn.Module, dict]:
+    """The float model ``name``: from ``weights`` (edge-se sidecar or the registry's loader) or random.
+
+    Returns:
+        (model in eval mode, sidecar dict or {}).
+
+    Raises:
+        EdgeSeError: a malformed weights file, or one saved for another model.
+    """
+    from edge_se.registry import build_model
+
+    if weights is None:
+        return build_model(name, num_classes=num_classes).eval(), {}
+    if sidecar_path(weights).exists():
+        model, meta = load_model(weights)
+        if meta["model"] != name:
+            raise EdgeSeError(f"weights file {weights} was saved for {meta['model']!r}, not {name!r}")
+        return model, meta
+    from edge_se.weights import load_weights  # torchvision / timm / edge-se state dicts without a sidecar
+
+    return load_weights(name, weights).eval(), {}

@@ -1,8 +1,9 @@
 """SE-aware int8 quantisation (PT2E) for ExecuTorch (XNNPACK) and TFLite (litert-torch).
 
-The default policy (:data:`DEFAULT_POLICY`, ``gate-coverage``) and the numbers behind it are in
-``quantize.policies`` and results/quant_bench.md (``make bench-quant``). The largest fidelity lever
-measured was the training recipe's Linear init (``edge_se.train``), not a quantisation policy.
+The default policy (:data:`DEFAULT_POLICY`) is plain ``ptq``: a default must never be worse than
+plain PTQ, and no SE-aware policy (``gate-coverage``, ``gate-fixed``, ...) beat it everywhere; the
+numbers are in ``quantize.policies`` and results/quant_bench.md (``make bench-quant``). The
+largest fidelity lever measured was the training recipe's Linear init (``edge_se.train``), not a quantisation policy.
 
 Example:
     >>> import torch, edge_se

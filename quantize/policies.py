@@ -23,23 +23,25 @@ POLICIES: dict[str, tuple[str, str]] = {
     "auto": ("island", "int8 everywhere, then the worst-gate SE blocks moved to fp32 one at a time"),
 }
 
-# The policy `edge-se quantize` uses when none is given, chosen from bench-quant's numbers
+# The policy every subcommand uses when none is given (`edge-se quantize`, `edge-se export --dtype
+# int8`, through quantize.cli.add_quantization): plain ``ptq``, the baseline. A default must
+# never be worse than plain PTQ, and no SE-aware policy is better everywhere. bench-quant's numbers
 # (results/quant_bench.md; digits-trained models at 64 px, 64 calibration images, 360 held-out
-# images, torchao PT2E). The big lever was not a policy but the training recipe: with the builder's
-# uniform classifier init MobileNetV3-Small gave 15.8 dB and EfficientNet-B0 6.9 dB under every
-# policy; with the recipe's normal(0, 0.01) Linear init (edge_se.train) plain ptq gives 32.7 / 32.5
-# dB (pte / tflite) and 32.6 / 32.6 dB, gate SQNR >= 38 dB, but 99.4% top-1 agreement on
-# EfficientNet-B0 tflite (target 99.5%). gate-coverage met every target in both formats on both
-# models (logits SQNR 32.3-33.2 dB, worst image >= 20.1 dB, agreement >= 99.7%, gate SQNR >= 38 dB)
-# and costs nothing at inference (it only picks the calibration images; one float pass over the
-# pool at quantisation time), so it is the default. Its edge over ptq is small (-0.4 to +0.6 dB, one
-# image of agreement): ptq is as good a choice. se-float-mul scored highest (+0.2-1.1 dB) but kept
-# the SE weights fp32: MobileNetV3-Small's .pte grew 1.73 -> 3.07 MB and ran 0.53 -> 1.16 ms (min
-# of 5x20 runs, one thread, shared machine), far over the 5% latency budget. act-percentile lost
-# 0.7-1 dB; NNCF's quantize_pt2e lost 2-12 dB.
-DEFAULT_POLICY: tuple[str, ...] = ("gate-coverage",)
+# images, torchao PT2E): the big lever was not a policy but the training recipe: with the
+# builder's uniform classifier init MobileNetV3-Small gave 15.8 dB and EfficientNet-B0 6.9 dB under
+# every policy; with the recipe's normal(0, 0.01) Linear init (edge_se.train) plain ptq gives 32.7 /
+# 32.5 dB (pte / tflite) and 32.6 / 32.6 dB, gate SQNR >= 38 dB, 99.4% top-1 agreement on
+# EfficientNet-B0 tflite. gate-coverage (k-center calibration subset over float gate vectors) met
+# every target there, but its difference from ptq is -0.4 to +0.6 dB: in some cells it is worse
+# than plain PTQ, so it is opt-in (``--policy gate-coverage``), not the default. se-float-mul scored
+# highest (+0.2-1.1 dB) but kept the SE weights fp32: MobileNetV3-Small's .pte grew 1.73 -> 3.07 MB
+# and ran 0.53 -> 1.16 ms (min of 5x20 runs, one thread, shared machine), far over the 5% latency
+# budget. act-percentile lost 0.7-1 dB; NNCF's quantize_pt2e lost 2-12 dB.
+DEFAULT_POLICY: tuple[str, ...] = ("ptq",)
 
-ENGINES: tuple[str, ...] = ("torchao", "nncf")
+ENGINES: tuple[str, ...] = ("torchao", "nncf")  # the first is the default
+#: The int8 graph rewrites by default (``quantize.int8_ops``): ``default``, ``none`` or ``NAME[,NAME]``.
+DEFAULT_INT8_REWRITES = "default"
 """The PT2E engines that run a policy: torchao's prepare/convert, or NNCF's ``quantize_pt2e``."""
 
 

@@ -1,4 +1,4 @@
-"""``edge-se quantize`` / ``edge-se train``: bad input is one line on stderr and exit code 2."""
+"""``edge-se quantize`` / ``edge-se train`` (edge_se.commands): bad input is one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -19,9 +19,20 @@ def test_unknown_policy(capsys, tmp_path):
     _one_line_error(capsys, argv, "unknown policy 'magic'")
 
 
-def test_calibration_size_zero(capsys, tmp_path):
-    _one_line_error(capsys, ["quantize", "mobilenetv3_small_100", "--calib-size", "0", "--out", str(tmp_path / "q")],
-                    "--calib-size 0")
+@pytest.mark.parametrize("flag", ["--calib-size", "--calib-samples"])  # the new spelling and the deprecated one
+def test_calibration_size_zero_is_an_argparse_error(capsys, tmp_path, flag):
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "mobilenetv3_small_100", flag, "0", "--out", str(tmp_path / "q")])
+    assert exc.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "deprecated" not in line]
+    assert len(err) == 1 and "--calib-size must be >= 1, got 0" in err[0], err
+
+
+def test_bad_format_through_the_old_spelling(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["quantize", "mobilenetv3_small_100", "--target", "onnx", "--out", str(tmp_path / "q")])
+    assert exc.value.code == 2
+    assert "invalid choice: 'onnx'" in capsys.readouterr().err
 
 
 def test_empty_and_missing_data_folders(capsys, tmp_path):

@@ -15,6 +15,7 @@ from edge_se.train import (
     LINEAR_INIT_STD,
     TRAIN_BN_MOMENTUM,
     init_linear_layers,
+    load_float_model,
     load_model,
     recalibrate_bn,
     save_weights,
@@ -109,3 +110,24 @@ def test_weights_round_trip_and_malformed_files(tmp_path):
         load_model(other)
     with pytest.raises(EdgeSeError, match="not found"):
         load_model(tmp_path / "nothing.pt")
+
+
+def test_load_float_model_from_sidecar_state_dict_or_nothing(tmp_path):
+    model = edge_se.build_model("mobilenetv3_small_050", num_classes=10).eval()
+    path = tmp_path / "w.pt"
+    save_weights(path, model, model_name="mobilenetv3_small_050", num_classes=10, resolution=32)
+    loaded, meta = load_float_model("mobilenetv3_small_050", str(path), num_classes=3)  # the sidecar's classes win
+    assert meta["resolution"] == 32 and not loaded.training
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    with pytest.raises(EdgeSeError, match="was saved for 'mobilenetv3_small_050', not 'mobilenetv3_small_100'"):
+        load_float_model("mobilenetv3_small_100", str(path), num_classes=10)
+    bare = tmp_path / "bare.pt"  # no sidecar: the registry's loader (edge-se/torchvision/timm naming)
+    torch.save(model.state_dict(), bare)
+    loaded, meta = load_float_model("mobilenetv3_small_050", str(bare), num_classes=10)
+    assert meta == {}
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
+    fresh, meta = load_float_model("mobilenetv3_small_050", None, num_classes=4)
+    assert meta == {} and not fresh.training and fresh(x).shape == (2, 4)
