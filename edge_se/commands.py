@@ -1,6 +1,6 @@
 """The foundation's subcommands: ``models``, ``info`` and ``train``.
 
-    edge-se train MODEL [--data digits|DIR] [--epochs N] [--resolution R] [--weights FILE] [--lr LR]
+    edge-se train MODEL [--data digits|textures|DIR] [--epochs N] [--resolution R] [--weights FILE] [--lr LR]
                   [--seed N] [--threads N] --out FILE
 
 ``train`` prints one JSON line on stdout; logs go to stderr. Heavy imports (torch) happen inside
@@ -34,11 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     add_model_source(p, weights="check that it loads strictly into MODEL")
     p.set_defaults(func=run_info)
 
-    p = sub.add_parser("train", help="train or fine-tune a model on the CPU (digits or an image folder)",
+    p = sub.add_parser("train", help="train or fine-tune a model on the CPU (digits, textures or an image folder)",
                        formatter_class=fmt)
     p.add_argument("model", help="registry name, e.g. mobilenetv3_small_100")
-    p.add_argument("--data", default="digits", metavar="digits|DIR",
-                   help="digits (scikit-learn's, bundled), or a folder of class sub-folders of images")
+    p.add_argument("--data", default="digits", metavar="digits|textures|DIR",
+                   help="digits (scikit-learn's, bundled), textures (the harder task: patches of the photographs "
+                   "scikit-image ships, edge_se.textures), or a folder of class sub-folders of images")
     p.add_argument("--epochs", type=number("--epochs"), default=15, metavar="N", help="passes over the training split")
     add_model_source(p, weights="start from these weights (fine-tune); without: random, the recipe's init",
                      resolution=DEFAULT_RESOLUTION)

@@ -8,6 +8,9 @@ Sources (``load_images(source, resolution)``):
 - a directory: one sub-folder per class holding images (any format Pillow reads), with the
   standard ImageNet evaluation preprocessing: resize the shorter side to ``resolution / 0.875``,
   center-crop ``resolution``, ImageNet normalisation. ``split`` is a stratified 80/20 cut.
+- ``textures``: a harder task (20 classes, float top-1 far from saturated): which photograph
+  shipped with scikit-image / scikit-learn a small jittered patch was cut from; train and test
+  patches come from disjoint bands of each photograph. How it is built: :mod:`edge_se.textures`.
 - ``random``: standard-normal tensors without labels, for smoke tests only (never for accuracy).
 
 Example:
@@ -43,6 +46,10 @@ DIGITS_SPLIT_SEED = 0
 FOLDER_TEST_FRACTION = 0.2
 # torchvision's evaluation crop ratio: resize to R / 0.875, then center-crop R.
 CROP_RATIO = 0.875
+# The textures patches are the same for every caller (like the digits split): a fixed seed.
+TEXTURES_SEED = 0
+#: Named sources (anything else is a folder path).
+NAMED_SOURCES = ("digits", "textures", "random")
 # "random" source size (images).
 RANDOM_SIZE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -165,7 +172,7 @@ def load_images(source: str, resolution: int, *, split: Split = "all", seed: int
     """Load and preprocess images from ``source`` at ``resolution`` pixels a side.
 
     Args:
-        source: ``digits``, ``random`` or the path of a folder of class sub-folders.
+        source: ``digits``, ``textures``, ``random`` or the path of a folder of class sub-folders.
         resolution: output side in pixels.
         split: ``train``, ``test`` (held out; ``val`` is accepted as a synonym) or ``all``.
         seed: seeds the folder split and the ``random`` tensors (the digits split is fixed).
@@ -181,6 +188,11 @@ def load_images(source: str, resolution: int, *, split: Split = "all", seed: int
         raise EdgeSeError(f"bad resolution {resolution!r}: need an integer >= 8 pixels")
     if source == "digits":
         return _digits(resolution, split)
+    if source == "textures":
+        from edge_se import textures
+
+        images01, labels = textures.generate(resolution, split, seed=TEXTURES_SEED)
+        return ImageSet(normalize(images01), labels, textures.class_names(), "textures")
     if source == "random":
         gen = torch.Generator().manual_seed(seed)
         return ImageSet(torch.randn(RANDOM_SIZE, 3, resolution, resolution, generator=gen), None, [], "random")

@@ -36,7 +36,7 @@ def load_calibration(source: str, resolution: int, *, samples: int = 64, seed: i
         EdgeSeError: an unknown source or a folder that holds no images.
     """
     if samples < 1:
-        raise EdgeSeError(f"bad --calib-samples {samples}: need at least 1 image")
+        raise EdgeSeError(f"bad --calib-size {samples}: need at least 1 image")
     if source == "random":
         g = torch.Generator().manual_seed(seed + 1)
         images = torch.randn(samples, 3, resolution, resolution, generator=g)

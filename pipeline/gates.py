@@ -21,11 +21,14 @@ and policy.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
+from contract.files import write_text
 from edge_se.errors import EdgeSeError
 from edge_se.registry import NOSE_SUFFIX
 from pipeline.collect import RunResults, artifact_rows, bench_rows, quant_rows
@@ -201,3 +204,24 @@ def _unmeasured(res: RunResults, of: Any, flagged: set[str]) -> list[Violation]:
         if judged:
             out.append(Violation(cid, "measured", None, "a finished cell"))
     return out
+
+
+VERDICT_FILE = "gates.json"
+
+
+def write_verdict(run_dir: str | Path, gates: Gates, per_model: Mapping[str, Gates],
+                  violations: Sequence[Violation]) -> Path:
+    """Write ``gates.json`` (the gates, the violations, ``passed``) into the run directory, atomically."""
+    doc = {
+        "passed": not violations,
+        "gates": {"global": asdict(gates) | {"max_p50_ms": dict(gates.max_p50_ms)},
+                  "models": {m: asdict(g) | {"max_p50_ms": dict(g.max_p50_ms)} for m, g in sorted(per_model.items())}},
+        "violations": [v.to_dict() for v in violations],
+    }
+    return write_text(Path(run_dir) / VERDICT_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_verdict(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run's ``gates.json``, or None when the sweep had no gates."""
+    path = Path(run_dir) / VERDICT_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -22,6 +22,7 @@ from edge_se.registry import NOSE_SUFFIX
 from edge_se.tables import Column, fmt
 from pipeline import plots
 from pipeline.collect import RunResults, artifact_rows, baseline_rows, bench_rows, load_cells, quant_rows
+from pipeline.gates import read_verdict
 
 BASELINE_POLICY = "ptq"
 
@@ -60,7 +61,7 @@ def build_sections(res: RunResults, out_dir: Path) -> list[Section]:
     """Compute every section (and write its PNG into ``out_dir``), in report order."""
     benches = bench_rows(res)
     data = _Inputs(res, artifact_rows(res), benches, quant_rows(res), _local(benches), out_dir)
-    sections = [build(data) for build in _SECTIONS]
+    sections = [sec for sec in (build(data) for build in _SECTIONS) if sec is not None]
     for sec in sections:
         if not sec.body or all(line.count("\n") == 1 and line.startswith("|") for line in sec.body):
             if sec.image is None:
@@ -254,9 +255,32 @@ _SCALING_COLUMNS = (
     Column("latency p50 ms (local)",
            lambda p: ", ".join(f"{k}: {v:.3g}" for k, v in sorted(p["latency"].items())) or "-"),
 )
-#: The report's sections, in order (each a function of the collected rows).
-_SECTIONS = (_latency_section, _fidelity_section, _gate_section, _se_cost_section, _scaling_section,
-             _artifacts_section, _baselines_section)
+_VIOLATION_COLUMNS = (
+    Column("cell", lambda v: f"`{v['cell']}`"), Column("gate", "gate"),
+    Column("measured", lambda v: "not measured" if v["measured"] is None else fmt(v["measured"], ".4g")),
+    Column("limit", lambda v: fmt(v["limit"], ".4g")),
+)
+
+
+def _release_gates_section(d: _Inputs) -> Section | None:
+    """The sweep's release gates (``[gates]``): met, or every violation; no section without gates."""
+    verdict = read_verdict(d.res.run_dir)
+    if verdict is None:
+        return None
+    s = Section("Release gates")
+    violations = verdict["violations"]
+    if not violations:
+        s.body.append("**All gates met.** `edge-se run` exited 0 for them.")
+    else:
+        s.body.append(f"**{len(violations)} gate violation(s): `edge-se run` exited 1.** A cell that failed is "
+                      "listed with gate `measured`: its figure was never measured, so it cannot pass.\n")
+        s.body.append(tables.table(_VIOLATION_COLUMNS, violations))
+    return s
+
+
+#: The report's sections, in order (each a function of the collected rows; None: left out).
+_SECTIONS = (_release_gates_section, _latency_section, _fidelity_section, _gate_section, _se_cost_section,
+             _scaling_section, _artifacts_section, _baselines_section)
 
 
 def _cells_line(res: RunResults) -> str:

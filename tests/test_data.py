@@ -94,3 +94,33 @@ def test_unreadable_folder(tmp_path):
             load_images(str(tmp_path), 32)
     finally:
         (tmp_path / "class_0").chmod(0o755)
+
+
+def test_textures_are_deterministic_many_class_and_held_out_by_band():
+    from edge_se import textures
+
+    train = load_images("textures", 32, split="train")
+    test = load_images("textures", 32, split="test")
+    n = len(textures.PHOTOS)
+    assert n >= 20 and train.classes == test.classes == textures.class_names()
+    assert train.images.shape == (n * textures.TRAIN_PER_CLASS, 3, 32, 32)
+    assert test.images.shape == (n * textures.TEST_PER_CLASS, 3, 32, 32)
+    assert torch.bincount(test.labels).tolist() == [textures.TEST_PER_CLASS] * n
+    again = load_images("textures", 32, split="test")
+    assert torch.equal(again.images, test.images), "the same patches for every caller"
+    # Normalised like every source: per channel roughly zero mean / unit spread over many photos.
+    assert abs(float(train.images.mean())) < 0.5 and 0.5 < float(train.images.std()) < 2.0
+
+
+def test_texture_patches_stay_inside_their_band():
+    from edge_se import textures
+
+    # A photograph that is 0 in the train band and 1 in the test band: a patch cut across the cut
+    # would mix them. Jitter moves values by at most brightness 0.8-1.2 and noise sigma <= 0.04.
+    cut = 300
+    photo = torch.zeros(3, 100, 400)
+    photo[:, :, cut:] = 1.0
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(100):
+        assert float(textures._patch(photo, (0, cut), 16, gen).mean()) < 0.1
+        assert float(textures._patch(photo, (cut, 400), 16, gen).mean()) > 0.75

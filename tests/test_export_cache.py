@@ -30,7 +30,7 @@ def exported(model: str, dtype: str = "all", fmt: str = "all") -> tuple[Path, in
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         rc = main(["export", model, "--format", fmt, "--dtype", dtype, "--out", str(out),
-                   "--resolution", str(RESOLUTION), "--calib", "random", "--calib-samples", "64"])
+                   "--resolution", str(RESOLUTION), "--calib", "random", "--calib-size", "64"])
     records = tuple(json.loads(line) for line in stdout.getvalue().splitlines() if line.strip())
     return out, rc, records, stderr.getvalue()
 

@@ -89,3 +89,25 @@ def test_a_failed_parity_and_an_unmeasured_cell_fail_their_gates(run):
     finally:
         export["manifest"]["parity"] = {"passed": True, "max_abs_err": 1e-4}
         cells[bench_id] = saved
+
+
+def test_the_report_lists_the_violations_only_when_the_sweep_had_gates(run):
+    from pipeline.gates import write_verdict
+    from pipeline.report import write_report
+
+    md = run.run_dir / "report.md"
+    write_report(run.run_dir)
+    assert "Release gates" not in md.read_text(), "no [gates]: no section"
+    gates = Gates(max_artifact_bytes=1)
+    violations = check(run, gates)
+    write_verdict(run.run_dir, gates, {}, violations)
+    try:
+        write_report(run.run_dir)
+        text = md.read_text()
+        assert f"{len(violations)} gate violation(s)" in text
+        assert all(f"`{v.cell}`" in text for v in violations)
+        write_verdict(run.run_dir, gates, {}, [])
+        write_report(run.run_dir)
+        assert "All gates met" in md.read_text()
+    finally:
+        (run.run_dir / "gates.json").unlink()
