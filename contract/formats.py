@@ -1,7 +1,7 @@
 """The artifact formats, dtypes and file naming: the one table every layer reads.
 
 A format is data here (its backend name in file names and its extension); the code that
-lowers to it lives in ``export`` (``pte.py``, ``tflite.py``) and the code that runs it on a device
+lowers to it lives in ``export.backends`` (one module per format) and the code that runs it on a device
 in ``device_bench.runtimes``.
 """
 

@@ -2,7 +2,9 @@
 
 Every artifact is run in its own runtime and compared with its PyTorch reference before it is
 written; a manifest (docs/manifest.md) and the parity data ``verify`` re-checks go beside it.
-Converters and runtimes are imported inside the functions that use them.
+Each format is one backend module in :mod:`export.backends` (``get(fmt)``, ``names()``); the
+pipeline and ``verify`` reach a format only through it. Converters and runtimes are imported
+inside the functions that use them.
 
 Example:
     >>> from export import ExportOptions, export_one, verify_artifact

@@ -1,8 +1,11 @@
 """The ``export`` and ``verify`` subcommands (one JSON line per artifact on stdout, logs on stderr).
 
-``edge-se export MODEL --format pte|tflite|all --dtype fp32|int8|all --out DIR [--resolution R]
-[--weights FILE] [--calib random|digits|DIR] [--policy NAME[,NAME]] [--engine torchao|nncf]
-[--int8-rewrites default|none|NAME[,NAME]] [--channels-last] [--no-check]``
+``edge-se export MODEL --out DIR [--format pte|tflite|all] [--dtype fp32|int8|all] [--resolution R]
+[--weights FILE] [--calib digits|DIR|random] [--calib-size N] [--policy NAME[,NAME]]
+[--engine torchao|nncf] [--int8-rewrites default|none|NAME[,NAME]] [--channels-last] [--no-check]``
+
+The shared flags come from :mod:`edge_se.cliargs`, with the same names and defaults as
+``edge-se quantize``; ``--calib-samples`` is the deprecated spelling of ``--calib-size``.
 
 ``edge-se verify ARTIFACT``: exit 0 when the artifact still matches its manifest and reference.
 Exit codes: 0 all good, 1 a parity check failed (figures printed), 2 bad input (one line).
@@ -15,11 +18,17 @@ import json
 import sys
 from typing import Any
 
-from edge_se.argtypes import number
+from edge_se.cliargs import (
+    add_calibration,
+    add_format,
+    add_model_source,
+    add_seed,
+)
+from export import backends
+from quantize.cli import add_quantization
 
-FORMAT_CHOICES = ("pte", "tflite", "all")
+FORMAT_CHOICES = (*backends.names(), "all")  # one backend module per format (export/backends), listed unimported
 DTYPE_CHOICES = ("fp32", "int8", "all")
-ENGINE_CHOICES = ("torchao", "nncf")
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,37 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="write verified .pte (ExecuTorch/XNNPACK) and .tflite (LiteRT) artifacts with manifests",
     )
     p.add_argument("model", help="registry name, e.g. efficientnet_b0 (see `edge-se models`)")
-    p.add_argument("--format", choices=FORMAT_CHOICES, default="all", help="artifact format(s)")
+    add_format(p, choices=FORMAT_CHOICES, allow_all=True)
     p.add_argument("--dtype", choices=DTYPE_CHOICES, default="fp32", help="fp32, int8 (PT2E) or both")
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument(
-        "--resolution",
-        type=number("--resolution"),
-        default=None,
-        help="input side in pixels (default: the model's own)",
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    add_model_source(
+        p, weights="without: random weights with BatchNorm statistics re-estimated on the calibration images"
     )
-    p.add_argument(
-        "--weights",
-        default=None,
-        help="state dict file (edge-se/torchvision/timm naming); "
-        "default: random weights with BatchNorm statistics re-estimated on the calibration images",
-    )
-    p.add_argument(
-        "--calib",
-        default="random",
-        help="calibration images: random, digits (scikit-learn) or an image folder; real images "
-        "also join the parity inputs",
-    )
-    p.add_argument("--calib-samples", type=number("--calib-samples"), default=64, help="calibration images used")
-    p.add_argument("--policy", default="ptq", help="int8 quantisation policy NAME[,NAME] (see quantize)")
-    p.add_argument("--engine", choices=ENGINE_CHOICES, default="torchao", help="int8 quantisation engine")
-    p.add_argument(
-        "--int8-rewrites",
-        default="default",
-        metavar="default|none|NAME[,NAME]",
-        help="int8 graph rewrites that keep activations and SE gates in int8 (quantize.int8_ops); "
-        "none: the stock quantizer and partitioner",
-    )
+    add_calibration(p, uses="; real images also join the parity inputs")
+    add_quantization(p, applies=" (--dtype int8)")
     p.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
@@ -74,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=True,
         help="run each artifact in its runtime and compare with PyTorch before writing it",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of random weights, inputs and calibration")
+    add_seed(p, seeds="random weights, inputs and calibration")
     p.set_defaults(func=run_export)
 
     v = sub.add_parser(
@@ -98,12 +84,13 @@ def run_export(args: argparse.Namespace) -> int:
     from export.pipeline import ExportOptions, ParityFailure, export_one
     from export.sources import load_calibration, prepare_model
     from quantize.int8_ops import check_flag
+    from quantize.policies import parse_policy
 
     spec = get_spec(args.model)  # validates the name before anything heavy
     resolution = check_resolution(args.resolution if args.resolution is not None else spec.resolution)
-    formats = _expand(args.format, ("pte", "tflite"))
+    formats = _expand(args.format, backends.names())
     dtypes = _expand(args.dtype, ("fp32", "int8"))
-    policy = tuple(p.strip() for p in args.policy.split(",") if p.strip()) or ("ptq",)
+    policy = parse_policy(args.policy)  # an unknown name fails before any work
     opts = ExportOptions(
         resolution=resolution,
         check=args.check,
@@ -123,7 +110,7 @@ def run_export(args: argparse.Namespace) -> int:
             "edge-se export: warning: calibrating on random images; pass --calib digits|DIR for real ranges",
             file=sys.stderr,
         )
-    calib = load_calibration(args.calib, resolution, samples=args.calib_samples, seed=args.seed)
+    calib = load_calibration(args.calib, resolution, samples=args.calib_size, seed=args.seed)
     model, weights = prepare_model(args.model, weights=args.weights, calib=calib, resolution=resolution, seed=args.seed)
     failed = 0
     for dtype in dtypes:

@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -311,16 +311,6 @@ def tflite_report(path: str | os.PathLike[str], dtype: str | None = None) -> dic
     return summarize_tflite(nodes, outputs, dtype=dtype)
 
 
-def report_bytes(data: bytes, fmt: str, dtype: str | None = None) -> dict[str, Any]:
-    """:func:`tflite_report` or :func:`pte_report` of an artifact held in memory (``fmt``: tflite or pte)."""
-    if fmt not in ("tflite", "pte"):
-        raise ValueError(f"cannot report on format {fmt!r}; valid: tflite, pte")
-    with tempfile.TemporaryDirectory(prefix="edge_se_partitions_") as tmp:
-        path = Path(tmp) / f"artifact.{fmt}"
-        path.write_bytes(data)
-        return tflite_report(path, dtype) if fmt == "tflite" else pte_report(path, dtype)
-
-
 def pte_report(path: str | os.PathLike[str], dtype: str | None = None) -> dict[str, Any]:
     """:func:`summarize_pte` of a file; ``dtype`` defaults to int8 when XNNPACK holds quantised values."""
     instructions, graphs = read_pte(path)
@@ -330,18 +320,36 @@ def pte_report(path: str | os.PathLike[str], dtype: str | None = None) -> dict[s
     return summarize_pte(instructions, graphs, dtype=dtype)
 
 
+REPORTS: dict[str, Callable[[str | os.PathLike[str], str | None], dict[str, Any]]] = {
+    "tflite": tflite_report,
+    "pte": pte_report,
+}
+"""The file readers by extension (which is also the format name). The exporter reads a report through
+its backend (``export.backends``); this table serves the peers' venv, which has no backends."""
+
+
+def report_bytes(data: bytes, fmt: str, dtype: str | None = None) -> dict[str, Any]:
+    """The partition report of an artifact held in memory (``fmt``: a key of :data:`REPORTS`)."""
+    if fmt not in REPORTS:
+        raise ValueError(f"cannot report on format {fmt!r}; valid: {', '.join(REPORTS)}")
+    with tempfile.TemporaryDirectory(prefix="edge_se_partitions_") as tmp:
+        path = Path(tmp) / f"artifact.{fmt}"
+        path.write_bytes(data)
+        return REPORTS[fmt](path, dtype)
+
+
 def report(path: str | os.PathLike[str], dtype: str | None = None) -> dict[str, Any]:
-    """The partition report of a ``.tflite`` or ``.pte`` by its extension.
+    """The partition report of a file by its extension (a key of :data:`REPORTS`, e.g. ``.tflite``).
 
     Raises:
-        ValueError: another extension (valid: .tflite, .pte) or an unreadable file.
+        ValueError: another extension (naming the valid ones) or an unreadable file.
     """
     suffix = Path(path).suffix
-    if suffix == ".tflite":
-        return tflite_report(path, dtype)
-    if suffix == ".pte":
-        return pte_report(path, dtype)
-    raise ValueError(f"{path}: cannot report on {suffix or 'no extension'!r}; valid: .tflite, .pte")
+    reader = REPORTS.get(suffix[1:]) if suffix else None
+    if reader is None:
+        valid = ", ".join(f".{k}" for k in REPORTS)
+        raise ValueError(f"{path}: cannot report on {suffix or 'no extension'!r}; valid: {valid}")
+    return reader(path, dtype)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,16 +23,10 @@ import torch
 
 from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
+from export import backends
 from export import parity as par
-from export.manifest import (
-    FORMATS,
-    SCHEMA,
-    artifact_name,
-    publish,
-    sha256_bytes,
-    versions,
-    write_manifest,
-)
+from export.backends.base import Backend, Lowered, graph_output_scale
+from export.manifest import SCHEMA, artifact_name, publish, sha256_bytes, versions, write_manifest
 
 RANDOM_PARITY_INPUTS = 4
 """Random N(0, 1) inputs in every parity check (seeded, so ``verify`` can be compared run to run)."""
@@ -118,19 +112,6 @@ def _torch_outputs(module: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray
     return outs
 
 
-def graph_output_scale(gm: Any) -> float | None:
-    """The quantisation step of a converted PT2E graph's output (its final dequantize), if any."""
-    for node in getattr(getattr(gm, "graph", None), "nodes", []):
-        if node.op == "output":
-            first = node.args[0]
-            first = first[0] if isinstance(first, (tuple, list)) else first
-            name = str(getattr(first, "target", ""))
-            if "dequantize_per_tensor" in name and len(first.args) > 1:
-                scale = first.args[1]
-                return float(scale) if isinstance(scale, (int, float)) else None
-    return None
-
-
 def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...], calib: Calibration | None,
               opts: ExportOptions) -> Any:
     try:
@@ -165,6 +146,166 @@ def _log(msg: str) -> None:
     print(f"edge-se export: {msg}", file=sys.stderr, flush=True)
 
 
+@dataclass
+class _Program:
+    """What gets lowered: the float model, or its quantised PT2E graph (``quantized``) for int8."""
+
+    model: torch.nn.Module
+    example: tuple[torch.Tensor, ...]
+    layout: str
+    quantized: Any = None
+
+    @property
+    def reference(self) -> Any:
+        """The PyTorch module the artifact must agree with: the quantised graph (int8) or the model."""
+        return self.quantized.graph if self.quantized is not None else self.model
+
+
+@dataclass
+class _Described:
+    """The artifact as its own runtime and reader see it (the manifest's I/O and delegation blocks)."""
+
+    partitions: dict[str, Any]
+    delegation: dict[str, Any]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+
+
+@dataclass
+class _Checked:
+    """The parity inputs (in the artifact's layout), the references and the figures of the check."""
+
+    inputs: list[np.ndarray]
+    reference: list[np.ndarray]
+    float_reference: list[np.ndarray] | None
+    real: list[bool]
+    figures: dict[str, Any]
+
+
+def _prepare(model: torch.nn.Module, backend: Backend, *, dtype: str, opts: ExportOptions,
+             calib: Calibration | None, quantized: Any) -> _Program:
+    """The seeded example input and, for int8, the quantised graph (``quantized`` reused when given)."""
+    res = opts.resolution
+    example = (torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(opts.seed)),)
+    program = _Program(model.eval(), example, backend.layout(opts.channels_last))
+    if dtype == "int8":
+        program.quantized = quantized if quantized is not None else _quantize(
+            program.model, backend.name, example, calib, opts)
+    return program
+
+
+def _lower(backend: Backend, program: _Program, *, label: str) -> Lowered:
+    """The artifact's bytes from the backend's converter; its warnings logged."""
+    lowered = backend.lower(program.reference, program.example, quantized=program.quantized, layout=program.layout)
+    for w in lowered.warnings:
+        _log(f"warning: {label}: {w}")
+    return lowered
+
+
+def _describe(backend: Backend, lowered: Lowered, *, dtype: str, layout: str) -> _Described:
+    """Partition report, delegation block and tensor specs, read back from the bytes."""
+    partitions = _partition_report(backend, lowered.data, dtype)
+    delegation = backend.delegation(lowered, partitions)
+    inputs, outputs = backend.tensor_specs(lowered.data, layout=layout)
+    return _Described(partitions, delegation, inputs, outputs)
+
+
+def _check(backend: Backend, data: bytes, program: _Program, described: _Described, *, dtype: str,
+           opts: ExportOptions, calib: Calibration | None, weights: dict[str, Any] | None) -> _Checked:
+    """Run the artifact in its own runtime on the parity inputs and compare with the references."""
+    xs, real = parity_inputs(opts.resolution, calib, seed=opts.seed)
+    reference = _torch_outputs(program.reference, xs)
+    float_ref = _torch_outputs(program.model, xs) if dtype == "int8" else None
+    runtime_inputs = [_to_layout(x, program.layout) for x in xs]
+    figures: dict[str, Any]
+    if not opts.check:
+        figures = {"passed": None, "skipped": True}
+    elif dtype == "fp32":
+        figures = par.fp32_parity(backend.run(data, runtime_inputs), reference, real_images=real)
+    else:
+        actual = backend.run(data, runtime_inputs)
+        assert float_ref is not None
+        # A random-weight network's classes are near-ties on any image: top-1 says nothing there.
+        trained = (weights or {}).get("source") == "file"
+        figures = par.int8_parity(
+            actual, reference, float_ref, output_scale=backend.output_scale(described.outputs, program.reference),
+            real_images=real, gate_top1=trained,
+        )
+    return _Checked(runtime_inputs, reference, float_ref, real, figures)
+
+
+def _quantization(backend: Backend, program: _Program, described: _Described) -> dict[str, Any] | None:
+    """The manifest's ``quantization`` block (``None`` for fp32)."""
+    q = program.quantized
+    if q is None:
+        return None
+    ins, outs = described.inputs, described.outputs
+    return {
+        "engine": q.engine,
+        "quantizer": backend.spec.backend,
+        "target": q.target,
+        "policy": list(q.policy) if not isinstance(q.policy, str) else [q.policy],
+        "se_blocks": _jsonable(q.se_blocks),
+        "calibration": _jsonable(q.calibration),
+        "rewrites": list(q.rewrites),
+        "int8_rewrites": list(q.int8_rewrites),
+        "input": {"scale": ins[0]["scale"], "zero_point": ins[0]["zero_point"]},
+        "output": {"scale": backend.output_scale(outs, program.reference), "zero_point": outs[0]["zero_point"]},
+    }
+
+
+def _manifest(backend: Backend, program: _Program, lowered: Lowered, described: _Described, checked: _Checked, *,
+              record: dict[str, Any], golden: dict[str, Any] | None, opts: ExportOptions,
+              calib: Calibration | None, weights: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest (docs/manifest.md) of a checked artifact."""
+    model, res, data = program.model, opts.resolution, lowered.data
+    spec: Any = getattr(model, "spec", None)
+    acc = count(spec, res) if spec is not None else None
+    return {
+        "schema": SCHEMA,
+        "artifact": Path(record["path"]).name,
+        "format": backend.name,
+        "backend": backend.spec.backend,
+        "dtype": record["dtype"],
+        "model": record["model"],
+        "variant": _variant(model),
+        "resolution": res,
+        "inputs": described.inputs,
+        "outputs": described.outputs,
+        "quantization": _quantization(backend, program, described),
+        "weights": weights or {"source": "unknown"},
+        "calibration": None if calib is None else {"source": calib.source, "real": calib.real, **calib.info},
+        "params": acc.params if acc else sum(p.numel() for p in model.parameters()),
+        "macs": acc.macs if acc else None,
+        "se_params": acc.se_params if acc else None,
+        "se_macs": acc.se_macs if acc else None,
+        "size_bytes": len(data),
+        "sha256": sha256_bytes(data),
+        "versions": versions(),
+        "parity": {**checked.figures, "golden": golden, "random_inputs": RANDOM_PARITY_INPUTS, "seed": opts.seed},
+        "delegation": described.delegation,
+        "partitions": described.partitions,
+        "graph_rewrites": lowered.rewrites,
+        "export_s": record["export_s"],
+    }
+
+
+def _publish(path: Path, data: bytes, checked: _Checked, *, opts: ExportOptions) -> dict[str, Any] | None:
+    """Write the parity data (checked artifacts only: ``verify`` refuses the others), then the artifact.
+
+    Returns:
+        The manifest's ``parity.golden`` block, or ``None`` without a check.
+    """
+    golden_info: dict[str, Any] | None = None
+    if opts.check:
+        golden_name = path.name + ".parity.npz"
+        golden = _write_golden(path.with_name(golden_name), checked.inputs, checked.reference,
+                               checked.float_reference, checked.real)
+        golden_info = {"file": golden_name, "sha256": sha256_bytes(golden)}
+    publish(path, data)
+    return golden_info
+
+
 def export_one(
     model: torch.nn.Module,
     *,
@@ -179,10 +320,14 @@ def export_one(
 ) -> dict[str, Any]:
     """Convert ``model`` to one artifact, check it in its runtime and write it with its manifest.
 
+    Prepare (and quantise, for int8) -> lower through the format's backend
+    (:mod:`export.backends`) -> read the artifact back and run it in its own runtime -> write the
+    parity data, the artifact, then the manifest, each atomically.
+
     Args:
         model: the float model in eval mode.
         name: model name for the file name and manifest.
-        fmt: ``pte`` or ``tflite``.
+        fmt: a format of :func:`export.backends.names` (``pte`` or ``tflite``).
         dtype: ``fp32`` or ``int8``.
         out_dir: folder to write into (created if missing).
         opts: shared options.
@@ -197,150 +342,44 @@ def export_one(
         ParityFailure: the check failed (nothing written); ``record`` holds the figures.
         EdgeSeError: a converter or runtime error, naming the step.
     """
-    from export import pte as pte_mod
-    from export import tflite as tfl_mod
-
-    if fmt not in FORMATS:
-        raise EdgeSeError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    res = opts.resolution
-    layout = "NHWC" if (opts.channels_last and fmt == "tflite") else "NCHW"
-    example = (torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(opts.seed)),)
-    model = model.eval()
+    backend = backends.get(fmt)
+    fname = artifact_name(name, fmt, dtype)
     t0 = time.perf_counter()
-    q = None
-    if dtype == "int8":
-        q = quantized if quantized is not None else _quantize(model, fmt, example, calib, opts)
-        reference_module: Any = q.graph
-    else:
-        reference_module = model
+    program = _prepare(model, backend, dtype=dtype, opts=opts, calib=calib, quantized=quantized)
     t_quant = time.perf_counter() - t0
-
-    delegation: dict[str, Any]
-    rewrites: list[str] = []
-    if fmt == "pte":
-        int8_ops = q is not None and "int8-ops" in q.int8_rewrites
-        data, delegation, rewrites = pte_mod.lower_pte(reference_module, example, int8_ops=int8_ops)
-        for w in delegation["warnings"]:
-            _log(f"warning: {name} {dtype}: {w}")
-    else:
-        data = tfl_mod.convert_tflite(reference_module, example, quantizer=q.quantizer if q else None,
-                                      channels_last=layout == "NHWC")
+    lowered = _lower(backend, program, label=f"{name} {dtype}")
     t_convert = time.perf_counter() - t0 - t_quant
-    partitions = _partition_report(data, fmt, dtype)
-    if fmt == "tflite":  # the same load of the model: ops and partitions come from the report
-        delegation = tfl_mod.delegation_from_report(partitions)
-
-    if fmt == "pte":
-        ins, outs = pte_mod.pte_io(data)
-        in_specs = [{"name": "x", **ins[0], "layout": layout, "scale": None, "zero_point": None}]
-        out_specs = [{"name": f"output_{i}", **o, "scale": None, "zero_point": None} for i, o in enumerate(outs)]
-    else:
-        ins_t, outs_t = tfl_mod.tflite_io(data)
-        in_specs = [{**ins_t[0], "layout": layout}]
-        out_specs = list(outs_t)
-
-    # Parity: run the artifact in its own runtime on the same inputs as the reference.
-    xs, real = parity_inputs(res, calib, seed=opts.seed)
-    reference = _torch_outputs(reference_module, xs)
-    float_ref = _torch_outputs(model, xs) if dtype == "int8" else None
-    runtime_inputs = [_to_layout(x, layout) for x in xs]
-    figures: dict[str, Any]
-    if opts.check:
-        run = pte_mod.run_pte if fmt == "pte" else tfl_mod.run_tflite
-        actual = run(data, runtime_inputs)
-        if dtype == "fp32":
-            figures = par.fp32_parity(actual, reference, real_images=real)
-        else:
-            scale: Any = out_specs[0]["scale"] if fmt == "tflite" else graph_output_scale(reference_module)
-            assert float_ref is not None
-            # A random-weight network's classes are near-ties on any image: top-1 says nothing there.
-            trained = (weights or {}).get("source") == "file"
-            figures = par.int8_parity(
-                actual, reference, float_ref, output_scale=scale, real_images=real, gate_top1=trained
-            )
-    else:
-        figures = {"passed": None, "skipped": True}
+    described = _describe(backend, lowered, dtype=dtype, layout=program.layout)
+    checked = _check(backend, lowered.data, program, described, dtype=dtype, opts=opts, calib=calib,
+                     weights=weights)
     t_check = time.perf_counter() - t0 - t_quant - t_convert
 
-    fname = artifact_name(name, fmt, dtype)
-    out = Path(out_dir)
-    path = out / fname
+    path = Path(out_dir) / fname
     record: dict[str, Any] = {
         "path": str(path),
         "manifest": str(path) + ".json",
         "model": name,
         "format": fmt,
         "dtype": dtype,
-        "resolution": res,
-        "layout": layout,
-        "size_bytes": len(data),
-        "parity": figures,
+        "resolution": opts.resolution,
+        "layout": program.layout,
+        "size_bytes": len(lowered.data),
+        "parity": checked.figures,
         "export_s": round(t_quant + t_convert, 3),
         "check_s": round(t_check, 3),
     }
-    if figures.get("passed") is False:
-        raise ParityFailure(f"{fname}: parity check failed, nothing written ({_summary(figures)})", record)
-
-    golden_name = fname + ".parity.npz"
-    golden_info: dict[str, Any] | None = None
-    if opts.check:  # unchecked artifacts get no parity data: `verify` then refuses them
-        golden = _write_golden(out / golden_name, runtime_inputs, reference, float_ref, real)
-        golden_info = {"file": golden_name, "sha256": sha256_bytes(golden)}
-    publish(path, data)
-    spec: Any = getattr(model, "spec", None)
-    acc = count(spec, res) if spec is not None else None
-    quant: dict[str, Any] | None = None
-    if q is not None:
-        quant = {
-            "engine": q.engine,
-            "quantizer": "xnnpack" if fmt == "pte" else "litert",
-            "target": q.target,
-            "policy": list(q.policy) if not isinstance(q.policy, str) else [q.policy],
-            "se_blocks": _jsonable(q.se_blocks),
-            "calibration": _jsonable(q.calibration),
-            "rewrites": list(q.rewrites),
-            "int8_rewrites": list(q.int8_rewrites),
-            "input": {"scale": in_specs[0]["scale"], "zero_point": in_specs[0]["zero_point"]},
-            "output": {"scale": out_specs[0]["scale"] if fmt == "tflite" else graph_output_scale(reference_module),
-                       "zero_point": out_specs[0]["zero_point"]},
-        }
-    manifest = {
-        "schema": SCHEMA,
-        "artifact": fname,
-        "format": fmt,
-        "backend": FORMATS[fmt].backend,
-        "dtype": dtype,
-        "model": name,
-        "variant": _variant(model),
-        "resolution": res,
-        "inputs": in_specs,
-        "outputs": out_specs,
-        "quantization": quant,
-        "weights": weights or {"source": "unknown"},
-        "calibration": None if calib is None else {"source": calib.source, "real": calib.real, **calib.info},
-        "params": acc.params if acc else sum(p.numel() for p in model.parameters()),
-        "macs": acc.macs if acc else None,
-        "se_params": acc.se_params if acc else None,
-        "se_macs": acc.se_macs if acc else None,
-        "size_bytes": len(data),
-        "sha256": sha256_bytes(data),
-        "versions": versions(),
-        "parity": {**figures, "golden": golden_info, "random_inputs": RANDOM_PARITY_INPUTS, "seed": opts.seed},
-        "delegation": delegation,
-        "partitions": partitions,
-        "graph_rewrites": rewrites,
-        "export_s": record["export_s"],
-    }
-    write_manifest(path, manifest)
+    if checked.figures.get("passed") is False:
+        raise ParityFailure(f"{fname}: parity check failed, nothing written ({_summary(checked.figures)})", record)
+    golden = _publish(path, lowered.data, checked, opts=opts)
+    write_manifest(path, _manifest(backend, program, lowered, described, checked, record=record, golden=golden,
+                                   opts=opts, calib=calib, weights=weights))
     return record
 
 
-def _partition_report(data: bytes, fmt: str, dtype: str) -> dict[str, Any]:
+def _partition_report(backend: Backend, data: bytes, dtype: str) -> dict[str, Any]:
     """Partitions, operators outside the delegate and float operators in an int8 graph (:mod:`export.partitions`)."""
-    from export.partitions import report_bytes
-
     try:
-        return report_bytes(data, fmt, dtype)
+        return backend.partitions(data, dtype)
     except (ValueError, OSError) as exc:  # a report is information: its failure must not cost the artifact
         _log(f"warning: partition report failed: {exc}")
         return {"error": str(exc)}

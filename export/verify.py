@@ -4,7 +4,8 @@ Order matters: the sha256 is checked before anything parses the file, so a trunc
 artifact is reported as such instead of crashing a runtime; then the runtime's own view of the
 inputs and outputs must match the manifest (a manifest from another export is caught here); then
 the stored parity inputs (``{artifact}.parity.npz``) run again and are compared with the stored
-reference outputs under the same rules as at export time (:mod:`export.parity`).
+reference outputs under the same rules as at export time (:mod:`export.parity`). The runtime is the
+format's backend (:mod:`export.backends`), chosen by the manifest's ``format``.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from edge_se.errors import EdgeSeError
+from export import backends
 from export import parity as par
-from export.manifest import read_manifest, sha256_bytes, sha256_file
+from export.manifest import Manifest, read_manifest, sha256_bytes, sha256_file
 
 
 def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[str, Any]], path: str) -> None:
@@ -35,7 +37,7 @@ def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[s
             raise EdgeSeError(f"{path}: {kind}[{i}] is {r['dtype']} in the artifact but {m['dtype']} in its manifest")
 
 
-def _load_golden(artifact: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+def _load_golden(artifact: Path, manifest: Manifest) -> dict[str, np.ndarray]:
     golden = (manifest.get("parity") or {}).get("golden")
     if not isinstance(golden, dict) or "file" not in golden:
         raise EdgeSeError(f"manifest of {str(artifact)!r} has no parity.golden (exported with --no-check?)")
@@ -67,9 +69,6 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
         EdgeSeError: a missing, truncated or corrupt artifact, a manifest that does not describe
             it, or missing parity data; the message names the file and the mismatch.
     """
-    from export import pte as pte_mod
-    from export import tflite as tfl_mod
-
     path = Path(artifact)
     if not path.is_file():
         raise EdgeSeError(f"artifact {str(path)!r} does not exist")
@@ -84,12 +83,8 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
     if sha256_file(path) != manifest["sha256"]:
         raise EdgeSeError(f"{str(path)!r} does not match the sha256 in its manifest (corrupt or replaced)")
     fmt, dtype = manifest["format"], manifest["dtype"]
-    if fmt == "pte":
-        ins, outs = pte_mod.pte_io(path)
-        run = pte_mod.run_pte
-    else:
-        ins, outs = tfl_mod.tflite_io(path)
-        run = tfl_mod.run_tflite
+    backend = backends.get(fmt)
+    ins, outs = backend.io(path)
     _check_io("inputs", ins, manifest["inputs"], str(path))
     _check_io("outputs", outs, manifest["outputs"], str(path))
     golden = _load_golden(path, manifest)
@@ -98,7 +93,7 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
     if list(inputs[0].shape) != expect_shape:
         raise EdgeSeError(f"parity data of {str(path)!r} has inputs of shape {list(inputs[0].shape)}, "
                           f"the manifest says {expect_shape}")
-    actual = run(path, inputs)
+    actual = backend.run(path, inputs)
     reference = list(golden["reference"])
     if dtype == "fp32":
         figures = par.fp32_parity(actual, reference, real_images=list(golden["real"]))

@@ -34,7 +34,7 @@ rewrite             what it does                                                
 
 The rewritten node keeps its name (only its operator and arguments change), so the SE block
 names, gate names and the gate capture of :mod:`quantize.capture` stay valid. Where ``hardswish``
-stays one operator (pte), :func:`export.pte.int8_partitioner_configs` lets the XNNPACK
+stays one operator (pte), :func:`export.backends.pte.int8_partitioner_configs` lets the XNNPACK
 partitioner take it, and ``sigmoid``, in int8.
 """
 

@@ -1,5 +1,7 @@
 """The PT2E quantizers edge-se uses, with the graph edits the SE-aware policies make at annotation.
 
+One entry per artifact format in :data:`QUANTIZER_TARGETS`:
+
 - ``pte``: ExecuTorch's ``XNNPACKQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True)``
   (int8 per-channel weights, int8 per-tensor affine activations observed with a histogram).
 - ``tflite``: litert-torch's ``PT2EQuantizer`` with ``get_symmetric_quantization_config(is_per_channel=True,
@@ -30,7 +32,6 @@ from quantize.int8_ops import ANNOTATION_KEY, REWRITES, annotate_int8_ops, apply
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
-TARGETS: tuple[str, ...] = tuple(FORMATS)  # one quantiser per artifact format
 ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile")
 
 
@@ -160,8 +161,9 @@ def _policy_class(base: type) -> type:
             _apply_pre_edits(model, self.edge_se_edits)
             model = super().annotate(model)
             if "int8-ops" in self.edge_se_rewrites:
-                n = annotate_int8_ops(model, self.global_config, hardswish=self.edge_se_target == "pte",
-                                      fuse_clamp=self.edge_se_target == "tflite")
+                how = QUANTIZER_TARGETS.get(self.edge_se_target)
+                n = annotate_int8_ops(model, self.global_config, hardswish=how is not None and how.int8_hardswish,
+                                      fuse_clamp=how is not None and how.fuse_clamp)
                 self.edge_se_applied = [*self.edge_se_applied, f"int8-ops: {n} nodes ({REWRITES['int8-ops']})"]
             _apply_post_edits(model, self.edge_se_edits)
             return model
@@ -170,30 +172,63 @@ def _policy_class(base: type) -> type:
     return PolicyQuantizer
 
 
+def _xnnpack_stock() -> tuple[type, object]:
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    return XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)
+
+
+def _litert_stock() -> tuple[type, object]:
+    from litert_torch.quantize import pt2e_quantizer as lq
+
+    return lq.PT2EQuantizer, lq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
+
+
+@dataclass(frozen=True)
+class TargetQuantizer:
+    """How one artifact format is quantised: its stock quantizer and what the ``int8-ops`` rewrite does there.
+
+    Attributes:
+        stock: returns ``(stock quantizer class, its global QuantizationConfig)``; imports the
+            toolchain only when called.
+        int8_hardswish: ``int8-ops`` annotates ``hardswish`` int8 (the delegate has an int8 kernel).
+        fuse_clamp: ``int8-ops`` quantises an ``add`` feeding a clamp after the clamp only (the
+            converter fuses them into one operator).
+    """
+
+    stock: Callable[[], tuple[type, object]]
+    int8_hardswish: bool = False
+    fuse_clamp: bool = False
+
+
+QUANTIZER_TARGETS: dict[str, TargetQuantizer] = {
+    "pte": TargetQuantizer(_xnnpack_stock, int8_hardswish=True),
+    "tflite": TargetQuantizer(_litert_stock, fuse_clamp=True),
+}
+"""The PT2E quantizer per artifact format (keys: names of :data:`contract.formats.FORMATS`). The
+exporter's backends (``export.backends``) reach it through :func:`make_quantizer`; this package does
+not import them."""
+
+TARGETS: tuple[str, ...] = tuple(t for t in FORMATS if t in QUANTIZER_TARGETS)
+"""The formats with a quantizer, in :data:`contract.formats.FORMATS` order."""
+
 _CLASSES: dict[str, type] = {}
 
 
 def make_quantizer(target: str, options: QuantizerOptions | None = None) -> object:
-    """The PT2E quantizer for ``target`` (``pte`` or ``tflite``) with ``options`` applied.
+    """The PT2E quantizer for ``target`` (a key of :data:`QUANTIZER_TARGETS`) with ``options`` applied.
 
     Raises:
         ValueError: an unknown target or observer, naming the valid choices.
     """
     options = options or QuantizerOptions()
-    if target == "pte":
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-
-        base, config = XNNPACKQuantizer, get_symmetric_quantization_config(is_per_channel=True)
-    elif target == "tflite":
-        from litert_torch.quantize import pt2e_quantizer as lq
-
-        base = lq.PT2EQuantizer
-        config = lq.get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False)
-    else:
+    how = QUANTIZER_TARGETS.get(target)
+    if how is None:
         raise ValueError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
+    base, config = how.stock()
     cls = _CLASSES.setdefault(base.__name__, _policy_class(base))
     quantizer = cls()
     quantizer.set_global(_with_act_observer(config, options.act_observer))

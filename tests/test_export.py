@@ -145,7 +145,7 @@ def test_int8_pte_delegation_leaves_only_se_or_constants_outside():
 @pytest.mark.slow
 @pytest.mark.export
 def test_failed_parity_writes_nothing(tmp_path, monkeypatch):
-    from export import pte as pte_mod
+    from export.backends import pte as pte_mod
 
     model = __import__("edge_se").build_model("mobilenetv3_small_050").eval()
     real_run = pte_mod.run_pte

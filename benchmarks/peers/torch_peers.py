@@ -112,7 +112,7 @@ def build_pte(model: nn.Module, example: torch.Tensor) -> tuple[bytes, dict[str,
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    from export.pte import delegation_summary
+    from export.backends.pte import delegation_summary
 
     ep = torch.export.export(model, (example,))
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
@@ -159,9 +159,9 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
     )
     from litert_torch.quantize import pt2e_quantizer as lq
 
-    from export.pte import pte_io
-    from export.tflite import delegation_summary as tflite_delegation
-    from export.tflite import tflite_io
+    from export.backends.pte import pte_io
+    from export.backends.tflite import delegation_summary as tflite_delegation
+    from export.backends.tflite import tflite_io
 
     model = torchvision_model(arch, seed=seed)
     calib = calibration_images(resolution, seed=seed)

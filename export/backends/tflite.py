@@ -5,6 +5,8 @@ fp32: ``litert_torch.convert(model, inputs)``. int8: the converted PT2E graph wi
 output tensors are int8; callers quantise inputs and dequantise outputs with the model's own
 scale and zero point (:func:`tflite_io`, :func:`run_tflite`). Outputs are mapped by index from
 the signature (LiteRT lists 10+ outputs in name order: ``output_10`` before ``output_2``).
+
+The ``tflite`` backend (:class:`TfliteBackend`, registered on import) of :mod:`export.backends`.
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from edge_se.errors import EdgeSeError, StageError, first_line
+from export.backends import register
+from export.backends.base import Artifact, Backend, Lowered, on_disk
+
+if TYPE_CHECKING:
+    from quantize.core import QuantizedModel
 
 
 def convert_tflite(
@@ -180,16 +187,62 @@ def delegation_from_report(report: dict[str, Any]) -> dict[str, Any]:
 
 def delegation_summary(data: bytes | str | os.PathLike[str]) -> dict[str, Any]:
     """Operators of the model by TFLite builtin name, and the XNNPACK partitions LiteRT made at load time."""
-    from export.partitions import report_bytes, tflite_report
+    from export.partitions import tflite_report
 
     try:
-        rep = report_bytes(data, "tflite") if isinstance(data, bytes) else tflite_report(data)
+        with on_disk(data, "tflite") as path:
+            rep = tflite_report(path)
     except ValueError as exc:
         raise EdgeSeError(str(exc)) from None
     return delegation_from_report(rep)
 
 
+class TfliteBackend(Backend):
+    """TFLite ``.tflite`` for LiteRT (default XNNPACK delegate); int8 is full-integer (int8 in and out)."""
+
+    name = "tflite"
+
+    def layout(self, channels_last: bool) -> str:
+        """``NHWC`` when asked (the converter folds the transpose), else ``NCHW``."""
+        return "NHWC" if channels_last else "NCHW"
+
+    def lower(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
+              quantized: QuantizedModel | None, layout: str) -> Lowered:
+        """:func:`convert_tflite`, with the PT2E quantizer of ``quantized`` for int8."""
+        data = convert_tflite(module, example_inputs, quantizer=quantized.quantizer if quantized else None,
+                              channels_last=layout == "NHWC")
+        return Lowered(data)
+
+    def io(self, artifact: Artifact) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:func:`tflite_io`."""
+        return tflite_io(artifact)
+
+    def tensor_specs(self, artifact: Artifact, *, layout: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The signature's tensors with their own names, scales and zero points."""
+        ins, outs = tflite_io(artifact)
+        return [{**ins[0], "layout": layout}], list(outs)
+
+    def run(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:func:`run_tflite`."""
+        return run_tflite(artifact, inputs)
+
+    def partitions(self, artifact: Artifact, dtype: str | None = None) -> dict[str, Any]:
+        """:func:`export.partitions.tflite_report`: LiteRT's node list after its XNNPACK delegate."""
+        from export.partitions import tflite_report
+
+        with on_disk(artifact, self.spec.ext) as path:
+            return tflite_report(path, dtype)
+
+    def delegation(self, lowered: Lowered, partitions: dict[str, Any]) -> dict[str, Any]:
+        """:func:`delegation_from_report` (the same load of the model as the partition report)."""
+        return delegation_from_report(partitions)
+
+
+register(TfliteBackend())
+
+
 __all__ = [
+    "TfliteBackend",
     "convert_tflite",
     "delegation_from_report",
     "delegation_summary",

@@ -1,5 +1,7 @@
 """ExecuTorch ``.pte`` with the XNNPACK delegate: lower, summarise delegation, run in the runtime.
 
+The ``pte`` backend (:class:`PteBackend`, registered on import) of :mod:`export.backends`.
+
 ``torch.export`` -> (graph rewrites) -> ``to_edge_transform_and_lower(partitioner=[XnnpackPartitioner()])``
 -> ``to_executorch()``. The converters are imported inside the functions, so importing this
 module costs nothing.
@@ -11,13 +13,18 @@ import os
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from contract.errors import ContractError
 from edge_se.errors import EdgeSeError, StageError, first_line
+from export.backends import register
+from export.backends.base import Artifact, Backend, Lowered, graph_output_scale, on_disk
+
+if TYPE_CHECKING:
+    from quantize.core import QuantizedModel
 
 # Ops that only move data between a delegate and the program (no arithmetic).
 _PLUMBING = {"getitem", "executorch_call_delegate"}
@@ -199,7 +206,6 @@ def lower_pte(
     return bytes(buffer), summary, rewrites
 
 
-
 def _load_method(data: bytes | str | os.PathLike[str]) -> Any:
     from executorch.runtime import Runtime
 
@@ -247,5 +253,52 @@ def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) 
     return outs
 
 
-__all__ = ["INT8_PARTITIONER_OPS", "delegation_summary", "int8_partitioner_configs", "lower_pte",
-            "op_name", "pte_io", "rewrite_head_mean", "run_pte"]
+class PteBackend(Backend):
+    """ExecuTorch ``.pte``, XNNPACK-delegated; NCHW float input and output in both dtypes."""
+
+    name = "pte"
+
+    def lower(self, module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *,
+              quantized: QuantizedModel | None, layout: str) -> Lowered:
+        """:func:`lower_pte`; int8 graphs quantised with ``int8-ops`` get :func:`int8_partitioner_configs`."""
+        int8_ops = quantized is not None and "int8-ops" in quantized.int8_rewrites
+        data, summary, rewrites = lower_pte(module, example_inputs, int8_ops=int8_ops)
+        return Lowered(data, delegation=summary, rewrites=rewrites, warnings=list(summary["warnings"]))
+
+    def io(self, artifact: Artifact) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """:func:`pte_io`."""
+        return pte_io(artifact)
+
+    def tensor_specs(self, artifact: Artifact, *, layout: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Input ``x`` and outputs ``output_{i}``; no quantisation parameters (the program takes and gives float)."""
+        ins, outs = pte_io(artifact)
+        in_specs = [{"name": "x", **ins[0], "layout": layout, "scale": None, "zero_point": None}]
+        out_specs = [{"name": f"output_{i}", **o, "scale": None, "zero_point": None} for i, o in enumerate(outs)]
+        return in_specs, out_specs
+
+    def run(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """:func:`run_pte`."""
+        return run_pte(artifact, inputs)
+
+    def partitions(self, artifact: Artifact, dtype: str | None = None) -> dict[str, Any]:
+        """:func:`export.partitions.pte_report` of the program."""
+        from export.partitions import pte_report
+
+        with on_disk(artifact, self.spec.ext) as path:
+            return pte_report(path, dtype)
+
+    def delegation(self, lowered: Lowered, partitions: dict[str, Any]) -> dict[str, Any]:
+        """:func:`delegation_summary` of the edge program, made while lowering."""
+        if lowered.delegation is None:
+            raise EdgeSeError("a .pte delegation summary is made while lowering; this lowering has none")
+        return lowered.delegation
+
+    def output_scale(self, outputs: Sequence[dict[str, Any]], reference: Any) -> float | None:
+        """Float outputs: the step of the PT2E reference graph's final dequantize."""
+        return graph_output_scale(reference)
+
+
+register(PteBackend())
+
+__all__ = ["INT8_PARTITIONER_OPS", "PteBackend", "delegation_summary", "int8_partitioner_configs", "lower_pte",
+           "op_name", "pte_io", "rewrite_head_mean", "run_pte"]
