@@ -1,7 +1,8 @@
 """The artifact and measurement contract: what every stage writes and reads, with no torch.
 
 One definition each of: the manifest (:mod:`contract.manifest`, schema file
-``manifest.schema.json``), the bench record (:mod:`contract.record`), the formats and artifact
+``manifest.schema.json``), the bench record (:mod:`contract.bench`, schema file
+``bench.schema.json``), the formats and artifact
 naming (:mod:`contract.formats`), the measurement spec (:mod:`contract.measure`), atomic writes
 and checksums (:mod:`contract.files`). Standard library only, so the on-device runner (numpy and a
 runtime, on a Raspberry Pi) shares it with the host side; ``edge_se``, ``export``,

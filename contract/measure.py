@@ -77,6 +77,19 @@ class MeasureSpec:
             argv += [_flag(f.name), _format(value)]
         return argv
 
+    def summary(self, *, threads: str | None = None) -> str:
+        """One readable line: ``warmup 10, runs >= 50 and >= 1.0 s, 3 repeats, 1 thread(s)``.
+
+        ``threads`` replaces the thread figure (``"threads from the inventory, else 1"``).
+        """
+        parts = [f"warmup {self.warmup}", f"runs >= {self.runs} and >= {self.min_seconds} s"
+                 + (f" (at most {self.max_runs})" if self.max_runs else ""),
+                 f"{self.repeats} repeat(s)" + (f", {self.cooldown_s} s apart" if self.repeats > 1 else ""),
+                 threads or f"{self.threads} thread(s)"]
+        if self.affinity:
+            parts.append(f"CPUs {self.affinity}")
+        return ", ".join(parts)
+
     @classmethod
     def from_argv(cls, argv: Sequence[str]) -> MeasureSpec:
         """Parse options written by :meth:`to_argv` (or typed by a user)."""
@@ -116,14 +129,22 @@ def _format(value: Any) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
-def add_arguments(parser: argparse.ArgumentParser | Any, *, defaults: MeasureSpec = DEFAULT) -> None:
-    """Add every measurement flag to ``parser`` (or an argument group), defaults from ``defaults``."""
+def add_arguments(parser: argparse.ArgumentParser | Any, *, defaults: MeasureSpec = DEFAULT
+                  ) -> dict[str, argparse.Action]:
+    """Add every measurement flag to ``parser`` (or an argument group), defaults from ``defaults``.
+
+    Returns the actions by field name, for a caller that words one default differently (``edge-se
+    bench``: threads default to the inventory's).
+    """
+    actions = {}
     for f in fields(MeasureSpec):
         default = getattr(defaults, f.name)
         kind = {"int": int, "float": float}.get(str(f.type).replace(" | None", ""), str)
         default_text = "not set" if default is None else "%(default)s"
-        parser.add_argument(_flag(f.name), *_ALIASES.get(f.name, ()), dest=f"measure_{f.name}", type=kind,
-                            default=default, help=f"{_HELP[f.name]} (default: {default_text})")
+        actions[f.name] = parser.add_argument(
+            _flag(f.name), *_ALIASES.get(f.name, ()), dest=f"measure_{f.name}", type=kind, default=default,
+            metavar=_flag(f.name)[2:].upper().replace("-", "_"), help=f"{_HELP[f.name]} (default: {default_text})")
+    return actions
 
 
 def from_namespace(ns: argparse.Namespace) -> MeasureSpec:

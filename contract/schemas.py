@@ -15,7 +15,7 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 
 @functools.cache
 def load(name: str) -> dict[str, Any]:
-    """The schema ``{name}.schema.json`` of this package (``manifest``, ``bench_record``)."""
+    """The schema ``{name}.schema.json`` of this package (``manifest``, ``bench``)."""
     schema = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text(encoding="utf-8"))
     jsonschema_lite.check_schema(schema)
     return schema

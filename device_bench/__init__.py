@@ -6,7 +6,10 @@ numpy and a runtime; the host part (``bench``, ``transports``, ``inventory``, ``
 artifact and device::
 
     $ edge-se bench m_xnnpack_int8.pte --device local --runs 50 --out results/bench.jsonl
-    {"artifact": "m_xnnpack_int8.pte", "device": "local", "latency_ms": {"p50": 0.41, ...}, ...}
+    {"schema": "edge-se/bench/2", "artifact": "m_xnnpack_int8.pte", "device": "local", "p50_ms": 0.41, ...}
+
+Every line is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`, docs/manifest.md) measured
+by a :class:`contract.measure.MeasureSpec`, recorded with it as ``measure``.
 
 Devices: ``local``, ``qemu-aarch64`` (emulated; see ``make arm-emu``), ``ssh://[user@]host[:port]``,
 ``adb://SERIAL`` or a name from the device inventory (``edge-se devices``).

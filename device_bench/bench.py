@@ -3,7 +3,8 @@
 Every line is appended atomically as soon as its run ends (``contract.files.append_line``), so
 a crash, a time-out or a failing device never loses earlier lines. A run that fails still
 leaves a line, with ``status: "error"`` and the one-line reason: failures are recorded, not
-hidden.
+hidden. Every line is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`), validated before
+it is written.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import bench as record
 from contract import files as atomic
 from contract.provenance import git_commit
 from device_bench.inventory import Device
@@ -61,6 +63,7 @@ def prepare(artifacts: Sequence[str | Path]) -> list[Job]:
 def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]:
     m = job.manifest.raw
     return {
+        "schema": record.SCHEMA,
         "artifact": str(job.artifact),
         "manifest_sha256": job.manifest.sha256,
         "manifest_file_sha256": hashlib.sha256(job.manifest_path.read_bytes()).hexdigest(),
@@ -72,8 +75,9 @@ def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]
         "device": transport.name,
         "transport": transport.kind,
         "emulated": transport.emulated,
-        "repeats_requested": opts.repeats,
-        "cooldown_s": opts.cooldown,
+        "measure": opts.measure.to_dict(),
+        "repeats_requested": opts.measure.repeats,
+        "cooldown_s": opts.measure.cooldown_s,
         "commit": git_commit(),
         "timestamp_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -89,7 +93,7 @@ def options_for(base: RunOptions, device: Device | None, threads_given: bool) ->
     for key in ("runner", "timeout_s"):
         if key in device.options:
             changes[key] = device.options[key]
-    return RunOptions(**{**base.__dict__, **changes}) if changes else base
+    return base.replace(**changes) if changes else base
 
 
 def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: dict[str, Device], opts: RunOptions,
@@ -111,12 +115,16 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
                 rec = {**ctx, "status": "skipped", "reason": f"inventory lists runtimes {list(entry.runtimes)}"}
             else:
                 try:
-                    result = transport.run(job.artifact, job.manifest_path, dev_opts)
+                    # A runner from an older checkout (edge-se/bench/1, on a board) is upgraded here;
+                    # output that breaks the contract is this device's error.
+                    result = record.read_record(transport.run(job.artifact, job.manifest_path, dev_opts),
+                                                f"{transport.name}: runner output")
                     rec = {**result, **ctx, "status": "ok"}
                     if rec.get("parity") and not rec["parity"]["passed"]:
                         rec["status"] = "parity-failed"
-                except (DeviceError, ManifestError) as exc:
+                except (DeviceError, ManifestError) as exc:  # ManifestError is contract.ContractError
                     rec = {**ctx, "status": "error", "error": str(exc)}
+            record.validate(rec, f"{out} (being written)")
             atomic.append_line(out, json.dumps(rec, sort_keys=True))
             records.append(rec)
             _log(rec)
@@ -124,10 +132,10 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
 
 
 def _log(rec: dict[str, Any]) -> None:
+    rec = record.read_record(rec)
     where = f"{Path(rec['artifact']).name} on {rec['device']}"
     if rec["status"] == "ok":
-        lat = rec["latency_ms"]
-        p50 = f"{lat['p50']:.4g}" if lat.get("p50") is not None else "n/a"
+        p50 = f"{rec['p50_ms']:.4g}" if rec.get("p50_ms") is not None else "n/a"
         note = " (emulated)" if rec.get("emulated") else ""
         ipi = rec.get("instructions_per_inference")
         extra = f", {ipi:.4g} instr/inference" if ipi else ""

@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from contract.measure import DEFAULT as DEFAULT_MEASURE
+from contract.measure import add_arguments as add_measure_arguments
+from contract.measure import from_namespace
 from edge_se.argtypes import number
-from edge_se.errors import EdgeSeError
+from edge_se.cliargs import deprecated
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -30,38 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(repeat for several; default local)",
     )
     b.add_argument("--out", required=True, type=Path, help="JSON-lines file to append to")
-    b.add_argument("--runs", type=number("--runs", int), default=50, help="minimum timed inferences per repeat")
-    b.add_argument("--warmup", type=number("--warmup", int, minimum=0), default=10, help="untimed inferences first")
-    b.add_argument(
-        "--min-seconds",
-        type=number("--min-seconds", float, minimum=0),
-        default=1.0,
-        help="minimum timed seconds per repeat",
-    )
-    b.add_argument(
-        "--max-runs",
-        type=number("--max-runs", int, minimum=0),
-        default=0,
-        help="cap on timed runs per repeat (0: none)",
-    )
-    b.add_argument(
-        "--threads",
-        type=number("--threads", int),
-        default=None,
-        help="runtime threads (default: the inventory's, else 1)",
-    )
-    b.add_argument("--repeats", type=number("--repeats", int), default=3, help="independent repeats")
-    b.add_argument(
-        "--cooldown", type=number("--cooldown", float, minimum=0), default=1.0, help="idle seconds between repeats"
-    )
-    b.add_argument(
-        "--unstable-pct",
-        type=number("--unstable-pct", float, minimum=0),
-        default=5.0,
-        help="repeat medians further apart than this (%% of the fastest) mark a result unstable",
-    )
-    b.add_argument("--affinity", default=None, help="pin the runner to these CPUs, e.g. 2,3")
-    b.add_argument("--seed", type=number("--seed", int, minimum=0), default=0, help="seed of the generated inputs")
+    measure = b.add_argument_group("measurement (contract.measure.MeasureSpec)")
+    bench_threads = add_measure_arguments(measure)["threads"]
+    bench_threads.default = None  # None: the inventory's threads for the device, else the spec's
+    bench_threads.help = f"runtime threads (default: the inventory's, else {DEFAULT_MEASURE.threads})"
     b.add_argument(
         "--runner",
         choices=("auto", "python", "native"),
@@ -82,7 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     t = subparsers.add_parser("bench-torch", help="desktop PyTorch baselines (CPU, CUDA)", formatter_class=fmt)
     t.add_argument("model", help="edge-se registry name")
-    t.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    torch_device = t.add_argument("--torch-device", choices=("cpu", "cuda"), default="cpu",
+                                  help="where PyTorch runs (edge-se bench's --device is a transport)")
+    deprecated(t, "--device", torch_device)
     t.add_argument(
         "--dtype",
         choices=DTYPES,
@@ -101,11 +78,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=True, help="also time torch.compile where it works"
     )
-    t.add_argument("--runs", type=number("--runs", int), default=50)
-    t.add_argument("--warmup", type=number("--warmup", int, minimum=0), default=10)
-    t.add_argument("--min-seconds", type=number("--min-seconds", float, minimum=0), default=1.0)
-    t.add_argument("--repeats", type=number("--repeats", int), default=3)
-    t.add_argument("--threads", type=number("--threads", int), default=1, help="CPU threads (torch.set_num_threads)")
+    add_measure_arguments(t.add_argument_group("measurement (contract.measure.MeasureSpec)"))
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=run_bench_torch)
 
@@ -121,28 +94,16 @@ def run_bench(args: argparse.Namespace) -> int:
     from device_bench.bench import bench
     from device_bench.transports.base import RunOptions
 
-    if args.runs < 1 or args.repeats < 1 or (args.threads is not None and args.threads < 1):
-        raise EdgeSeError("--runs, --repeats and --threads must be >= 1")
-    opts = RunOptions(
-        warmup=args.warmup,
-        runs=args.runs,
-        min_seconds=args.min_seconds,
-        max_runs=args.max_runs,
-        repeats=args.repeats,
-        cooldown=args.cooldown,
-        threads=args.threads or 1,
-        affinity=args.affinity,
-        seed=args.seed,
-        unstable_pct=args.unstable_pct,
-        runner=args.runner,
-        timeout_s=args.timeout,
-        parity=args.parity,
-    )
+    threads_given = args.measure_threads is not None
+    if not threads_given:
+        args.measure_threads = DEFAULT_MEASURE.threads
+    opts = RunOptions(measure=from_namespace(args), runner=args.runner, timeout_s=args.timeout, parity=args.parity)
     devices = args.device or ["local"]
-    print(f"bench: {len(args.artifacts)} artifact(s) x {devices}; {opts}", file=sys.stderr)
-    records = bench(
-        args.artifacts, devices, inventory.load(args.inventory), opts, args.out, threads_given=args.threads is not None
-    )
+    threads = None if threads_given else f"threads from the inventory, else {opts.measure.threads}"
+    print(f"bench: {len(args.artifacts)} artifact(s) x {devices}: {opts.measure.summary(threads=threads)}; "
+          f"runner {opts.runner}, time-out {opts.timeout_s:g} s", file=sys.stderr)
+    records = bench(args.artifacts, devices, inventory.load(args.inventory), opts, args.out,
+                    threads_given=threads_given)
     for rec in records:
         print(json.dumps(rec, sort_keys=True))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1
@@ -154,18 +115,14 @@ def run_bench_torch(args: argparse.Namespace) -> int:
 
     cfg = TorchBenchConfig(
         model=args.model,
-        device=args.device,
+        device=args.torch_device,
         dtypes=tuple(args.dtype or ()),
         batches=tuple(args.batch or ()),
         resolution=args.resolution,
         compile=args.compile,
-        runs=args.runs,
-        warmup=args.warmup,
-        min_seconds=args.min_seconds,
-        repeats=args.repeats,
-        threads=args.threads,
+        measure=from_namespace(args),
     )
-    print(f"bench-torch: {cfg}", file=sys.stderr)
+    print(f"bench-torch: {cfg.model} on {cfg.device}: {cfg.measure.summary()}", file=sys.stderr)
     for rec in bench_torch(cfg, args.out):
         print(json.dumps(rec, sort_keys=True))
     return 0

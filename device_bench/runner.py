@@ -1,15 +1,18 @@
 """The on-device benchmark runner: one artifact, one JSON object on stdout.
 
-Runs on the device with numpy and a runtime only (never torch or edge_se)::
+Runs on the device with numpy and a runtime only (never torch or edge_se; ``contract``, standard
+library only, is staged beside it)::
 
     python -m device_bench.runner model.tflite --manifest model.tflite.json --runs 50 --threads 1
 
-Method: load (timed), one first inference (timed), ``--warmup`` untimed runs, then per repeat
-at least ``--runs`` timed inferences *and* at least ``--min-seconds`` of them, ``--cooldown``
-seconds of idle between repeats. Inputs come from the manifest with a fixed ``--seed`` (or
+Method (the measurement flags are :class:`contract.measure.MeasureSpec`'s, with its defaults):
+load (timed), one first inference (timed), ``--warmup`` untimed runs, then per repeat at least
+``--runs`` timed inferences *and* at least ``--min-seconds`` of them (at most ``--max-runs``),
+``--cooldown`` seconds of idle between repeats. Inputs come from the manifest with a fixed ``--seed`` (or
 ``--input-file`` real samples). The output checksum is the sha256 of the first inference's
-output bytes, so a run that computed nothing (or something else) is caught by comparison.
-Errors print one line on stderr and exit with status 2.
+output bytes, so a run that computed nothing (or something else) is caught by comparison. The
+result is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`). Errors print one line on
+stderr and exit with status 2.
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from contract import measure as measure_spec
+from contract.bench import SCHEMA as RESULT_SCHEMA
+from contract.bench import validate as validate_record
+from contract.errors import ContractError
 from device_bench import stats, sysinfo
 from device_bench.manifest import ManifestError, load_input_file, load_manifest, make_inputs, verify_artifact
 from device_bench.runtimes import RuntimeUnavailable, open_session
-
-RESULT_SCHEMA = "edge-se/bench/1"
 
 
 def output_summary(outputs: Sequence[np.ndarray]) -> dict[str, Any]:
@@ -64,20 +69,25 @@ def _set_affinity(cpus: str | None) -> list[int] | None:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the benchmark described by the parsed arguments; return the result object."""
+    """Run the benchmark described by the parsed arguments; return the result object.
+
+    Raises:
+        ContractError: a measurement flag out of range (before anything is loaded).
+    """
+    spec = measure_spec.from_namespace(args)
     manifest = load_manifest(args.manifest)
     digest = verify_artifact(args.artifact, manifest)
-    affinity = _set_affinity(args.affinity)
+    affinity = _set_affinity(spec.affinity)
     if args.input_file:
         if len(args.input_file) != len(manifest.inputs):
             raise ManifestError(f"--input-file given {len(args.input_file)} times; "
                                 f"the model has {len(manifest.inputs)} inputs")
         inputs = [load_input_file(p, s) for p, s in zip(args.input_file, manifest.inputs, strict=True)]
     else:
-        inputs = make_inputs(manifest, args.seed)
+        inputs = make_inputs(manifest, spec.seed)
 
     t0 = time.perf_counter()
-    session = open_session(manifest.format, args.artifact, manifest.inputs, args.threads)
+    session = open_session(manifest.format, args.artifact, manifest.inputs, spec.threads)
     session.set_inputs(inputs)
     load_ms = (time.perf_counter() - t0) * 1e3
     t0 = time.perf_counter()
@@ -88,31 +98,31 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with open(args.dump_outputs, "wb") as fh:
             for a in first:
                 fh.write(np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<"), copy=False).tobytes())
-    for _ in range(args.warmup):
+    for _ in range(spec.warmup):
         session.run()
     if args.count_only:
         # Instruction counting: the same instructions every time, so no clock reads and no
         # statistics, whose cost depends on the timings (sorting, float formatting).
-        for _ in range(args.runs):
+        for _ in range(spec.runs):
             session.run()
-        return {"schema": RESULT_SCHEMA, "runner": "python", "count_only": True, "runs": args.runs,
+        return {"schema": RESULT_SCHEMA, "runner": "python", "count_only": True, "runs": spec.runs,
                 "output_checksum": output_summary(first)["output_checksum"]}
 
     repeats: list[list[float]] = []
     seconds: list[float] = []
     clock = time.perf_counter_ns
-    for r in range(args.repeats):
+    for r in range(spec.repeats):
         if r:
-            time.sleep(args.cooldown)
+            time.sleep(spec.cooldown_s)
         samples: list[float] = []
         spent_ns = 0
-        while len(samples) < args.runs or spent_ns < args.min_seconds * 1e9:
+        while len(samples) < spec.runs or spent_ns < spec.min_seconds * 1e9:
             t = clock()
             session.run()
             dt = clock() - t
             spent_ns += dt
             samples.append(dt / 1e6)
-            if args.max_runs and len(samples) >= args.max_runs:
+            if spec.max_runs and len(samples) >= spec.max_runs:
                 break
         repeats.append(samples)
         seconds.append(spent_ns / 1e9)
@@ -127,12 +137,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "runtime": {"name": session.name, "version": session.version},
         "threads": session.threads,
         "affinity": affinity,
-        "warmup": args.warmup,
-        "runs": args.runs,
-        "min_seconds": args.min_seconds,
-        "seed": None if args.input_file else args.seed,
+        "measure": spec.to_dict(),
+        "seed": None if args.input_file else spec.seed,
         "inputs_from": "files" if args.input_file else "seed",
-        **stats.combine_repeats(repeats, seconds=seconds, unstable_pct=args.unstable_pct),
+        **stats.combine_repeats(repeats, seconds=seconds, unstable_pct=spec.unstable_pct),
         "total_seconds": sum(seconds),
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
@@ -145,22 +153,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Arguments of the runner (the native runner takes the same)."""
-    p = argparse.ArgumentParser(prog="python -m device_bench.runner", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """Arguments of the runner (the native runner takes the same); measurement flags from ``contract.measure``."""
+    p = argparse.ArgumentParser(prog="python -m device_bench.runner", description=__doc__.splitlines()[0])
     p.add_argument("artifact", help="the .tflite or .pte file")
     p.add_argument("--manifest", required=True, help="its manifest (edge-se/manifest/1)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed inferences before timing")
-    p.add_argument("--runs", type=int, default=50, help="minimum timed inferences per repeat")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per repeat")
-    p.add_argument("--max-runs", type=int, default=0, help="stop a repeat after this many runs (0: no cap)")
-    p.add_argument("--repeats", type=int, default=1, help="independent timed repeats")
-    p.add_argument("--cooldown", type=float, default=1.0, help="idle seconds between repeats")
-    p.add_argument("--unstable-pct", type=float, default=stats.DEFAULT_UNSTABLE_PCT,
-                   help="repeat medians further apart than this (%% of the fastest) mark the result unstable")
-    p.add_argument("--threads", type=int, default=1, help="runtime threads (always set explicitly)")
-    p.add_argument("--affinity", default=None, help="pin to these CPUs, e.g. 0,1")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated inputs")
+    measure_spec.add_arguments(p.add_argument_group("measurement (contract.measure.MeasureSpec)"))
     p.add_argument("--input-file", action="append", default=None,
                    help="a real sample per input (.npy or raw little-endian bytes), in input order")
     p.add_argument("--dump-outputs", default=None, help="write the first inference's output bytes here")
@@ -169,22 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _validate(args: argparse.Namespace) -> None:
-    for name in ("warmup", "runs", "max_runs", "repeats", "threads"):
-        low = 1 if name in ("runs", "repeats", "threads") else 0
-        if getattr(args, name) < low:
-            raise ManifestError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(args, name)}")
-    if args.min_seconds < 0 or args.cooldown < 0:
-        raise ManifestError("--min-seconds and --cooldown must be >= 0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the runner; print the result JSON on stdout; return the exit status."""
     args = build_parser().parse_args(argv)
     try:
-        _validate(args)
         result = measure(args)
-    except (ManifestError, RuntimeUnavailable, OSError) as exc:
+        if not args.count_only:  # a counted process does no more than it must (count-only: 4 fixed keys)
+            validate_record(result, "device_bench.runner result")  # what it prints is a valid record
+    except (ContractError, ManifestError, RuntimeUnavailable, OSError) as exc:
         print(f"device_bench.runner: error: {exc}", file=sys.stderr)
         return 2
     json.dump(result, sys.stdout, sort_keys=True)

@@ -1,6 +1,6 @@
 """Latency statistics: percentiles, repeat spread and the stability verdict.
 
-Runs on the device (imported by :mod:`device_bench.runner`): standard library only, no numpy.
+Runs on the device (imported by :mod:`device_bench.runner`): standard library and ``contract`` only, no numpy.
 The native runner (``native/runner.cpp``) reimplements the same definitions in C++ (it has no
 Python); the tests check both runners' output fields and checksums, not their statistics on
 shared samples.
@@ -18,8 +18,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from contract.measure import DEFAULT
+
 #: Repeats whose medians differ by more than this (percent of the fastest) mark a result unstable.
-DEFAULT_UNSTABLE_PCT = 5.0
+DEFAULT_UNSTABLE_PCT = DEFAULT.unstable_pct
 
 
 def percentile(sorted_ms: Sequence[float], q: float) -> float:
@@ -36,7 +38,7 @@ def percentile(sorted_ms: Sequence[float], q: float) -> float:
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
-    """Summarise latency samples in ms as ``{min, p50, p90, p99, mean, std, count}``."""
+    """Summarise latency samples in ms as ``{min_ms, p50_ms, p90_ms, p99_ms, mean_ms, std_ms, samples}``."""
     if not samples_ms:
         raise ValueError("no latency samples to summarise")
     s = sorted(samples_ms)
@@ -44,13 +46,13 @@ def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
     mean = math.fsum(s) / n
     var = math.fsum((x - mean) ** 2 for x in s) / n
     return {
-        "min": s[0],
-        "p50": percentile(s, 50),
-        "p90": percentile(s, 90),
-        "p99": percentile(s, 99),
-        "mean": mean,
-        "std": math.sqrt(var),
-        "count": n,
+        "min_ms": s[0],
+        "p50_ms": percentile(s, 50),
+        "p90_ms": percentile(s, 90),
+        "p99_ms": percentile(s, 99),
+        "mean_ms": mean,
+        "std_ms": math.sqrt(var),
+        "samples": n,
     }
 
 
@@ -78,7 +80,8 @@ def combine_repeats(
         unstable_pct: threshold for ``unstable`` in percent of the fastest repeat median.
 
     Returns:
-        ``latency_ms`` (pooled over all repeats), ``repeats`` (each repeat's summary),
+        the flat latency keys of ``contract.bench`` (``p50_ms`` ... ``samples``, pooled over all
+        repeats), ``repeats`` (each repeat's summary, same keys plus ``seconds``),
         ``repeat_spread_pct``, ``unstable`` and ``unstable_threshold_pct``.
     """
     if not repeats or any(len(r) == 0 for r in repeats):
@@ -88,9 +91,9 @@ def combine_repeats(
         for p, sec in zip(per, seconds, strict=True):
             p["seconds"] = sec
     pooled = [x for r in repeats for x in r]
-    sp = spread([float(p["p50"]) for p in per])
+    sp = spread([float(p["p50_ms"]) for p in per])
     return {
-        "latency_ms": summarize(pooled),
+        **summarize(pooled),
         "repeats": per,
         "repeat_spread_pct": sp,
         "unstable": bool(sp > unstable_pct),
@@ -103,34 +106,35 @@ def combine_summaries(
 ) -> dict[str, Any]:
     """Combine repeats known only by their summaries (third-party tools that print no samples).
 
-    Pooled ``min`` is exact; pooled ``mean``/``std`` are exact from counts, means and stds
-    (``None`` where a tool printed no min or std);
+    ``summaries`` have :func:`summarize`'s keys (``mean_ms`` and ``samples`` at least). Pooled
+    ``min`` is exact; pooled ``mean``/``std`` are exact from counts, means and stds (``None``
+    where a tool printed no min or std);
     pooled percentiles cannot be recovered and are the median over repeats of each repeat's
     percentile (``None`` where a tool did not print it), which the result says in
     ``percentiles_pooled: false``.
     """
     if not summaries:
         raise ValueError("no repeats")
-    n = sum(int(s["count"]) for s in summaries)
-    mean = math.fsum(s["mean"] * s["count"] for s in summaries) / n
+    n = sum(int(s["samples"]) for s in summaries)
+    mean = math.fsum(s["mean_ms"] * s["samples"] for s in summaries) / n
     std: float | None = None
-    if all(s.get("std") is not None for s in summaries):
-        second = math.fsum((s["std"] ** 2 + s["mean"] ** 2) * s["count"] for s in summaries) / n
+    if all(s.get("std_ms") is not None for s in summaries):
+        second = math.fsum((s["std_ms"] ** 2 + s["mean_ms"] ** 2) * s["samples"] for s in summaries) / n
         std = math.sqrt(max(second - mean * mean, 0.0))
-    mins = [s["min"] for s in summaries if s.get("min") is not None]
+    mins = [s["min_ms"] for s in summaries if s.get("min_ms") is not None]
     pooled: dict[str, Any] = {
-        "min": min(mins) if len(mins) == len(summaries) else None,
-        "mean": mean,
-        "std": std,
-        "count": n,
+        "min_ms": min(mins) if len(mins) == len(summaries) else None,
+        "mean_ms": mean,
+        "std_ms": std,
+        "samples": n,
     }
-    for key in ("p50", "p90", "p99"):
+    for key in ("p50_ms", "p90_ms", "p99_ms"):
         vals = sorted(s[key] for s in summaries if s.get(key) is not None)
         pooled[key] = percentile(vals, 50) if len(vals) == len(summaries) else None
-    figure = [s["p50"] if s.get("p50") is not None else s["mean"] for s in summaries]
+    figure = [s["p50_ms"] if s.get("p50_ms") is not None else s["mean_ms"] for s in summaries]
     sp = spread(figure)
     return {
-        "latency_ms": pooled,
+        **pooled,
         "repeats": list(summaries),
         "repeat_spread_pct": sp,
         "unstable": bool(sp > unstable_pct),

@@ -1,16 +1,19 @@
 """Desktop PyTorch baselines: eager and ``torch.compile`` on the CPU and, when present, on CUDA.
 
-Each (mode, dtype, batch) gives one JSON line in the same format as device runs. CPU timing
+Each (mode, dtype, batch) gives one JSON line in the same format as device runs (a flat
+``edge-se/bench/2`` record, :mod:`contract.bench`, validated before it is written), timed by a
+:class:`contract.measure.MeasureSpec` like every other path. CPU timing
 uses ``perf_counter`` around each call (CPU ops are synchronous); CUDA timing uses CUDA events
 recorded around each call after warm-up, reading each pair after the end event completes, so
 host launch overhead and asynchrony are measured the way the GPU sees them.
-Without CUDA, a ``--device cuda`` request says so in one line and records the CPU baseline only.
+Without CUDA, a ``--torch-device cuda`` request says so in one line and records the CPU baseline only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -18,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import bench as record
 from contract import files as atomic
+from contract.measure import MeasureSpec
 from device_bench import stats, sysinfo
 from edge_se.errors import EdgeSeError
 
@@ -37,12 +42,7 @@ class TorchBenchConfig:
     batches: tuple[int, ...] = ()
     resolution: int | None = None
     compile: bool = True
-    runs: int = 50
-    warmup: int = 10
-    min_seconds: float = 1.0
-    repeats: int = 3
-    cooldown: float = 0.5
-    threads: int = 1
+    measure: MeasureSpec = MeasureSpec()
 
 
 def build_registry_model(name: str) -> tuple[Any, int]:
@@ -61,7 +61,7 @@ def resolve(cfg: TorchBenchConfig, cuda_available: bool) -> tuple[str, tuple[str
     note = None
     device = cfg.device
     if device not in ("cpu", "cuda"):
-        raise EdgeSeError(f"--device {device!r} not valid; valid: cpu, cuda")
+        raise EdgeSeError(f"--torch-device {device!r} not valid; valid: cpu, cuda")
     bad = [d for d in cfg.dtypes if d not in DTYPES]
     if bad:
         raise EdgeSeError(f"--dtype {bad[0]!r} not valid; valid: {', '.join(DTYPES)}")
@@ -98,19 +98,23 @@ def _timer(torch: Any, device: str) -> Callable[[Callable[[], Any]], float]:
 
 def time_model(fn: Callable[[], Any], timer: Callable[[Callable[[], Any]], float], cfg: TorchBenchConfig
                ) -> dict[str, Any]:
-    """Warm up, then ``repeats`` x (at least ``runs`` and ``min_seconds``) timed calls."""
-    for _ in range(cfg.warmup):
+    """Warm up, then ``repeats`` x (at least ``runs`` and ``min_seconds``, at most ``max_runs``) timed calls."""
+    spec = cfg.measure
+    for _ in range(spec.warmup):
         timer(fn)
     repeats, seconds = [], []
-    for r in range(cfg.repeats):
+    for r in range(spec.repeats):
         if r:
-            time.sleep(cfg.cooldown)
+            time.sleep(spec.cooldown_s)
         samples: list[float] = []
-        while len(samples) < cfg.runs or sum(samples) < cfg.min_seconds * 1e3:
+        while len(samples) < spec.runs or sum(samples) < spec.min_seconds * 1e3:
             samples.append(timer(fn))
+            if spec.max_runs and len(samples) >= spec.max_runs:
+                break
         repeats.append(samples)
         seconds.append(sum(samples) / 1e3)
-    return {**stats.combine_repeats(repeats, seconds=seconds), "total_seconds": sum(seconds)}
+    return {**stats.combine_repeats(repeats, seconds=seconds, unstable_pct=spec.unstable_pct),
+            "total_seconds": sum(seconds)}
 
 
 def bench_torch(cfg: TorchBenchConfig, out: Path, *,
@@ -121,7 +125,10 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
     device, dtypes, batches, note = resolve(cfg, torch.cuda.is_available())
     if note:
         print(f"bench-torch: {note}", file=sys.stderr)
-    torch.set_num_threads(cfg.threads)
+    spec = cfg.measure
+    if spec.affinity:
+        os.sched_setaffinity(0, {int(c) for c in spec.affinity.split(",")})
+    torch.set_num_threads(spec.threads)
     t0 = time.perf_counter()
     base, default_res = build(cfg.model)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -135,14 +142,15 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
         model = base.to(device=device, dtype=tdtype).eval()
         for mode in modes:
             for batch in batches:
-                g = torch.Generator().manual_seed(0)
+                g = torch.Generator().manual_seed(spec.seed)
                 x = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device=device, dtype=tdtype)
                 rec: dict[str, Any] = {
-                    "artifact": None, "manifest_sha256": None, "model": cfg.model, "device": device,
+                    "schema": record.SCHEMA, "artifact": None, "manifest_sha256": None, "model": cfg.model,
+                    "device": device,
                     "transport": "torch", "emulated": False, "dtype": dtype, "batch": batch, "resolution": res,
                     "runtime": {"name": f"torch-{mode}", "version": torch.__version__},
                     "threads": torch.get_num_threads(), "gpu_name": gpu, "cuda_requested_but_absent": note is not None,
-                    "warmup": cfg.warmup, "runs": cfg.runs, "min_seconds": cfg.min_seconds, "load_ms": load_ms,
+                    "measure": spec.to_dict(), "seed": spec.seed, "load_ms": load_ms,
                     **facts, "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
                 }
                 try:
@@ -154,7 +162,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                         y = out_holder[0].float().cpu().contiguous().numpy()
                         rec["output_checksum"] = "sha256:" + hashlib.sha256(y.tobytes()).hexdigest()
                         rec.update(time_model(lambda: fn_model(x), timer, cfg))  # noqa: B023
-                    p50 = rec["latency_ms"]["p50"]
+                    p50 = rec["p50_ms"]
                     rec["throughput_per_s"] = batch * 1e3 / p50 if p50 > 0 else None
                     rec["peak_rss_bytes"] = sysinfo.peak_rss_bytes()
                     if device == "cuda":
@@ -163,6 +171,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                 except Exception as exc:  # noqa: BLE001 - a mode that does not work is recorded, not fatal
                     rec["status"] = "error"
                     rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                record.validate(rec, f"{out} (being written)")
                 atomic.append_line(out, json.dumps(rec, sort_keys=True))
                 records.append(rec)
                 _log(rec)
@@ -172,7 +181,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
 def _log(rec: dict[str, Any]) -> None:
     what = f"{rec['model']} {rec['runtime']['name']} {rec['device']} {rec['dtype']} batch {rec['batch']}"
     if rec["status"] == "ok":
-        print(f"bench-torch: {what}: p50 {rec['latency_ms']['p50']:.4g} ms", file=sys.stderr)
+        print(f"bench-torch: {what}: {record.latency_summary(record.read_record(rec))}", file=sys.stderr)
     else:
         print(f"bench-torch: {what}: {rec['error']}", file=sys.stderr)
 

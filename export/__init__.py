@@ -26,10 +26,10 @@ from edge_se.lazy import lazy_attributes
 # Names -> the submodule that defines them, imported on first use (PEP 562): `export.partitions`
 # must import without torch (it also runs in the TensorFlow-only .venv-peers).
 _LAZY = {
-    "SCHEMA": "export.manifest",
-    "artifact_name": "export.manifest",
-    "manifest_path": "export.manifest",
-    "read_manifest": "export.manifest",
+    "SCHEMA": "contract.manifest",
+    "artifact_name": "contract.formats",
+    "manifest_path": "contract.formats",
+    "read_manifest": "contract.manifest",
     "Calibration": "export.pipeline",
     "ExportOptions": "export.pipeline",
     "ParityFailure": "export.pipeline",

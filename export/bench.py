@@ -59,7 +59,8 @@ def bench_model(
 
 
 _COLUMNS = (
-    Column("model", "model"), Column("format", "format"), Column("dtype", "dtype"), Column("res", "resolution", align="right"),
+    Column("model", "model"), Column("format", "format"), Column("dtype", "dtype"),
+    Column("res", "resolution", align="right"),
     Column("wall s", lambda r: str(r["wall_s"]), align="right"),
     Column("convert s", lambda r: str(r.get("convert_s") or "-"), align="right"),
     Column("size MB", lambda r: f"{r['size_bytes'] / 1e6:.2f}" if r.get("size_bytes") else "-", align="right"),

@@ -21,12 +21,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.files import publish, sha256_bytes
+from contract.formats import artifact_name
+from contract.manifest import SCHEMA, write_manifest
 from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
 from export import backends
 from export import parity as par
 from export.backends.base import Backend, Lowered, graph_output_scale
-from export.manifest import SCHEMA, artifact_name, publish, sha256_bytes, versions, write_manifest
+from export.versions import versions
 
 RANDOM_PARITY_INPUTS = 4
 """Random N(0, 1) inputs in every parity check (seeded, so ``verify`` can be compared run to run)."""

@@ -18,10 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from contract.files import sha256_bytes, sha256_file
+from contract.manifest import Manifest, read_manifest
 from edge_se.errors import EdgeSeError
 from export import backends
 from export import parity as par
-from export.manifest import Manifest, read_manifest, sha256_bytes, sha256_file
 
 
 def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[str, Any]], path: str) -> None:

@@ -1,6 +1,8 @@
 """Read a run directory's finished cells into flat records for tables and plots.
 
-:func:`load_cells` is the only I/O here; everything else is a pure function of its records.
+:func:`load_cells` is the only I/O here; everything else is a pure function of its records. Bench
+and baseline lines are read through :func:`contract.bench.read_record` (flat ``edge-se/bench/2``;
+cached ``edge-se/bench/1`` lines are upgraded).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.bench import read_record
 from edge_se.errors import EdgeSeError
 
 
@@ -131,18 +134,17 @@ def bench_rows(res: RunResults) -> list[dict[str, Any]]:
     by_export = {row["id"]: row for row in artifact_rows(res)}
     rows = []
     for r in res.stage("bench"):
-        b = r["bench"]
+        b = read_record(r["bench"], f"{r['dir']}/result.json: bench")
         export_id = "/".join(["export", r["model"], _p(r, "format"), _p(r, "dtype"), str(_p(r, "policy"))])
         art = by_export.get(export_id, {})
-        lat = b.get("latency_ms") or {}
         rows.append(
             art
             | {
                 "device": _p(r, "device"),
                 "emulated": bool(b.get("emulated")),
-                "p50_ms": lat.get("p50"),
-                "p90_ms": lat.get("p90"),
-                "min_ms": lat.get("min"),
+                "p50_ms": b.get("p50_ms"),
+                "p90_ms": b.get("p90_ms"),
+                "min_ms": b.get("min_ms"),
                 "unstable": b.get("unstable"),
                 "instructions_per_inference": b.get("instructions_per_inference"),
                 "threads": b.get("threads"),
@@ -185,8 +187,8 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
     """Desktop PyTorch baselines, one row per measured configuration (skips recorded as such)."""
     rows = []
     for r in res.stage("baseline"):
-        for line in r.get("baseline", []):
-            lat = line.get("latency_ms") or {}
+        for i, raw in enumerate(r.get("baseline", [])):
+            line = read_record(raw, f"{r['dir']}/result.json: baseline[{i}]")
             rows.append(
                 {
                     "model": r["model"],
@@ -194,7 +196,7 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
                     "dtype": line.get("dtype"),
                     "batch": line.get("batch"),
                     "mode": _runtime_name(line.get("mode") or line.get("runtime")),
-                    "p50_ms": lat.get("p50"),
+                    "p50_ms": line.get("p50_ms"),
                     "skipped": line.get("skipped"),
                     "gpu": line.get("gpu_name"),
                 }

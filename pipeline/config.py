@@ -30,8 +30,9 @@ Example config::
     [bench]
     devices = ["local", "qemu-aarch64"]
     emulated_dtypes = ["int8"]   # emulation is slow: count instructions of the int8 artifacts only
-    runs = 20
-    repeats = 2
+    runs = 20                  # every other key: a contract.measure.MeasureSpec field (warmup, runs,
+    repeats = 2                # min_seconds, max_runs, repeats, cooldown_s, affinity, seed,
+                               # unstable_pct; cooldown = cooldown_s); unset ones take its defaults
 
     [baseline]
     devices = ["cpu", "cuda"]  # cuda is recorded as skipped where there is none
@@ -40,10 +41,12 @@ Example config::
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from contract.errors import ContractError
+from contract.measure import MeasureSpec
 from edge_se.errors import EdgeSeError
 
 FORMATS = ("pte", "tflite")
@@ -86,10 +89,7 @@ class RunConfig:
     formats: tuple[str, ...] = FORMATS
     dtypes: tuple[str, ...] = DTYPES
     devices: tuple[str, ...] = ("local",)
-    bench_runs: int = 20
-    bench_warmup: int = 5
-    bench_repeats: int = 2
-    bench_min_seconds: float = 0.5
+    measure: MeasureSpec = MeasureSpec()  # [bench]'s measurement keys; its threads are [run].threads
     emulated_dtypes: tuple[str, ...] = DTYPES  # dtypes benchmarked on emulated devices (qemu-*)
     baseline_devices: tuple[str, ...] = ("cpu",)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -196,11 +196,8 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
 
     bench = _Reader(path, "bench", doc.get("bench", {}))
     devices = bench.strings("devices", ("local",))
-    runs = bench.positive("runs", 20)
-    warmup = bench.positive("warmup", 5, allow_zero=True)
-    repeats = bench.positive("repeats", 2)
-    min_seconds = float(bench.get("min_seconds", (int, float), 0.5))
     emulated_dtypes = bench.choices("emulated_dtypes", DTYPES, DTYPES)
+    measure = _measure(bench, threads, threads_given="threads" in run.data)
     bench.done()
 
     base = _Reader(path, "baseline", doc.get("baseline", {}))
@@ -210,7 +207,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     return RunConfig(
         path=path,
         resolution=resolution,
-        threads=threads,
+        threads=measure.threads,
         seed=seed,
         data_source=source,
         calib_size=calib_size,
@@ -220,13 +217,37 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         formats=formats,
         dtypes=dtypes,
         devices=devices,
-        bench_runs=runs,
-        bench_warmup=warmup,
-        bench_repeats=repeats,
-        bench_min_seconds=min_seconds,
+        measure=measure,
         emulated_dtypes=emulated_dtypes,
         baseline_devices=baseline_devices,
     )
+
+
+# The TOML key of a MeasureSpec field where it is not the field's name too (the CLI's --cooldown).
+_MEASURE_ALIASES = {"cooldown_s": "cooldown"}
+_MEASURE_KINDS: dict[str, type | tuple[type, ...]] = {"int": int, "float": (float, int), "str | None": str}
+
+
+def _measure(bench: _Reader, threads: int, *, threads_given: bool) -> MeasureSpec:
+    """The [bench] table's :class:`MeasureSpec` (unset keys: its defaults; threads: ``[run].threads``)."""
+    doc: dict[str, Any] = {"threads": threads}
+    for f in fields(MeasureSpec):
+        for key in (f.name, _MEASURE_ALIASES.get(f.name)):
+            if key is None:
+                continue
+            value = bench.get(key, _MEASURE_KINDS[str(f.type)], None)
+            if value is None:
+                continue
+            if f.name == "threads" and threads_given and value != threads:
+                raise bench.error(key, f"{value} differs from [run].threads = {threads}; give threads once")
+            if f.name != "threads" and f.name in doc:
+                raise bench.error(key, f"{f.name} given twice ({key} is {f.name})")
+            try:
+                MeasureSpec(**{f.name: value})
+            except ContractError as exc:
+                raise bench.error(key, str(exc)) from None
+            doc[f.name] = value
+    return MeasureSpec.from_dict(doc, where=f"{bench.path}: [bench]")
 
 
 def _model(path: str, index: int, doc: Any) -> ModelCfg:

@@ -50,8 +50,8 @@ _STAGE_CODE = {
     "train": ("edge_se",),
     "quantize": ("edge_se", "quantize"),
     "export": ("edge_se", "quantize", "export"),
-    "bench": ("device_bench",),
-    "baseline": ("edge_se", "device_bench"),
+    "bench": ("contract", "device_bench"),  # contract: the measurement spec and the record the runner writes
+    "baseline": ("contract", "edge_se", "device_bench"),
 }
 _ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,14 +87,7 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
         inputs |= {"data": cfg.data_source, "calib_size": cfg.calib_size, "seed": cfg.seed, "engine": cfg.engine}
         inputs["resolution"] = cell.meta["resolution"]
     if cell.stage in ("bench", "baseline"):
-        inputs |= {
-            "threads": cfg.threads,
-            "runs": cfg.bench_runs,
-            "warmup": cfg.bench_warmup,
-            "repeats": cfg.bench_repeats,
-            "min_seconds": cfg.bench_min_seconds,
-            "resolution": cell.meta["resolution"],
-        }
+        inputs |= {"measure": cfg.measure.to_dict(), "resolution": cell.meta["resolution"]}
     if cell.stage != "info":
         inputs["versions"] = dict(versions)
         inputs["code"] = code_digest(_STAGE_CODE[cell.stage])
@@ -202,7 +195,7 @@ def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
             str(cell.param("policy")),
             "--engine",
             cfg.engine,
-            "--target",
+            "--format",
             str(cell.param("target")),
             "--calib",
             cfg.data_source,
@@ -238,6 +231,8 @@ def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) 
         str(cell.meta["resolution"]),
         "--calib",
         cfg.data_source,
+        "--calib-size",
+        str(cfg.calib_size),
         "--seed",
         str(cfg.seed),
         *_weights_arg(deps, cell),
@@ -269,16 +264,7 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
             str(artifact),
             "--device",
             str(cell.param("device")),
-            "--runs",
-            str(cfg.bench_runs),
-            "--warmup",
-            str(cfg.bench_warmup),
-            "--threads",
-            str(cfg.threads),
-            "--repeats",
-            str(cfg.bench_repeats),
-            "--min-seconds",
-            str(cfg.bench_min_seconds),
+            *cfg.measure.to_argv(),
             "--out",
             str(out),
         ],
@@ -296,7 +282,7 @@ def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
         [
             "bench-torch",
             cell.model,
-            "--device",
+            "--torch-device",
             str(cell.param("device")),
             "--resolution",
             str(cell.meta["resolution"]),

@@ -26,8 +26,9 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,7 +128,7 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
 
 def _figure(header: str, key: str, *, scale: float = 1.0) -> Column:
     """A figure column (one decimal); empty for a failed cell, whose error is in the SQNR column."""
-    def cell(r: dict) -> str:
+    def cell(r: Mapping[str, Any]) -> str:
         return "" if "error" in r else fmt(None if r.get(key) is None else r[key] * scale, ".1f")
     return Column(header, cell, align="right")
 
@@ -148,7 +149,7 @@ def markdown_table(records: list[dict]) -> str:
     return table(_COLUMNS, records) + "\n"
 
 
-def _rewrites(r: dict) -> str:
+def _rewrites(r: Mapping[str, Any]) -> str:
     # Records made before quantize.int8_ops existed used the stock quantizers: "none".
     return str(r.get("int8_rewrites", "none"))
 

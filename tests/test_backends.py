@@ -17,10 +17,11 @@ import torch
 from torch import nn
 
 from contract.errors import ContractError
+from contract.files import sha256_file
 from contract.formats import FORMATS
+from contract.manifest import read_manifest
 from export import backends
 from export.backends.base import Artifact, Backend, Lowered, graph_output_scale
-from export.manifest import read_manifest, sha256_file
 from export.pipeline import ExportOptions, ParityFailure, export_one
 from export.verify import verify_artifact
 from quantize.quantizers import QUANTIZER_TARGETS, TARGETS

@@ -130,7 +130,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_contract_imports_no_torch():
-    code = ("import sys, contract.manifest, contract.measure, contract.files, contract.formats; "
+    code = ("import sys, contract.manifest, contract.measure, contract.bench, contract.files, contract.formats; "
             "bad = [m for m in ('torch', 'numpy', 'edge_se') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr

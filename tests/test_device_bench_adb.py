@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from device_artifacts import artifacts  # noqa: F401  (session fixture)
 
+from contract.bench import validate
+from contract.measure import MeasureSpec
 from device_bench.bench import bench
 from device_bench.inventory import Device
 from device_bench.native_build import build, host_et_root
@@ -24,7 +26,7 @@ from device_bench.transports.adb import AdbTransport, parse_benchmark_model, par
 from device_bench.transports.base import DeviceError, RunOptions
 
 SERIAL = "emulator-5554"
-FAST = RunOptions(warmup=1, runs=5, min_seconds=0, repeats=2, cooldown=0, timeout_s=120)
+FAST = RunOptions(MeasureSpec(warmup=1, runs=5, min_seconds=0.0, repeats=2, cooldown_s=0.0), timeout_s=120)
 
 FAKE_ADB = '''#!PYTHON
 """Stand-in for Android's adb (tests only): the device is this machine."""
@@ -110,7 +112,10 @@ def test_adb_benchmark_model_and_native_runner(fake_adb, artifacts, tmp_path):  
     assert [r["status"] for r in recs] == ["ok", "ok"], [r.get("error") for r in recs]
     tfl, pte = recs
     assert tfl["transport"] == "adb" and tfl["runtime"]["name"] == "tflite-benchmark_model"
-    assert tfl["latency_ms"]["count"] >= 10 and tfl["latency_ms"]["min"] > 0 and tfl["latency_ms"]["p50"] > 0
+    assert tfl["samples"] >= 10 and tfl["min_ms"] > 0 and tfl["p50_ms"] > 0
+    for rec in recs:
+        validate(rec, "adb record")
+    assert tfl["measure"] == FAST.measure.to_dict() and tfl["percentiles_pooled"] is False
     assert len(tfl["repeats"]) == 2 and tfl["output_checksum"] is None
     assert "does not expose" in tfl["output_checksum_note"]
     assert tfl["peak_rss_bytes"] == int(7.25 * 2**20)
@@ -142,10 +147,10 @@ INFO: count=178 first=5530 curr=5498 min=5401 max=6012 avg=5520.75 std=88
 INFO: Inference timings in us: Init: 21015, First inference: 8101, Warmup (avg): 5611.2, Inference (avg): 5520.75
 INFO: Memory footprint delta from the start of the tool (MB): init=4.1 overall=10.3"""
     p = parse_benchmark_model(text)
-    assert p["repeat"]["count"] == 178 and p["repeat"]["mean"] == pytest.approx(5.52075)
-    assert p["repeat"]["min"] == pytest.approx(5.401) and p["repeat"]["p50"] is None
+    assert p["repeat"]["samples"] == 178 and p["repeat"]["mean_ms"] == pytest.approx(5.52075)
+    assert p["repeat"]["min_ms"] == pytest.approx(5.401) and p["repeat"]["p50_ms"] is None
     assert p["load_ms"] == pytest.approx(21.015) and p["first_inference_ms"] == pytest.approx(8.101)
     e = parse_executor_runner("I executor_runner.cpp:150] Model executed successfully 20 time(s) in 41.500000 ms.")
-    assert e["repeat"]["count"] == 20 and e["repeat"]["mean"] == pytest.approx(2.075)
+    assert e["repeat"]["samples"] == 20 and e["repeat"]["mean_ms"] == pytest.approx(2.075)
     with pytest.raises(ValueError):
         parse_benchmark_model("Segmentation fault")

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 from device_artifacts import artifacts  # noqa: F401  (session fixture)
 
+from contract.bench import validate
+from contract.measure import MeasureSpec
 from edge_se.cli import main
 
 FAST = ["--runs", "5", "--warmup", "1", "--min-seconds", "0", "--repeats", "2", "--cooldown", "0"]
-CONTRACT = {"artifact", "manifest_sha256", "device", "transport", "emulated", "output_checksum", "latency_ms",
-            "threads", "runtime", "cpu_model", "machine", "kernel", "peak_rss_bytes", "load_ms",
-            "first_inference_ms", "total_seconds", "repeat_spread_pct", "unstable", "status"}
+LATENCY = {"min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "samples"}
+CONTRACT = LATENCY | {"schema", "measure", "artifact", "manifest_sha256", "device", "transport", "emulated",
+                     "output_checksum", "threads", "runtime", "cpu_model", "machine", "kernel", "peak_rss_bytes",
+                     "load_ms", "first_inference_ms", "total_seconds", "repeat_spread_pct", "unstable", "status"}
 
 
 def lines(path: Path) -> list[dict]:
@@ -33,10 +36,15 @@ def test_bench_local_both_formats_appends(artifacts, tmp_path, capsys):  # noqa:
         assert CONTRACT <= set(rec), CONTRACT - set(rec)
         assert rec["artifact"] == art and rec["status"] == "ok" and rec["emulated"] is False
         assert rec["transport"] == "local" and rec["threads"] == 1
-        assert set(rec["latency_ms"]) == {"min", "p50", "p90", "p99", "mean", "std", "count"}
-        assert rec["latency_ms"]["count"] >= 10
-    stdout = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+        validate(rec, "bench line")
+        assert "latency_ms" not in rec and rec["samples"] >= 10
+        assert MeasureSpec.from_dict(rec["measure"]) == MeasureSpec.from_argv([*FAST, "--threads", "1"])
+    captured = capsys.readouterr()
+    stdout = [json.loads(x) for x in captured.out.splitlines()]
     assert stdout == recs[1:]
+    summary = [x for x in captured.err.splitlines() if x.startswith("bench: 2 artifact(s)")]
+    assert summary == ["bench: 2 artifact(s) x ['local']: warmup 1, runs >= 5 and >= 0.0 s, 2 repeat(s), 0.0 s apart, "
+                       "1 thread(s); runner auto, time-out 600 s"]
 
 
 @pytest.mark.export
@@ -51,6 +59,9 @@ def test_failing_device_keeps_earlier_lines_and_records_the_error(artifacts, tmp
     ok, failed = lines(out)
     assert ok["status"] == "ok" and ok["device"] == "local"
     assert failed["status"] == "error" and failed["device"] == "gone" and "gone: connection refused" in failed["error"]
+    for rec in (ok, failed):
+        validate(rec, "bench line")  # an error record carries no latency keys, and is valid
+    assert "p50_ms" not in failed and failed["measure"] == ok["measure"]
 
 
 @pytest.mark.export
@@ -63,3 +74,13 @@ def test_bad_input_is_one_line_error(artifacts, tmp_path, capsys):  # noqa: F811
     err = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
     assert len(err) == 1 and "'nowhere' is neither a transport URL nor in the inventory" in err[0]
     assert not out.exists(), "nothing may be written when the input is bad"
+
+
+def test_bad_measurement_flag_is_one_line_error_before_anything_runs(tmp_path, capsys):
+    out = tmp_path / "b.jsonl"
+    assert main(["bench", str(tmp_path / "m.pte"), "--runs", "0", "--out", str(out)]) == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert len(err) == 1 and "--runs must be an integer >= 1, got 0" in err[0]
+    assert main(["bench-torch", "m", "--affinity", "a,b", "--out", str(out)]) == 2
+    assert "--affinity 'a,b'" in capsys.readouterr().err
+    assert not out.exists()

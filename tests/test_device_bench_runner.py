@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 from device_artifacts import artifacts  # noqa: F401  (session fixture)
 
+from contract.bench import SCHEMA, validate
+from contract.measure import MeasureSpec
 from device_bench import manifest as mf
 from device_bench.native_build import build
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = ["--warmup", "2", "--runs", "5", "--min-seconds", "0", "--repeats", "2", "--cooldown", "0"]
-LATENCY_KEYS = {"min", "p50", "p90", "p99", "mean", "std", "count"}
-RESULT_KEYS = {"latency_ms", "total_seconds", "load_ms", "first_inference_ms", "peak_rss_bytes", "output_checksum",
-               "threads", "runtime", "cpu_model", "machine", "kernel", "repeats", "repeat_spread_pct", "unstable",
-               "unstable_threshold_pct", "manifest_sha256"}
+LATENCY_KEYS = {"min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "samples"}
+RESULT_KEYS = LATENCY_KEYS | {"schema", "measure", "total_seconds", "load_ms", "first_inference_ms", "peak_rss_bytes",
+                              "output_checksum", "threads", "runtime", "cpu_model", "machine", "kernel", "repeats",
+                              "repeat_spread_pct", "unstable", "unstable_threshold_pct", "manifest_sha256"}
 
 # Blocks torch and edge_se for the child: the runner must work with numpy + a runtime only.
 BLOCKER = """
@@ -48,11 +50,13 @@ def native() -> Path:
 
 def check_result(res: dict, *, runs: int, repeats: int) -> None:
     assert RESULT_KEYS <= set(res), RESULT_KEYS - set(res)
-    lat = res["latency_ms"]
-    assert set(lat) == LATENCY_KEYS
-    assert lat["count"] >= runs * repeats
-    assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"]
-    assert len(res["repeats"]) == repeats and all(r["count"] >= runs for r in res["repeats"])
+    validate(res, "runner output")  # contract/bench.schema.json
+    assert res["schema"] == SCHEMA and "latency_ms" not in res
+    assert res["samples"] >= runs * repeats
+    assert 0 < res["min_ms"] <= res["p50_ms"] <= res["p90_ms"] <= res["p99_ms"]
+    assert len(res["repeats"]) == repeats and all(r["samples"] >= runs for r in res["repeats"])
+    assert all(LATENCY_KEYS <= set(r) for r in res["repeats"])
+    assert MeasureSpec.from_dict(res["measure"]) == MeasureSpec.from_argv(FAST).replace(threads=1)
     assert res["output_checksum"].startswith("sha256:") and len(res["output_checksum"]) == 71
     assert res["output_nonzero_fraction"] > 0.5, "outputs are mostly zero: the model computed nothing"
     assert res["peak_rss_bytes"] > 1 << 20
@@ -94,10 +98,10 @@ def test_min_seconds_and_seed_are_honoured(artifacts, native):  # noqa: F811
     art = artifacts["tiny_se_xnnpack_int8.pte"]
     base = [str(native), str(art), "--manifest", f"{art}.json", "--warmup", "0", "--runs", "3", "--repeats", "1"]
     a = json.loads(subprocess.run([*base, "--min-seconds", "0.3"], capture_output=True, text=True, check=True).stdout)
-    assert a["total_seconds"] >= 0.3 and a["latency_ms"]["count"] > 3
+    assert a["total_seconds"] >= 0.3 and a["samples"] > 3
     b = json.loads(subprocess.run([*base, "--min-seconds", "0", "--seed", "7"], capture_output=True, text=True,
                                   check=True).stdout)
-    assert b["latency_ms"]["count"] == 3
+    assert b["samples"] == 3 and b["measure"]["seed"] == 7
     assert b["output_checksum"] != a["output_checksum"], "a different seed must give different outputs"
 
 

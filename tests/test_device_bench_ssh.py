@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from device_artifacts import artifacts  # noqa: F401  (session fixture)
 
+from contract.measure import MeasureSpec
 from device_bench.bench import bench
 from device_bench.inventory import Device
 from device_bench.transports.base import DeviceError, RunOptions
@@ -29,7 +30,7 @@ from device_bench.transports.ssh import SshTransport
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 pytestmark = pytest.mark.skipif(not (os.path.exists(SSHD) and shutil.which("ssh") and shutil.which("ssh-keygen")),
                                 reason="OpenSSH server/client not installed (scripts/arm_emu.sh --deps installs them)")
-FAST = RunOptions(warmup=1, runs=3, min_seconds=0, repeats=1, cooldown=0, timeout_s=120)
+FAST = RunOptions(MeasureSpec(warmup=1, runs=3, min_seconds=0.0, repeats=1, cooldown_s=0.0), timeout_s=120)
 
 
 def free_port() -> int:
@@ -145,7 +146,7 @@ def test_ssh_connect_timeout_on_silent_server(sshd, artifacts):  # noqa: F811
 @pytest.mark.export
 def test_ssh_command_timeout(sshd, artifacts):  # noqa: F811
     t = transport(sshd)
-    slow = RunOptions(warmup=0, runs=1, min_seconds=60, repeats=1, timeout_s=8)
+    slow = RunOptions(MeasureSpec(warmup=0, runs=1, min_seconds=60.0, repeats=1), timeout_s=8)
     art = artifacts["tiny_se_litert_fp32.tflite"]
     with pytest.raises(DeviceError, match=r"timed out after \d+ s"):
         t.run(art, Path(f"{art}.json"), slow)

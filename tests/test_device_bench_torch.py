@@ -7,30 +7,70 @@ import json
 import pytest
 import torch
 
+from contract.bench import validate
+from contract.measure import MeasureSpec
 from device_bench import torch_baseline as tb
 from edge_se.cli import main
 
-FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--repeats", "2"]
+FAST = ["--runs", "3", "--warmup", "1", "--min-seconds", "0", "--repeats", "2", "--cooldown", "0"]
 
 
 def test_bench_torch_cpu_eager_registry_model(tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    args = ["bench-torch", "mobilenetv3_small_100", "--device", "cpu", "--resolution", "64", "--no-compile", *FAST]
+    args = ["bench-torch", "mobilenetv3_small_100", "--torch-device", "cpu", "--resolution", "64", "--no-compile",
+            *FAST]
     assert main([*args, "--out", str(out)]) == 0
     assert main([*args, "--batch", "2", "--out", str(out)]) == 0
     a, b = (json.loads(x) for x in out.read_text().splitlines())
     assert a["status"] == "ok" and a["device"] == "cpu" and a["runtime"]["name"] == "torch-eager"
     assert a["resolution"] == 64 and a["batch"] == 1 and b["batch"] == 2 and a["gpu_name"] is None
-    assert set(a["latency_ms"]) == {"min", "p50", "p90", "p99", "mean", "std", "count"}
-    assert a["latency_ms"]["count"] >= 6
+    for rec in (a, b):
+        validate(rec, "bench-torch line")
+    assert "latency_ms" not in a and a["samples"] >= 6 and len(a["repeats"]) == 2
+    assert MeasureSpec.from_dict(a["measure"]) == MeasureSpec.from_argv(FAST)
     assert a["output_checksum"] != b["output_checksum"]
-    assert a["throughput_per_s"] == pytest.approx(1e3 / a["latency_ms"]["p50"])
+    assert a["throughput_per_s"] == pytest.approx(1e3 / a["p50_ms"])
+    assert "bench-torch: mobilenetv3_small_100 on cpu: warmup 1, runs >= 3" in capsys.readouterr().err
+
+
+def test_time_model_honours_max_runs_and_min_seconds():
+    calls = []
+
+    def timer(fn):
+        fn()
+        return 10.0  # ms
+
+    cfg = tb.TorchBenchConfig(model="m", measure=MeasureSpec(warmup=2, runs=1, min_seconds=1.0, max_runs=4,
+                                                             repeats=2, cooldown_s=0.0))
+    res = tb.time_model(lambda: calls.append(1), timer, cfg)
+    assert [r["samples"] for r in res["repeats"]] == [4, 4], "max_runs caps each repeat before min_seconds"
+    assert len(calls) == 2 + 8 and res["samples"] == 8
+    uncapped = tb.time_model(lambda: None, timer, tb.TorchBenchConfig(
+        model="m", measure=MeasureSpec(warmup=0, runs=1, min_seconds=0.05, repeats=1, cooldown_s=0.0)))
+    assert uncapped["samples"] == 5, "runs until min_seconds (5 x 10 ms)"
+
+
+def test_deprecated_device_spelling_still_works(tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def fake(cfg, out, **_):
+        seen["cfg"] = cfg
+        return []
+
+    monkeypatch.setattr(tb, "bench_torch", fake)
+    assert main(["bench-torch", "m", "--device", "cuda", *FAST, "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert seen["cfg"].device == "cuda"
+    err = [x for x in capsys.readouterr().err.splitlines() if "deprecated" in x]
+    assert err == ["edge-se bench-torch: warning: --device is deprecated; use --torch-device"]
+    assert main(["bench-torch", "m", "--torch-device", "cpu", "--out", str(tmp_path / "t.jsonl")]) == 0
+    assert seen["cfg"].device == "cpu" and seen["cfg"].measure == MeasureSpec()
+    assert "deprecated" not in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-CUDA message; this machine has CUDA")
 def test_cuda_request_without_cuda_says_so_and_records_cpu(tmp_path, capsys):
     out = tmp_path / "t.jsonl"
-    assert main(["bench-torch", "mobilenetv3_small_100", "--device", "cuda", "--resolution", "32", "--no-compile",
+    assert main(["bench-torch", "mobilenetv3_small_100", "--torch-device", "cuda", "--resolution", "32", "--no-compile",
                  *FAST, "--out", str(out)]) == 0
     err = [x for x in capsys.readouterr().err.splitlines() if "CUDA" in x]
     assert err == ["bench-torch: CUDA is not available on this machine: recording the CPU baseline only"]
@@ -79,7 +119,7 @@ def test_compile_mode_runs_or_records_why(tmp_path):
     def tiny(_name):
         return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval(), 16
 
-    cfg = tb.TorchBenchConfig(model="tiny", runs=3, warmup=1, min_seconds=0, repeats=1)
+    cfg = tb.TorchBenchConfig(model="tiny", measure=MeasureSpec(runs=3, warmup=1, min_seconds=0.0, repeats=1))
     recs = tb.bench_torch(cfg, tmp_path / "c.jsonl", build=tiny)
     assert [r["runtime"]["name"] for r in recs] == ["torch-eager", "torch-compile"]
     eager, compiled = recs

@@ -15,9 +15,12 @@ import torch
 from test_export_cache import RESOLUTION, exported
 
 from contract.errors import ContractError
+from contract.files import sha256_file
+from contract.formats import artifact_name
+from contract.manifest import REQUIRED_KEYS, read_manifest
 from export import parity as par
-from export.manifest import REQUIRED_KEYS, VERSIONED, artifact_name, read_manifest, sha256_file
 from export.pipeline import Calibration, ExportOptions, ParityFailure, export_one, parity_inputs
+from export.versions import VERSIONED
 from quantize.int8_ops import TARGET_REWRITES
 
 FORMATS = ("pte", "tflite")

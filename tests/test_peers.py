@@ -19,6 +19,7 @@ from device_artifacts import artifacts  # noqa: E402,F401  (session fixture)
 from benchmarks.peers import table, timing  # noqa: E402
 from benchmarks.peers.manifests import peer_artifact_name, peer_manifest, tensor_entry  # noqa: E402
 from contract.manifest import write_manifest  # noqa: E402
+from contract.measure import MeasureSpec  # noqa: E402
 from export import partitions  # noqa: E402
 
 EXACT = 1e-12
@@ -28,7 +29,7 @@ OpInfo = partitions.OpInfo
 
 
 def _result(p50: float, p90: float, lo: float, n: int = 20) -> dict:
-    return {"latency_ms": {"p50": p50, "p90": p90, "min": lo, "count": n}}
+    return {"p50_ms": p50, "p90_ms": p90, "min_ms": lo, "samples": n}
 
 
 # --- timing ---------------------------------------------------------------------------------------
@@ -48,8 +49,11 @@ def test_schedule_rejects_bad_plans(rounds, threads):
 
 
 def test_parse_runner_output_takes_last_result_line():
-    out = "noise\n{\"other\": 1}\n" + json.dumps(_result(2.0, 3.0, 1.5)) + "\nINFO: trailing\n"
-    assert timing.parse_runner_output(out)["latency_ms"]["p50"] == 2.0
+    v1 = {"schema": "edge-se/bench/1", "latency_ms": {"p50": 2.0, "p90": 3.0, "min": 1.5, "count": 20}}
+    out = "noise\n{\"other\": 1}\n" + json.dumps(v1) + "\nINFO: trailing\n"
+    assert timing.parse_runner_output(out)["p50_ms"] == 2.0  # an edge-se/bench/1 line, upgraded
+    bad = {**_result(5.0, 6.0, 4.0), "schema": "edge-se/bench/2"}  # no repeats, no measure: not a record
+    assert timing.parse_runner_output(out + json.dumps(bad) + "\n")["p50_ms"] == 2.0
     with pytest.raises(ValueError, match="no result object"):
         timing.parse_runner_output("INFO: Created TensorFlow Lite XNNPACK delegate\n{\"x\": 1}\n")
 
@@ -67,9 +71,14 @@ def test_aggregate_is_median_of_round_medians():
 
 
 def test_runner_command_passes_every_flag():
-    cmd = timing.runner_command("py", "a.pte", "a.pte.json", 2, timing.RunnerOptions(runs=7, warmup=3, min_seconds=0.5))
-    assert cmd == ["py", "-m", "device_bench.runner", "a.pte", "--manifest", "a.pte.json", "--threads", "2",
-                   "--runs", "7", "--warmup", "3", "--min-seconds", "0.5"]
+    spec = timing.PEER_MEASURE.replace(runs=7, warmup=3, min_seconds=0.5)
+    cmd = timing.runner_command("py", "a.pte", "a.pte.json", 2, spec)
+    assert cmd[:6] == ["py", "-m", "device_bench.runner", "a.pte", "--manifest", "a.pte.json"]
+    assert MeasureSpec.from_argv(cmd[6:]) == spec.replace(threads=2)
+    # The committed peer numbers' method: 20+ runs and >= 1 s after 5 warm-up runs, one repeat per process.
+    assert (timing.PEER_MEASURE.runs, timing.PEER_MEASURE.warmup, timing.PEER_MEASURE.min_seconds,
+            timing.PEER_MEASURE.repeats) == (20, 5, 1.0, 1)
+    assert MeasureSpec.from_argv(timing.runner_command("py", "a", "a.json", 1)[6:]) == timing.PEER_MEASURE
 
 
 # --- table ----------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from test_export_cache import exported
 
+from contract.files import sha256_bytes
+from contract.formats import manifest_path
 from edge_se.cli import main
-from export.manifest import manifest_path, sha256_bytes
 
 pytestmark = [pytest.mark.slow, pytest.mark.export]
 

@@ -122,7 +122,8 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
                             errors[a["key"]] = f"builder failed: {last}"
         if need_edge:
             edge_cli = str(Path(py).with_name("edge-se"))
-            rc, recs, last = _run([edge_cli, "export", arch, "--format", "all", "--dtype", "all",
+            # --calib random: the peers calibrate on seeded noise too (the same inputs for every recipe).
+            rc, recs, last = _run([edge_cli, "export", arch, "--format", "all", "--dtype", "all", "--calib", "random",
                                    "--out", str(out / "edge_se"), "--weights", str(wfile), "--seed", str(seed)],
                                   f"edge-se export {arch}")
             if rc != 0:
@@ -227,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peers-python", default=".venv-peers/bin/python", help="interpreter of the TensorFlow env")
     p.add_argument("--threads", type=_threads, default=[1, 2], help="thread counts, comma-separated")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (each artifact once per round)")
-    p.add_argument("--runs", type=int, default=20, help="minimum timed inferences per timing")
-    p.add_argument("--warmup", type=int, default=5, help="untimed inferences per timing")
-    p.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per timing")
+    p.add_argument("--runs", type=int, default=timing.PEER_MEASURE.runs, help="minimum timed inferences per timing")
+    p.add_argument("--warmup", type=int, default=timing.PEER_MEASURE.warmup, help="untimed inferences per timing")
+    p.add_argument("--min-seconds", type=float, default=timing.PEER_MEASURE.min_seconds,
+                   help="minimum timed seconds per timing")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, BatchNorm and calibration images")
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                    help="keep artifacts already built (default: rebuild everything in this run)")
@@ -247,17 +249,16 @@ def main(argv: list[str] | None = None) -> int:
     errors = build(out, archs, peers_python=args.peers_python, seed=args.seed, reuse=args.reuse, arts=arts)
     collect(arts, errors)
     timed = {a["key"]: (a["artifact"], a["manifest"]) for a in arts if a["build_error"] is None}
-    opts = timing.RunnerOptions(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
+    spec = timing.PEER_MEASURE.replace(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
     load_start = os.getloadavg()
     _log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
-    timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, opts=opts)
+    timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, spec=spec)
     from device_bench.sysinfo import describe
 
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "commit": git_commit(short=True), "machine": describe(), "loadavg_start": list(load_start),
             "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
-            "threads": args.threads, "runner": {"runs": args.runs, "warmup": args.warmup,
-                                                "min_seconds": args.min_seconds}}
+            "threads": args.threads, "runner": spec.to_dict()}  # runner: the MeasureSpec (threads: per timing)
     jsonl, md = write_results(results, arts, timings, args.threads, meta)
     _log(f"wrote {jsonl} and {md}")
     sys.stdout.write(md.read_text())

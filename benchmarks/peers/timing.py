@@ -4,6 +4,8 @@ Every artifact is timed once per round, in the same order each round (A B C A B 
 thread count, so slow drift of a shared machine (other jobs, thermal state) hits all artifacts
 alike. Each timing is one runner process; its result is one JSON object on stdout. The figure
 per artifact and thread count is the median over rounds of each round's median (and p90).
+Every timing is measured by :data:`PEER_MEASURE` (a :class:`contract.measure.MeasureSpec`) and
+read back through :func:`contract.bench.read_record`.
 """
 
 from __future__ import annotations
@@ -13,25 +15,18 @@ import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from contract.bench import read_record
+from contract.errors import ContractError
+from contract.measure import MeasureSpec
 
-@dataclass(frozen=True)
-class RunnerOptions:
-    """Flags passed to ``device_bench.runner`` for every timing.
+PEER_MEASURE = MeasureSpec(runs=20, warmup=5, min_seconds=1.0, repeats=1)
+"""How every peer timing is measured: the method of the committed peer numbers (one repeat per
+runner process; the rounds are the repeats). Threads are set per timing."""
 
-    Attributes:
-        runs: minimum timed inferences per timing.
-        warmup: untimed inferences after loading.
-        min_seconds: minimum timed seconds per timing.
-        timeout_s: wall-clock limit of one runner process, seconds.
-    """
-
-    runs: int = 20
-    warmup: int = 5
-    min_seconds: float = 1.0
-    timeout_s: float = 300.0
+TIMEOUT_S = 300.0
+"""Wall-clock limit of one runner process, seconds."""
 
 
 def schedule(keys: Sequence[str], threads: Sequence[int], rounds: int) -> list[tuple[int, int, str]]:
@@ -51,7 +46,9 @@ def schedule(keys: Sequence[str], threads: Sequence[int], rounds: int) -> list[t
 
 
 def parse_runner_output(stdout: str) -> dict[str, Any]:
-    """The runner's result: the last line of stdout that parses as a JSON object with ``latency_ms``.
+    """The runner's result: the last line of stdout that is a measured bench record (``p50_ms``).
+
+    Lines are read through :func:`contract.bench.read_record` (an ``edge-se/bench/1`` line is upgraded).
 
     Raises:
         ValueError: no such line (the first 200 characters of the output are quoted).
@@ -61,19 +58,19 @@ def parse_runner_output(stdout: str) -> dict[str, Any]:
         if not line.startswith("{"):
             continue
         try:
-            doc = json.loads(line)
-        except json.JSONDecodeError:
+            doc = read_record(json.loads(line), "runner output")
+        except (json.JSONDecodeError, ContractError):
             continue
-        if isinstance(doc, dict) and "latency_ms" in doc:
+        if doc.get("p50_ms") is not None:
             return doc
-    raise ValueError(f"runner printed no result object with latency_ms: {stdout[:200]!r}")
+    raise ValueError(f"runner printed no result object (a bench record with p50_ms): {stdout[:200]!r}")
 
 
 def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Combine one artifact's per-round runner results (at one thread count).
 
     Args:
-        results: runner result objects, one per round (``latency_ms`` with ``p50``/``p90``/``min``).
+        results: flat bench records, one per round (``p50_ms``, ``p90_ms``, ``min_ms``, ``samples``).
 
     Returns:
         ``p50_ms`` (median of round medians), ``p90_ms`` (median of round p90s), ``min_ms``
@@ -85,32 +82,34 @@ def aggregate(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     if not results:
         raise ValueError("no runner results to aggregate")
-    p50 = [float(r["latency_ms"]["p50"]) for r in results]
-    p90 = [float(r["latency_ms"]["p90"]) for r in results]
+    p50 = [float(r["p50_ms"]) for r in results]
+    p90 = [float(r["p90_ms"]) for r in results]
     return {
         "p50_ms": statistics.median(p50),
         "p90_ms": statistics.median(p90),
-        "min_ms": min(float(r["latency_ms"]["min"]) for r in results),
+        "min_ms": min(float(r["min_ms"]) for r in results),
         "round_p50_ms": p50,
         "spread_pct": 100.0 * (max(p50) - min(p50)) / min(p50) if min(p50) > 0 else float("inf"),
         "rounds": len(results),
-        "samples": sum(int(r["latency_ms"]["count"]) for r in results),
+        "samples": sum(int(r["samples"]) for r in results),
     }
 
 
-def runner_command(python: str, artifact: str, manifest: str, threads: int, opts: RunnerOptions) -> list[str]:
-    """The argv of one runner process."""
-    return [python, "-m", "device_bench.runner", artifact, "--manifest", manifest, "--threads", str(threads),
-            "--runs", str(opts.runs), "--warmup", str(opts.warmup), "--min-seconds", str(opts.min_seconds)]
+def runner_command(python: str, artifact: str, manifest: str, threads: int,
+                   spec: MeasureSpec = PEER_MEASURE) -> list[str]:
+    """The argv of one runner process: ``spec`` at ``threads`` (every measurement flag, explicitly)."""
+    return [python, "-m", "device_bench.runner", artifact, "--manifest", manifest,
+            *spec.replace(threads=threads).to_argv()]
 
 
-def time_once(python: str, artifact: str, manifest: str, threads: int, opts: RunnerOptions) -> dict[str, Any]:
+def time_once(python: str, artifact: str, manifest: str, threads: int, spec: MeasureSpec = PEER_MEASURE, *,
+              timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """Run the runner once; return its result, or ``{"error": ...}`` when it failed."""
-    cmd = runner_command(python, artifact, manifest, threads, opts)
+    cmd = runner_command(python, artifact, manifest, threads, spec)
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=opts.timeout_s, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
-        return {"error": f"runner timed out after {opts.timeout_s:.0f} s"}
+        return {"error": f"runner timed out after {timeout_s:.0f} s"}
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()][-1:] or [""]
         return {"error": f"runner exit {proc.returncode}: {tail[0][:300]}"}
@@ -125,7 +124,8 @@ def time_alternating(
     *,
     threads: Sequence[int],
     rounds: int,
-    opts: RunnerOptions,
+    spec: MeasureSpec = PEER_MEASURE,
+    timeout_s: float = TIMEOUT_S,
     python: str = sys.executable,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> dict[tuple[str, int], dict[str, Any]]:
@@ -135,7 +135,8 @@ def time_alternating(
         artifacts: key -> (artifact path, manifest path), timed in this order each round.
         threads: thread counts.
         rounds: rounds (each artifact timed once per round and thread count).
-        opts: runner flags.
+        spec: how each timing is measured (its threads are replaced by each thread count).
+        timeout_s: wall-clock limit of one runner process.
         python: the interpreter that runs ``device_bench.runner`` (the main venv's).
         log: progress sink (stderr).
 
@@ -150,13 +151,13 @@ def time_alternating(
         if len(errors.get((key, t), [])) >= 2 and not per.get((key, t)):
             continue  # failed twice and never ran: not worth more rounds
         path, manifest = artifacts[key]
-        res = time_once(python, path, manifest, t, opts)
+        res = time_once(python, path, manifest, t, spec, timeout_s=timeout_s)
         if "error" in res:
             errors.setdefault((key, t), []).append(res["error"])
             log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {res['error']}")
             continue
         per.setdefault((key, t), []).append(res)
-        log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: p50 {res['latency_ms']['p50']:.2f} ms")
+        log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: p50 {res['p50_ms']:.2f} ms")
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for key in artifacts:
         for t in threads:

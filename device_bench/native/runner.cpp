@@ -1,4 +1,5 @@
-// edge-se native ExecuTorch runner: the same options and JSON as `python -m device_bench.runner`,
+// edge-se native ExecuTorch runner: the same options (contract.measure.MeasureSpec.to_argv) and JSON
+// (a flat edge-se/bench/2 record, contract/bench.schema.json) as `python -m device_bench.runner`,
 // for machines where ExecuTorch's Python runtime cannot run (aarch64 boards, Android: it needs
 // libtorch). Built against the runtime libraries and headers the executorch wheel ships; see
 // device_bench/native_build.py for the flags. Statistics, input generation and the output
@@ -51,7 +52,8 @@ struct Error : std::runtime_error {
 struct Args {
   std::string artifact, manifest, affinity, dump_outputs;
   std::vector<std::string> input_files;
-  long warmup = 10, runs = 50, max_runs = 0, repeats = 1, threads = 1;
+  // contract/measure.py's defaults (every caller passes MeasureSpec.to_argv(), so every flag, explicitly).
+  long warmup = 10, runs = 50, max_runs = 0, repeats = 3, threads = 1;
   double min_seconds = 1.0, cooldown = 1.0, unstable_pct = 5.0;
   bool count_only = false;
   unsigned long long seed = 0;
@@ -80,7 +82,7 @@ Args parse_args(int argc, char** argv) {
       else if (k == "--min-seconds") a.min_seconds = std::stod(need(i));
       else if (k == "--max-runs") a.max_runs = std::stol(need(i));
       else if (k == "--repeats") a.repeats = std::stol(need(i));
-      else if (k == "--cooldown") a.cooldown = std::stod(need(i));
+      else if (k == "--cooldown" || k == "--cooldown-s") a.cooldown = std::stod(need(i));
       else if (k == "--unstable-pct") a.unstable_pct = std::stod(need(i));
       else if (k == "--threads") a.threads = std::stol(need(i));
       else if (k == "--affinity") a.affinity = need(i);
@@ -97,7 +99,8 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.artifact.empty() || a.manifest.empty()) throw Error("usage: et_runner ARTIFACT --manifest FILE [options]");
   if (a.runs < 1 || a.repeats < 1 || a.threads < 1) throw Error("--runs, --repeats and --threads must be >= 1");
-  if (a.warmup < 0 || a.max_runs < 0 || a.min_seconds < 0 || a.cooldown < 0) throw Error("negative option value");
+  if (a.warmup < 0 || a.max_runs < 0 || a.min_seconds < 0 || a.cooldown < 0 || a.unstable_pct < 0)
+    throw Error("negative option value");
   return a;
 }
 
@@ -237,12 +240,12 @@ std::string summarize(std::vector<double> s, double* p50_out = nullptr, double s
   for (double x : s) var += (x - mean) * (x - mean);
   var /= static_cast<double>(s.size());
   if (p50_out) *p50_out = percentile(s, 50);
-  std::string out = "{\"min\": " + num(s.front()) + ", \"p50\": " + num(percentile(s, 50)) +
-                    ", \"p90\": " + num(percentile(s, 90)) + ", \"p99\": " + num(percentile(s, 99)) +
-                    ", \"mean\": " + num(mean) + ", \"std\": " + num(std::sqrt(var)) +
-                    ", \"count\": " + std::to_string(s.size());
+  std::string out = "\"min_ms\": " + num(s.front()) + ", \"p50_ms\": " + num(percentile(s, 50)) +
+                    ", \"p90_ms\": " + num(percentile(s, 90)) + ", \"p99_ms\": " + num(percentile(s, 99)) +
+                    ", \"mean_ms\": " + num(mean) + ", \"std_ms\": " + num(std::sqrt(var)) +
+                    ", \"samples\": " + std::to_string(s.size());
   if (seconds >= 0) out += ", \"seconds\": " + num(seconds);
-  return out + "}";
+  return out;  // the members only: a repeat wraps them in {}, the pooled ones are top-level keys
 }
 
 // --- system ---
@@ -401,7 +404,7 @@ int run(const Args& a) {
   for (long i = 0; i < a.warmup; ++i) forward();
   if (a.count_only) {  // instruction counting: same instructions every time (no clock, no statistics)
     for (long i = 0; i < a.runs; ++i) forward();
-    std::printf("{\"schema\": \"edge-se/bench/1\", \"runner\": \"native\", \"count_only\": true, \"runs\": %ld, "
+    std::printf("{\"schema\": \"edge-se/bench/2\", \"runner\": \"native\", \"count_only\": true, \"runs\": %ld, "
                 "\"output_checksum\": %s}\n", a.runs, mini_json::quote(first.checksum).c_str());
     return 0;
   }
@@ -430,7 +433,7 @@ int run(const Args& a) {
   std::string per = "[";
   for (size_t r = 0; r < repeats.size(); ++r) {
     double p50;
-    per += (r ? ", " : "") + summarize(repeats[r], &p50, seconds[r]);
+    per += std::string(r ? ", " : "") + "{" + summarize(repeats[r], &p50, seconds[r]) + "}";
     medians.push_back(p50);
     pooled.insert(pooled.end(), repeats[r].begin(), repeats[r].end());
   }
@@ -446,7 +449,7 @@ int run(const Args& a) {
 
   std::string j = "{";
   auto kv = [&](const std::string& k, const std::string& v) { j += (j.size() > 1 ? ", " : "") + mini_json::quote(k) + ": " + v; };
-  kv("schema", "\"edge-se/bench/1\"");
+  kv("schema", "\"edge-se/bench/2\"");
   kv("runner", "\"native\"");
   std::string base = a.artifact.substr(a.artifact.find_last_of('/') + 1);
   kv("artifact", mini_json::quote(base));
@@ -455,12 +458,16 @@ int run(const Args& a) {
   kv("runtime", "{\"name\": \"executorch-native\", \"version\": " + mini_json::quote(EDGE_SE_ET_VERSION) + "}");
   kv("threads", std::to_string(pool->get_thread_count()));
   kv("affinity", affinity);
-  kv("warmup", std::to_string(a.warmup));
-  kv("runs", std::to_string(a.runs));
-  kv("min_seconds", num(a.min_seconds));
+  // contract.measure.MeasureSpec.to_dict(): what was asked for (threads above: what the pool has).
+  kv("measure", "{\"warmup\": " + std::to_string(a.warmup) + ", \"runs\": " + std::to_string(a.runs) +
+                    ", \"min_seconds\": " + num(a.min_seconds) + ", \"max_runs\": " + std::to_string(a.max_runs) +
+                    ", \"repeats\": " + std::to_string(a.repeats) + ", \"cooldown_s\": " + num(a.cooldown) +
+                    ", \"threads\": " + std::to_string(a.threads) + ", \"affinity\": " +
+                    (a.affinity.empty() ? std::string("null") : mini_json::quote(a.affinity)) +
+                    ", \"seed\": " + std::to_string(a.seed) + ", \"unstable_pct\": " + num(a.unstable_pct) + "}");
   kv("seed", a.input_files.empty() ? std::to_string(a.seed) : "null");
   kv("inputs_from", a.input_files.empty() ? "\"seed\"" : "\"files\"");
-  kv("latency_ms", summarize(pooled));
+  j += ", " + summarize(pooled);  // the flat latency keys of contract.bench
   kv("repeats", per);
   kv("repeat_spread_pct", num(spread));
   kv("unstable", spread > a.unstable_pct ? "true" : "false");

@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from contract.bench import SCHEMA as BENCH_SCHEMA
 from device_bench import stats, sysinfo
 from device_bench.manifest import load_manifest
 from device_bench.transports.base import DeviceError, RunOptions, last_error_line, parse_result
@@ -37,9 +38,10 @@ def parse_benchmark_model(text: str) -> dict[str, Any]:
         raise ValueError("no 'count=... avg=...' timing line in benchmark_model output")
     vals = {k: float(v) for k, v in _STAT.findall(stat_lines[-1])}  # the last one is the timed phase
     us = 1e-3
-    rep: dict[str, Any] = {"min": vals["min"] * us, "mean": vals["avg"] * us, "std": vals.get("std", 0.0) * us,
-                           "count": int(vals["count"]), "p50": None, "p90": None, "p99": None}
-    for key, name in (("median", "p50"), ("p50", "p50"), ("p90", "p90"), ("p99", "p99")):
+    rep: dict[str, Any] = {"min_ms": vals["min"] * us, "mean_ms": vals["avg"] * us,
+                           "std_ms": vals.get("std", 0.0) * us, "samples": int(vals["count"]),
+                           "p50_ms": None, "p90_ms": None, "p99_ms": None}
+    for key, name in (("median", "p50_ms"), ("p50", "p50_ms"), ("p90", "p90_ms"), ("p99", "p99_ms")):
         if key in vals:
             rep[name] = vals[key] * us
     m = re.search(r"Init:\s*([0-9.]+),\s*First inference:\s*([0-9.]+)", text)
@@ -55,7 +57,8 @@ def parse_executor_runner(text: str) -> dict[str, Any]:
     if not m:
         raise ValueError("no 'Model executed successfully N time(s) in X ms' line in executor_runner output")
     n, total = int(m[1]), float(m[2])
-    return {"repeat": {"min": None, "mean": total / n, "std": None, "count": n, "p50": None, "p90": None, "p99": None}}
+    return {"repeat": {"min_ms": None, "mean_ms": total / n, "std_ms": None, "samples": n,
+                       "p50_ms": None, "p90_ms": None, "p99_ms": None}}
 
 
 class AdbTransport:
@@ -157,31 +160,34 @@ class AdbTransport:
 
     def _run_tool(self, key: str, exe: str, art: str, opts: RunOptions) -> dict[str, Any]:
         t = opts.timeout_s
+        spec = opts.measure  # the tools take runs, warmup, min seconds, threads; not max_runs, affinity, seed
         parsed = []
-        for r in range(opts.repeats):
+        for r in range(spec.repeats):
             if r:
-                time.sleep(opts.cooldown)
+                time.sleep(spec.cooldown_s)
             if key == "tflite_benchmark":
-                argv = [exe, f"--graph={art}", f"--num_threads={opts.threads}", f"--warmup_runs={opts.warmup}",
-                        f"--num_runs={opts.runs}", f"--min_secs={opts.min_seconds:g}", "--use_xnnpack=true"]
+                argv = [exe, f"--graph={art}", f"--num_threads={spec.threads}", f"--warmup_runs={spec.warmup}",
+                        f"--num_runs={spec.runs}", f"--min_secs={spec.min_seconds:g}", "--use_xnnpack=true"]
                 parse = parse_benchmark_model
             else:
-                argv = [exe, f"--model_path={art}", f"--num_executions={opts.runs}"]
+                argv = [exe, f"--model_path={art}", f"--num_executions={spec.runs}"]
                 parse = parse_executor_runner
             proc = self.shell(argv, timeout_s=t, what=key)
             try:
                 parsed.append(parse(proc.stdout + "\n" + proc.stderr))
             except ValueError as exc:
                 raise DeviceError(f"{self.name}: {key}: {exc}") from None
-        combined = stats.combine_summaries([p["repeat"] for p in parsed], unstable_pct=opts.unstable_pct)
+        combined = stats.combine_summaries([p["repeat"] for p in parsed], unstable_pct=spec.unstable_pct)
         reps = combined["repeats"]
         return {
+            "schema": BENCH_SCHEMA,
             **combined,
+            "measure": spec.to_dict(),
             "runner": key,
             "runtime": {"name": "tflite-benchmark_model" if key == "tflite_benchmark" else "executorch-executor_runner",
                         "version": None},
-            "threads": opts.threads if key == "tflite_benchmark" else None,
-            "total_seconds": sum(r["mean"] * r["count"] for r in reps) / 1e3,
+            "threads": spec.threads if key == "tflite_benchmark" else None,
+            "total_seconds": sum(r["mean_ms"] * r["samples"] for r in reps) / 1e3,
             "load_ms": parsed[0].get("load_ms"),
             "first_inference_ms": parsed[0].get("first_inference_ms"),
             "peak_rss_bytes": max((p["peak_rss_bytes"] for p in parsed if p.get("peak_rss_bytes")), default=None),

@@ -6,14 +6,16 @@ the runner's JSON object (plus transport facts). Host side: may import edge_se.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from contract.measure import MeasureSpec
 from edge_se.errors import EdgeSeError
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -30,31 +32,29 @@ class DeviceError(EdgeSeError):
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How to measure (mirrors the runner's options; see device_bench/runner.py)."""
+    """How to measure (``measure``: :class:`contract.measure.MeasureSpec`) and how to reach the runner.
 
-    warmup: int = 10
-    runs: int = 50
-    min_seconds: float = 1.0
-    max_runs: int = 0
-    repeats: int = 3
-    cooldown: float = 1.0
-    threads: int = 1
-    affinity: str | None = None
-    seed: int = 0
-    unstable_pct: float = 5.0
+    Only the transport's own fields live here; every measurement figure and its default is the
+    spec's.
+    """
+
+    measure: MeasureSpec = MeasureSpec()
     runner: RunnerKind = "auto"
     timeout_s: float = 600.0
     parity: bool = True
 
+    def replace(self, **changes: Any) -> RunOptions:
+        """A copy with ``changes``: transport fields by name, measurement fields (``runs=3``) into ``measure``."""
+        own = {f.name for f in fields(self)} - {"measure"}
+        mine = {k: v for k, v in changes.items() if k in own}
+        spec = {k: v for k, v in changes.items() if k not in own}
+        measure = changes.get("measure", self.measure)
+        spec.pop("measure", None)
+        return dataclasses.replace(self, **mine, measure=measure.replace(**spec) if spec else measure)
+
     def argv(self, **override: Any) -> list[str]:
-        """Runner command-line options (``override`` replaces fields, e.g. ``runs=3``)."""
-        o = {**self.__dict__, **override}
-        args = ["--warmup", str(o["warmup"]), "--runs", str(o["runs"]), "--min-seconds", str(o["min_seconds"]),
-                "--max-runs", str(o["max_runs"]), "--repeats", str(o["repeats"]), "--cooldown", str(o["cooldown"]),
-                "--threads", str(o["threads"]), "--seed", str(o["seed"]), "--unstable-pct", str(o["unstable_pct"])]
-        if o["affinity"]:
-            args += ["--affinity", str(o["affinity"])]
-        return args
+        """Runner command-line options: :meth:`MeasureSpec.to_argv` (``override`` replaces spec fields: ``runs=3``)."""
+        return (self.measure.replace(**override) if override else self.measure).to_argv()
 
 
 class Transport(Protocol):

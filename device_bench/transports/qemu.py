@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.measure import MeasureSpec
 from device_bench import emu, parity
 from device_bench.manifest import load_manifest
 from device_bench.transports.base import DeviceError, RunOptions, parse_result, run_checked, stage_runner
@@ -65,7 +66,7 @@ class QemuTransport:
 
         def count(n: int) -> int:
             out = stage / f"count-{n}.txt"
-            args = [*opts.argv(warmup=0, runs=n, max_runs=n, min_seconds=0, repeats=1, cooldown=0, threads=1),
+            args = [*opts.argv(warmup=0, runs=n, max_runs=n, min_seconds=0.0, repeats=1, cooldown_s=0.0, threads=1),
                     "--count-only"]
             self._exec(env, self._command(env, fmt, artifact, manifest, args, count_to=out), stage, opts,
                        "instruction count")
@@ -110,10 +111,10 @@ class QemuTransport:
     def _parity(self, artifact: Path, manifest: Path, opts: RunOptions, fmt: str, dump: Path,
                 arm: dict[str, Any], stage: Path) -> dict[str, Any]:
         host_dump = stage / "host-outputs.bin"
-        host_opts = RunOptions(runner="native" if fmt == "pte" else "python", timeout_s=opts.timeout_s,
-                               seed=opts.seed)
+        host_opts = RunOptions(MeasureSpec(seed=opts.measure.seed), runner="native" if fmt == "pte" else "python",
+                               timeout_s=opts.timeout_s)
         host = LocalTransport("local").run(artifact, manifest, host_opts, fmt=fmt, dump_outputs=host_dump,
-                                           warmup=0, runs=1, max_runs=1, min_seconds=0, repeats=1, cooldown=0)
+                                           warmup=0, runs=1, max_runs=1, min_seconds=0.0, repeats=1, cooldown_s=0.0)
         dtype = load_manifest(manifest).dtype
         res = parity.compare(parity.decode(host_dump.read_bytes(), host["outputs"]),
                              parity.decode(dump.read_bytes(), arm["outputs"]), dtype=dtype)

@@ -1,16 +1,12 @@
-"""The export side of the manifest: the toolchain versions every manifest records.
+"""The toolchain versions every manifest records (the one part of the manifest that needs the install).
 
 The manifest itself (schema, record, reader, writer, naming) is :mod:`contract.manifest` and
-:mod:`contract.formats`; this module only adds what needs the installed toolchain.
+:mod:`contract.formats`; import those names from there.
 """
 
 from __future__ import annotations
 
 from importlib import metadata
-
-from contract.files import publish, sha256_bytes, sha256_file
-from contract.formats import DTYPES, FORMATS, artifact_name, manifest_path
-from contract.manifest import REQUIRED_KEYS, SCHEMA, Manifest, read_manifest, write_manifest
 
 # The distributions whose versions every manifest records, always the same set (a missing one: null).
 VERSIONED = {
@@ -37,20 +33,3 @@ def versions() -> dict[str, str | None]:
 
         out["edge_se"] = edge_se.__version__
     return out
-
-
-__all__ = [
-    "DTYPES",
-    "FORMATS",
-    "REQUIRED_KEYS",
-    "SCHEMA",
-    "Manifest",
-    "artifact_name",
-    "manifest_path",
-    "publish",
-    "read_manifest",
-    "sha256_bytes",
-    "sha256_file",
-    "versions",
-    "write_manifest",
-]
