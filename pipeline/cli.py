@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipeline.config import RunConfig
+    from pipeline.gates import Violation
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -23,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def run_run(args: argparse.Namespace) -> int:
-    """Run the sweep, print a summary table, write the report; exit 1 if any cell failed."""
+    """Run the sweep, print a summary table, judge the gates, write the report; exit 1 if a cell failed or a gate."""
     from pipeline.config import load_config
     from pipeline.run import run_sweep
     from pipeline.summary import format_summary
@@ -37,11 +43,29 @@ def run_run(args: argparse.Namespace) -> int:
     )
     summary = run_sweep(cfg, out)
     print(format_summary(out))
+    violations = _judge_gates(cfg, out)
     if args.report:
         from pipeline.report import write_report
 
         print(json.dumps(write_report(out)))
-    return 0 if summary.ok else 1
+    return 0 if summary.ok and not violations else 1
+
+
+def _judge_gates(cfg: RunConfig, out: Path) -> list[Violation]:
+    """Check the sweep's release gates; write gates.json (removed when there are none); one line per violation."""
+    from pipeline.collect import load_cells
+    from pipeline.gates import VERDICT_FILE, check, write_verdict
+
+    if not cfg.gates.active and not cfg.model_gates:
+        (out / VERDICT_FILE).unlink(missing_ok=True)
+        return []
+    violations = check(load_cells(out), cfg.gates, cfg.model_gates)
+    write_verdict(out, cfg.gates, cfg.model_gates, violations)
+    for v in violations:
+        print(f"edge-se run: {v.line()}", file=sys.stderr)
+    print(f"edge-se run: gates: {'all met' if not violations else f'{len(violations)} violation(s)'}",
+          file=sys.stderr)
+    return violations
 
 
 def run_report(args: argparse.Namespace) -> int:

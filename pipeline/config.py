@@ -36,11 +36,17 @@ Example config::
 
     [baseline]
     devices = ["cpu", "cuda"]  # cuda is recorded as skipped where there is none
+
+    [gates]                    # release gates (pipeline.gates, docs/ci.md); `edge-se run` exits 1 on a violation
+    min_sqnr_db = 25.0
+    max_p50_ms = { local = 5.0 }
+    # and per model: gates = { max_artifact_bytes = 3000000 } inside its [[models]] table
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,6 +54,7 @@ from typing import Any
 from contract.errors import ContractError
 from contract.measure import MeasureSpec
 from edge_se.errors import EdgeSeError
+from pipeline.gates import Gates, parse_gates
 
 FORMATS = ("pte", "tflite")
 DTYPES = ("fp32", "int8")
@@ -66,6 +73,7 @@ class ModelCfg:
     resolution: int | None = None  # overrides [run].resolution
     quantize: bool = True  # False: fp32 artifacts only (int8 cells are left out)
     devices: tuple[str, ...] | None = None  # overrides [bench].devices for this model (and its twin)
+    gates: Mapping[str, Any] | None = field(default=None, compare=False)  # its gates table, over [gates]
 
     @property
     def label(self) -> str:
@@ -92,6 +100,8 @@ class RunConfig:
     measure: MeasureSpec = MeasureSpec()  # [bench]'s measurement keys; its threads are [run].threads
     emulated_dtypes: tuple[str, ...] = DTYPES  # dtypes benchmarked on emulated devices (qemu-*)
     baseline_devices: tuple[str, ...] = ("cpu",)
+    gates: Gates = Gates()  # [gates]: release gates every model meets (pipeline.gates)
+    model_gates: Mapping[str, Gates] = field(default_factory=dict)  # a model's own, merged over ``gates``
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -151,7 +161,7 @@ class _Reader:
             raise self.error(unknown[0], f"unknown key; valid: {', '.join(sorted(self.used))}")
 
 
-_TABLES = ("run", "data", "models", "quantize", "export", "bench", "baseline")
+_TABLES = ("run", "data", "models", "quantize", "export", "bench", "baseline", "gates")
 
 
 def parse_config(text: str, path: str = "<config>") -> RunConfig:
@@ -204,6 +214,10 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     baseline_devices = base.choices("devices", BASELINE_DEVICES, ("cpu",), allow_empty=True)
     base.done()
 
+    gates = parse_gates(doc.get("gates", {}), f"{path}: [gates]")
+    model_gates = {m.name: parse_gates(m.gates, f"{path}: [models[{i}]].gates", gates)
+                   for i, m in enumerate(models) if m.gates is not None}
+
     return RunConfig(
         path=path,
         resolution=resolution,
@@ -220,6 +234,8 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         measure=measure,
         emulated_dtypes=emulated_dtypes,
         baseline_devices=baseline_devices,
+        gates=gates,
+        model_gates=model_gates,
     )
 
 
@@ -269,6 +285,7 @@ def _model(path: str, index: int, doc: Any) -> ModelCfg:
         resolution=r.get("resolution", int, None),
         quantize=r.get("quantize", bool, True),
         devices=r.strings("devices", ()) or None,
+        gates=r.get("gates", dict, None),
     )
     r.done()
     if cfg.twin and spec.se is None:

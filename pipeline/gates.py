@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ class Gates:
 
     min_sqnr_db: float | None = None
     min_top1_agreement: float | None = None
-    max_p50_ms: Mapping[str, float] = field(default_factory=dict)
+    max_p50_ms: tuple[tuple[str, float], ...] = ()  # (device, ms), sorted by device
     max_int8_fp32_ratio: float | None = None
     max_artifact_bytes: int | None = None
     parity: bool = False
@@ -49,6 +49,14 @@ class Gates:
     def active(self) -> bool:
         """Any gate set."""
         return self != Gates()
+
+    def p50_limit(self, device: str) -> float | None:
+        """The max_p50_ms of ``device`` (ms), or None where the device has none."""
+        return dict(self.max_p50_ms).get(device)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a JSON object (``gates.json``)."""
+        return asdict(self) | {"max_p50_ms": dict(self.max_p50_ms)}
 
 
 _NUMBERS = {"min_sqnr_db": (float, None), "min_top1_agreement": (float, (0.0, 1.0)),
@@ -86,7 +94,8 @@ def parse_gates(doc: Any, where: str, base: Gates | None = None) -> Gates:
         for device, ms in table.items():
             if isinstance(ms, bool) or not isinstance(ms, (int, float)) or ms <= 0:
                 raise EdgeSeError(f"{where}.max_p50_ms.{device}: expected a number of ms > 0, got {ms!r}")
-        changes["max_p50_ms"] = {**base.max_p50_ms, **{d: float(v) for d, v in table.items()}}
+        merged = dict(base.max_p50_ms) | {d: float(v) for d, v in table.items()}
+        changes["max_p50_ms"] = tuple(sorted(merged.items()))
     if "parity" in doc:
         if not isinstance(doc["parity"], bool):
             raise EdgeSeError(f"{where}.parity: expected true or false, got {doc['parity']!r}")
@@ -154,7 +163,7 @@ def check(res: RunResults, gates: Gates, per_model: Mapping[str, Gates] | None =
         cell = "/".join(["bench", b["model"], b["format"], b["dtype"], str(b["policy"]), b["device"]])
         if b["emulated"]:
             continue  # emulated latency is instructions, not time: no latency gate applies
-        limit = g.max_p50_ms.get(b["device"])
+        limit = g.p50_limit(b["device"])
         if limit is not None and not (b.get("p50_ms") or math.inf) <= limit:
             out.append(Violation(cell, "max_p50_ms", b.get("p50_ms"), limit))
         if g.max_int8_fp32_ratio is not None and b.get("dtype") == "int8":
@@ -214,8 +223,7 @@ def write_verdict(run_dir: str | Path, gates: Gates, per_model: Mapping[str, Gat
     """Write ``gates.json`` (the gates, the violations, ``passed``) into the run directory, atomically."""
     doc = {
         "passed": not violations,
-        "gates": {"global": asdict(gates) | {"max_p50_ms": dict(gates.max_p50_ms)},
-                  "models": {m: asdict(g) | {"max_p50_ms": dict(g.max_p50_ms)} for m, g in sorted(per_model.items())}},
+        "gates": {"global": gates.to_dict(), "models": {m: g.to_dict() for m, g in sorted(per_model.items())}},
         "violations": [v.to_dict() for v in violations],
     }
     return write_text(Path(run_dir) / VERDICT_FILE, json.dumps(doc, indent=1, sort_keys=True) + "\n")

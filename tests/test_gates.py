@@ -37,12 +37,13 @@ def test_a_bad_gate_is_one_line_naming_the_key(doc, needle):
 def test_a_model_table_overrides_only_what_it_names():
     base = parse_gates({"min_sqnr_db": 25, "max_p50_ms": {"local": 5}}, "g")
     own = parse_gates({"max_p50_ms": {"pi": 20}}, "m", base)
-    assert own.min_sqnr_db == 25 and dict(own.max_p50_ms) == {"local": 5.0, "pi": 20.0}
+    assert own.min_sqnr_db == 25
+    assert (own.p50_limit("local"), own.p50_limit("pi"), own.p50_limit("x")) == (5.0, 20.0, None)
     assert not Gates().active and own.active
 
 
 def test_met_gates_give_no_violation(run):
-    gates = Gates(min_sqnr_db=19.0, min_top1_agreement=0.98, max_p50_ms={"local": 100.0},
+    gates = Gates(min_sqnr_db=19.0, min_top1_agreement=0.98, max_p50_ms=(("local", 100.0),),
                   max_int8_fp32_ratio=100.0, max_artifact_bytes=10_000_000, parity=True)
     assert check(run, gates) == []
 
@@ -58,7 +59,7 @@ def test_each_violated_gate_names_the_cell_the_gate_and_both_numbers(run):
 
     size = check(run, Gates(max_artifact_bytes=1))
     assert len(size) == len(run.stage("export")) and all(v.measured >= 1e6 for v in size)
-    slow = check(run, Gates(max_p50_ms={"local": 0.5}))
+    slow = check(run, Gates(max_p50_ms=(("local", 0.5),)))
     local_benches = [b for b in run.stage("bench") if b["params"]["device"] == "local"]
     assert len(slow) == len(local_benches), "emulated devices are never latency-gated"
     assert all(v.cell.endswith("/local") and v.measured > 0.5 for v in slow)
@@ -84,7 +85,7 @@ def test_a_failed_parity_and_an_unmeasured_cell_fail_their_gates(run):
         parity = check(run, Gates(parity=True))
         assert [v.to_dict() for v in parity] == [{"cell": export["id"], "gate": "parity", "measured": "failed",
                                                   "limit": "pass"}]
-        lost = check(run, Gates(max_p50_ms={"local": 1e9}))
+        lost = check(run, Gates(max_p50_ms=(("local", 1e9),)))
         assert Violation(bench_id, "measured", None, "a finished cell") in lost
     finally:
         export["manifest"]["parity"] = {"passed": True, "max_abs_err": 1e-4}
@@ -111,3 +112,56 @@ def test_the_report_lists_the_violations_only_when_the_sweep_had_gates(run):
         assert "All gates met" in md.read_text()
     finally:
         (run.run_dir / "gates.json").unlink()
+
+
+def _gated_config(tmp_path, gates: str):
+    from test_pipeline import CONFIG
+
+    path = tmp_path / "gated.toml"
+    own = 'name = "efficientnet_phi0"\ngates = { max_artifact_bytes = 1 }\n'
+    path.write_text(CONFIG.replace('name = "efficientnet_phi0"\n', own) + gates)
+    return path
+
+
+@pytest.mark.parametrize(("gates", "rc"), [("[gates]\nmin_sqnr_db = 1.0\n", 1), ("[gates]\nmin_sqnr_db = 1000.0\n", 1)])
+def test_edge_se_run_exits_1_on_a_violated_gate_naming_it(tmp_path, monkeypatch, capsys, gates, rc):
+    """phi0's own gate (1 byte) always fails; the global SQNR gate fails only at 1000 dB."""
+    import pipeline.run
+    from edge_se.cli import main
+
+    real = pipeline.run.run_sweep
+    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out: real(cfg, out, runner=FakeRunner()))
+    out = tmp_path / "run"
+    assert main(["run", str(_gated_config(tmp_path, gates)), "--out", str(out), "--no-report"]) == rc
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("edge-se run: gate ")]
+    assert lines and all("efficientnet_phi0" in ln or "min_sqnr_db" in ln for ln in lines)
+    assert any(ln.startswith("edge-se run: gate max_artifact_bytes: export/efficientnet_phi0/") for ln in lines)
+    assert any("min_sqnr_db" in ln for ln in lines) == ("1000" in gates)
+    import json
+
+    verdict = json.loads((out / "gates.json").read_text())
+    assert verdict["passed"] is False and verdict["gates"]["models"]["efficientnet_phi0"]["max_artifact_bytes"] == 1
+
+
+def test_edge_se_run_exits_0_when_every_gate_is_met(tmp_path, monkeypatch, capsys):
+    from test_pipeline import CONFIG
+
+    import pipeline.run
+    from edge_se.cli import main
+
+    real = pipeline.run.run_sweep
+    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out: real(cfg, out, runner=FakeRunner()))
+    path = tmp_path / "ok.toml"
+    path.write_text(CONFIG + "[gates]\nmin_sqnr_db = 1.0\nparity = true\nmax_p50_ms = { local = 1000.0 }\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-report"]) == 0
+    assert "edge-se run: gates: all met" in capsys.readouterr().err
+
+
+def test_a_bad_gate_in_a_model_table_names_it(tmp_path):
+    from pipeline.config import load_config
+
+    path = _gated_config(tmp_path, "").read_text().replace("max_artifact_bytes = 1", "max_bytes = 1")
+    (tmp_path / "bad.toml").write_text(path)
+    with pytest.raises(EdgeSeError, match=r"bad.toml: \[models\[2\]\].gates.max_bytes: unknown gate"):
+        load_config(tmp_path / "bad.toml")
