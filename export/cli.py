@@ -141,7 +141,12 @@ def run_verify(args: argparse.Namespace) -> int:
 
     result = verify_artifact(args.artifact)
     _print(result)
+    failed = 0
     if not result["parity"]["passed"]:
         print(f"edge-se verify: error: {args.artifact}: parity check failed", file=sys.stderr)
-        return 1
-    return 0
+        failed = 1
+    if result.get("fidelity") and not result["fidelity"]["passed"]:
+        print(f"edge-se verify: error: {args.artifact}: re-measured fidelity differs from the manifest's "
+              f"({result['fidelity']['abs_diff']})", file=sys.stderr)
+        failed = 1
+    return failed

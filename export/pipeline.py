@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ from contract.formats import artifact_name
 from contract.manifest import SCHEMA, write_manifest
 from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
-from export import backends
+from export import backends, fidelity
 from export import parity as par
 from export.backends.base import Backend, Lowered, graph_output_scale
 from export.versions import versions
+from quantize.calibration import Calibration
 
 RANDOM_PARITY_INPUTS = 4
 """Random N(0, 1) inputs in every parity check (seeded, so ``verify`` can be compared run to run)."""
@@ -44,24 +45,6 @@ class ParityFailure(EdgeSeError):
     def __init__(self, message: str, record: dict[str, Any]) -> None:
         super().__init__(message)
         self.record = record
-
-
-@dataclass
-class Calibration:
-    """Calibration images and where they came from.
-
-    Attributes:
-        source: ``random``, ``digits`` or a folder path (recorded in the manifest).
-        batches: image batches ``[n, 3, R, R]``, normalised as the model expects.
-        real: whether the images are real (real ones also join the parity inputs).
-        held_out: real images not used for calibration, for the parity check ``[k, 3, R, R]``.
-    """
-
-    source: str
-    batches: list[torch.Tensor]
-    real: bool
-    held_out: torch.Tensor | None = None
-    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -126,7 +109,7 @@ def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...
     policy: str | list[str] = opts.policy[0] if len(opts.policy) == 1 else list(opts.policy)
     return quantize_model(model, example, calib.batches, target=fmt, policy=policy,  # type: ignore[arg-type]
                           engine=opts.engine, seed=opts.seed, calib_source=calib.source,  # type: ignore[arg-type]
-                          rewrites=opts.int8_rewrites)
+                          calib_size=calib.size, rewrites=opts.int8_rewrites)
 
 
 def _write_golden(path: Path, inputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
@@ -277,7 +260,7 @@ def _manifest(backend: Backend, program: _Program, lowered: Lowered, described: 
         "outputs": described.outputs,
         "quantization": _quantization(backend, program, described),
         "weights": weights or {"source": "unknown"},
-        "calibration": None if calib is None else {"source": calib.source, "real": calib.real, **calib.info},
+        "calibration": _calibration(program, calib),
         "params": acc.params if acc else sum(p.numel() for p in model.parameters()),
         "macs": acc.macs if acc else None,
         "se_params": acc.se_params if acc else None,
@@ -291,6 +274,16 @@ def _manifest(backend: Backend, program: _Program, lowered: Lowered, described: 
         "graph_rewrites": lowered.rewrites,
         "export_s": record["export_s"],
     }
+
+
+def _calibration(program: _Program, calib: Calibration | None) -> dict[str, Any] | None:
+    """The manifest's ``calibration``: for int8 the images actually used (policy, size, selection, indices)."""
+    if calib is None:
+        return None
+    block = {"source": calib.source, "real": calib.real, **calib.info}
+    if program.quantized is not None:
+        block |= _jsonable(program.quantized.calibration)
+    return block
 
 
 def _publish(path: Path, data: bytes, checked: _Checked, *, opts: ExportOptions) -> dict[str, Any] | None:
@@ -373,9 +366,17 @@ def export_one(
     }
     if checked.figures.get("passed") is False:
         raise ParityFailure(f"{fname}: parity check failed, nothing written ({_summary(checked.figures)})", record)
+    measured = fidelity.measure(lambda xs: backend.run(lowered.data, xs), model=program.model,
+                                quantized=program.quantized, calib=calib, layout=program.layout)
     golden = _publish(path, lowered.data, checked, opts=opts)
-    write_manifest(path, _manifest(backend, program, lowered, described, checked, record=record, golden=golden,
-                                   opts=opts, calib=calib, weights=weights))
+    manifest = _manifest(backend, program, lowered, described, checked, record=record, golden=golden,
+                         opts=opts, calib=calib, weights=weights)
+    if measured is not None:
+        block, npz = measured
+        npz_name = path.name + ".fidelity.npz"
+        publish(path.with_name(npz_name), npz)
+        manifest["fidelity"] = record["fidelity"] = block | {"file": npz_name, "sha256": sha256_bytes(npz)}
+    write_manifest(path, manifest)
     return record
 
 

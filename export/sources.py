@@ -5,59 +5,19 @@ initialised MobileNetV3 produces logits near 1e-10 (PLATFORM.md), which no int8 
 represent and no parity figure can judge. Re-estimation (cumulative averages over a few
 forward passes in train mode, nothing else updated) gives activations of order 1; it is
 recorded in the manifest's ``weights`` block. Real weights (``--weights``) are never touched.
+
+The calibration pool itself is :func:`quantize.calibration.load_calibration` (one loader for
+``quantize``, ``export`` and ``run``), re-exported here.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from edge_se.errors import EdgeSeError
-from export.pipeline import Calibration
-
-CALIB_BATCH = 8
-"""Images per calibration batch."""
-
-
-def load_calibration(source: str, resolution: int, *, samples: int = 64, seed: int = 0) -> Calibration:
-    """Calibration images from ``random``, ``digits`` or an image folder, at ``resolution``.
-
-    Args:
-        source: ``random`` (seeded N(0, 1) images), ``digits`` (scikit-learn's, through
-            ``edge_se.data``) or a folder of images.
-        resolution: image side in pixels.
-        samples: images to calibrate with.
-        seed: seeds the random images / the data split.
-
-    Raises:
-        EdgeSeError: an unknown source or a folder that holds no images.
-    """
-    if samples < 1:
-        raise EdgeSeError(f"bad --calib-size {samples}: need at least 1 image")
-    if source == "random":
-        g = torch.Generator().manual_seed(seed + 1)
-        images = torch.randn(samples, 3, resolution, resolution, generator=g)
-        return Calibration("random", list(images.split(CALIB_BATCH)), real=False, info={"samples": samples})
-    if source != "digits" and not Path(source).is_dir():
-        raise EdgeSeError(f"unknown calibration source {source!r}; valid: random, digits, or an image folder")
-    try:
-        from edge_se.data import load_images
-    except ImportError as exc:
-        raise EdgeSeError(f"--calib {source} needs edge_se.data, which is not available here: {exc}") from None
-    calib = load_images(source, resolution, split="train", seed=seed)
-    images = calib.images[:samples].float()
-    if len(images) == 0:
-        raise EdgeSeError(f"calibration source {source!r} holds no images")
-    held_out: torch.Tensor | None
-    try:  # held-out images for the parity check: never the ones the ranges were calibrated on
-        held_out = load_images(source, resolution, split="test", seed=seed).images[:8].float()
-    except EdgeSeError:
-        held_out = calib.images[samples : samples + 8].float() if len(calib.images) > samples else None
-    return Calibration(source, list(images.split(CALIB_BATCH)), real=True, held_out=held_out,
-                       info={"samples": int(len(images))})
+from quantize.calibration import CALIB_BATCH, Calibration, load_calibration
 
 
 @torch.no_grad()
@@ -83,6 +43,10 @@ def reestimate_batchnorm(model: nn.Module, batches: list[torch.Tensor]) -> int:
     return len(bns)
 
 
+BN_IMAGES = 64
+"""Images (the pool's first) that BatchNorm statistics of random weights are re-estimated on."""
+
+
 def prepare_model(
     name: str, *, weights: str | None, calib: Calibration | None, resolution: int, seed: int = 0
 ) -> tuple[nn.Module, dict[str, Any]]:
@@ -100,7 +64,7 @@ def prepare_model(
         return model.eval(), {"source": "file", "path": str(weights)}
     torch.manual_seed(seed)
     model = build_model(name)
-    batches = calib.batches if calib is not None else [
+    batches = calib.first(BN_IMAGES) if calib is not None else [
         torch.randn(CALIB_BATCH, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed))
     ]
     n = reestimate_batchnorm(model, batches)
@@ -112,4 +76,4 @@ def prepare_model(
     }
 
 
-__all__ = ["CALIB_BATCH", "load_calibration", "prepare_model", "reestimate_batchnorm"]
+__all__ = ["CALIB_BATCH", "Calibration", "load_calibration", "prepare_model", "reestimate_batchnorm"]

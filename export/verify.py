@@ -23,6 +23,7 @@ from contract.manifest import Manifest, read_manifest
 from edge_se.errors import EdgeSeError
 from export import backends
 from export import parity as par
+from export.backends.base import Backend
 
 
 def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[str, Any]], path: str) -> None:
@@ -103,7 +104,44 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
         figures = par.int8_parity(actual, reference, list(golden["float_reference"]),
                                   output_scale=vq.get("output_scale"), real_images=list(golden["real"]),
                                   gate_top1=(manifest.get("weights") or {}).get("source") == "file")
-    return {"path": str(path), "format": fmt, "dtype": dtype, "sha256_ok": True, "parity": figures}
+    result = {"path": str(path), "format": fmt, "dtype": dtype, "sha256_ok": True, "parity": figures}
+    if manifest.get("fidelity"):
+        result["fidelity"] = _remeasure_fidelity(path, manifest, backend)
+    return result
+
+
+def _remeasure_fidelity(path: Path, manifest: Manifest, backend: Backend) -> dict[str, Any]:
+    """Run the artifact again on the fidelity images (regenerated from the recorded source) and compare.
+
+    The float logits and labels come from ``fidelity.npz`` (checked by sha256), so no float model
+    is needed; the images are the recorded source's test split at the manifest's resolution.
+    """
+    from edge_se.data import load_images
+    from export import fidelity
+
+    block = manifest["fidelity"]
+    npz_path = path.parent / str(block["file"])
+    if not npz_path.is_file():
+        raise EdgeSeError(f"fidelity data {str(npz_path)!r} is missing")
+    data = npz_path.read_bytes()
+    if sha256_bytes(data) != block["sha256"]:
+        raise EdgeSeError(f"fidelity data {str(npz_path)!r} does not match the sha256 in its manifest")
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        float_logits = z["float_logits"]
+        labels = z["labels"] if "labels" in z.files else None
+    seed = int((manifest.get("calibration") or {}).get("seed", 0))
+    held = load_images(str(block["source"]), int(manifest["resolution"]), split=block["split"], seed=seed)
+    n = int(block["images"])
+    if len(held) < n or float_logits.shape[0] != n:
+        raise EdgeSeError(f"{str(path)!r}: fidelity source {block['source']!r} gives {len(held)} images, "
+                          f"the manifest measured {n}")
+    if labels is not None and held.labels is not None and not np.array_equal(held.labels[:n].numpy(), labels):
+        raise EdgeSeError(f"{str(path)!r}: the images of {block['source']!r} are not the ones measured "
+                          "(labels differ): the data changed since export")
+    layout = str(manifest["inputs"][0].get("layout") or "NCHW")
+    actual = fidelity.run_batched(lambda xs: backend.run(path, xs), held.images[:n], layout)
+    fresh = fidelity.figures(float_logits, actual, labels)
+    return {"figures": fresh, **fidelity.compare(block, fresh)}
 
 
 __all__ = ["verify_artifact"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from edge_se.registry import NOSE_SUFFIX
 from pipeline.config import ModelCfg, RunConfig
 
-STAGES = ("info", "train", "quantize", "export", "bench", "baseline")
+STAGES = ("info", "train", "export", "bench", "baseline")
 
 # A no-SE twin has no SE blocks for an SE-aware policy to act on: it gets plain PTQ only.
 TWIN_POLICY = "ptq"
@@ -64,13 +64,9 @@ def plan_cells(cfg: RunConfig) -> list[Cell]:
                 cells.append(train)
                 weight_deps = (train.id,)
             policies = (TWIN_POLICY,) if twin else cfg.policies
+            # int8 is quantised once, inside its export cell: the artifact's fidelity is measured on
+            # the artifact itself (its manifest's `fidelity`), so no separate quantize cell runs.
             int8 = "int8" in cfg.dtypes and m.quantize
-            if int8:
-                for target in cfg.formats:
-                    for policy in policies:
-                        cells.append(
-                            Cell("quantize", name, (("target", target), ("policy", policy)), weight_deps, meta=common)
-                        )
             exports: list[Cell] = []
             for fmt in cfg.formats:
                 if "fp32" in cfg.dtypes:

@@ -154,26 +154,25 @@ def bench_rows(res: RunResults) -> list[dict[str, Any]]:
 
 
 def quant_rows(res: RunResults) -> list[dict[str, Any]]:
-    """One row per (model, target, policy) quantisation with its fidelity metrics."""
+    """One row per int8 artifact with its fidelity, as measured on the artifact (its manifest's ``fidelity``).
+
+    ``target`` is the artifact's format (the quantiser is the format's). Run directories written
+    before fidelity moved into the artifact hold ``quantize`` cells: their metrics are read too.
+    """
     rows = []
+    for r in res.stage("export"):
+        if _p(r, "dtype") == "int8" and isinstance(r.get("metrics"), dict):
+            rows.append(_quant_row(r["model"], _p(r, "format"), _p(r, "policy"), r["metrics"]))
     for r in res.stage("quantize"):
-        m = r.get("metrics", {})
-        rows.append(
-            {
-                "model": r["model"],
-                "target": _p(r, "target"),
-                "policy": _p(r, "policy"),
-                "top1_agreement": m.get("top1_agreement"),
-                "accuracy": m.get("accuracy"),
-                "float_accuracy": m.get("float_accuracy"),
-                "cosine": m.get("cosine"),
-                "sqnr_db": m.get("sqnr_db"),
-                "sqnr_db_median": m.get("sqnr_db_median"),
-                "sqnr_db_worst": m.get("sqnr_db_worst"),
-                "gate_error": m.get("gate_error") or [],
-            }
-        )
+        rows.append(_quant_row(r["model"], _p(r, "target"), _p(r, "policy"), r.get("metrics", {})))
     return rows
+
+
+def _quant_row(model: str, target: str, policy: str, m: dict[str, Any]) -> dict[str, Any]:
+    keys = ("top1_agreement", "accuracy", "float_accuracy", "cosine", "sqnr_db", "sqnr_db_median", "sqnr_db_worst",
+            "gate_sqnr_db_min")
+    return {"model": model, "target": target, "policy": policy, **{k: m.get(k) for k in keys},
+            "gate_error": m.get("gate_error") or []}
 
 
 def _runtime_name(value: Any) -> Any:

@@ -14,9 +14,8 @@ table overrides them for that model (and its no-SE twin)::
 Pure functions of a run's collected rows (:mod:`pipeline.collect`): :func:`check` returns one
 :class:`Violation` per (cell, gate) that fails; ``edge-se run`` prints one line each and exits 1.
 A gate whose figure was not measured (a failed cell) is a violation too: a missing number never
-passes a release. int8 fidelity comes from the artifact's manifest ``fidelity`` where the export
-recorded one (the artifact is the truth), else from the quantize cell of the same model, format
-and policy.
+passes a release. int8 fidelity is the artifact's manifest ``fidelity``: measured by running the
+artifact itself in its runtime on held-out images (the artifact is the truth).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from typing import Any
 from contract.files import write_text
 from edge_se.errors import EdgeSeError
 from edge_se.registry import NOSE_SUFFIX
-from pipeline.collect import RunResults, artifact_rows, bench_rows, quant_rows
+from pipeline.collect import RunResults, artifact_rows, bench_rows
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class Violation:
     limit: float | str
 
     def line(self) -> str:
-        """``gate min_sqnr_db: quantize/m/pte/ptq: measured 21.3, limit >= 25``."""
+        """``gate min_sqnr_db: export/m/pte/int8/ptq: measured 21.3, limit >= 25``."""
         shown = "not measured" if self.measured is None else _num(self.measured)
         if self.gate.startswith(("min_", "max_")):
             limit = f"{'>=' if self.gate.startswith('min_') else '<='} {_num(self.limit)}"
@@ -176,24 +175,17 @@ def check(res: RunResults, gates: Gates, per_model: Mapping[str, Gates] | None =
 
 
 def _fidelity(res: RunResults, of: Any) -> list[Violation]:
-    """min_sqnr_db and min_top1_agreement: the artifact's manifest fidelity, else the quantize cell's."""
+    """min_sqnr_db and min_top1_agreement, from each int8 artifact's manifest ``fidelity``."""
     out = []
-    quants = {(q["model"], q["target"], q["policy"]): q for q in quant_rows(res)}
     for r in res.stage("export"):
-        p = r.get("params", {})
-        if p.get("dtype") != "int8":
+        if r.get("params", {}).get("dtype") != "int8":
             continue
         g = of(r["model"])
-        fid = (r.get("manifest") or {}).get("fidelity")
-        cell = r["id"]
-        if not isinstance(fid, dict):
-            q = quants.get((r["model"], p.get("format"), p.get("policy")))
-            fid = q or {}
-            cell = "/".join(["quantize", r["model"], str(p.get("format")), str(p.get("policy"))]) if q else cell
+        fid = (r.get("manifest") or {}).get("fidelity") or {}
         for gate, key in (("min_sqnr_db", "sqnr_db"), ("min_top1_agreement", "top1_agreement")):
             limit = getattr(g, gate)
             if limit is not None and not (fid.get(key) is not None and fid[key] >= limit):
-                out.append(Violation(cell, gate, fid.get(key), limit))
+                out.append(Violation(r["id"], gate, fid.get(key), limit))
     return out
 
 
@@ -206,8 +198,8 @@ def _unmeasured(res: RunResults, of: Any, flagged: set[str]) -> list[Violation]:
         stage, model = entry.get("stage"), entry.get("model", "")
         g = of(model)
         judged = {
-            "export": g.parity or g.max_artifact_bytes is not None,
-            "quantize": g.min_sqnr_db is not None or g.min_top1_agreement is not None,
+            "export": (g.parity or g.max_artifact_bytes is not None or g.min_sqnr_db is not None
+                       or g.min_top1_agreement is not None),
             "bench": bool(g.max_p50_ms) or g.max_int8_fp32_ratio is not None,
         }.get(stage, False)
         if judged:

@@ -89,7 +89,8 @@ def _latency_section(d: _Inputs) -> Section:
 
 _FIDELITY_COLUMNS = (
     Column("model", "model"), Column("target", "target"), Column("policy", "policy"),
-    Column("accuracy", "accuracy"), Column("top-1 agreement", "top1_agreement"), Column("logits SQNR dB", "sqnr_db"),
+    Column("accuracy", "accuracy"), Column("float accuracy", "float_accuracy"),
+    Column("top-1 agreement", "top1_agreement"), Column("logits SQNR dB", "sqnr_db"),
     Column("median / worst image dB", lambda q: f"{fmt(q['sqnr_db_median'])} / {fmt(q['sqnr_db_worst'])}"),
     Column("cosine", "cosine", ".4f"), Column("int8 p50 ms", "p50_ms"),
 )
@@ -99,6 +100,10 @@ def _fidelity_section(d: _Inputs) -> Section:
     s = Section("2. Accuracy and agreement with float against latency, per quantisation policy")
     points = [q | {"p50_ms": d.local.get((q["model"], q["target"], "int8", q["policy"]))} for q in d.quants]
     s.image = plots.fidelity_vs_latency(points, d.out / "fidelity_vs_latency.png")
+    if points:
+        s.body.append("Each row is one int8 artifact: its figures were measured by running that artifact in its own "
+                      "runtime on held-out images against the float model (the manifest's `fidelity`), beside that "
+                      "same artifact's latency. Gate SQNR is measured on the quantised graph that was lowered.\n")
     s.body.append(tables.table(_FIDELITY_COLUMNS, sorted(points, key=lambda q: (q["model"], q["target"], q["policy"]))))
     return s
 

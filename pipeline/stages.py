@@ -1,6 +1,6 @@
 """Run one cell of a sweep through the stage's own CLI contract, in a subprocess.
 
-Each stage is the ``edge-se`` subcommand a user would type (``train``, ``quantize``, ``export``,
+Each stage is the ``edge-se`` subcommand a user would type (``train``, ``export``,
 ``bench``, ``bench-torch``): the sweep exercises exactly the contracts users rely on, and a crash in
 one cell (a converter abort, say) cannot take the whole run down. ``info`` is computed in-process.
 Every path a result records is relative to its cell directory, which is renamed into the cache
@@ -48,7 +48,6 @@ class Dep:
 # so a changed exporter re-runs the exports (and what depends on them) but not the training.
 _STAGE_CODE = {
     "train": ("edge_se",),
-    "quantize": ("edge_se", "quantize"),
     "export": ("edge_se", "quantize", "export"),
     "bench": ("contract", "device_bench"),  # contract: the measurement spec and the record the runner writes
     "baseline": ("contract", "edge_se", "device_bench"),
@@ -83,7 +82,7 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
     """Everything a cell's output depends on: the cache key is the hash of this."""
     inputs: dict[str, Any] = {"stage": cell.stage, "model": cell.model, "params": dict(cell.params)}
     inputs["deps"] = {i: d.result.get("output_sha256") or d.result.get("key") for i, d in sorted(deps.items())}
-    if cell.stage in ("train", "quantize", "export"):
+    if cell.stage in ("train", "export"):
         inputs |= {"data": cfg.data_source, "calib_size": cfg.calib_size, "seed": cfg.seed, "engine": cfg.engine}
         inputs["resolution"] = cell.meta["resolution"]
     if cell.stage in ("bench", "baseline"):
@@ -185,38 +184,6 @@ def _train(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
     return {"weights": out.name, "output_sha256": sha256_file(out), "train": recs[-1] if recs else {}}
 
 
-def _quantize(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
-    out = workdir / "quantized.pt2"
-    recs = _cli(
-        [
-            "quantize",
-            cell.model,
-            "--policy",
-            str(cell.param("policy")),
-            "--engine",
-            cfg.engine,
-            "--format",
-            str(cell.param("target")),
-            "--calib",
-            cfg.data_source,
-            "--calib-size",
-            str(cfg.calib_size),
-            "--resolution",
-            str(cell.meta["resolution"]),
-            "--seed",
-            str(cfg.seed),
-            "--out",
-            str(out),
-            *_weights_arg(deps, cell),
-        ],
-        workdir,
-    )
-    if not recs:
-        raise StageError("edge-se quantize printed no metrics line")
-    metrics = recs[-1]
-    return {"metrics": metrics, "output_sha256": sha256_file(out) if out.is_file() else None}
-
-
 def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     args = [
         "export",
@@ -245,11 +212,14 @@ def _export(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) 
     rec = recs[0]
     artifact = _relative(rec["path"], workdir)
     manifest = _relative(rec["manifest"], workdir)
+    doc = json.loads((workdir / manifest).read_text())
     return {
         "artifact": artifact,
         "manifest_file": manifest,
         "export": rec,
-        "manifest": json.loads((workdir / manifest).read_text()),
+        "manifest": doc,
+        # int8: the artifact's own fidelity (measured in its runtime on held-out images) and its gates
+        "metrics": doc.get("fidelity"),
         "output_sha256": sha256_file(workdir / artifact),
     }
 
@@ -297,7 +267,6 @@ def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
 _STAGES = {
     "info": _info,
     "train": _train,
-    "quantize": _quantize,
     "export": _export,
     "bench": _bench,
     "baseline": _baseline,

@@ -10,10 +10,89 @@ Both selections are deterministic for a seed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from edge_se.errors import EdgeSeError
+
+CALIB_BATCH = 8
+"""Images per calibration batch."""
+
+
+@dataclass
+class Calibration:
+    """The calibration pool a policy selects from, how many it selects, and held-out images.
+
+    One loader (:func:`load_calibration`) makes it for ``edge-se quantize``, ``edge-se export`` and
+    ``edge-se run`` alike, so ``--calib-size N`` means the same everywhere: N images chosen by the
+    policy from the pool (``quantize_model(..., calib_size=size)``).
+
+    Attributes:
+        source: ``random``, ``digits``, ``textures`` or a folder path (recorded in the manifest).
+        batches: the pool, in batches ``[n, 3, R, R]``, normalised as the model expects.
+        real: whether the images are real (real ones also join the parity inputs).
+        held_out: real images never calibrated on ``[k, 3, R, R]`` (the source's test split), for
+            the parity check and the artifact's fidelity.
+        size: images the policy selects from the pool (None: all of it).
+        held_out_labels: class indices of ``held_out`` (None without labels).
+        info: recorded in the manifest's ``calibration`` block.
+        classes: the source's class names (empty for ``random``).
+    """
+
+    source: str
+    batches: list[torch.Tensor]
+    real: bool
+    held_out: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None
+    held_out_labels: torch.Tensor | None = None
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def pool(self) -> torch.Tensor:
+        """The whole pool as one tensor ``[N, 3, R, R]``."""
+        return pool_images(self.batches)
+
+    def first(self, n: int) -> list[torch.Tensor]:
+        """The pool's first ``n`` images, in batches (BatchNorm re-estimation of random weights)."""
+        return list(self.pool[:n].split(CALIB_BATCH))
+
+
+def load_calibration(source: str, resolution: int, *, samples: int = 64, seed: int = 0) -> Calibration:
+    """The calibration pool of ``source`` at ``resolution``: its whole training split, ``samples`` to select.
+
+    Args:
+        source: ``random`` (seeded N(0, 1) images: a pool of exactly ``samples``), ``digits``,
+            ``textures`` (through :mod:`edge_se.data`) or a folder of class sub-folders of images.
+        resolution: image side in pixels.
+        samples: images the policy selects from the pool (``--calib-size``).
+        seed: seeds the random images / the folder split.
+
+    Raises:
+        EdgeSeError: a size below 1, an unknown source or a folder that holds no images.
+    """
+    from edge_se.data import NAMED_SOURCES, load_images
+
+    if samples < 1:
+        raise EdgeSeError(f"bad --calib-size {samples}: need at least 1 image")
+    if source == "random":
+        g = torch.Generator().manual_seed(seed + 1)
+        images = torch.randn(samples, 3, resolution, resolution, generator=g)
+        return Calibration("random", list(images.split(CALIB_BATCH)), real=False, size=samples,
+                           info={"samples": samples})
+    if source not in NAMED_SOURCES and not Path(source).is_dir():
+        valid = ", ".join(NAMED_SOURCES)
+        raise EdgeSeError(f"unknown calibration source {source!r}; valid: {valid}, or an image folder")
+    calib = load_images(source, resolution, split="train", seed=seed)
+    if len(calib) == 0:
+        raise EdgeSeError(f"calibration source {source!r} holds no images")
+    held = load_images(source, resolution, split="test", seed=seed)
+    return Calibration(source, list(calib.images.float().split(CALIB_BATCH)), real=True,
+                       held_out=held.images.float(), size=min(samples, len(calib)), held_out_labels=held.labels,
+                       info={"samples": min(samples, len(calib)), "pool": len(calib)}, classes=list(calib.classes))
 
 
 def pool_images(calib: Sequence[torch.Tensor]) -> torch.Tensor:

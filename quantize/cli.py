@@ -80,6 +80,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     from edge_se.data import load_images
     from edge_se.registry import get_spec
     from edge_se.train import load_float_model, read_sidecar, recalibrate_bn, sidecar_path
+    from quantize.calibration import load_calibration
     from quantize.core import quantize_model
     from quantize.evaluate import evaluate
     from quantize.int8_ops import check_flag
@@ -93,22 +94,24 @@ def run_quantize(args: argparse.Namespace) -> int:
         raise EdgeSeError(f"bad --calib-size {args.calib_size}: need at least 1 calibration image")
     resolution = args.resolution or (int(read_sidecar(args.weights)["resolution"])
                                      if args.weights and sidecar_path(args.weights).exists() else DEFAULT_RESOLUTION)
-    calib = load_images(args.calib, resolution, split="train", seed=args.seed)
-    held = load_images(args.calib, resolution, split="test", seed=args.seed + 1)
-    num_classes = len(calib.classes) or 10
-    model, _ = load_float_model(args.model, args.weights, num_classes=num_classes)
+    cal = load_calibration(args.calib, resolution, samples=args.calib_size, seed=args.seed)  # the one loader
+    pool = cal.pool
+    if cal.held_out is not None:
+        images, labels = cal.held_out[: args.eval_size], cal.held_out_labels
+        labels = labels[: args.eval_size] if labels is not None else None
+    else:  # random: seeded noise never calibrated on (figures say nothing about accuracy)
+        images, labels = load_images("random", resolution, seed=args.seed + 1).images[: args.eval_size], None
+    model, _ = load_float_model(args.model, args.weights, num_classes=len(cal.classes) or 10)
     if args.weights is None:
         _log("quantize: no --weights: random weights, BatchNorm statistics re-estimated on the calibration "
              "images; figures say nothing about a trained network")
-        recalibrate_bn(model, calib.images[:256])
+        recalibrate_bn(model, pool[:256])
         model.eval()
     start = time.perf_counter()
-    qm = quantize_model(model, (calib.images[:1],), [calib.images], target=args.format, policy=args.policy,
-                        engine=args.engine, seed=args.seed, calib_size=args.calib_size, calib_source=calib.source,
+    qm = quantize_model(model, (pool[:1],), cal.batches, target=args.format, policy=args.policy,
+                        engine=args.engine, seed=args.seed, calib_size=cal.size, calib_source=cal.source,
                         rewrites=args.int8_rewrites)
     seconds = time.perf_counter() - start
-    images = held.images[: args.eval_size]
-    labels = held.labels[: args.eval_size] if held.labels is not None else None
     figures = evaluate(qm, images, labels)
     buffer = io.BytesIO()  # torch.export.save wants a .pt2 name or a buffer; the write stays atomic
     torch.export.save(torch.export.export(qm.graph, (images[:1],)), buffer)
@@ -117,7 +120,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         # the record keeps its "target" key (pipeline.report and pipeline.plots read it): the --format value
         "model": args.model, "target": args.format, "engine": args.engine, "policy": list(qm.policy),
         "resolution": resolution, "weights": args.weights, "calibration": qm.calibration,
-        "eval": {"source": held.source, "split": "test", "images": int(images.shape[0])},
+        "eval": {"source": cal.source, "split": "test", "images": int(images.shape[0])},
         "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
         "rewrites": qm.rewrites, "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,

@@ -54,7 +54,9 @@ class QuantizedModel:
         engine: ``torchao`` or ``nncf``.
         policy: the policy names applied.
         se_blocks: the SE blocks found by pattern in the exported graph (:class:`SEBlock`).
-        calibration: ``{"source", "size", "seed", "selection", "pool"}``.
+        calibration: ``{"policy", "source", "size", "pool", "seed", "selection", "indices"}``: the
+            images actually calibrated on are ``pool[indices]`` (``selection``: ``random``,
+            ``gate-coverage`` or ``all`` when the pool is no larger than ``size``).
         rewrites: graph rewrites / special settings applied (recorded in the export manifest).
         reference: the exported float graph (same node names), the reference for gate errors.
         steps: for ``auto``: one record per step (blocks in fp32, figures reached).
@@ -145,14 +147,17 @@ def _quantize_once(
 
 def _select(
     plan: PolicyPlan, exported: GraphModule, blocks: list[SEBlock], pool: torch.Tensor, size: int, seed: int
-) -> tuple[torch.Tensor, str]:
-    if plan.selection == "gate-coverage" and blocks and size < pool.shape[0]:
-        _, gates = run_graph(exported, pool, blocks)
-        features = torch.cat([gates[b.name] for b in blocks], dim=1)
-        return pool[k_center_indices(features, size, seed)], "gate-coverage"
+) -> tuple[list[int], str]:
+    """The pool indices the policy calibrates on, and how they were chosen."""
     if plan.selection == "gate-coverage" and not blocks:
         raise EdgeSeError("policy 'gate-coverage' needs SE blocks, and none were found in this model")
-    return pool[random_indices(pool.shape[0], size, seed)], "random"
+    if size >= pool.shape[0]:
+        return list(range(pool.shape[0])), "all"
+    if plan.selection == "gate-coverage":
+        _, gates = run_graph(exported, pool, blocks)
+        features = torch.cat([gates[b.name] for b in blocks], dim=1)
+        return k_center_indices(features, size, seed), "gate-coverage"
+    return random_indices(pool.shape[0], size, seed), "random"
 
 
 def quantize_model(
@@ -201,9 +206,10 @@ def quantize_model(
     blocks = find_se_blocks(exported)
     if plan.island != "none" and not blocks:
         raise EdgeSeError(f"policy {plan.island!r} needs SE blocks, and none were found in this model")
-    subset, selection = _select(plan, exported, blocks, pool, size, seed)
-    calibration = {"source": calib_source, "size": int(subset.shape[0]), "pool": int(pool.shape[0]),
-                   "seed": seed, "selection": selection}
+    indices, selection = _select(plan, exported, blocks, pool, size, seed)
+    subset = pool[indices]
+    calibration = {"policy": list(plan.names), "source": calib_source, "size": len(indices),
+                   "pool": int(pool.shape[0]), "seed": seed, "selection": selection, "indices": indices}
 
     def options(float_blocks: set[str] | None) -> QuantizerOptions:
         edits = se_edits(exported, float_blocks=float_blocks, float_mul=plan.island != "se-float",
@@ -217,7 +223,7 @@ def quantize_model(
         float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks))
-    described = _describe(plan, blocks, float_blocks, engine)
+    described = _describe(plan, blocks, float_blocks, engine, selection)
     applied = list(getattr(quantizer, "edge_se_applied", []))
     return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
                           se_blocks=blocks, calibration=calibration, rewrites=described + applied, reference=exported,
@@ -253,7 +259,8 @@ def _auto(exported, blocks, pool, subset, target, engine, options, seed):  # noq
         float_blocks.add(str(min(candidates, key=lambda e: float(e["sqnr_db"]))["block"]))
 
 
-def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str) -> list[str]:
+def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str,
+              selection: str) -> list[str]:
     out = []
     if plan.fixed_gate:
         n = len(blocks) - (len(float_blocks) if plan.island != "se-float" else 0)
@@ -264,6 +271,8 @@ def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], e
         out.append(f"{plan.island}: {len(float_blocks)} SE blocks keep {what} in fp32: {names}")
     if plan.act_observer != "histogram":
         out.append(f"activation ranges: {plan.act_observer}" + (" (NNCF estimator)" if engine == "nncf" else ""))
-    if plan.selection == "gate-coverage":
+    if selection == "gate-coverage":
         out.append("calibration subset: k-center greedy over float SE gate vectors")
+    elif plan.selection == "gate-coverage":
+        out.append("calibration subset: the whole pool (no larger than the calibration size): nothing to select")
     return out

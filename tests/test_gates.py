@@ -52,10 +52,10 @@ def test_each_violated_gate_names_the_cell_the_gate_and_both_numbers(run):
     sqnr = check(run, Gates(min_sqnr_db=1000.0))
     int8_exports = [r for r in run.stage("export") if r["params"]["dtype"] == "int8"]
     assert len(sqnr) == len(int8_exports) > 0, "one violation per int8 artifact"
-    q = next(r for r in run.stage("quantize"))
-    expected_cell = f"quantize/{q['model']}/{q['params']['target']}/{q['params']['policy']}"
-    line = next(v for v in sqnr if v.cell == expected_cell).line()
-    assert line == f"gate min_sqnr_db: {expected_cell}: measured {q['metrics']['sqnr_db']:.4g}, limit >= 1000"
+    q = int8_exports[0]
+    line = next(v for v in sqnr if v.cell == q["id"]).line()
+    measured = q["manifest"]["fidelity"]["sqnr_db"]
+    assert line == f"gate min_sqnr_db: {q['id']}: measured {measured:.4g}, limit >= 1000"
 
     size = check(run, Gates(max_artifact_bytes=1))
     assert len(size) == len(run.stage("export")) and all(v.measured >= 1e6 for v in size)
@@ -130,7 +130,7 @@ def test_edge_se_run_exits_1_on_a_violated_gate_naming_it(tmp_path, monkeypatch,
     from edge_se.cli import main
 
     real = pipeline.run.run_sweep
-    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out: real(cfg, out, runner=FakeRunner()))
+    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out, **kw: real(cfg, out, runner=FakeRunner(), **kw))
     out = tmp_path / "run"
     assert main(["run", str(_gated_config(tmp_path, gates)), "--out", str(out), "--no-report"]) == rc
     err = capsys.readouterr().err
@@ -151,7 +151,7 @@ def test_edge_se_run_exits_0_when_every_gate_is_met(tmp_path, monkeypatch, capsy
     from edge_se.cli import main
 
     real = pipeline.run.run_sweep
-    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out: real(cfg, out, runner=FakeRunner()))
+    monkeypatch.setattr(pipeline.run, "run_sweep", lambda cfg, out, **kw: real(cfg, out, runner=FakeRunner(), **kw))
     path = tmp_path / "ok.toml"
     path.write_text(CONFIG + "[gates]\nmin_sqnr_db = 1.0\nparity = true\nmax_p50_ms = { local = 1000.0 }\n")
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--no-report"]) == 0
