@@ -10,7 +10,6 @@ it is written.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 from contract import bench as record
 from contract import files as atomic
+from contract.files import sha256_file
 from contract.provenance import git_commit
 from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
@@ -66,7 +66,7 @@ def _context(job: Job, transport: Transport, opts: RunOptions) -> dict[str, Any]
         "schema": record.SCHEMA,
         "artifact": str(job.artifact),
         "manifest_sha256": job.manifest.sha256,
-        "manifest_file_sha256": hashlib.sha256(job.manifest_path.read_bytes()).hexdigest(),
+        "manifest_file_sha256": sha256_file(job.manifest_path),
         "model": m.get("model"),
         "backend": m.get("backend"),
         "dtype": m.get("dtype"),

@@ -173,42 +173,44 @@ def _yes(value: bool | None) -> str:
 def markdown(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str, Any]],
              findings: Sequence[dict[str, Any]], *, header: Sequence[str] = ()) -> str:
     """The report: latency table, int8-vs-fp32 table, targets, partition report, failures."""
-    lines = [*header, ""]
-    lines += ["## int8 latency, edge-se vs peers (ms: median of round medians; p90 in brackets)", "",
-              "| arch | format | threads | edge-se int8 | peer int8 | best peer | edge-se / best | target <= 1.00 |",
-              "|---|---|---|---|---|---|---|---|"]
+    from edge_se.tables import markdown_table
+
+    latency = []
     for c in comparisons:
         e = c["recipes"]["edge-se"]
         peers = "; ".join(f"{r} {_f(v['int8_ms'])} ({_f(v['int8_p90_ms'])})"
                           for r, v in c["recipes"].items() if r != "edge-se")
         best = c["best_peer_int8"]
         met = "—" if c["target_met"] is None else ("met" if c["target_met"] else f"**+{c['over_target_pct']:.0f}%**")
-        lines.append(f"| {c['arch']} | {c['format']} | {c['threads']} | {_f(e['int8_ms'])} ({_f(e['int8_p90_ms'])}) "
-                     f"| {peers} | {best['recipe'] + ' ' + _f(best['ms']) if best else '—'} "
-                     f"| {_f(c['ratio'], '{:.2f}x')} | {met} |")
-    lines += ["", "## int8 vs fp32 (ms; speed-up = fp32 / int8; 'no' = int8 is slower)", "",
-              "| arch | format | threads | recipe | fp32 | int8 | speed-up | int8 faster? |",
-              "|---|---|---|---|---|---|---|---|"]
-    for c in comparisons:
-        for r, v in c["recipes"].items():
-            lines.append(f"| {c['arch']} | {c['format']} | {c['threads']} | {r} | {_f(v['fp32_ms'])} | "
-                         f"{_f(v['int8_ms'])} | {_f(v['int8_speedup'], '{:.2f}x')} "
-                         f"| {_yes(v['int8_faster_than_fp32'])} |")
-    lines += ["", "## Targets (issue 6)", "", "| target | where | met | detail |", "|---|---|---|---|"]
-    for f in findings:
-        lines.append(f"| {f['target']} | {f['where']} | {_yes(f['met'])} | {f['detail']} |")
-    lines += ["", "## Delegation and partitions (read from each artifact)", "",
-              "| artifact | size MB | partitions | ops in delegate | ops outside delegate | float ops in int8 graph |",
-              "|---|---|---|---|---|---|"]
+        latency.append([c["arch"], c["format"], str(c["threads"]), f"{_f(e['int8_ms'])} ({_f(e['int8_p90_ms'])})",
+                        peers, best["recipe"] + " " + _f(best["ms"]) if best else "—", _f(c["ratio"], "{:.2f}x"), met])
+    speedups = [[c["arch"], c["format"], str(c["threads"]), r, _f(v["fp32_ms"]), _f(v["int8_ms"]),
+                 _f(v["int8_speedup"], "{:.2f}x"), _yes(v["int8_faster_than_fp32"])]
+                for c in comparisons for r, v in c["recipes"].items()]
+    targets = [[f["target"], f["where"], _yes(f["met"]), f["detail"]] for f in findings]
+    parts = []
     for a in artifacts:
         rep = a.get("partitions") or {}
-        outside = ops_text(rep.get("ops_outside_delegate") or {}) or "none"
         floats = rep.get("float_ops_in_int8")
-        fl = "n/a (fp32)" if floats is None else (ops_text(floats) or "none")
-        size = _f(a["size_bytes"] / 1e6, "{:.1f}") if a.get("size_bytes") else "—"
         if a.get("build_error"):
-            lines.append(f"| {a['key']} | — | — | — | build failed: {a['build_error']} | — |")
-        else:
-            lines.append(f"| {a['key']} | {size} | {rep.get('partitions', '—')} | {delegated_count(rep)} "
-                         f"| {outside} | {fl} |")
+            parts.append([a["key"], "—", "—", "—", f"build failed: {a['build_error']}", "—"])
+            continue
+        parts.append([a["key"], _f(a["size_bytes"] / 1e6, "{:.1f}") if a.get("size_bytes") else "—",
+                      str(rep.get("partitions", "—")), str(delegated_count(rep)),
+                      ops_text(rep.get("ops_outside_delegate") or {}) or "none",
+                      "n/a (fp32)" if floats is None else (ops_text(floats) or "none")])
+    sections = [
+        ("int8 latency, edge-se vs peers (ms: median of round medians; p90 in brackets)",
+         ["arch", "format", "threads", "edge-se int8", "peer int8", "best peer", "edge-se / best", "target <= 1.00"],
+         latency),
+        ("int8 vs fp32 (ms; speed-up = fp32 / int8; 'no' = int8 is slower)",
+         ["arch", "format", "threads", "recipe", "fp32", "int8", "speed-up", "int8 faster?"], speedups),
+        ("Targets (issue 6)", ["target", "where", "met", "detail"], targets),
+        ("Delegation and partitions (read from each artifact)",
+         ["artifact", "size MB", "partitions", "ops in delegate", "ops outside delegate", "float ops in int8 graph"],
+         parts),
+    ]
+    lines = [*header]
+    for title, head, rows in sections:
+        lines += ["", f"## {title}", "", markdown_table(head, rows)]
     return "\n".join(lines) + "\n"
