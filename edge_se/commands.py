@@ -17,6 +17,7 @@ from edge_se.accounting import Accounting, count
 from edge_se.argtypes import number
 from edge_se.cliargs import DEFAULT_RESOLUTION, add_model_source, add_seed, add_threads
 from edge_se.errors import EdgeSeError
+from edge_se.init import DEFAULT_INIT, LINEAR_INITS
 from edge_se.registry import check_resolution, get_spec, list_models
 
 
@@ -45,6 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      resolution=DEFAULT_RESOLUTION)
     p.add_argument("--lr", type=number("--lr", float, minimum=None), default=None,
                    help="peak learning rate (default: the recipe's)")
+    p.add_argument("--init", choices=tuple(LINEAR_INITS), default=DEFAULT_INIT,
+                   help="Linear-layer initialisation of a from-scratch run (recorded in the sidecar): recipe "
+                   "normal(0, 0.01); torch-default nn.Linear's own; efficientnet-uniform U(+-1/sqrt(out)), the "
+                   "TF EfficientNet rule. int8 fidelity depends on it (results/quant_bench.md)")
     add_seed(p, seeds="initialisation, shuffling and augmentation")
     add_threads(p)
     p.add_argument("--out", required=True, metavar="FILE", help="weights file to write (plus FILE.json)")
@@ -131,16 +136,17 @@ def run_train(args: argparse.Namespace) -> int:
     train_data = load_images(args.data, args.resolution, split="train", seed=args.seed)
     test_data = load_images(args.data, args.resolution, split="test", seed=args.seed)
     model, _ = load_float_model(args.model, args.weights, num_classes=len(train_data.classes))
-    if not args.weights:  # from scratch: the recipe's Linear init (see edge_se.train)
-        init_linear_layers(model)
+    if not args.weights:  # from scratch: the chosen Linear init (edge_se.init), recorded
+        init_linear_layers(model, args.init)
+    init = {"from": args.weights} if args.weights else {"linear": args.init, "seed": args.seed}
     _log(json.dumps({"train": args.model, "data": train_data.source, "images": len(train_data),
                      "held_out": len(test_data), "resolution": args.resolution, "epochs": args.epochs,
-                     "threads": args.threads, "init": args.weights or "random"}))
+                     "threads": args.threads, "init": init}))
     result = train(model, train_data, epochs=args.epochs, eval_data=test_data, lr=args.lr or LR,
                    seed=args.seed, log=_log)
     extra = {"accuracy": result.accuracy, "train_accuracy": result.train_accuracy, "epochs": result.epochs,
              "data": train_data.source, "classes": train_data.classes, "seconds": round(result.seconds, 1),
-             "threads": args.threads, "init": args.weights or "random, Linear normal(0, 0.01)"}
+             "threads": args.threads, "init": init, "lr": args.lr or LR}
     save_weights(args.out, model, model_name=args.model, num_classes=len(train_data.classes),
                  resolution=args.resolution, extra=extra)
     print(json.dumps({"model": args.model, "out": str(args.out), "sidecar": f"{args.out}.json", **extra}))

@@ -48,6 +48,7 @@ from torch import nn
 from contract.files import atomic_path, write_text
 from edge_se.data import ImageSet
 from edge_se.errors import EdgeSeError
+from edge_se.init import DEFAULT_INIT, RECIPE_LINEAR_STD, init_linear
 
 # Recipe constants (see module docstring).
 LR = 2e-3
@@ -57,7 +58,7 @@ BATCH_SIZE = 64
 TRAIN_BN_MOMENTUM = 0.1
 MAX_SHIFT_FRACTION = 0.125
 # Std of the normal init of Linear weights in from-scratch runs (see module docstring).
-LINEAR_INIT_STD = 0.01
+LINEAR_INIT_STD = RECIPE_LINEAR_STD
 SIDECAR_SUFFIX = ".json"
 WEIGHTS_SCHEMA = "edge-se/weights/1"
 
@@ -104,20 +105,13 @@ def _param_groups(model: nn.Module) -> list[dict]:
 
 
 @torch.no_grad()
-def init_linear_layers(model: nn.Module, std: float = LINEAR_INIT_STD) -> int:
-    """Re-initialise every ``nn.Linear`` of a freshly built model: normal(0, ``std``) weights, zero bias.
+def init_linear_layers(model: nn.Module, init: str = DEFAULT_INIT) -> int:
+    """Re-initialise every ``nn.Linear`` of a freshly built model (:func:`edge_se.init.init_linear`).
 
     Returns:
         the number of Linear layers re-initialised.
     """
-    n = 0
-    for m in model.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, std)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-            n += 1
-    return n
+    return init_linear(model, init)
 
 
 @torch.no_grad()

@@ -7,8 +7,10 @@ Models: edge-se's MobileNetV3-Small and EfficientNet-B0 trained on the digits da
 (trained here on first use, weights cached under ``results/weights``), and torchvision's and
 timm's EfficientNet-B0 and MobileNetV3-Large with random weights and randomised BatchNorm
 statistics (nothing is downloaded; their accuracy means nothing, their fidelity does).
-``edge-se:ARCH+builder-init`` is the same model trained without the recipe's Linear init (the cause
-of the low int8 fidelity found earlier; see results/quant_bench.md). Training the defaults takes
+``edge-se:ARCH+INIT`` is the same model trained from another Linear init (``edge_se.init``:
+``+torch-default``, ``+efficientnet-uniform``; ``+builder-init`` is the latter, the init edge-se's builder
+used before, the cause of the low int8 fidelity found earlier; see results/quant_bench.md). The init
+is recorded with the weights, so a fresh run trains exactly the row it names. Training the defaults takes
 about 6 min (MobileNetV3-Small, 15 epochs) and 7.5 min (EfficientNet-B0, 8 epochs) on one core.
 Calibration: 64 images of the digits training split; evaluation: the 360 held-out images.
 A benchmark, not a test: the full matrix takes about an hour on 2 cores, so cells run most
@@ -35,12 +37,14 @@ from torch import nn
 
 from contract.files import append_line, write_text
 from edge_se.data import load_images
-from edge_se.init import randomize_batchnorm
+from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
 from edge_se.tables import Column, fmt, table
 
 RESOLUTION = 64
 # ``edge-se:ARCH+builder-init``: trained without the recipe's Linear init (see edge_se.train).
-BUILDER_INIT = "builder-init"
+# `+NAME` after an edge-se model trains it from the Linear init NAME (edge_se.init.LINEAR_INITS);
+# `+builder-init` is the init edge-se's builder used before it took the recipe's: EfficientNet's uniform.
+VARIANT_INITS = {"builder-init": "efficientnet-uniform"}
 CALIB_SIZE = 64
 TRAIN_EPOCHS = {"mobilenetv3_small_100": 15, "efficientnet_b0": 8}
 DEFAULT_MODELS = (
@@ -81,22 +85,25 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
         from edge_se.registry import build_model
         from edge_se.train import init_linear_layers, load_model, save_weights, train
 
-        if variant not in ("", BUILDER_INIT):
-            raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid: {BUILDER_INIT}")
-        path = weights_dir / f"{arch}_digits{RESOLUTION}{'_' + variant if variant else ''}.pt"
+        init = VARIANT_INITS.get(variant, variant) or DEFAULT_INIT
+        if init not in LINEAR_INITS:
+            valid = ", ".join([*VARIANT_INITS, *(i for i in LINEAR_INITS if i != DEFAULT_INIT)])
+            raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid: {valid}")
+        # The init is part of the weights' name and sidecar: a fresh run trains the row it names.
+        path = weights_dir / f"{arch}_digits{RESOLUTION}{'_' + init if init != DEFAULT_INIT else ''}.pt"
         if not path.exists():
             model = build_model(arch, num_classes=10)
-            if not variant:  # the recipe's init; +builder-init keeps the builder's (the cause, for the table)
-                init_linear_layers(model)
+            init_linear_layers(model, init)
             epochs = TRAIN_EPOCHS.get(arch, 10)
             _log(f"training {arch} for {epochs} epochs on digits at {RESOLUTION}px")
             result = train(model, load_images("digits", RESOLUTION, split="train"), epochs=epochs,
                            eval_data=load_images("digits", RESOLUTION, split="test"), log=_log)
             save_weights(path, model, model_name=arch, num_classes=10, resolution=RESOLUTION,
                          extra={"accuracy": result.accuracy, "epochs": epochs, "seconds": round(result.seconds, 1),
-                                "data": "digits"})
+                                "data": "digits", "init": {"linear": init, "seed": 0}})
         model, meta = load_model(path)
-        return model, {"weights": str(path), "float_accuracy_trained": meta.get("accuracy")}
+        return model, {"weights": str(path), "float_accuracy_trained": meta.get("accuracy"),
+                       "init": meta.get("init", {"linear": init})}
     if lib == "torchvision":
         import torchvision
 

@@ -131,3 +131,22 @@ def test_load_float_model_from_sidecar_state_dict_or_nothing(tmp_path):
         assert torch.equal(loaded(x), model(x))
     fresh, meta = load_float_model("mobilenetv3_small_050", None, num_classes=4)
     assert meta == {} and not fresh.training and fresh(x).shape == (2, 4)
+
+
+def test_the_linear_inits_are_the_ones_they_name():
+    from edge_se.init import LINEAR_INITS, init_linear
+
+    torch.manual_seed(0)
+    model = edge_se.build_model("efficientnet_b0", num_classes=10)
+    head = model.classifier
+    init_linear(model, "efficientnet-uniform")
+    bound = 1 / 10**0.5  # U(+-1/sqrt(out_features)) for a 10-class head
+    assert float(head.weight.abs().max()) <= bound and float(head.weight.abs().max()) > 0.9 * bound
+    init_linear(model, "torch-default")  # kaiming_uniform(a=sqrt(5)): U(+-1/sqrt(fan_in))
+    fan_in = head.weight.shape[1]
+    assert float(head.weight.abs().max()) <= 1 / fan_in**0.5 + 1e-6
+    init_linear(model, "recipe")
+    assert abs(float(head.weight.std()) - LINEAR_INIT_STD) < 0.2 * LINEAR_INIT_STD
+    assert set(LINEAR_INITS) == {"recipe", "torch-default", "efficientnet-uniform"}
+    with pytest.raises(ValueError, match="unknown --init 'xavier'; valid: recipe, torch-default"):
+        init_linear(model, "xavier")
