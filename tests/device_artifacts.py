@@ -185,3 +185,15 @@ try:
 
 except ImportError:  # pragma: no cover - used outside pytest
     pass
+
+
+# Python source to run first in a child process: importing torch or edge_se then raises
+# ImportError, so the on-device runner is shown to work with numpy and a runtime only.
+BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'edge_se'):
+            raise ImportError(f'{name} is blocked: the device runner must not import it')
+sys.meta_path.insert(0, _Block())
+"""

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from device_artifacts import artifacts  # noqa: F401  (session fixture)
+from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: session fixture)
 
 from contract import bench as record
 from contract import jsonschema_lite, schemas
@@ -22,15 +22,6 @@ from device_bench.transports.base import RunOptions, stage_runner
 
 REPO = Path(__file__).resolve().parent.parent
 
-# torch and edge_se raise ImportError in the child: the runner must work with numpy + a runtime.
-BLOCKER = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'edge_se'):
-            raise ImportError(f'{name} is blocked: the device runner must not import it')
-sys.meta_path.insert(0, _Block())
-"""
 SPEC = MeasureSpec(warmup=1, runs=4, min_seconds=0.0, repeats=2, cooldown_s=0.0, seed=3)
 
 

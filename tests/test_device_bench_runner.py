@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_artifacts import artifacts  # noqa: F401  (session fixture)
+from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: session fixture)
 
 from contract.bench import SCHEMA, validate
 from contract.measure import MeasureSpec
@@ -24,15 +24,6 @@ RESULT_KEYS = LATENCY_KEYS | {"schema", "measure", "total_seconds", "load_ms", "
                               "output_checksum", "threads", "runtime", "cpu_model", "machine", "kernel", "repeats",
                               "repeat_spread_pct", "unstable", "unstable_threshold_pct", "manifest_sha256"}
 
-# Blocks torch and edge_se for the child: the runner must work with numpy + a runtime only.
-BLOCKER = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'edge_se'):
-            raise ImportError(f'{name} is blocked: the device runner must not import it')
-sys.meta_path.insert(0, _Block())
-"""
 
 
 def run_python(artifact: Path, *extra: str, block: bool = False) -> subprocess.CompletedProcess:
