@@ -112,15 +112,22 @@ def test_textures_are_deterministic_many_class_and_held_out_by_band():
     assert abs(float(train.images.mean())) < 0.5 and 0.5 < float(train.images.std()) < 2.0
 
 
-def test_texture_patches_stay_inside_their_band():
+def test_texture_patches_never_cross_into_the_held_out_tiles():
     from edge_se import textures
 
-    # A photograph that is 0 in the train band and 1 in the test band: a patch cut across the cut
-    # would mix them. Jitter moves values by at most brightness 0.8-1.2 and noise sigma <= 0.04.
-    cut = 300
-    photo = torch.zeros(3, 100, 400)
-    photo[:, :, cut:] = 1.0
+    # A photograph that is 0 on the train tiles and 1 on the test tiles: a patch crossing a tile
+    # edge would mix them. Jitter moves values by at most brightness/contrast 0.9-1.1 and noise
+    # sigma <= 0.02, so a train patch stays near 0 and a test patch near 1.
+    h, w = 120, 160
+    photo = torch.zeros(3, h, w)
+    for top, left, th, tw in textures.tiles(h, w, "test"):
+        photo[:, top:top + th, left:left + tw] = 1.0
+    assert len(textures.tiles(h, w, "test")) == len(textures.TEST_TILES)
+    assert len(textures.tiles(h, w, "train")) == textures.GRID[0] * textures.GRID[1] - len(textures.TEST_TILES)
     gen = torch.Generator().manual_seed(0)
-    for _ in range(100):
-        assert float(textures._patch(photo, (0, cut), 16, gen).mean()) < 0.1
-        assert float(textures._patch(photo, (cut, 400), 16, gen).mean()) > 0.75
+    for tile in textures.tiles(h, w, "train"):
+        for _ in range(10):
+            assert float(textures._patch(photo, tile, 16, gen).mean()) < 0.1
+    for tile in textures.tiles(h, w, "test"):
+        for _ in range(10):
+            assert float(textures._patch(photo, tile, 16, gen).mean()) > 0.8
