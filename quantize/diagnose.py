@@ -1,0 +1,314 @@
+"""Where int8 loses fidelity, layer by layer: two SQNRs per quantised activation.
+
+For every activation the PT2E quantizer put a quantize/dequantize pair on (every
+``quantized_decomposed.quantize_per_tensor`` node of the converted graph whose input is a computed
+tensor or a graph input, not a weight):
+
+* ``sqnr_db_accumulated``: the dequantised tensor of the fully quantised graph (everything upstream
+  quantised, weights included) against the same tensor of the float graph;
+* ``sqnr_db_isolated``: the same tensor when only it is quantised: the float tensor fake-quantised
+  with that pair's scale, zero point and range. Quantising one tensor changes nothing upstream of
+  it, so this needs no extra forward pass: it is the float tensor through its own quantize /
+  dequantize ops.
+
+The float graph is the exported float reference (``QuantizedModel.reference``) put through the
+same steps ``prepare_pt2e`` takes before annotating (Conv/Linear + BatchNorm fusion, then the
+quantizer's ``transform_for_annotation``: edge-se's int8 rewrites such as ``hardsigmoid-fold``
+edit weights and keep node names). Without those steps a node of the converted graph and the node
+of the same name in the reference can hold different values (``conv2d`` before / after its
+BatchNorm, ``fc2`` before / after ``/ 6 + 0.5``). Node names then match one for one.
+
+Example:
+    >>> import torch, edge_se
+    >>> from quantize import quantize_model
+    >>> from quantize.diagnose import diagnose, worst
+    >>> model = edge_se.build_model("mobilenetv3_small_050", num_classes=10).eval()
+    >>> calib = [torch.randn(16, 3, 32, 32)]
+    >>> qm = quantize_model(model, (calib[0][:1],), calib, target="pte")
+    >>> layers = diagnose(qm, torch.randn(8, 3, 32, 32))
+    >>> worst(layers, 3)[0].sqnr_db_isolated <= layers[0].sqnr_db_isolated
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch.fx import GraphModule, Interpreter, Node
+
+from edge_se.errors import EdgeSeError
+from quantize.capture import EVAL_BATCH
+from quantize.metrics import _ratio_db
+from quantize.se_pattern import SEBlock, getattr_path
+
+if TYPE_CHECKING:
+    from quantize.core import QuantizedModel
+
+# quantize_per_tensor / dequantize_per_tensor overloads (``quantized_decomposed``, registered by torchao).
+QUANTIZE_OPS = ("quantized_decomposed.quantize_per_tensor.default", "quantized_decomposed.quantize_per_tensor.tensor")
+DEQUANTIZE_OPS = ("quantized_decomposed.dequantize_per_tensor.default",
+                  "quantized_decomposed.dequantize_per_tensor.tensor")
+# The top offenders reported by default.
+WORST = 5
+
+
+@dataclass(frozen=True)
+class LayerFidelity:
+    """One quantised activation and what int8 costs it.
+
+    Attributes:
+        index: position among the quantised activations, in graph order (0 = first).
+        name: graph node name of the tensor (the quantize node's input; same in float and int8 graphs).
+        op: the operator producing it (``aten.conv2d.default``; ``input`` for a graph input).
+        se_block: the SE block it belongs to (pool .. channel multiply), or None.
+        sqnr_db_accumulated: SQNR (dB) of the tensor in the fully quantised graph vs float.
+        sqnr_db_isolated: SQNR (dB) of the tensor when only it is quantised.
+        scale, zero_point: its int8 grid.
+        float_min, float_max: range of the float tensor on the images diagnosed.
+    """
+
+    index: int
+    name: str
+    op: str
+    se_block: str | None
+    sqnr_db_accumulated: float
+    sqnr_db_isolated: float
+    scale: float
+    zero_point: int
+    float_min: float
+    float_max: float
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready record (SQNRs capped at :data:`quantize.metrics.SQNR_CAP_DB`)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class _Site:
+    name: str  # the float tensor (quantize node's input)
+    quantize: Node
+    dequantize: Node
+
+
+def float_graph(qm: QuantizedModel) -> GraphModule:
+    """The float graph whose node names and values line up with ``qm.graph`` (see module docstring).
+
+    Raises:
+        EdgeSeError: ``qm`` carries no float reference.
+    """
+    reference = qm.reference
+    if reference is None:
+        raise EdgeSeError("the quantised model carries no float reference graph: nothing to compare against")
+    from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
+
+    gm = copy.deepcopy(reference)
+    _fuse_conv_bn_(gm)
+    _fuse_linear_bn_(gm)
+    transform = getattr(copy.copy(qm.quantizer), "transform_for_annotation", None)  # a copy: it records what it applied
+    if transform is not None:
+        gm = transform(gm)
+    gm.recompile()
+    return gm
+
+
+def quantized_sites(gm: GraphModule) -> list[_Site]:
+    """Every activation quantize node of a converted graph with one of its dequantize users, in graph order."""
+    sites = []
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or str(node.target) not in QUANTIZE_OPS:
+            continue
+        src = node.args[0]
+        if not isinstance(src, Node) or src.op not in ("call_function", "placeholder"):
+            continue  # a weight or constant, not an activation
+        if str(src.target).startswith("quantized_decomposed."):
+            continue  # a requantisation: the tensor is counted at its first quantize node
+        dq = next((u for u in node.users if u.op == "call_function" and str(u.target) in DEQUANTIZE_OPS), None)
+        if dq is not None:
+            sites.append(_Site(src.name, node, dq))
+    return sites
+
+
+def se_membership(gm: GraphModule, blocks: Sequence[SEBlock]) -> dict[str, str]:
+    """``{node name: SE block name}`` for the nodes from each block's pool to its channel multiply."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    out: dict[str, str] = {}
+    for b in blocks:
+        if b.mul not in nodes:
+            continue
+        out[b.mul] = b.name
+        frontier = [nodes[b.mul].args[b.gate_arg]]
+        while frontier:
+            node = frontier.pop()
+            if not isinstance(node, Node) or node.op != "call_function" or node.name in out:
+                continue
+            out[node.name] = b.name
+            if node.name != b.pool:
+                frontier.extend(a for a in node.all_input_nodes)
+    return out
+
+
+def _resolve(gm: GraphModule, arg: object) -> object:
+    if isinstance(arg, Node):
+        if arg.op == "get_attr":
+            return getattr_path(gm, str(arg.target))
+        raise EdgeSeError(f"quantisation parameter {arg.name!r} is computed in the graph (dynamic "
+                          "quantisation?): diagnose handles static int8 only")
+    return arg
+
+
+def _fake_quant(gm: GraphModule, site: _Site, x: torch.Tensor) -> torch.Tensor:
+    """``x`` through the site's own quantize and dequantize ops (the converted graph's arithmetic)."""
+    qargs = [_resolve(gm, a) for a in site.quantize.args[1:]]
+    dqargs = [_resolve(gm, a) for a in site.dequantize.args[1:]]
+    q = site.quantize.target(x, *qargs, **site.quantize.kwargs)  # type: ignore[operator]
+    return site.dequantize.target(q, *dqargs, **site.dequantize.kwargs)  # type: ignore[operator]
+
+
+class _Recorder(Interpreter):
+    def __init__(self, gm: GraphModule, names: set[str]) -> None:
+        super().__init__(gm)
+        self.names = names
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: Node) -> object:
+        out = super().run_node(n)
+        if n.name in self.names and isinstance(out, torch.Tensor):
+            self.values[n.name] = out.detach()
+        return out
+
+
+def _op_name(node: Node) -> str:
+    if node.op == "placeholder":
+        return "input"
+    target = node.target
+    return str(target) if not callable(target) or isinstance(target, torch._ops.OpOverload) else target.__name__
+
+
+@torch.no_grad()
+def diagnose(qm: QuantizedModel, images: torch.Tensor, *, batch: int = EVAL_BATCH) -> list[LayerFidelity]:
+    """Per quantised activation of ``qm.graph``: accumulated and isolated SQNR on ``images``.
+
+    Args:
+        qm: a :class:`quantize.core.QuantizedModel` (``graph``, ``reference``, ``quantizer``, ``se_blocks``).
+        images: preprocessed float images ``[N, 3, R, R]``, best never calibrated on.
+        batch: images per forward pass.
+
+    Returns:
+        One :class:`LayerFidelity` per quantised activation, in graph order.
+
+    Raises:
+        EdgeSeError: no images, no float reference, a quantised tensor the float graph lacks.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise EdgeSeError(f"diagnose needs a batch of images [N, 3, R, R], got shape {tuple(images.shape)}")
+    qgraph = qm.graph
+    fgraph = float_graph(qm)
+    sites = quantized_sites(qgraph)
+    fnodes = {n.name: n for n in fgraph.graph.nodes}
+    missing = [s.name for s in sites if s.name not in fnodes]
+    if missing:
+        raise EdgeSeError(f"{len(missing)} quantised tensors have no node of the same name in the float graph "
+                          f"(first: {missing[0]!r}): the graphs do not line up")
+    members = se_membership(fgraph, qm.se_blocks)
+    qwanted = {s.dequantize.name for s in sites}
+    fwanted = {s.name for s in sites}
+    n = len(sites)
+    signal = [0.0] * n
+    noise_acc = [0.0] * n
+    noise_iso = [0.0] * n
+    lo = [math.inf] * n
+    hi = [-math.inf] * n
+    for start in range(0, images.shape[0], batch):
+        x = images[start : start + batch].float()
+        frec = _Recorder(fgraph, fwanted)
+        frec.run(x)
+        qrec = _Recorder(qgraph, qwanted)
+        qrec.run(x)
+        for i, site in enumerate(sites):
+            ref = frec.values[site.name].float()
+            acc = qrec.values[site.dequantize.name].float()
+            if acc.numel() != ref.numel():
+                raise EdgeSeError(f"tensor {site.name!r}: {tuple(acc.shape)} in the int8 graph, "
+                                  f"{tuple(ref.shape)} in the float graph")
+            iso = _fake_quant(qgraph, site, ref).float()
+            r = ref.double()
+            signal[i] += float((r * r).sum())
+            noise_acc[i] += float(((r - acc.reshape(ref.shape).double()) ** 2).sum())
+            noise_iso[i] += float(((r - iso.double()) ** 2).sum())
+            lo[i] = min(lo[i], float(ref.min()))
+            hi[i] = max(hi[i], float(ref.max()))
+    out = []
+    for i, site in enumerate(sites):
+        qargs = [_resolve(qgraph, a) for a in site.quantize.args[1:3]]
+        out.append(LayerFidelity(
+            index=i,
+            name=site.name,
+            op=_op_name(fnodes[site.name]),
+            se_block=members.get(site.name),
+            sqnr_db_accumulated=_ratio_db(signal[i], noise_acc[i]),
+            sqnr_db_isolated=_ratio_db(signal[i], noise_iso[i]),
+            scale=float(qargs[0]),  # type: ignore[arg-type]
+            zero_point=int(qargs[1]),  # type: ignore[call-overload]
+            float_min=lo[i],
+            float_max=hi[i],
+        ))
+    return out
+
+
+def worst(layers: Sequence[LayerFidelity], k: int = WORST) -> list[LayerFidelity]:
+    """The ``k`` layers whose own quantisation costs most: isolated SQNR ascending (ties: graph order)."""
+    return sorted(layers, key=lambda r: (r.sqnr_db_isolated, r.index))[:k]
+
+
+def diagnose_table(layers: Sequence[LayerFidelity]) -> str:
+    """The markdown table of ``layers`` (one row each, in the order given)."""
+    from edge_se.tables import Column, table
+
+    columns = [
+        Column("#", "index", "d", "right"),
+        Column("layer", "name"),
+        Column("op", lambda r: str(r["op"]).removeprefix("aten.").removesuffix(".default")),
+        Column("SE block", "se_block"),
+        Column("SQNR accumulated (dB)", "sqnr_db_accumulated", ".1f", "right"),
+        Column("SQNR isolated (dB)", "sqnr_db_isolated", ".1f", "right"),
+        Column("scale", "scale", ".3g", "right"),
+        Column("float range", lambda r: f"[{r['float_min']:.3g}, {r['float_max']:.3g}]"),
+    ]
+    return table(columns, [r.as_dict() for r in layers])
+
+
+def plot_fidelity(layers: Sequence[LayerFidelity], path: str, *, title: str = "") -> str:
+    """A PNG: accumulated and isolated SQNR per layer in graph order, SE-block layers shaded. Returns ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    idx = [r.index for r in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.09 * len(layers) + 3), 4.0))
+    for r in layers:
+        if r.se_block is not None:
+            ax.axvspan(r.index - 0.5, r.index + 0.5, color="tab:orange", alpha=0.18, lw=0)
+    ax.plot(idx, [r.sqnr_db_accumulated for r in layers], "-o", ms=3, label="accumulated (all upstream int8)")
+    ax.plot(idx, [r.sqnr_db_isolated for r in layers], "-s", ms=3, label="isolated (this tensor only)")
+    handles, _ = ax.get_legend_handles_labels()
+    if any(r.se_block is not None for r in layers):
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="tab:orange", alpha=0.18, label="SE block"))
+    for r in worst(layers, 3):
+        ax.annotate(r.name, (r.index, r.sqnr_db_isolated), fontsize=7, xytext=(3, -10), textcoords="offset points")
+    ax.set_xlabel("quantised activation (graph order)")
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_title(title or "int8 fidelity per layer")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=handles, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
