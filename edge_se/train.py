@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import time
@@ -45,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contract.files import atomic_path, write_text
+from contract.files import write_bytes, write_text
 from edge_se.data import ImageSet
 from edge_se.errors import EdgeSeError
 from edge_se.init import DEFAULT_INIT, RECIPE_LINEAR_STD, init_linear
@@ -238,9 +239,15 @@ def sidecar_path(path: str | Path) -> Path:
 
 def save_weights(path: str | Path, model: nn.Module, *, model_name: str, num_classes: int, resolution: int,
                  extra: dict | None = None) -> Path:
-    """Write ``model.state_dict()`` to ``path`` and its sidecar ``path.json``, both atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(model.state_dict(), tmp)
+    """Write ``model.state_dict()`` to ``path`` and its sidecar ``path.json``, both atomically.
+
+    Saved through a buffer: ``torch.save`` to a path records the file's name inside the archive,
+    and the atomic write's temporary name is random, so the same weights would give different
+    bytes (and cache keys) on every run.
+    """
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_bytes(path, buffer.getvalue())
     meta = {"schema": WEIGHTS_SCHEMA, "model": model_name, "num_classes": num_classes, "resolution": resolution,
             **(extra or {})}
     write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")

@@ -22,6 +22,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--report", action=argparse.BooleanOptionalAction, default=True, help="write the report when the sweep ends"
     )
+    p.add_argument(
+        "--executor",
+        default=None,
+        help="local (a pool of --jobs workers) or ray; default: [run].executor, else local",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto or HOST:PORT; default: [run].address, else a local head",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=None, help="cells at once (1: serial); default: [run].jobs, else the usable cores"
+    )
     p.set_defaults(func=run_run)
     p = sub.add_parser("report", help="write report.md and report.html for a run directory", formatter_class=fmt)
     p.add_argument("run_dir", help="a directory written by `edge-se run`")
@@ -41,7 +54,7 @@ def run_run(args: argparse.Namespace) -> int:
         f"dtypes {','.join(cfg.dtypes)}, policies {','.join(cfg.policies)}, devices {','.join(cfg.devices)})",
         flush=True,
     )
-    summary = run_sweep(cfg, out)
+    summary = run_sweep(cfg, out, executor=args.executor, address=args.address, jobs=args.jobs)
     print(format_summary(out))
     violations = _judge_gates(cfg, out)
     if args.report:

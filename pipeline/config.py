@@ -8,6 +8,8 @@ Example config::
     [run]
     resolution = 64            # input side for every model (pixels)
     threads = 1                # benchmark threads
+    executor = "local"         # local | ray (pipeline.executors); `edge-se run --executor` overrides
+    jobs = 2                   # CPU cells at once (default: the usable cores); timing cells run alone
 
     [data]
     source = "digits"          # digits | a folder of class sub-folders | random (smoke only)
@@ -59,6 +61,7 @@ from pipeline.gates import Gates, parse_gates
 FORMATS = ("pte", "tflite")
 DTYPES = ("fp32", "int8")
 ENGINES = ("torchao", "nncf")
+EXECUTORS = ("local", "ray")  # pipeline.executors
 BASELINE_DEVICES = ("cpu", "cuda")
 
 
@@ -89,6 +92,9 @@ class RunConfig:
     resolution: int = 224
     threads: int = 1
     seed: int = 0
+    executor: str = "local"  # [run].executor: how cells are scheduled (pipeline.executors)
+    address: str | None = None  # [run].address: the Ray cluster ("auto", HOST:PORT); None starts a local head
+    jobs: int | None = None  # [run].jobs: CPU cells at once; None: the usable cores
     data_source: str = "digits"
     calib_size: int = 64
     models: tuple[ModelCfg, ...] = ()
@@ -180,6 +186,11 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         raise run.error("resolution", f"need >= 32 pixels, got {resolution}")
     threads = run.positive("threads", 1)
     seed = run.positive("seed", 0, allow_zero=True)
+    executor = run.get("executor", str, "local")
+    if executor not in EXECUTORS:
+        raise run.error("executor", f"unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
+    address = run.get("address", str, None)
+    jobs = run.positive("jobs", 1) if "jobs" in run.data else None
     run.done()
 
     data = _Reader(path, "data", doc.get("data", {}))
@@ -223,6 +234,9 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         resolution=resolution,
         threads=measure.threads,
         seed=seed,
+        executor=executor,
+        address=address,
+        jobs=jobs,
         data_source=source,
         calib_size=calib_size,
         models=models,

@@ -291,7 +291,11 @@ _SECTIONS = (_release_gates_section, _latency_section, _fidelity_section, _gate_
 def _cells_line(res: RunResults) -> str:
     """``Cells: 50 done, 1 failed.``: how many cells of the run ended in each status."""
     statuses = Counter(e.get("status", "?") for e in res.index.get("cells", {}).values())
-    return "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
+    line = "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
+    if res.index.get("timing") == "exclusive":
+        line += (f" Executor: {res.index.get('executor', 'local')}. Timing cells (bench, baseline) on devices that "
+                 "time on this host ran alone: no other cell ran while they timed.")
+    return line
 
 
 def render_markdown(res: RunResults, sections: list[Section]) -> str:

@@ -1,5 +1,8 @@
 """Run a sweep: every cell in dependency order, cached, resumable, failures recorded and skipped past.
 
+Cells run on an executor (:mod:`pipeline.executors`: serial, a local pool, or Ray); the index is
+the same whatever order they finish in (``cells`` in plan order, each with its start and end).
+
 A cell whose cache key already has a result is skipped; a cell whose dependency failed is marked
 ``blocked`` (not run, nothing written); a failing cell records its error under ``failed/`` and the
 run goes on. The exit status is non-zero when any cell failed, so CI notices.
@@ -7,7 +10,6 @@ run goes on. The exit status is non-zero when any cell failed, so CI notices.
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -18,7 +20,8 @@ from typing import Any
 
 from pipeline.cells import Cell, plan_cells
 from pipeline.config import RunConfig, load_config
-from pipeline.stages import Dep, StageError, key_inputs, run_cell, tool_versions
+from pipeline.executors import Job, Outcome, Runner, exclusive, make_executor, timing_device
+from pipeline.stages import Dep, key_inputs, run_cell, tool_versions
 from pipeline.store import Store, cache_key
 
 
@@ -54,16 +57,26 @@ def run_sweep(
     cfg: RunConfig,
     run_dir: str | Path,
     *,
-    runner: Callable[[Cell, RunConfig, dict[str, Dep], Path], dict[str, Any]] = run_cell,
+    runner: Runner = run_cell,
     only: Callable[[Cell], bool] | None = None,
+    executor: str | None = None,
+    address: str | None = None,
+    jobs: int | None = None,
 ) -> RunSummary:
     """Run every cell of ``cfg`` into ``run_dir`` (created; an existing one is resumed).
+
+    A cell starts once its dependencies are done, on the executor's next free slot; cells on one
+    device never overlap, and a timing cell on a device that times on this host (``local``) runs
+    alone: the running cells drain first and nothing starts until it is done.
 
     Args:
         cfg: the parsed config.
         run_dir: the run directory (cache, index, report inputs).
         runner: computes one cell (tests substitute a counting or failing one).
         only: optional filter; cells it rejects are left as they are.
+        executor: ``local`` or ``ray`` (default ``[run].executor``).
+        address: the Ray cluster (default ``[run].address``; None: a local head).
+        jobs: cells at once (default ``[run].jobs``, else the usable cores; 1: serial).
     """
     store = Store(run_dir)
     if Path(cfg.path).is_file():
@@ -71,39 +84,104 @@ def run_sweep(
     cells = [c for c in plan_cells(cfg) if only is None or only(c)]
     versions = tool_versions()
     summary = RunSummary(run_dir=store.root)
+    ex = make_executor(
+        executor or cfg.executor,
+        store.root,
+        cfg,
+        runner,
+        address=address if address is not None else cfg.address,
+        jobs=jobs if jobs is not None else cfg.jobs,
+    )
     finished: dict[str, Dep] = {}
-    keys: dict[str, str] = {}
-    index: dict[str, Any] = {"config": cfg.path, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "cells": {}}
+    entries: dict[str, dict[str, Any]] = {}
+    index: dict[str, Any] = {
+        "config": cfg.path,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "executor": {"name": ex.name, "jobs": ex.slots},
+        "timing": "exclusive",  # every timing cell on a host-timed device ran with no other cell running
+        "cells": {},
+    }
+    pending = list(cells)  # plan order: dependencies before dependants
+    running: dict[str, Job] = {}
+    busy: set[str] = set()  # devices timing a cell now
+    alone = False  # an exclusive timing cell is running
     bar = _progress(len(cells))
     t_start = time.perf_counter()
-    try:
-        for cell in cells:
-            if bar is not None:
-                bar.set_description(cell.id[:60])
-            entry: dict[str, Any] = {"stage": cell.stage, "model": cell.model, "params": dict(cell.params)}
+
+    def record(cell: Cell, entry: dict[str, Any]) -> None:
+        entries[cell.id] = entry
+        index["cells"] = {c.id: entries[c.id] for c in cells if c.id in entries}  # plan order
+        index["seconds"] = round(time.perf_counter() - t_start, 1)
+        store.write_index(index)
+        if bar is not None:
+            bar.update(1)
+
+    def launch() -> None:
+        """Resolve what can be resolved (blocked, cached) and start what may start, in plan order."""
+        nonlocal alone
+        unresolved = {c.id for c in pending} | set(running)
+        for cell in list(pending):
+            if alone:
+                return
+            if any(d in unresolved for d in cell.deps):
+                continue
+            entry = _entry(cell)
             missing = [d for d in cell.deps if d not in finished]
             if missing:
+                pending.remove(cell)
+                unresolved.discard(cell.id)
                 summary.status[cell.id] = "blocked"
                 entry |= {"status": "blocked", "error": f"dependency {missing[0]} did not finish"}
                 summary.errors[cell.id] = entry["error"]
-            else:
-                deps = {d: finished[d] for d in cell.deps}
-                key = cache_key(key_inputs(cell, cfg, deps, versions))
-                keys[cell.id] = key
-                entry["key"] = key
-                cached = store.result(cell.stage, key)
-                if cached is not None:
-                    summary.status[cell.id] = "cached"
-                    entry |= {"status": "cached", "seconds": cached.get("seconds")}
-                    finished[cell.id] = Dep(store.cell_dir(cell.stage, key), cached)
-                else:
-                    entry |= _compute(store, cell, cfg, deps, key, runner, summary, finished)
-            index["cells"][cell.id] = entry
-            index["seconds"] = round(time.perf_counter() - t_start, 1)
-            store.write_index(index)
+                record(cell, entry)
+                continue
+            deps = {d: finished[d] for d in cell.deps}
+            key = cache_key(key_inputs(cell, cfg, deps, versions))
+            cached = store.result(cell.stage, key)
+            if cached is not None:
+                pending.remove(cell)
+                unresolved.discard(cell.id)
+                summary.status[cell.id] = "cached"
+                finished[cell.id] = Dep(store.cell_dir(cell.stage, key), cached)
+                record(cell, entry | {"key": key, "status": "cached", "seconds": cached.get("seconds")})
+                continue
+            device = timing_device(cell)
+            if exclusive(cell):
+                if running:
+                    return  # drain: nothing later in the plan starts before this cell has run alone
+                alone = True
+            elif (device is not None and device in busy) or len(running) >= ex.slots:
+                continue
+            pending.remove(cell)
+            if device is not None:
+                busy.add(device)
+            running[cell.id] = Job(cell, key, deps)
             if bar is not None:
-                bar.update(1)
+                bar.set_description(cell.id[:60])
+            ex.submit(running[cell.id])
+
+    try:
+        while pending or running:
+            launch()
+            if not running:
+                if pending:  # pragma: no cover - plan_cells orders dependencies first
+                    raise RuntimeError(f"no cell can start; first waiting: {pending[0].id}")
+                break
+            for outcome in ex.wait():
+                job = running.pop(outcome.job.cell.id)
+                busy.discard(timing_device(job.cell) or "")
+                alone = alone and not exclusive(job.cell)
+                record(job.cell, _commit(store, job, outcome, summary, finished))
+    except BaseException:
+        # Interrupted (Ctrl-C, kill): keep the cells that still finish, drop the rest; the resume redoes them.
+        for outcome in ex.drain():
+            if outcome.error is None and outcome.result is not None:
+                record(outcome.job.cell, _commit(store, outcome.job, outcome, summary, finished))
+            elif outcome.tmp is not None:
+                shutil.rmtree(outcome.tmp, ignore_errors=True)
+        raise
     finally:
+        ex.close()
         if bar is not None:
             bar.close()
     summary.seconds = time.perf_counter() - t_start
@@ -113,35 +191,30 @@ def run_sweep(
     return summary
 
 
-def _compute(
-    store: Store,
-    cell: Cell,
-    cfg: RunConfig,
-    deps: dict[str, Dep],
-    key: str,
-    runner: Callable[[Cell, RunConfig, dict[str, Dep], Path], dict[str, Any]],
-    summary: RunSummary,
-    finished: dict[str, Dep],
-) -> dict[str, Any]:
-    tmp = store.begin(cell.stage)
-    try:
-        result = runner(cell, cfg, deps, tmp)
-    except (StageError, OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        store.fail(cell.stage, key, tmp, {"cell": cell.id, "error": message})
+def _entry(cell: Cell) -> dict[str, Any]:
+    return {"stage": cell.stage, "model": cell.model, "params": dict(cell.params)}
+
+
+def _commit(store: Store, job: Job, outcome: Outcome, summary: RunSummary, finished: dict[str, Dep]) -> dict[str, Any]:
+    """Rename a computed cell into the cache (or record its failure); its index entry."""
+    cell, key = job.cell, job.key
+    entry = _entry(cell) | {"key": key, "started": round(outcome.started, 3), "ended": round(outcome.ended, 3)}
+    if outcome.worker:
+        entry["worker"] = outcome.worker
+    if outcome.error is not None or outcome.result is None:
+        message = outcome.error or "the runner returned no result"
+        store.fail(cell.stage, key, outcome.tmp, {"cell": cell.id, "error": message})
         summary.status[cell.id] = "failed"
         summary.errors[cell.id] = message
         print(f"edge-se run: {cell.id}: failed: {message}", file=sys.stderr)
-        return {"status": "failed", "error": message}
-    except BaseException:
-        # Interrupted (Ctrl-C, kill): drop the partial cell; finished cells stay cached for the resume.
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        return entry | {"status": "failed", "error": message}
+    result = outcome.result
     result["key"] = key
-    final = store.commit(cell.stage, key, tmp, result)
+    assert outcome.tmp is not None  # a result is always computed into a directory
+    final = store.commit(cell.stage, key, outcome.tmp, result)
     finished[cell.id] = Dep(final, result)
     summary.status[cell.id] = "done"
-    return {"status": "done", "seconds": result.get("seconds")}
+    return entry | {"status": "done", "seconds": result.get("seconds")}
 
 
 def run_config_file(path: str | Path, run_dir: str | Path) -> RunSummary:

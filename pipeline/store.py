@@ -33,10 +33,16 @@ def cache_key(inputs: Mapping[str, Any]) -> str:
 class Store:
     """Finished cells under ``root/cells``, failures under ``root/failed``, the index beside them."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, *, clean: bool = True) -> None:
+        """Open (create) the store at ``root``; ``clean``: drop what an interrupted run left.
+
+        A worker computing one cell of a running sweep opens the store with ``clean=False``: the
+        other cells' temporary directories are in use.
+        """
         self.root = Path(root).resolve()  # subprocesses print paths; keep them unambiguous
         self.root.mkdir(parents=True, exist_ok=True)
-        self._clean_partials()
+        if clean:
+            self._clean_partials()
 
     def _clean_partials(self) -> None:
         # Temporary cell directories left by an interrupted run hold nothing a re-run may use.
@@ -57,11 +63,16 @@ class Store:
         except json.JSONDecodeError:
             return None
 
-    def begin(self, stage: str) -> Path:
-        """A fresh temporary directory for a cell being computed."""
+    def begin(self, stage: str, key: str | None = None) -> Path:
+        """A fresh temporary directory for a cell being computed (named after ``key`` when given)."""
         parent = self.root / "cells" / stage
         parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=".tmp-", dir=parent))
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{key}-" if key else ".tmp-", dir=parent))
+
+    def clear_partial(self, stage: str, key: str) -> None:
+        """Remove the temporary directories of earlier attempts at ``key`` (a worker killed mid-cell)."""
+        for tmp in (self.root / "cells" / stage).glob(f".tmp-{key}-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def commit(self, stage: str, key: str, tmp: Path, result: Mapping[str, Any]) -> Path:
         """Write ``result.json`` into ``tmp`` and rename it into place; clear an old failure."""

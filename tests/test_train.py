@@ -150,3 +150,15 @@ def test_the_linear_inits_are_the_ones_they_name():
     assert set(LINEAR_INITS) == {"recipe", "torch-default", "efficientnet-uniform"}
     with pytest.raises(ValueError, match="unknown --init 'xavier'; valid: recipe, torch-default"):
         init_linear(model, "xavier")
+
+
+def test_saved_weights_are_the_same_bytes_wherever_they_are_written(tmp_path):
+    """The cache key of a train cell is the weights' sha256: it must not depend on the file's name."""
+    from edge_se.train import save_weights
+
+    model = edge_se.build_model("mobilenetv3_small_050", num_classes=10)
+    a = save_weights(tmp_path / "a" / "w.pt", model, model_name="mobilenetv3_small_050", num_classes=10,
+                     resolution=32)
+    b = save_weights(tmp_path / "b" / "other.pt", model, model_name="mobilenetv3_small_050", num_classes=10,
+                     resolution=32)
+    assert a.read_bytes() == b.read_bytes()

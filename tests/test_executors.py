@@ -1,0 +1,350 @@
+"""Executors of `edge-se run`: local pool vs serial vs Ray give the same sweep; timing cells run alone."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from test_pipeline import FakeRunner, _cfg
+
+from edge_se.errors import EdgeSeError
+from pipeline.cells import plan_cells
+from pipeline.executors import exclusive, timing_device
+from pipeline.run import run_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# One model, every stage; two devices (local wall time, qemu instruction counts), a CPU baseline.
+SWEEP = """
+[run]
+resolution = 64
+[data]
+source = "random"
+calib_size = 8
+[[models]]
+name = "mobilenetv3_small_050"
+train_epochs = 1
+[quantize]
+policies = ["ptq"]
+[export]
+formats = ["pte", "tflite"]
+dtypes = ["fp32", "int8"]
+[bench]
+devices = ["local", "qemu-aarch64"]
+[baseline]
+devices = ["cpu"]
+"""
+DELAY_S = 0.2  # every fake cell takes this long, so overlapping cells would show in the index
+
+
+class SlowRunner(FakeRunner):
+    """FakeRunner that takes :data:`DELAY_S` per cell and records true digests of the files it writes."""
+
+    def __init__(self, delay: float = DELAY_S, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.delay = delay
+
+    def __call__(self, cell, cfg, deps, workdir: Path) -> dict:
+        time.sleep(self.delay)
+        out = super().__call__(cell, cfg, deps, workdir)
+        for name in (out.get("weights"), out.get("artifact")):
+            if name:
+                out["output_sha256"] = hashlib.sha256((workdir / name).read_bytes()).hexdigest()
+        return out
+
+
+class KillOnceRunner(SlowRunner):
+    """Kills its own worker (SIGKILL) half-way through ``victim`` the first time, leaving a partial file."""
+
+    def __init__(self, marker: Path, victim: str, always: bool = False) -> None:
+        super().__init__(delay=0.05)
+        self.marker, self.victim, self.always = marker, victim, always
+
+    def __call__(self, cell, cfg, deps, workdir: Path) -> dict:
+        if cell.id == self.victim and (self.always or not self.marker.exists()):
+            self.marker.write_text(str(os.getpid()))
+            (workdir / "half-written.bin").write_bytes(b"\0" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(cell, cfg, deps, workdir)
+
+
+def _records(run_dir: Path) -> dict[str, tuple[str, str | None, dict | None]]:
+    """Cell id -> (status, cache key, stored result without its wall time)."""
+    index = json.loads((run_dir / "index.json").read_text())
+    out = {}
+    for cid, entry in index["cells"].items():
+        result = None
+        if entry.get("key") and entry["status"] in ("done", "cached"):
+            result = json.loads((run_dir / "cells" / entry["stage"] / entry["key"] / "result.json").read_text())
+            result.pop("seconds", None)
+        out[cid] = (entry["status"], entry.get("key"), result)
+    return out
+
+
+def _partials(run_dir: Path) -> list[Path]:
+    return sorted(run_dir.glob("cells/*/.tmp-*"))
+
+
+def _overlap(a: dict, b: dict) -> bool:
+    return a["started"] < b["ended"] and b["started"] < a["ended"]
+
+
+def _computed(run_dir: Path) -> dict[str, dict]:
+    cells = json.loads((run_dir / "index.json").read_text())["cells"]
+    return {cid: e for cid, e in cells.items() if e["status"] in ("done", "failed")}
+
+
+def test_jobs_do_not_change_cells_keys_or_results(tmp_path):
+    cfg = _cfg(tmp_path, SWEEP)
+    s1 = run_sweep(cfg, tmp_path / "serial", runner=SlowRunner(delay=0), jobs=1)
+    s2 = run_sweep(cfg, tmp_path / "pool", runner=SlowRunner(delay=0), jobs=2)
+    assert s1.ok and s2.ok and s1.status == s2.status
+    serial, pool = _records(tmp_path / "serial"), _records(tmp_path / "pool")
+    assert list(serial) == list(pool)  # plan order, whatever order the cells finished in
+    assert serial == pool
+    index = json.loads((tmp_path / "pool" / "index.json").read_text())
+    assert index["executor"] == {"name": "local", "jobs": 2} and index["timing"] == "exclusive"
+
+
+@pytest.mark.slow
+def test_timing_cells_run_alone_and_devices_never_overlap(tmp_path):
+    cfg = _cfg(tmp_path, SWEEP)
+    s = run_sweep(cfg, tmp_path / "run", runner=SlowRunner(), jobs=2)
+    assert s.ok
+    cells = _computed(tmp_path / "run")
+    by_id = {c.id: c for c in plan_cells(cfg)}
+    overlaps = [(a, b) for a, b in itertools.combinations(cells, 2) if _overlap(cells[a], cells[b])]
+    assert overlaps, "jobs=2 ran nothing in parallel: the overlap checks below would prove nothing"
+    for a, b in overlaps:
+        ca, cb = by_id[a], by_id[b]
+        assert not (exclusive(ca) or exclusive(cb)), f"{a} overlapped the timing cell {b} (or vice versa)"
+        da, db = timing_device(ca), timing_device(cb)
+        assert da is None or da != db, f"{a} and {b} timed on {da} at the same time"
+    assert sum(exclusive(by_id[c]) for c in cells) == 5  # four local benches and the cpu baseline were checked
+
+
+def test_interrupted_parallel_run_leaves_no_partial_cell_and_resumes(tmp_path):
+    cfg = _cfg(tmp_path, SWEEP)
+    interrupted = SlowRunner(delay=0.05, interrupt_at=6)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(cfg, tmp_path / "run", runner=interrupted, jobs=2)
+    assert _partials(tmp_path / "run") == []
+    assert not list((tmp_path / "run").rglob("half-written.bin"))
+    kept = [
+        c
+        for c, e in json.loads((tmp_path / "run" / "index.json").read_text())["cells"].items()
+        if e["status"] == "done"
+    ]
+    assert kept and set(kept) <= set(interrupted.calls)
+    resumed = SlowRunner(delay=0)
+    s = run_sweep(cfg, tmp_path / "run", runner=resumed, jobs=2)
+    assert s.ok and s.count("cached") == len(kept)
+    assert not set(resumed.calls) & set(kept)
+
+
+def test_parallel_failure_is_recorded_and_blocks_only_its_dependants(tmp_path):
+    cfg = _cfg(tmp_path, SWEEP)
+    s = run_sweep(
+        cfg, tmp_path / "run", runner=SlowRunner(delay=0.02, fail_on="export/mobilenetv3_small_050/pte/int8"), jobs=2
+    )
+    assert not s.ok
+    assert s.status["export/mobilenetv3_small_050/pte/int8/ptq"] == "failed"
+    blocked = sorted(c for c, v in s.status.items() if v == "blocked")
+    assert blocked == [
+        "bench/mobilenetv3_small_050/pte/int8/ptq/local",
+        "bench/mobilenetv3_small_050/pte/int8/ptq/qemu-aarch64",
+    ]
+    assert s.count("done") == len(s.status) - 3
+    assert (tmp_path / "run" / "failed" / "export").is_dir() and _partials(tmp_path / "run") == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_se.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--executor", "dask"], "unknown executor 'dask'; valid: local, ray"),
+        (["--executor", "ray", "--address", "127.0.0.1:1"], "--address 127.0.0.1:1: no Ray cluster reachable"),
+        (["--address", "127.0.0.1:6379"], "only the ray executor joins a cluster"),
+        (["--jobs", "0"], "--jobs must be >= 1, got 0"),
+    ],
+)
+def test_bad_executor_flags_are_one_line_errors(tmp_path, flags, needle):
+    (tmp_path / "sweep.toml").write_text(SWEEP)
+    proc = _cli("run", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "run"), *flags)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (tmp_path / "run" / "cells").exists()
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('executor = "dask"', "[run].executor: unknown executor 'dask'; valid: local, ray"),
+        ("jobs = 0", "[run].jobs: must be > 0, got 0"),
+        ("address = 6379", "[run].address: expected str"),
+    ],
+)
+def test_bad_run_table_keys_name_the_key(tmp_path, line, needle):
+    with pytest.raises(EdgeSeError, match=re.escape(needle)):
+        _cfg(tmp_path, SWEEP.replace("resolution = 64", f"resolution = 64\n{line}", 1))
+
+
+def test_run_table_sets_the_executor_and_the_flag_overrides_it(tmp_path):
+    cfg = _cfg(tmp_path, SWEEP.replace("resolution = 64", 'resolution = 64\nexecutor = "local"\njobs = 1', 1))
+    assert (cfg.executor, cfg.jobs, cfg.address) == ("local", 1, None)
+    run_sweep(cfg, tmp_path / "a", runner=SlowRunner(delay=0))
+    assert json.loads((tmp_path / "a" / "index.json").read_text())["executor"]["jobs"] == 1
+    run_sweep(cfg, tmp_path / "b", runner=SlowRunner(delay=0), jobs=2)
+    assert json.loads((tmp_path / "b" / "index.json").read_text())["executor"]["jobs"] == 2
+
+
+# --- Ray ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_env():
+    """Ray workers import the fake runners from this directory."""
+    pytest.importorskip("ray")
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *([old] if old else [])])
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # The test cluster's nodes and driver would need one shared token; it listens on loopback only.
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    yield
+    if old is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_nodes(ray_env):
+    """A head with 2 CPUs and a second node with 1, both on loopback; their process groups stopped after."""
+    import ray
+
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    common = ["--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
+    head = [
+        ray_cli,
+        "start",
+        "--head",
+        "--port",
+        str(port),
+        "--num-cpus",
+        "2",
+        "--include-dashboard=false",
+        "--temp-dir",
+        temp,
+        *common,
+    ]
+    worker = [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", *common]
+    procs = [subprocess.Popen(head, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray head did not come up in 60 s"
+                time.sleep(0.5)
+        procs.append(
+            subprocess.Popen(worker, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        )
+        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
+        try:
+            while sum(n["Alive"] for n in ray.nodes()) < 2:
+                assert time.monotonic() < deadline, "the second Ray node did not join in 60 s"
+                time.sleep(0.5)
+        finally:
+            ray.shutdown()
+        yield f"127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(timeout=5)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_ray_local_head_gives_the_same_sweep_as_local(tmp_path, ray_env):
+    cfg = _cfg(tmp_path, SWEEP)
+    run_sweep(cfg, tmp_path / "local", runner=SlowRunner(delay=0), jobs=2)
+    s = run_sweep(cfg, tmp_path / "ray", runner=SlowRunner(delay=0), executor="ray", jobs=2)
+    assert s.ok, s.errors
+    assert _records(tmp_path / "ray") == _records(tmp_path / "local")
+    assert json.loads((tmp_path / "ray" / "index.json").read_text())["executor"] == {"name": "ray", "jobs": 2}
+
+
+@pytest.mark.slow
+def test_ray_cells_run_on_both_nodes_and_timing_cells_alone(tmp_path, two_nodes):
+    cfg = _cfg(tmp_path, SWEEP)
+    s = run_sweep(cfg, tmp_path / "run", runner=SlowRunner(delay=0.5), executor="ray", address=two_nodes)
+    assert s.ok, s.errors
+    cells = _computed(tmp_path / "run")
+    nodes = {e["worker"]["node"] for e in cells.values()}
+    assert len(nodes) == 2, f"cells ran on {len(nodes)} node(s): {nodes}"
+    by_id = {c.id: c for c in plan_cells(cfg)}
+    for a, b in itertools.combinations(cells, 2):
+        if _overlap(cells[a], cells[b]):
+            assert not (exclusive(by_id[a]) or exclusive(by_id[b])), f"{a} overlapped {b}"
+            assert timing_device(by_id[a]) is None or timing_device(by_id[a]) != timing_device(by_id[b])
+    run_sweep(cfg, tmp_path / "local", runner=SlowRunner(delay=0), jobs=2)
+    assert _records(tmp_path / "run") == _records(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_cell_is_retried_and_leaves_nothing_half_written(tmp_path, two_nodes):
+    cfg = _cfg(tmp_path, SWEEP)
+    victim = "export/mobilenetv3_small_050/tflite/fp32/-"
+    marker = tmp_path / "killed.pid"
+    s = run_sweep(cfg, tmp_path / "run", runner=KillOnceRunner(marker, victim), executor="ray", address=two_nodes)
+    assert marker.exists(), "the runner never killed its worker: the test proves nothing"
+    assert s.ok and s.status[victim] == "done", s.errors
+    entry = json.loads((tmp_path / "run" / "index.json").read_text())["cells"][victim]
+    assert entry["worker"]["pid"] != int(marker.read_text())  # a fresh worker finished it
+    assert _partials(tmp_path / "run") == [] and not list((tmp_path / "run").rglob("half-written.bin"))
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_every_time_is_a_failed_cell(tmp_path, two_nodes):
+    cfg = _cfg(tmp_path, SWEEP)
+    victim = "export/mobilenetv3_small_050/tflite/fp32/-"
+    s = run_sweep(
+        cfg,
+        tmp_path / "run",
+        runner=KillOnceRunner(tmp_path / "m", victim, always=True),
+        executor="ray",
+        address=two_nodes,
+    )
+    assert s.status[victim] == "failed" and "ray worker lost" in s.errors[victim]
+    assert s.status["bench/mobilenetv3_small_050/tflite/fp32/-/local"] == "blocked"
+    assert s.count("done") == len(s.status) - 3  # the export and its two benches, nothing else
+    assert _partials(tmp_path / "run") == [] and not list((tmp_path / "run").rglob("half-written.bin"))
