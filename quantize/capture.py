@@ -13,16 +13,21 @@ from quantize.se_pattern import SEBlock
 EVAL_BATCH = 64
 
 
-class _Recorder(Interpreter):
-    def __init__(self, gm: GraphModule, names: set[str]) -> None:
+class Recorder(Interpreter):
+    """Runs a graph and keeps the values of the nodes ``names`` (``flatten``: as float ``[N, -1]``)."""
+
+    def __init__(self, gm: GraphModule, names: set[str], *, flatten: bool = True) -> None:
         super().__init__(gm)
         self.names = names
+        self.flatten = flatten
         self.values: dict[str, torch.Tensor] = {}
 
     def run_node(self, n: Node) -> object:
+        """Run ``n`` and keep its value when it is one of ``names``."""
         out = super().run_node(n)
         if n.name in self.names and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach().flatten(1).float()
+            value = out.detach()
+            self.values[n.name] = value.flatten(1).float() if self.flatten else value
         return out
 
 
@@ -55,7 +60,7 @@ def run_graph(
     for start in range(0, images.shape[0], batch):
         x = images[start : start + batch]
         if wanted:
-            rec = _Recorder(gm, set(wanted.values()))
+            rec = Recorder(gm, set(wanted.values()))
             out = rec.run(x)
             for block, node in wanted.items():
                 gates[block].append(rec.values[node])

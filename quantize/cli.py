@@ -57,20 +57,25 @@ def add_quantization(parser: Any, *, applies: str = "") -> tuple[argparse.Action
     return p, e, r
 
 
+def _add_quantize_options(p: argparse.ArgumentParser, *, eval_size: int, eval_help: str,
+                          old_format: str | None = None) -> None:
+    """The options ``quantize`` and ``diagnose`` share: what is quantised, from what, evaluated on what."""
+    add_quantization(p)
+    add_format(p, old=old_format)
+    add_calibration(p)
+    p.add_argument("--eval-size", type=number("--eval-size"), default=eval_size, metavar="N", help=eval_help)
+    add_model_source(p, weights="without: random weights, BatchNorm statistics re-estimated on the calibration "
+                     "images", resolution_note=f"the weights' sidecar, else {DEFAULT_RESOLUTION}")
+    add_seed(p, seeds="the calibration subset")
+    add_threads(p)
+
+
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``quantize`` to the ``edge-se`` parser."""
     p = sub.add_parser("quantize", help="int8-quantise a model with a named policy and report its fidelity",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="registry name, e.g. mobilenetv3_small_100")
-    add_quantization(p)
-    add_format(p, old="--target")
-    add_calibration(p)
-    p.add_argument("--eval-size", type=number("--eval-size"), default=DEFAULT_EVAL_SIZE, metavar="N",
-                   help="held-out images evaluated")
-    add_model_source(p, weights="without: random weights, BatchNorm statistics re-estimated on the calibration "
-                     "images", resolution_note=f"the weights' sidecar, else {DEFAULT_RESOLUTION}")
-    add_seed(p, seeds="the calibration subset")
-    add_threads(p)
+    _add_quantize_options(p, eval_size=DEFAULT_EVAL_SIZE, eval_help="held-out images evaluated", old_format="--target")
     p.add_argument("--out", required=True, metavar="FILE", help="quantised program to write (torch.export .pt2)")
     p.set_defaults(func=run_quantize)
     register_diagnose(sub)
@@ -162,15 +167,7 @@ def register_diagnose(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     p = sub.add_parser("diagnose", help="where int8 loses fidelity: accumulated and isolated SQNR per quantised layer",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("model", help="registry name, e.g. mobilenetv3_small_100")
-    add_quantization(p)
-    add_format(p)
-    add_calibration(p)
-    p.add_argument("--eval-size", type=number("--eval-size"), default=DEFAULT_DIAGNOSE_SIZE, metavar="N",
-                   help="held-out images the SQNRs are measured on")
-    add_model_source(p, weights="without: random weights, BatchNorm statistics re-estimated on the calibration "
-                     "images", resolution_note=f"the weights' sidecar, else {DEFAULT_RESOLUTION}")
-    add_seed(p, seeds="the calibration subset")
-    add_threads(p)
+    _add_quantize_options(p, eval_size=DEFAULT_DIAGNOSE_SIZE, eval_help="held-out images the SQNRs are measured on")
     p.add_argument("--top", type=number("--top"), default=5, metavar="K", help="top offenders named")
     p.add_argument("--plot", default=None, metavar="FILE", help="write a PNG of both SQNRs per layer")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the markdown table")

@@ -39,10 +39,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from torch.fx import GraphModule, Interpreter, Node
+from torch.fx import GraphModule, Node
 
 from edge_se.errors import EdgeSeError
-from quantize.capture import EVAL_BATCH
+from quantize.capture import EVAL_BATCH, Recorder
 from quantize.metrics import _ratio_db
 from quantize.se_pattern import SEBlock, getattr_path
 
@@ -169,19 +169,6 @@ def _fake_quant(gm: GraphModule, site: _Site, x: torch.Tensor) -> torch.Tensor:
     return site.dequantize.target(q, *dqargs, **site.dequantize.kwargs)  # type: ignore[operator]
 
 
-class _Recorder(Interpreter):
-    def __init__(self, gm: GraphModule, names: set[str]) -> None:
-        super().__init__(gm)
-        self.names = names
-        self.values: dict[str, torch.Tensor] = {}
-
-    def run_node(self, n: Node) -> object:
-        out = super().run_node(n)
-        if n.name in self.names and isinstance(out, torch.Tensor):
-            self.values[n.name] = out.detach()
-        return out
-
-
 def _op_name(node: Node) -> str:
     if node.op == "placeholder":
         return "input"
@@ -225,9 +212,9 @@ def diagnose(qm: QuantizedModel, images: torch.Tensor, *, batch: int = EVAL_BATC
     hi = [-math.inf] * n
     for start in range(0, images.shape[0], batch):
         x = images[start : start + batch].float()
-        frec = _Recorder(fgraph, fwanted)
+        frec = Recorder(fgraph, fwanted, flatten=False)
         frec.run(x)
-        qrec = _Recorder(qgraph, qwanted)
+        qrec = Recorder(qgraph, qwanted, flatten=False)
         qrec.run(x)
         for i, site in enumerate(sites):
             ref = frec.values[site.name].float()

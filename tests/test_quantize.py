@@ -154,7 +154,9 @@ def test_ptq_runs_and_is_close_to_float(small_model, target):
     with torch.no_grad():
         ref, q = small_model(x[16:]), qm.graph(x[16:])
     assert sqnr_db(ref, q) >= PTQ_MIN_SQNR_DB, f"max abs err {float((ref - q).abs().max()):.4f}"
-    assert qm.calibration == {"source": "unknown", "size": 16, "pool": 16, "seed": 0, "selection": "random"}
+    # A pool no larger than the size: every image, said so (nothing was selected).
+    assert qm.calibration == {"policy": ["ptq"], "source": "unknown", "size": 16, "pool": 16, "seed": 0,
+                              "selection": "all", "indices": list(range(16))}
     assert len(qm.se_blocks) == 9
     # ptq itself rewrites nothing; every line is one of the int8 rewrites, which apply by default.
     assert qm.rewrites and all(line.split(":")[0] in REWRITES for line in qm.rewrites), qm.rewrites
