@@ -95,4 +95,11 @@ def test_parity_rules_can_fail():
     assert not parity.compare(a, b, dtype="fp32")["passed"]
     near = [np.nextafter(a[0], np.float32(3))]
     assert parity.compare(a, near, dtype="fp32")["passed"]
-    assert not parity.compare(a, near, dtype="int8")["passed"], "int8 must be bit-identical"
+    assert not parity.compare(a, near, dtype="int8")["passed"], "float int8 outputs without a scale: bit-identical"
+    # int8: one quantisation step apart passes (fp32 requantisation can round a boundary value either
+    # way on ARM and x86), two do not; float outputs use the manifest's scale as the step.
+    q = [np.array([5, -3, 7], dtype=np.int8)]
+    assert parity.compare(q, [np.array([5, -2, 7], dtype=np.int8)], dtype="int8")["passed"]
+    assert not parity.compare(q, [np.array([5, -1, 7], dtype=np.int8)], dtype="int8")["passed"]
+    assert parity.compare(a, [a[0] + np.float32(0.05)], dtype="int8", scales=[0.05])["passed"]
+    assert not parity.compare(a, [a[0] + np.float32(0.11)], dtype="int8", scales=[0.05])["passed"]

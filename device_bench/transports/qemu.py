@@ -115,9 +115,10 @@ class QemuTransport:
                                timeout_s=opts.timeout_s)
         host = LocalTransport("local").run(artifact, manifest, host_opts, fmt=fmt, dump_outputs=host_dump,
                                            warmup=0, runs=1, max_runs=1, min_seconds=0.0, repeats=1, cooldown_s=0.0)
-        dtype = load_manifest(manifest).dtype
+        doc = load_manifest(manifest)
         res = parity.compare(parity.decode(host_dump.read_bytes(), host["outputs"]),
-                             parity.decode(dump.read_bytes(), arm["outputs"]), dtype=dtype)
+                             parity.decode(dump.read_bytes(), arm["outputs"]), dtype=doc.dtype,
+                             scales=[o.scale for o in doc.outputs])
         res["reference"] = f"local {host['machine']} {host['runtime']['name']} {host['runtime']['version']}"
         res["reference_checksum"] = host["output_checksum"]
         return res
