@@ -247,7 +247,11 @@ def _check_reachable(address: str) -> None:
 
 
 class RayExecutor:
-    """Cells as Ray tasks on a cluster (``address``) or a local loopback-only head (``address=None``)."""
+    """Cells as Ray tasks on a cluster (``address``) or a head of its own on 127.0.0.1 (``address=None``).
+
+    Ray 2.60 still binds its gRPC servers (gcs_server, raylet, workers) to every interface, with its
+    token authentication on; no setting seen binds them to loopback alone.
+    """
 
     name = "ray"
 
@@ -262,7 +266,7 @@ class RayExecutor:
             _check_reachable(address)
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
         try:
-            if address is None:  # a head of our own, listening on loopback only
+            if address is None:  # a head of our own, its node address loopback (see the class docstring)
                 ray.init(address="local", num_cpus=jobs or usable_cores(), _node_ip_address="127.0.0.1", **kwargs)
             else:
                 ray.init(address=address, **kwargs)
