@@ -293,8 +293,11 @@ def _cells_line(res: RunResults) -> str:
     statuses = Counter(e.get("status", "?") for e in res.index.get("cells", {}).values())
     line = "Cells: " + ", ".join(f"{n} {k}" for k, n in sorted(statuses.items())) + "."
     if res.index.get("timing") == "exclusive":
-        line += (f" Executor: {res.index.get('executor', 'local')}. Timing cells (bench, baseline) on devices that "
-                 "time on this host ran alone: no other cell ran while they timed.")
+        ex = res.index.get("executor") or {}
+        name = ex.get("name", "local") if isinstance(ex, dict) else str(ex)
+        jobs = f", {ex['jobs']} jobs" if isinstance(ex, dict) and ex.get("jobs") else ""
+        line += (f" Executor: {name}{jobs}. Timing cells (bench, baseline) on devices that time on this host ran "
+                 "alone: no other cell ran while they timed.")
     return line
 
 
