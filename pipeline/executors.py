@@ -236,6 +236,36 @@ class _DeviceOwner:
         return _ray_compute(root, job, cfg, runner)
 
 
+#: Ray's switch between its single-machine mode and cluster mode (read once, when ``ray`` is imported).
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _loopback_only(ray: Any) -> Callable[[], None]:
+    """Make the next Ray node this process starts listen on 127.0.0.1 alone; return the undo.
+
+    In cluster mode (Linux's default) Ray replaces a loopback node address with the machine's outward
+    one (``services.resolve_ip_for_localhost``), and gcs_server and raylet then listen on every
+    interface. In its single-machine mode the node address stays 127.0.0.1 and gcs_server, raylet and
+    the runtime-env agent listen on loopback only (seen with ``ss -ltnp`` on Ray 2.60.0). The mode is
+    an environment variable read at import, so both the variable (for the processes Ray starts) and
+    the imported constant are set.
+    """
+    from ray._private import ray_constants
+
+    old_env, old_flag = os.environ.get(RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        if old_env is None:
+            os.environ.pop(RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[RAY_CLUSTER_ENV] = old_env
+
+    return restore
+
+
 def _check_reachable(address: str) -> None:
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
@@ -247,10 +277,10 @@ def _check_reachable(address: str) -> None:
 
 
 class RayExecutor:
-    """Cells as Ray tasks on a cluster (``address``) or a head of its own on 127.0.0.1 (``address=None``).
+    """Cells as Ray tasks on a cluster (``address``) or a head of its own on loopback (``address=None``).
 
-    Ray 2.60 still binds its gRPC servers (gcs_server, raylet, workers) to every interface, with its
-    token authentication on; no setting seen binds them to loopback alone.
+    A head of its own listens on 127.0.0.1 alone (see :func:`_loopback_only`); a cluster joined at
+    ``address`` listens where its operator started it.
     """
 
     name = "ray"
@@ -262,15 +292,18 @@ class RayExecutor:
             raise EdgeSeError("--executor ray: ray is not installed; run `make setup` (ray is pinned)") from None
         self.ray = ray
         self.root, self.cfg, self.runner = root, cfg, runner
+        self._restore: Callable[[], None] = lambda: None
         if address not in (None, "auto"):
             _check_reachable(address)
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "warning"}
         try:
-            if address is None:  # a head of our own, its node address loopback (see the class docstring)
+            if address is None:  # a head of our own, on loopback only
+                self._restore = _loopback_only(ray)
                 ray.init(address="local", num_cpus=jobs or usable_cores(), _node_ip_address="127.0.0.1", **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
+            self._restore()
             raise EdgeSeError(f"--address {address}: cannot join the Ray cluster: {_one_line(exc)}") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = jobs or cpus
@@ -337,6 +370,7 @@ class RayExecutor:
         for owner in self._owners.values():
             self.ray.kill(owner)
         self.ray.shutdown()
+        self._restore()
 
 
 def make_executor(

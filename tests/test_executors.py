@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -219,78 +218,72 @@ def test_run_table_sets_the_executor_and_the_flag_overrides_it(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_env():
-    """Ray workers import the fake runners from this directory."""
+    """Ray workers import the fake runners from this directory; Ray's files go to a folder removed after."""
     pytest.importorskip("ray")
-    old = os.environ.get("PYTHONPATH")
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "RAY_USAGE_STATS_ENABLED", "RAY_AUTH_MODE", "RAY_TMPDIR")}
+    old = saved["PYTHONPATH"]
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "tests"), *([old] if old else [])])
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     # The test cluster's nodes and driver would need one shared token; it listens on loopback only.
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    yield
-    if old is None:
-        os.environ.pop("PYTHONPATH", None)
-    else:
-        os.environ["PYTHONPATH"] = old
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    os.environ["RAY_TMPDIR"] = temp  # sessions, logs and sockets here, not in /tmp/ray
+    yield temp
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    shutil.rmtree(temp, ignore_errors=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _listening(pids: set[int]) -> list[tuple[str, str, int]]:
+    """(process name, address, port) of every listening TCP socket of ``pids``."""
+    import psutil
+
+    out = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            conns = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        out += [(proc.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    return out
+
+
+def _descendants() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
 @pytest.fixture(scope="module")
 def two_nodes(ray_env):
-    """A head with 2 CPUs and a second node with 1, both on loopback; their process groups stopped after."""
-    import ray
+    """A head with 2 CPUs and a second node with 1 (Ray's own multi-node test cluster), on loopback only.
 
-    ray_cli = str(Path(sys.executable).with_name("ray"))
-    port = _free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    common = ["--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
-    head = [
-        ray_cli,
-        "start",
-        "--head",
-        "--port",
-        str(port),
-        "--num-cpus",
-        "2",
-        "--include-dashboard=false",
-        "--temp-dir",
-        temp,
-        *common,
-    ]
-    worker = [ray_cli, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", *common]
-    procs = [subprocess.Popen(head, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    Started in Ray's single-machine mode (``_loopback_only``, as the executor starts a head of its
+    own), so both nodes' node address is 127.0.0.1 and their servers listen there alone.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipeline.executors import _loopback_only
+
+    restore = _loopback_only(ray)
+    cluster = Cluster(shutdown_at_exit=False)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the Ray head did not come up in 60 s"
-                time.sleep(0.5)
-        procs.append(
-            subprocess.Popen(worker, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        )
-        ray.init(address=f"127.0.0.1:{port}", log_to_driver=False)
-        try:
-            while sum(n["Alive"] for n in ray.nodes()) < 2:
-                assert time.monotonic() < deadline, "the second Ray node did not join in 60 s"
-                time.sleep(0.5)
-        finally:
-            ray.shutdown()
-        yield f"127.0.0.1:{port}"
+        cluster.add_node(num_cpus=2, include_dashboard=False)
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        assert {n.node_ip_address for n in [cluster.head_node, *cluster.worker_nodes]} == {"127.0.0.1"}
+        yield cluster.address
     finally:
-        for proc in reversed(procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait(timeout=5)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                os.killpg(proc.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        cluster.shutdown()
+        restore()
 
 
 @pytest.mark.slow
@@ -318,6 +311,42 @@ def test_ray_cells_run_on_both_nodes_and_timing_cells_alone(tmp_path, two_nodes)
             assert timing_device(by_id[a]) is None or timing_device(by_id[a]) != timing_device(by_id[b])
     run_sweep(cfg, tmp_path / "local", runner=SlowRunner(delay=0), jobs=2)
     assert _records(tmp_path / "run") == _records(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_ray_nodes_and_workers_listen_on_loopback_only(tmp_path, two_nodes):
+    import ray
+
+    ray.init(address=two_nodes, log_to_driver=False)
+    try:
+        assert sum(n["Alive"] for n in ray.nodes()) == 2
+        # A task on each node starts its workers; then every listening socket of every Ray process.
+        ray.get([ray.remote(num_cpus=1)(lambda: os.getpid()).remote() for _ in range(3)])
+        sockets = _listening(_descendants())
+    finally:
+        ray.shutdown()
+    names = {name for name, _, _ in sockets}
+    assert {"gcs_server", "raylet"} <= names, f"the check saw no Ray server: {sockets}"
+    beyond = [s for s in sockets if s[1] not in LOOPBACK]
+    assert not beyond, f"listening beyond loopback: {beyond}"
+
+
+@pytest.mark.slow
+def test_ray_local_head_listens_on_loopback_only(tmp_path, ray_env):
+    import ray
+
+    from pipeline.executors import RAY_CLUSTER_ENV, RayExecutor
+
+    cfg = _cfg(tmp_path, SWEEP)
+    before = os.environ.get(RAY_CLUSTER_ENV)
+    ex = RayExecutor(tmp_path / "run", cfg, SlowRunner(delay=0), address=None, jobs=2)
+    try:
+        sockets = _listening(_descendants())
+    finally:
+        ex.close()
+    assert {"gcs_server", "raylet"} <= {name for name, _, _ in sockets}, sockets
+    assert not [s for s in sockets if s[1] not in LOOPBACK], sockets
+    assert os.environ.get(RAY_CLUSTER_ENV) == before and not ray.is_initialized()
 
 
 @pytest.mark.slow
