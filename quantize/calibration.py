@@ -57,8 +57,18 @@ class Calibration:
         return pool_images(self.batches)
 
     def first(self, n: int) -> list[torch.Tensor]:
-        """The pool's first ``n`` images, in batches (BatchNorm re-estimation of random weights)."""
-        return list(self.pool[:n].split(CALIB_BATCH))
+        """The pool's first ``n`` images, in batches (BatchNorm re-estimation of random weights).
+
+        Takes them batch by batch, so a pool of thousands is not concatenated to read a few.
+        """
+        head: list[torch.Tensor] = []
+        have = 0
+        for batch in self.batches:
+            if have >= n:
+                break
+            head.append(batch[: n - have])
+            have += len(head[-1])
+        return list(torch.cat(head).split(CALIB_BATCH)) if head else []
 
 
 def load_calibration(source: str, resolution: int, *, samples: int = 64, seed: int = 0) -> Calibration:

@@ -5,14 +5,21 @@ Each executor gets its own fresh run directory, so neither reuses the other's ca
 per minute, the two runs' p50 latency side by side per bench cell, and the CPU it ran on). Latency
 is comparable only within one file: the CPU behind this machine kind changes between sessions.
 
-    python scripts/bench_sweep.py --config configs/smoke.toml --runs runs/bench_sweep --results results/bench_sweep
+    python scripts/bench_sweep.py --config configs/demo.toml --runs runs/bench_sweep --results results/bench_sweep
+
+"Ray must not make timings noisier": per bench cell, the two p50s differ by no more than the
+larger of the two runs' own repeat spread (``repeat_spread_pct``: the spread of the p50 over the
+cell's repeats, measured in that run), and the median repeat spread under Ray is compared with
+the local one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -47,12 +54,13 @@ def run_one(config: Path, executor: str, run_dir: Path, jobs: int | None) -> dic
     index = json.loads((run_dir / "index.json").read_text()) if (run_dir / "index.json").is_file() else {}
     cells = index.get("cells", {})
     computed = [e for e in cells.values() if e.get("status") in ("done", "failed")]
-    p50 = {}
+    p50, spread = {}, {}
     for cid, entry in cells.items():
         if entry.get("stage") != "bench" or entry.get("status") not in ("done", "cached"):
             continue
         result = json.loads((run_dir / "cells" / "bench" / entry["key"] / "result.json").read_text())
         p50[cid] = result.get("bench", {}).get("p50_ms")
+        spread[cid] = result.get("bench", {}).get("repeat_spread_pct")
     return {
         "executor": executor,
         "jobs": index.get("executor", {}).get("jobs"),
@@ -64,16 +72,45 @@ def run_one(config: Path, executor: str, run_dir: Path, jobs: int | None) -> dic
         "cells_per_min": round(len(computed) / (wall_s / 60), 2) if wall_s else None,
         "timing": index.get("timing"),
         "p50_ms": p50,
+        "repeat_spread_pct": spread,
     }
 
 
+def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per bench cell timed in both of the first two runs: both p50s, their difference and the runs' spreads.
+
+    ``within_noise``: the difference (% of the first run's p50) is at most the larger repeat spread.
+    """
+    if len(runs) < 2:
+        return []
+    a, b = runs[0], runs[1]
+    rows = []
+    for cid in sorted(set(a["p50_ms"]) & set(b["p50_ms"])):
+        pa, pb = a["p50_ms"][cid], b["p50_ms"][cid]
+        sa, sb = a["repeat_spread_pct"].get(cid), b["repeat_spread_pct"].get(cid)
+        if pa is None or pb is None or sa is None or sb is None:
+            continue
+        diff = 100.0 * (pb - pa) / pa
+        rows.append({"cell": cid, "p50_ms": [pa, pb], "diff_pct": diff, "spread_pct": [sa, sb],
+                     "within_noise": abs(diff) <= max(sa, sb)})
+    return rows
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
-    """``results``.jsonl and ``results``.md."""
+    """``results``.jsonl and ``results``.md (each written whole, then renamed into place)."""
     system = describe() | {"cpu_flags": _flags()}
     results.parent.mkdir(parents=True, exist_ok=True)
-    with open(results.with_suffix(".jsonl"), "w") as f:
-        for r in runs:
-            f.write(json.dumps({"config": str(config), "system": system} | r, sort_keys=True) + "\n")
+    noise = noise_rows(runs)
+    jsonl = [json.dumps({"config": str(config), "system": system} | r, sort_keys=True) for r in runs]
+    jsonl += [json.dumps({"config": str(config), "compare": [r["executor"] for r in runs[:2]]} | n, sort_keys=True)
+              for n in noise]
+    _atomic_write(results.with_suffix(".jsonl"), "\n".join(jsonl) + "\n")
     lines = [
         f"# Sweep executors: {config}",
         "",
@@ -90,18 +127,32 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
             f"| {r['executor']} | {r['jobs']} | {r['wall_s']} | {r['computed']}/{r['cells']} | {r['failed']} "
             f"| {r['cells_per_min']} | {r['exit']} |"
         )
-    lines += ["", "p50 latency per bench cell (ms):", "", "| cell | " + " | ".join(r["executor"] for r in runs) + " |"]
-    lines.append("|---" * (len(runs) + 1) + "|")
-    for cid in sorted({c for r in runs for c in r["p50_ms"]}):
-        vals = [r["p50_ms"].get(cid) for r in runs]
-        lines.append(f"| `{cid}` | " + " | ".join("-" if v is None else f"{v:.3f}" for v in vals) + " |")
-    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    if noise:
+        names = [r["executor"] for r in runs[:2]]
+        med = [statistics.median(n["spread_pct"][i] for n in noise) for i in (0, 1)]
+        held = sum(n["within_noise"] for n in noise)
+        lines += [
+            "",
+            f"p50 latency per bench cell (ms), {names[1]} against {names[0]}: a difference is within noise when it "
+            "is no larger than the larger of the two runs' repeat spreads (the p50's spread over the cell's "
+            f"repeats). {held} of {len(noise)} cells within noise; median repeat spread {med[0]:.1f}% "
+            f"({names[0]}) vs {med[1]:.1f}% ({names[1]}).",
+            "",
+            f"| cell | {names[0]} | {names[1]} | difference | spread {names[0]} | spread {names[1]} | within noise |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for n in noise:
+            lines.append(
+                f"| `{n['cell']}` | {n['p50_ms'][0]:.3f} | {n['p50_ms'][1]:.3f} | {n['diff_pct']:+.1f}% "
+                f"| {n['spread_pct'][0]:.1f}% | {n['spread_pct'][1]:.1f}% | {'yes' if n['within_noise'] else 'no'} |"
+            )
+    _atomic_write(results.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the config under each executor and write the comparison."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--config", type=Path, default=Path("configs/smoke.toml"), help="sweep config")
+    p.add_argument("--config", type=Path, default=Path("configs/demo.toml"), help="sweep config")
     p.add_argument("--runs", type=Path, default=Path("runs/bench_sweep"), help="parent of the two run directories")
     p.add_argument("--results", type=Path, default=Path("results/bench_sweep"), help="results stem (.md, .jsonl)")
     p.add_argument("--jobs", type=int, default=None, help="cells at once (default: the usable cores)")
