@@ -26,7 +26,7 @@ test: $(STAMP) system-deps  ## run the whole test suite (CI runs this)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff and mypy
-	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline benchmarks tests
+	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline studies benchmarks tests
 	$(VENV)/bin/mypy
 
 demo: $(STAMP) system-deps arm-emu  ## the main job on the embedded default: configs/demo.toml -> $(RUN)/report.html
@@ -118,7 +118,7 @@ bench-cli: $(STAMP)  ## edge-se --help wall time (farm-bench, paired with `impor
 .PHONY: bench-cli
 
 # --- bench-sweep: the local executor vs Ray on one config (owner: pipeline/executors.py) -------
-SWEEP_CONFIG ?= configs/smoke.toml
+SWEEP_CONFIG ?= configs/demo.toml
 SWEEP_JOBS   ?=
 bench-sweep: $(STAMP)  ## SWEEP_CONFIG with --executor local, then ray: wall, cells/min, p50 per cell -> results/bench_sweep.{md,jsonl}
 	$(PY) scripts/bench_sweep.py --config $(SWEEP_CONFIG) --runs runs/bench_sweep --results results/bench_sweep \

@@ -13,6 +13,12 @@ load (timed), one first inference (timed), ``--warmup`` untimed runs, then per r
 output bytes, so a run that computed nothing (or something else) is caught by comparison. The
 result is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`). Errors print one line on
 stderr and exit with status 2.
+
+An artifact exported with ``--gate-outputs --gate-stats`` (manifest ``gate_outputs.stats``) also
+gets ``gate_score``: :func:`device_bench.gate_score.score` of the last measured inference's SE gate
+outputs (dequantised with the manifest's scale and zero point), its threshold and whether it is
+flagged. The score is computed after timing, outside the timed loop, so the latency is the
+artifact's alone.
 """
 
 from __future__ import annotations
@@ -55,6 +61,43 @@ def output_summary(outputs: Sequence[np.ndarray]) -> dict[str, Any]:
         "output_abs_sum": abs_sum,
         "output_nonzero_fraction": nonzero / total if total else 0.0,
     }
+
+
+def gate_score_record(manifest: Any, outputs: Sequence[np.ndarray]) -> dict[str, Any] | None:
+    """``{"value", "threshold", "flagged", "method", "blocks"}`` of one inference's gate outputs, or None.
+
+    None when the manifest has no ``gate_outputs`` or no stats in it. Gates are taken by the
+    manifest's ``output_index`` in the order of ``stats["blocks"]``, dequantised with each output's
+    scale and zero point (int8 ``.tflite``), and flattened to ``[1, C]``.
+
+    Raises:
+        ManifestError: the manifest's gate block does not match the stats or the outputs.
+    """
+    from device_bench import gate_score
+
+    block = manifest.get("gate_outputs")
+    stats = block.get("stats") if isinstance(block, dict) else None
+    if stats is None:
+        return None
+    index = {b["name"]: int(b["output_index"]) for b in block["blocks"]}
+    gates = []
+    for b in stats["blocks"]:
+        i = index.get(b["name"])
+        if i is None or i >= len(outputs):
+            raise ManifestError(f"gate_outputs: no output for SE block {b['name']!r} "
+                                f"(the artifact has {len(outputs)} outputs)")
+        spec = manifest.outputs[i] if i < len(manifest.outputs) else None
+        g = np.asarray(outputs[i])
+        if spec is not None and spec.scale is not None and g.dtype.kind in "iu":
+            g = (g.astype(np.float64) - float(spec.zero_point or 0)) * float(spec.scale)
+        gates.append(g.reshape(g.shape[0], -1).astype(np.float64))
+    try:
+        value = float(gate_score.score(gates, stats)[0])
+    except ValueError as exc:
+        raise ManifestError(f"gate_outputs: {exc}") from None
+    return {"value": value, "threshold": float(stats["threshold"]),
+            "flagged": bool(gate_score.flag(np.array([value]), stats)[0]),
+            "method": stats.get("method"), "blocks": len(gates)}
 
 
 def _set_affinity(cpus: str | None) -> list[int] | None:
@@ -127,6 +170,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         repeats.append(samples)
         seconds.append(spent_ns / 1e9)
     last = session.outputs()
+    gate = gate_score_record(manifest, last)
     summary = output_summary(first)
     result: dict[str, Any] = {
         "schema": RESULT_SCHEMA,
@@ -149,6 +193,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "outputs_repeatable": output_summary(last)["output_checksum"] == summary["output_checksum"],
         **sysinfo.describe(),
     }
+    if gate is not None:
+        result["gate_score"] = gate
     return result
 
 

@@ -32,6 +32,8 @@ PLUGINS: tuple[str, ...] = (
     "export.cli",
     "device_bench.cli",
     "pipeline.cli",
+    "studies.ablation_cli",
+    "studies.anomaly_cli",
 )
 
 

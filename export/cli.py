@@ -2,7 +2,8 @@
 
 ``edge-se export MODEL --out DIR [--format pte|tflite|all] [--dtype fp32|int8|all] [--resolution R]
 [--weights FILE] [--calib digits|DIR|random] [--calib-size N] [--policy NAME[,NAME]]
-[--engine torchao|nncf] [--int8-rewrites default|none|NAME[,NAME]] [--channels-last] [--no-check]``
+[--engine torchao|nncf] [--int8-rewrites default|none|NAME[,NAME]] [--channels-last] [--no-check]
+[--gate-outputs [--gate-stats STATS.json]]``
 
 The shared flags come from :mod:`edge_se.cliargs`, with the same names and defaults as
 ``edge-se quantize``; ``--calib-samples`` is the deprecated spelling of ``--calib-size``.
@@ -60,6 +61,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=True,
         help="run each artifact in its runtime and compare with PyTorch before writing it",
     )
+    p.add_argument(
+        "--gate-outputs",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also output every SE block's gate vector after the logits (manifest gate_outputs)",
+    )
+    p.add_argument(
+        "--gate-stats",
+        default=None,
+        metavar="STATS.json",
+        help="gate statistics (edge-se/gate-stats/1) to record in the manifest for the on-device score; "
+             "implies --gate-outputs",
+    )
     add_seed(p, seeds="random weights, inputs and calibration")
     p.set_defaults(func=run_export)
 
@@ -78,6 +92,36 @@ def _print(record: dict[str, Any]) -> None:
     print(json.dumps(record, default=str), flush=True)
 
 
+def _read_gate_stats(path: str | None) -> dict[str, Any] | None:
+    """The ``--gate-stats`` file as a dict (one-line error naming the file when unreadable)."""
+    from edge_se.errors import EdgeSeError
+
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        raise EdgeSeError(f"--gate-stats {path}: file not found") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgeSeError(f"--gate-stats {path}: not a JSON file ({exc})") from None
+    if not isinstance(doc, dict):
+        raise EdgeSeError(f"--gate-stats {path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def _check_gates(model: Any, name: str, resolution: int, stats: dict[str, Any] | None, path: str | None) -> None:
+    """Fail before any artifact work when the model has no SE block or the stats do not fit its blocks."""
+    import torch
+
+    from export import gate_outputs as go
+
+    gm = torch.export.export(model.eval(), (torch.zeros(1, 3, resolution, resolution),)).module()
+    blocks = go.se_blocks(gm, model_name=name)
+    if stats is not None:
+        go.check_stats(stats, blocks, where=str(path))
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Export ``args.model`` in each requested format and dtype; print one JSON line per artifact."""
     from edge_se.registry import check_resolution, get_spec
@@ -91,6 +135,8 @@ def run_export(args: argparse.Namespace) -> int:
     formats = _expand(args.format, backends.names())
     dtypes = _expand(args.dtype, ("fp32", "int8"))
     policy = parse_policy(args.policy)  # an unknown name fails before any work
+    gate_stats = _read_gate_stats(args.gate_stats)
+    gate_outputs = bool(args.gate_outputs or gate_stats is not None)
     opts = ExportOptions(
         resolution=resolution,
         check=args.check,
@@ -99,10 +145,14 @@ def run_export(args: argparse.Namespace) -> int:
         engine=args.engine,
         seed=args.seed,
         int8_rewrites=check_flag(args.int8_rewrites),
+        gate_outputs=gate_outputs,
+        gate_stats=gate_stats,
+        gate_stats_file=args.gate_stats,
     )
     print(
         f"edge-se export: {args.model} @ {resolution}px formats={formats} dtypes={dtypes} out={args.out} "
-        f"calib={args.calib} policy={list(policy)} engine={args.engine} check={args.check}",
+        f"calib={args.calib} policy={list(policy)} engine={args.engine} check={args.check} "
+        f"gate_outputs={gate_outputs} gate_stats={args.gate_stats}",
         file=sys.stderr,
     )
     if args.calib == "random" and "int8" in dtypes:
@@ -112,6 +162,8 @@ def run_export(args: argparse.Namespace) -> int:
         )
     calib = load_calibration(args.calib, resolution, samples=args.calib_size, seed=args.seed)
     model, weights = prepare_model(args.model, weights=args.weights, calib=calib, resolution=resolution, seed=args.seed)
+    if gate_outputs:
+        _check_gates(model, args.model, resolution, gate_stats, args.gate_stats)
     failed = 0
     for dtype in dtypes:
         for fmt in formats:

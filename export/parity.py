@@ -239,3 +239,70 @@ def int8_parity(
         "failed_checks": [k for k, ok in checks.items() if not ok],
         "passed": all(checks.values()),
     }
+
+
+GATE_FP32_ATOL = FP32_RTOL
+"""fp32 gate outputs vs the eager graph: max absolute error. Gates lie in [0, 1], so this is
+:data:`FP32_RTOL` relative to their full scale (float re-association only, as for the logits)."""
+
+GATE_INT8_MAX_STEPS = 16.0
+"""int8 gate outputs vs the quantised PyTorch graph: max error in the gate's own quantisation steps.
+
+The gate is a sigmoid/hard-sigmoid output quantised on its own grid (about 1/256 of [0, 1]). Its
+input is requantised by the integer kernels with fixed-point multipliers, so the upstream
+differences between runtime and emulation (see the int8 logits above) reach it. Measured:
+tiny conv+SE model and MobileNetV3-Small-050 with random weights, 0 steps in both runtimes; the
+digits-trained MobileNetV3-Small-100 (32 px) in ExecuTorch/XNNPACK, 0-7 steps per block (its
+logits: 11 steps) at cosine >= 0.9998. 16 steps (~6% of the gate range) leaves twice that
+margin and still flags a gate wired to the wrong tensor or dequantised with the wrong scale
+(errors of order 0.5, i.e. > 100 steps)."""
+
+
+def gate_parity(
+    actual: Sequence[Sequence[np.ndarray]],
+    reference: Sequence[Sequence[np.ndarray]],
+    float_reference: Sequence[Sequence[np.ndarray]] | None,
+    *,
+    names: Sequence[str],
+    scales: Sequence[float | None],
+    dtype: str,
+) -> dict[str, object]:
+    """Per SE block, the artifact's gate output against the lowered PyTorch graph's (and the float model's).
+
+    Args:
+        actual: per block, the runtime's gate output of each sample.
+        reference: per block, the lowered graph's gate of each sample (eager fp32, or the PT2E graph).
+        float_reference: per block, the float model's gate (int8 only; reported, not gated).
+        names: the SE blocks' module paths.
+        scales: per block, the gate's quantisation step (int8), or None.
+        dtype: ``fp32`` (gated on :data:`GATE_FP32_ATOL`) or ``int8`` (:data:`GATE_INT8_MAX_STEPS`).
+
+    Returns:
+        ``{"blocks": [...], "max_abs_error", "max_error_steps", "passed", ...}`` (JSON-ready).
+    """
+    rows = []
+    ok = True
+    for i, name in enumerate(names):
+        err = max_abs_error(actual[i], reference[i])
+        row: dict[str, object] = {"block": name, "max_abs_error": err, "cosine": cosine(actual[i], reference[i])}
+        scale = scales[i]
+        if dtype == "int8" and scale:
+            steps = err / scale
+            row |= {"scale": scale, "max_error_steps": steps}
+            ok &= steps <= GATE_INT8_MAX_STEPS
+        else:
+            ok &= err <= GATE_FP32_ATOL
+        if float_reference is not None:
+            row["vs_float_max_abs_error"] = max_abs_error(actual[i], float_reference[i])
+            row["vs_float_sqnr_db"] = _finite(sqnr_db(actual[i], float_reference[i]))
+        rows.append(row)
+    steps_all = [float(r["max_error_steps"]) for r in rows if "max_error_steps" in r]  # type: ignore[arg-type]
+    return {
+        "reference": "quantized_pt2e" if dtype == "int8" else "eager",
+        "blocks": rows,
+        "max_abs_error": max((float(r["max_abs_error"]) for r in rows), default=0.0),  # type: ignore[arg-type]
+        "max_error_steps": max(steps_all) if steps_all else None,
+        "atol": GATE_FP32_ATOL,
+        "max_steps": GATE_INT8_MAX_STEPS,
+        "passed": bool(ok),
+    }

@@ -13,7 +13,7 @@ import io
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,11 @@ class ExportOptions:
         seed: seed of the random parity inputs and of the quantiser.
         int8_rewrites: ``default`` (the target's set in :mod:`quantize.int8_ops`), ``none`` (the
             stock quantizer and partitioner alone) or rewrite names ``a,b``.
+        gate_outputs: append every SE block's gate vector to the outputs, after the logits
+            (:mod:`export.gate_outputs`; manifest ``gate_outputs``).
+        gate_stats: a gate-stats dict (:mod:`device_bench.gate_score`) recorded in the manifest's
+            ``gate_outputs.stats`` so the on-device runner can score; checked against the blocks.
+        gate_stats_file: where ``gate_stats`` came from (named in errors).
     """
 
     resolution: int
@@ -69,6 +74,9 @@ class ExportOptions:
     engine: str = "torchao"
     seed: int = 0
     int8_rewrites: str = "default"
+    gate_outputs: bool = False
+    gate_stats: Mapping[str, Any] | None = None
+    gate_stats_file: str | None = None
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int) -> tuple[list[np.ndarray], list[bool]]:
@@ -140,10 +148,19 @@ class _Program:
     example: tuple[torch.Tensor, ...]
     layout: str
     quantized: Any = None
+    gate_blocks: list[Any] | None = None
+    gated: Any = None
+    float_gated: Any = None
 
     @property
     def reference(self) -> Any:
-        """The PyTorch module the artifact must agree with: the quantised graph (int8) or the model."""
+        """The PyTorch module the artifact must agree with (and that is lowered).
+
+        The quantised graph (int8) or the model; with ``--gate-outputs``, that graph with the SE
+        gates appended to its outputs (:func:`export.gate_outputs.with_gate_outputs`).
+        """
+        if self.gated is not None:
+            return self.gated
         return self.quantized.graph if self.quantized is not None else self.model
 
 
@@ -177,7 +194,29 @@ def _prepare(model: torch.nn.Module, backend: Backend, *, dtype: str, opts: Expo
     if dtype == "int8":
         program.quantized = quantized if quantized is not None else _quantize(
             program.model, backend.name, example, calib, opts)
+    if opts.gate_outputs:
+        _add_gate_outputs(program, opts)
     return program
+
+
+def _add_gate_outputs(program: _Program, opts: ExportOptions) -> None:
+    """Append the SE gates to the outputs of the graph to lower, after quantisation (same quantiser decisions)."""
+    from export import gate_outputs as go
+
+    name = getattr(getattr(program.model, "spec", None), "name", type(program.model).__name__)
+    if program.quantized is not None:
+        float_graph = program.quantized.reference
+        blocks = list(program.quantized.se_blocks) or go.se_blocks(float_graph, model_name=name)
+        base = program.quantized.graph
+    else:
+        float_graph = torch.export.export(program.model, program.example).module()
+        blocks = go.se_blocks(float_graph, model_name=name)
+        base = float_graph
+    if opts.gate_stats is not None:
+        go.check_stats(opts.gate_stats, blocks, where=opts.gate_stats_file or "(stats dict)")
+    program.gate_blocks = blocks
+    program.gated = go.with_gate_outputs(base, blocks)
+    program.float_gated = go.with_gate_outputs(float_graph, blocks) if program.quantized is not None else None
 
 
 def _lower(backend: Backend, program: _Program, *, label: str) -> Lowered:
@@ -204,12 +243,15 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
     float_ref = _torch_outputs(program.model, xs) if dtype == "int8" else None
     runtime_inputs = [_to_layout(x, program.layout) for x in xs]
     figures: dict[str, Any]
+    gated = program.gate_blocks is not None
+    runs = backend.run_all(data, runtime_inputs) if gated and opts.check else None
     if not opts.check:
         figures = {"passed": None, "skipped": True}
     elif dtype == "fp32":
-        figures = par.fp32_parity(backend.run(data, runtime_inputs), reference, real_images=real)
+        actual = [r[0] for r in runs] if runs is not None else backend.run(data, runtime_inputs)
+        figures = par.fp32_parity(actual, reference, real_images=real)
     else:
-        actual = backend.run(data, runtime_inputs)
+        actual = [r[0] for r in runs] if runs is not None else backend.run(data, runtime_inputs)
         assert float_ref is not None
         # A random-weight network's classes are near-ties on any image: top-1 says nothing there.
         trained = (weights or {}).get("source") == "file"
@@ -217,7 +259,29 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
             actual, reference, float_ref, output_scale=backend.output_scale(described.outputs, program.reference),
             real_images=real, gate_top1=trained,
         )
+    if runs is not None:
+        figures["gate_outputs"] = _gate_figures(backend, program, described, runs, xs, dtype=dtype)
+        figures["passed"] = bool(figures["passed"]) and figures["gate_outputs"]["passed"]
+        if not figures["gate_outputs"]["passed"]:
+            figures.setdefault("failed_checks", []).append("gate_outputs")
     return _Checked(runtime_inputs, reference, float_ref, real, figures)
+
+
+def _gate_figures(backend: Backend, program: _Program, described: _Described, runs: list[list[np.ndarray]],
+                  xs: Sequence[np.ndarray], *, dtype: str) -> dict[str, Any]:
+    """The gate outputs (1..k) of the runtime against the PyTorch graph that was lowered (and the float one)."""
+    from export import gate_outputs as go
+
+    blocks = program.gate_blocks or []
+    ref = go.torch_outputs(program.reference, xs)
+    flt = go.torch_outputs(program.float_gated, xs) if program.float_gated is not None else None
+    scales = go.gate_scales(program.gated, blocks, described.outputs) if dtype == "int8" else [None] * len(blocks)
+    return par.gate_parity(
+        [[r[i + 1] for r in runs] for i in range(len(blocks))],
+        [[r[i + 1] for r in ref] for i in range(len(blocks))],
+        None if flt is None else [[r[i + 1] for r in flt] for i in range(len(blocks))],
+        names=[b.name for b in blocks], scales=scales, dtype=dtype,
+    )
 
 
 def _quantization(backend: Backend, program: _Program, described: _Described) -> dict[str, Any] | None:
@@ -273,7 +337,17 @@ def _manifest(backend: Backend, program: _Program, lowered: Lowered, described: 
         "partitions": described.partitions,
         "graph_rewrites": lowered.rewrites,
         "export_s": record["export_s"],
+        **_gate_block(program, opts),
     }
+
+
+def _gate_block(program: _Program, opts: ExportOptions) -> dict[str, Any]:
+    """``{"gate_outputs": ...}`` for a gated artifact, else nothing (older readers see no new key)."""
+    if program.gate_blocks is None:
+        return {}
+    from export.gate_outputs import manifest_block
+
+    return {"gate_outputs": manifest_block(program.gate_blocks, opts.gate_stats)}
 
 
 def _calibration(program: _Program, calib: Calibration | None) -> dict[str, Any] | None:

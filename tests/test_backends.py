@@ -209,3 +209,34 @@ def test_output_scale_rules():
     assert backends.get("tflite").output_scale(outs, None) == 0.25  # the artifact's own output tensor
     assert backends.get("pte").output_scale(outs, None) is None  # float I/O: the PT2E graph's, here none
     assert graph_output_scale(object()) is None
+
+
+@pytest.mark.slow
+@pytest.mark.export
+def test_fp32_pte_of_a_hardsigmoid_se_network_is_one_partition_with_nothing_outside(tmp_path):
+    # nn.Hardsigmoid lifts its 3 and 6 as tensor constants behind dim-order copies the delegate does
+    # not take: unfolded, MobileNetV3 ran 2 portable kernels per SE block outside XNNPACK. Folded at
+    # export, nothing stays outside, and the outputs are those of the unfolded program bit for bit.
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    import edge_se
+    from export.backends.pte import lower_pte, run_pte
+    from export.partitions import pte_report
+
+    torch.manual_seed(0)
+    model = edge_se.build_model("mobilenetv3_small_050", num_classes=10).eval()
+    example = (torch.randn(1, 3, 32, 32),)
+    data, summary, rewrites = lower_pte(model, example)
+    path = tmp_path / "m.pte"
+    path.write_bytes(data)
+    report = pte_report(path)
+    assert report["partitions"] == 1 and report["ops_outside_delegate"] == {}, report
+    assert any(r.startswith("constant-fold:") for r in rewrites), rewrites
+    plain = to_edge_transform_and_lower(torch.export.export(model, example, strict=False),
+                                        partitioner=[XnnpackPartitioner()])
+    unfolded = bytes(plain.to_executorch().buffer)
+    (tmp_path / "u.pte").write_bytes(unfolded)
+    assert pte_report(tmp_path / "u.pte")["ops_outside_delegate"], "the unfolded program proves nothing"
+    x = [example[0].numpy()]
+    assert np.array_equal(run_pte(data, x)[0], run_pte(unfolded, x)[0])

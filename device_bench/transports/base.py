@@ -21,7 +21,7 @@ from edge_se.errors import EdgeSeError
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 #: The on-device runner: these modules only (numpy + a runtime; no torch, no edge_se).
 CONTRACT_DIR = PACKAGE_DIR.parent / "contract"  # the runner reads manifests through it (stdlib only)
-RUNNER_MODULES = ("__init__.py", "runner.py", "stats.py", "manifest.py", "sysinfo.py", "runtimes.py")
+RUNNER_MODULES = ("__init__.py", "runner.py", "stats.py", "manifest.py", "sysinfo.py", "runtimes.py", "gate_score.py")
 
 RunnerKind = Literal["auto", "python", "native"]
 

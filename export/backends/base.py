@@ -104,6 +104,14 @@ class Backend(ABC):
     def run(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run the artifact in its own runtime once per float input (in its layout); output 0 of each as float32."""
 
+    def run_all(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """Every output of each run, as float32 (dequantised), in the artifact's output order.
+
+        Raises:
+            NotImplementedError: the format reads only output 0 (``--gate-outputs`` needs more).
+        """
+        raise NotImplementedError(f"format {self.name!r} cannot read outputs beyond output 0")
+
     @abstractmethod
     def partitions(self, artifact: Artifact, dtype: str | None = None) -> dict[str, Any]:
         """The partition report read from the artifact (:mod:`export.partitions`; manifest ``partitions``).

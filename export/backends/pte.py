@@ -171,6 +171,37 @@ def int8_partitioner_configs() -> list[type]:
     return out
 
 
+def _constant_copies(ep: Any) -> int:
+    """``_to_dim_order_copy`` nodes left outside the delegate (in a lowered program, only constants feed them)."""
+    return sum(1 for n in ep.graph.nodes if n.op == "call_function" and "_to_dim_order_copy" in str(n.target))
+
+
+def fold_constant_copies(edge: Any) -> tuple[Any, int]:
+    """Fold the dtype/dim-order copies of constants that lowering leaves outside the XNNPACK delegate.
+
+    ``nn.Hardsigmoid`` (every MobileNetV3 SE gate) decomposes to ``clamp(x + 3, 0, 6) / 6``; the
+    edge dialect lifts the 3 and the 6 as tensor constants, each behind a ``_to_dim_order_copy``
+    that the delegate does not take, so every inference ran 2 portable kernels per SE block outside
+    XNNPACK (18 in MobileNetV3-Small). Their inputs are constants, so ExecuTorch's constant
+    propagation (told not to skip dim-order ops) computes them once, at export; the outputs are
+    unchanged (the same copy, done earlier).
+
+    Returns:
+        ``(program manager, copies folded)``; the manager is ``edge`` itself when there were none.
+    """
+    from executorch.exir import EdgeProgramManager
+    from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+
+    before = _constant_copies(edge.exported_program())
+    if not before:
+        return edge, 0
+    folded = constant_prop_pass(edge.exported_program(), _skip_dim_order=False)
+    after = _constant_copies(folded)
+    if after >= before:
+        return edge, 0
+    return EdgeProgramManager(folded, compile_config=edge.compile_config), before - after
+
+
 def lower_pte(
     module: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], *, int8_ops: bool = False
 ) -> tuple[bytes, dict[str, Any], list[str]]:
@@ -197,6 +228,9 @@ def lower_pte(
             rewrites.append(f"partitioner: XNNPACK takes int8 {', '.join(INT8_PARTITIONER_OPS)}")
         configs = int8_partitioner_configs() if int8_ops else None
         edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner(configs=configs)])
+        edge, folded = fold_constant_copies(edge)
+        if folded:
+            rewrites.append(f"constant-fold: {folded} dim-order copies of constants (kernels outside the delegate)")
         summary = delegation_summary(edge)
         buffer = edge.to_executorch().buffer
     except ContractError:  # bad input found on the way (EdgeSeError is one): not a lowering failure
@@ -240,8 +274,8 @@ def pte_io(data: bytes | str | os.PathLike[str]) -> tuple[list[dict[str, Any]], 
     return ins, outs
 
 
-def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run ``forward`` once per input array (each the whole input tensor); return output 0 of each run."""
+def run_pte_all(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Run ``forward`` once per input array (each the whole input tensor); return every output of each run."""
     method = _load_method(data)
     outs = []
     for x in inputs:
@@ -249,8 +283,13 @@ def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) 
             result = method.execute([torch.from_numpy(np.ascontiguousarray(x))])
         except Exception as exc:  # noqa: BLE001 - a bad input shape surfaces as a RuntimeError
             raise StageError("run (ExecuTorch)", first_line(exc)) from None
-        outs.append(result[0].detach().numpy().copy())
+        outs.append([r.detach().numpy().copy() for r in result])
     return outs
+
+
+def run_pte(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run ``forward`` once per input array (each the whole input tensor); return output 0 of each run."""
+    return [run[0] for run in run_pte_all(data, inputs)]
 
 
 class PteBackend(Backend):
@@ -280,6 +319,10 @@ class PteBackend(Backend):
         """:func:`run_pte`."""
         return run_pte(artifact, inputs)
 
+    def run_all(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """:func:`run_pte_all`."""
+        return run_pte_all(artifact, inputs)
+
     def partitions(self, artifact: Artifact, dtype: str | None = None) -> dict[str, Any]:
         """:func:`export.partitions.pte_report` of the program."""
         from export.partitions import pte_report
@@ -301,4 +344,4 @@ class PteBackend(Backend):
 register(PteBackend())
 
 __all__ = ["INT8_PARTITIONER_OPS", "PteBackend", "delegation_summary", "int8_partitioner_configs", "lower_pte",
-           "op_name", "pte_io", "rewrite_head_mean", "run_pte"]
+           "op_name", "pte_io", "rewrite_head_mean", "run_pte", "run_pte_all"]

@@ -139,11 +139,11 @@ def dequantize_array(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray
     return ((q.astype(np.int32) - zero_point) * scale).astype(np.float32)
 
 
-def run_tflite(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Run the default signature once per float input; return output 0 of each run as float32.
+def run_tflite_all(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Run the default signature once per float input; return every output of each run as float32.
 
     Quantised inputs and outputs are converted with the model's own scale and zero point, read
-    from the interpreter, so the caller always works in float.
+    from the interpreter, so the caller always works in float. Outputs are in index order.
     """
     it = _interpreter(data)
     key, in_names, out_names = _signature(it)
@@ -161,12 +161,19 @@ def run_tflite(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray
             out = runner(**{str(spec["name"]): arr})
         except Exception as exc:  # noqa: BLE001 - the interpreter raises ValueError/RuntimeError
             raise StageError("run (LiteRT)", first_line(exc)) from None
-        o = outs[0]
-        y = np.asarray(out[str(o["name"])])
-        if o["scale"] is not None:
-            y = dequantize_array(y, float(o["scale"]), int(o["zero_point"]))
-        results.append(y.astype(np.float32))
+        run = []
+        for o in outs:
+            y = np.asarray(out[str(o["name"])])
+            if o["scale"] is not None:
+                y = dequantize_array(y, float(o["scale"]), int(o["zero_point"]))
+            run.append(y.astype(np.float32))
+        results.append(run)
     return results
+
+
+def run_tflite(data: bytes | str | os.PathLike[str], inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run the default signature once per float input; return output 0 of each run as float32 (dequantised)."""
+    return [run[0] for run in run_tflite_all(data, inputs)]
 
 
 def delegation_from_report(report: dict[str, Any]) -> dict[str, Any]:
@@ -226,6 +233,10 @@ class TfliteBackend(Backend):
         """:func:`run_tflite`."""
         return run_tflite(artifact, inputs)
 
+    def run_all(self, artifact: Artifact, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+        """:func:`run_tflite_all`."""
+        return run_tflite_all(artifact, inputs)
+
     def partitions(self, artifact: Artifact, dtype: str | None = None) -> dict[str, Any]:
         """:func:`export.partitions.tflite_report`: LiteRT's node list after its XNNPACK delegate."""
         from export.partitions import tflite_report
@@ -249,5 +260,6 @@ __all__ = [
     "dequantize_array",
     "quantize_array",
     "run_tflite",
+    "run_tflite_all",
     "tflite_io",
 ]

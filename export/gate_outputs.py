@@ -1,0 +1,138 @@
+"""SE gate vectors as extra artifact outputs (``edge-se export --gate-outputs``), after the logits.
+
+The outputs are added to the graph that is lowered, *after* quantisation: the float model's
+exported graph (fp32) or the converted PT2E graph (int8) gets each SE block's gate appended to
+its output tuple, nothing else changes. The quantiser therefore sees exactly the graph of the
+plain export (same observers, same scales and zero points), and output 0 is computed by the same
+operators on the same values; ``tests/test_gate_outputs.py`` checks it is bit-identical to the
+plain artifact in both formats.
+
+Which value is "the gate": what the block's channel multiply takes (:func:`quantize.capture.gate_inputs`),
+i.e. in an int8 graph the *dequantised* gate. That dequantize node is duplicated for the output:
+XNNPACK folds a dequantize into the multiply that consumes it, and an output that shares the
+node is then never written (measured: all zeros from ExecuTorch 1.5); a second dequantize of the
+same quantised tensor is lowered as its own int8 -> fp32 convert. The gate keeps its shape in the
+graph (``[1, C, 1, 1]``: no reshape op is added, so nothing new can fall outside the delegate);
+readers flatten it to ``[N, C]``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.fx import GraphModule
+
+from edge_se.errors import EdgeSeError
+from quantize.capture import gate_inputs
+from quantize.se_pattern import SEBlock, find_se_blocks
+
+
+def se_blocks(gm: GraphModule, *, model_name: str) -> list[SEBlock]:
+    """The SE blocks of ``gm`` in forward order.
+
+    Raises:
+        EdgeSeError: the model has no SE block (one line naming the model).
+    """
+    blocks = find_se_blocks(gm)
+    if not blocks:
+        raise EdgeSeError(f"--gate-outputs: model {model_name!r} has no SE blocks (no gate to output); "
+                          "export it without --gate-outputs")
+    return blocks
+
+
+def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock]) -> GraphModule:
+    """A copy of ``gm`` returning ``(logits, gate_1, ..., gate_k)``; ``gm`` is not modified.
+
+    Args:
+        gm: an exported graph (``torch.export.export(...).module()``) or a converted PT2E graph.
+        blocks: its SE blocks (:func:`se_blocks`), in the order the gates are appended.
+    """
+    from torch.utils._pytree import tree_flatten
+
+    gm = copy.deepcopy(gm)
+    graph = gm.graph
+    nodes = {n.name: n for n in graph.nodes}
+    wanted = gate_inputs(gm, blocks)
+    out = next(n for n in graph.nodes if n.op == "output")
+    old = out.args[0]
+    results: list[Any] = [old[0] if isinstance(old, (tuple, list)) else old]
+    with graph.inserting_before(out):
+        for b in blocks:
+            src = nodes[wanted[b.name]]
+            if "dequantize" in str(src.target):  # see the module docstring: a private copy for the output
+                src = graph.call_function(src.target, src.args, dict(src.kwargs))
+            results.append(src)
+    out.args = (tuple(results),)
+    codegen: Any = graph._codegen
+    if getattr(codegen, "pytree_info", None) is not None:  # export().module() rebuilds its outputs from a spec
+        codegen.pytree_info = codegen.pytree_info._replace(out_spec=tree_flatten(tuple(results))[1])
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+def check_stats(stats: Mapping[str, Any], blocks: Sequence[SEBlock], *, where: str) -> None:
+    """Raise a one-line :class:`EdgeSeError` naming ``where`` unless ``stats`` fits these SE blocks.
+
+    The stats must be a valid gate-stats dict (:func:`device_bench.gate_score.check_stats`) whose
+    ``blocks`` name the same SE blocks, with the same channels, in the same order.
+    """
+    from device_bench.gate_score import check_stats as check_schema
+
+    try:
+        check_schema(stats)
+    except ValueError as exc:
+        raise EdgeSeError(f"--gate-stats {where}: {exc}") from None
+    have = [(str(b.get("name")), int(b.get("channels", -1))) for b in stats["blocks"]]
+    want = [(b.name, b.channels) for b in blocks]
+    if have != want:
+        first = next((i for i, (h, w) in enumerate(zip(have, want, strict=False)) if h != w), min(len(have), len(want)))
+        got = have[first] if first < len(have) else "nothing"
+        exp = want[first] if first < len(want) else "nothing"
+        raise EdgeSeError(f"--gate-stats {where}: fitted for another model or block layout: {len(have)} blocks, "
+                          f"this model has {len(want)}; block {first}: stats {got}, model {exp}")
+
+
+def manifest_block(blocks: Sequence[SEBlock], stats: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The manifest's ``gate_outputs``: ``{"blocks": [{name, channels, output_index}], "stats"}``."""
+    return {
+        "blocks": [{"name": b.name, "channels": b.channels, "output_index": i + 1} for i, b in enumerate(blocks)],
+        "stats": None if stats is None else dict(stats),
+    }
+
+
+def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
+                outputs: Sequence[Mapping[str, Any]]) -> list[float | None]:
+    """Each gate output's quantisation step: the artifact's own (int8 ``.tflite``), else the graph's dequantize.
+
+    ``None`` for a gate the graph leaves in float (fp32, or an SE block a policy keeps in fp32).
+    """
+    out = next(n for n in gated.graph.nodes if n.op == "output")
+    nodes = out.args[0]
+    scales: list[float | None] = []
+    for i in range(1, len(blocks) + 1):
+        own = outputs[i].get("scale") if i < len(outputs) else None
+        if own is not None:
+            scales.append(float(own))
+            continue
+        node = nodes[i]
+        scale = node.args[1] if "dequantize" in str(getattr(node, "target", "")) and len(node.args) > 1 else None
+        scales.append(float(scale) if isinstance(scale, (int, float)) else None)
+    return scales
+
+
+@torch.no_grad()
+def torch_outputs(module: Any, inputs: Sequence[Any]) -> list[list[Any]]:
+    """Every output of ``module`` per input (numpy float32), for the gate check."""
+    outs = []
+    for x in inputs:
+        y = module(torch.from_numpy(x))
+        ys = y if isinstance(y, (tuple, list)) else (y,)
+        outs.append([t.detach().float().numpy().copy() for t in ys])
+    return outs
+
+
+__all__ = ["check_stats", "gate_scales", "manifest_block", "se_blocks", "torch_outputs", "with_gate_outputs"]

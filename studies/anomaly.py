@@ -1,0 +1,227 @@
+"""Fit the SE-gate out-of-distribution score on the host, and the metrics that judge it.
+
+The score itself (:func:`device_bench.gate_score.score`) is numpy-only and runs on the device; this
+module reads gate vectors off a float model (:func:`gate_vectors`), fits the statistics it needs
+(:func:`fit`, schema ``edge-se/gate-stats/1``, docs/anomaly.md), and scores the result against the
+standard baseline, maximum softmax probability (:func:`max_softmax_score`).
+
+Fitting (method ``ppca-mahalanobis``): the training split's gates are divided at random into a
+*fit* part (``1 - holdout``) and a *calibration* part (``holdout``, default 20%). Per SE block the
+fit part gives the mean and a Ledoit-Wolf shrunk covariance (shrunk towards ``mu I``, the
+closed-form optimal intensity of Ledoit & Wolf 2004 as :func:`sklearn.covariance.ledoit_wolf`
+computes it), kept as its ``components`` leading eigenpairs plus the mean of the other eigenvalues.
+The calibration part, never seen by the covariance, gives each block distance's mean and standard
+deviation (for the ``sum-z`` combination) and the threshold: the ``1 - fpr`` quantile of its
+scores. In-sample Mahalanobis distances are biased low when channels (up to 576) are comparable to
+images (~1150); the split keeps the threshold free of that bias by construction (docs/anomaly.md:
+with shrinkage and 32 components the bias measured small on digits).
+
+Example:
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> stats = fit({"se": rng.normal(size=(500, 4))}, fpr=0.05)
+    >>> stats["schema"], stats["blocks"][0]["channels"], round(stats["fpr"], 2)
+    ('edge-se/gate-stats/1', 4, 0.05)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import numpy as np
+
+from device_bench.gate_score import STATS_SCHEMA, block_distances, combine, score
+
+Method = Literal["ppca-mahalanobis"]
+DEFAULT_METHOD: Method = "ppca-mahalanobis"
+#: Principal components kept per block: 9 MobileNetV3-Small blocks (2,296 channels) x 33 numbers
+#: a channel is ~76k numbers, ~0.9 MB of JSON at :data:`DIGITS` significant digits.
+DEFAULT_COMPONENTS = 32
+DEFAULT_HOLDOUT = 0.2
+DEFAULT_FPR = 0.05
+#: Significant digits kept in the stats (float32 has ~7): the dict fit returns is already rounded,
+#: so a JSON round trip changes nothing.
+DIGITS = 8
+#: Eigenvalues are floored at this share of the block's largest one: hard-sigmoid gates can be
+#: exactly 0 or 1 on every fitting image, and shrinkage alone leaves such a direction at ``mu``.
+EIGEN_FLOOR = 1e-6
+
+
+def _round(values: np.ndarray) -> list:
+    """Nested lists of ``values`` rounded to :data:`DIGITS` significant digits (JSON-able floats)."""
+    return np.vectorize(lambda v: float(f"{v:.{DIGITS}g}"), otypes=[float])(np.asarray(values)).tolist()
+
+
+def fit_block(name: str, gates: np.ndarray, *, components: int = DEFAULT_COMPONENTS) -> dict[str, Any]:
+    """One block's mean and PPCA form of its Ledoit-Wolf shrunk covariance (``norm_*`` filled by :func:`fit`)."""
+    from sklearn.covariance import ledoit_wolf
+
+    x = np.asarray(gates, dtype=np.float64).reshape(len(gates), -1)
+    channels = x.shape[1]
+    mean = x.mean(axis=0)
+    cov, shrinkage = ledoit_wolf(x - mean, assume_centered=True)
+    lam, vec = np.linalg.eigh(cov)  # ascending
+    lam, vec = lam[::-1], vec[:, ::-1]
+    lam = np.maximum(lam, EIGEN_FLOOR * max(float(lam[0]), 1e-12))
+    k = min(components, channels)
+    residual = float(lam[k:].mean()) if k < channels else 1.0  # unused when k == channels
+    return {"name": name, "channels": channels, "mean": _round(mean), "components": _round(vec[:, :k]),
+            "eigenvalues": _round(lam[:k]), "residual_variance": _round(np.array(residual)),
+            "shrinkage": round(float(shrinkage), 6), "norm_mean": 0.0, "norm_std": 1.0}
+
+
+def fit(gates: Mapping[str, np.ndarray], *, fpr: float = DEFAULT_FPR, method: Method = DEFAULT_METHOD,
+        components: int = DEFAULT_COMPONENTS, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
+        source: str = "") -> dict[str, Any]:
+    """Fit gate statistics on in-distribution gate vectors ``{se_path: [N, C]}`` (forward order).
+
+    Args:
+        gates: training-split gate vectors, one array per SE block, all with the same N.
+        fpr: share of in-distribution images the threshold may flag (0 < fpr < 1).
+        method: ``ppca-mahalanobis`` (module docstring).
+        components: principal components kept per block.
+        holdout: share of the images kept out of the covariance fit to calibrate the block
+            normalisation and the threshold.
+        seed: seeds the fit/calibration split.
+        source: what the images were (recorded as ``source``).
+
+    Returns:
+        The JSON-able stats dict of :mod:`device_bench.gate_score`.
+
+    Raises:
+        ValueError: no blocks, mismatched image counts, too few images, a bad ``fpr``/``method``.
+    """
+    if method != "ppca-mahalanobis":
+        raise ValueError(f"unknown method {method!r}; valid: ppca-mahalanobis")
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr {fpr!r} must lie strictly between 0 and 1")
+    if not 0.0 < holdout < 1.0:
+        raise ValueError(f"holdout {holdout!r} must lie strictly between 0 and 1")
+    if not gates:
+        raise ValueError("no gate vectors to fit (does the model have SE blocks?)")
+    counts = {len(g) for g in gates.values()}
+    if len(counts) != 1:
+        raise ValueError(f"gate arrays disagree on the number of images: {sorted(counts)}")
+    n = counts.pop()
+    n_cal = int(round(n * holdout))
+    if n_cal < 10 or n - n_cal < 10:
+        raise ValueError(f"{n} images are too few to fit and calibrate (need >= 10 in each part)")
+    order = np.random.default_rng(seed).permutation(n)
+    fit_idx, cal_idx = order[n_cal:], order[:n_cal]
+    blocks = [fit_block(name, np.asarray(g)[fit_idx], components=components) for name, g in gates.items()]
+    stats: dict[str, Any] = {"schema": STATS_SCHEMA, "method": method, "blocks": blocks, "combine": "sum-z",
+                             "threshold": 0.0, "fpr": fpr, "fit_images": int(len(fit_idx)),
+                             "calibration_images": int(n_cal), "components": components, "seed": seed,
+                             "source": source}
+    cal = [np.asarray(g)[cal_idx] for g in gates.values()]
+    dist = block_distances(cal, stats)
+    for b, col in zip(blocks, dist.T, strict=True):
+        b["norm_mean"] = _round(np.array(col.mean()))
+        b["norm_std"] = _round(np.array(max(float(col.std()), 1e-12)))
+    stats["threshold"] = _round(np.array(np.quantile(combine(dist, stats), 1.0 - fpr)))
+    return stats
+
+
+def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """Area under the ROC curve with OOD the positive class: P(ood > id) + P(ood == id) / 2.
+
+    Rank-based (Mann-Whitney U with mid-ranks), so ties count half. 1.0: every OOD score above
+    every in-distribution one; 0.5: chance.
+    """
+    a = np.asarray(id_scores, dtype=np.float64).ravel()
+    b = np.asarray(ood_scores, dtype=np.float64).ravel()
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("auroc needs at least one in-distribution and one OOD score")
+    values, inverse, counts = np.unique(np.concatenate([a, b]), return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # 1-based rank of the last element of each tie group
+    mid = upper - (counts - 1) / 2.0
+    rank_sum = mid[inverse[len(a):]].sum()
+    u = rank_sum - len(b) * (len(b) + 1) / 2.0
+    return float(u / (len(a) * len(b)))
+
+
+def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Share of in-distribution scores flagged at the highest threshold that flags >= ``tpr`` of the OOD ones.
+
+    A score is flagged when it is >= the threshold, so in-distribution scores tied with the
+    threshold count as false positives.
+    """
+    a = np.asarray(id_scores, dtype=np.float64).ravel()
+    b = np.sort(np.asarray(ood_scores, dtype=np.float64).ravel())[::-1]
+    if len(a) == 0 or len(b) == 0:
+        raise ValueError("fpr_at_tpr needs at least one in-distribution and one OOD score")
+    if not 0.0 < tpr <= 1.0:
+        raise ValueError(f"tpr {tpr!r} must lie in (0, 1]")
+    k = int(np.ceil(tpr * len(b) - 1e-9))  # OOD images that must be flagged
+    threshold = b[max(k, 1) - 1]
+    return float((a >= threshold).mean())
+
+
+def max_softmax_score(logits: np.ndarray) -> np.ndarray:
+    """Baseline score [N] of Hendrycks & Gimpel (2017): ``1 - max softmax``, higher = more anomalous."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    return 1.0 - p.max(axis=1) / p.sum(axis=1)
+
+
+def forward(model: Any, images: Any, *, batch_size: int = 256) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Gate vectors ``{se_path: [N, C]}`` and logits [N, K] of the float ``model`` (eval mode) on ``images``."""
+    import torch
+
+    from edge_se.gates import capture_gates
+
+    model.eval()
+    logits = []
+    with torch.no_grad(), capture_gates(model) as gates:
+        for start in range(0, len(images), batch_size):
+            logits.append(model(images[start : start + batch_size]))
+    return {k: v.numpy().astype(np.float64) for k, v in gates.items()}, torch.cat(logits).double().numpy()
+
+
+def gate_vectors(model: Any, images: Any, *, batch_size: int = 256) -> dict[str, np.ndarray]:
+    """Gate vectors ``{se_path: float64 [N, C]}`` of every SE block of ``model``, in forward order."""
+    return forward(model, images, batch_size=batch_size)[0]
+
+
+def gate_score(gates: Mapping[str, np.ndarray], stats: Mapping[str, Any]) -> np.ndarray:
+    """:func:`device_bench.gate_score.score` of ``{se_path: gates}``, checking the paths match the stats."""
+    names = [b["name"] for b in stats["blocks"]]
+    if list(gates) != names:
+        raise ValueError(f"the model's SE blocks {list(gates)} are not those the stats were fitted for {names}")
+    return score([gates[n] for n in names], stats)
+
+
+def evaluate(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """``{"auroc", "fpr_at_95tpr"}`` of one score on one in-distribution/OOD pair."""
+    return {"auroc": auroc(id_scores, ood_scores), "fpr_at_95tpr": fpr_at_tpr(id_scores, ood_scores, 0.95)}
+
+
+def evaluate_sets(model: Any, stats: Mapping[str, Any], id_images: Any, sets: Mapping[str, Any], *,
+                  batch_size: int = 256) -> list[dict[str, Any]]:
+    """One row per OOD set: AUROC and FPR@95%TPR of the gate score and of max-softmax, vs ``id_images``.
+
+    Row keys: ``ood``, ``images`` (OOD images), ``id_images``, ``gate_auroc``, ``gate_fpr_at_95tpr``,
+    ``gate_flagged`` (share of the OOD set above the threshold), ``msp_auroc``,
+    ``msp_fpr_at_95tpr``; the first row, ``ood = "(in-distribution)"``, gives ``gate_flagged`` on
+    ``id_images`` (the realised false-positive rate) and no AUROC.
+    """
+    from device_bench.gate_score import flag
+
+    id_gates, id_logits = forward(model, id_images, batch_size=batch_size)
+    id_gate, id_msp = gate_score(id_gates, stats), max_softmax_score(id_logits)
+    rows: list[dict[str, Any]] = [{"ood": "(in-distribution)", "images": len(id_gate), "id_images": len(id_gate),
+                                   "gate_flagged": float(flag(id_gate, stats).mean())}]
+    for name, images in sets.items():
+        gates, logits = forward(model, images, batch_size=batch_size)
+        g, m = gate_score(gates, stats), max_softmax_score(logits)
+        eg, em = evaluate(id_gate, g), evaluate(id_msp, m)
+        rows.append({"ood": name, "images": len(g), "id_images": len(id_gate), "gate_auroc": eg["auroc"],
+                     "gate_fpr_at_95tpr": eg["fpr_at_95tpr"], "gate_flagged": float(flag(g, stats).mean()),
+                     "msp_auroc": em["auroc"], "msp_fpr_at_95tpr": em["fpr_at_95tpr"]})
+    return rows
+
+
+__all__ = ["DEFAULT_COMPONENTS", "DEFAULT_FPR", "DEFAULT_HOLDOUT", "auroc", "evaluate", "evaluate_sets", "fit",
+           "fit_block", "forward", "fpr_at_tpr", "gate_score", "gate_vectors", "max_softmax_score"]

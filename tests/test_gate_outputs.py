@@ -1,0 +1,159 @@
+"""``edge-se export --gate-outputs``: SE gates as extra outputs, logits untouched, the on-device score.
+
+The artifacts are the tiny conv + SE model of :mod:`device_artifacts` (16 px), exported through
+:func:`export.pipeline.export_one` plain and gated, so each conversion takes seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from device_artifacts import RESOLUTION, _model
+
+from contract.manifest import read_manifest
+from export import parity as par
+from export.pipeline import ExportOptions, export_one, parity_inputs
+from quantize.calibration import load_calibration
+
+FLOAT_GATE_ATOL = par.GATE_FP32_ATOL
+"""fp32 artifact gates vs the eager model's: float re-association only (gates lie in [0, 1])."""
+
+
+def _stats(channels: int = 16, name: str = "se", threshold: float = 0.5) -> dict:
+    """A hand-made gate-stats dict (identity covariance: the score is the distance to the mean)."""
+    return {"schema": "edge-se/gate-stats/1", "method": "ppca-mahalanobis", "combine": "sum-z",
+            "threshold": threshold, "fpr": 0.05, "fit_images": 0, "source": "hand-made (test)",
+            "blocks": [{"name": name, "channels": channels, "mean": [0.5] * channels,
+                        "components": np.eye(channels).tolist(), "eigenvalues": [0.01] * channels,
+                        "residual_variance": 1.0, "norm_mean": 0.0, "norm_std": 1.0}]}
+
+
+def _export(tmp: Path, fmt: str, dtype: str, *, gated: bool, stats: dict | None = None) -> tuple[dict, ExportOptions]:
+    torch.set_num_threads(1)
+    calib = load_calibration("random", RESOLUTION, samples=8, seed=0)
+    opts = ExportOptions(resolution=RESOLUTION, gate_outputs=gated, gate_stats=stats)
+    rec = export_one(_model(), name="tiny_se", fmt=fmt, dtype=dtype, out_dir=tmp, opts=opts, calib=calib)
+    return rec, opts
+
+
+def _float_gate(x: np.ndarray) -> np.ndarray:
+    """The eager tiny model's SE gate ``[1, 16]`` on one input."""
+    m = _model()
+    with torch.no_grad():
+        s = torch.relu(m.conv(torch.from_numpy(x))).mean((2, 3), keepdim=True)
+        return torch.sigmoid(m.se.expand(torch.relu(m.se.reduce(s)))).flatten(1).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.export
+@pytest.mark.parametrize("fmt", ["pte", "tflite"])
+@pytest.mark.parametrize("dtype", ["fp32", "int8"])
+def test_gate_outputs_keep_logits_bit_identical(tmp_path, fmt, dtype):
+    from export import backends
+
+    plain, _ = _export(tmp_path / "plain", fmt, dtype, gated=False)
+    gated, _ = _export(tmp_path / "gated", fmt, dtype, gated=True)
+    backend = backends.get(fmt)
+    xs, _ = parity_inputs(RESOLUTION, None, seed=3)
+    a = backend.run_all(plain["path"], xs)
+    b = backend.run_all(gated["path"], xs)
+    assert all(len(r) == 1 for r in a) and all(len(r) == 2 for r in b)
+    for ra, rb in zip(a, b, strict=True):
+        assert np.array_equal(ra[0], rb[0]), f"logits differ: max {np.abs(ra[0] - rb[0]).max():.3g}"
+
+    manifest = read_manifest(gated["path"])
+    block = manifest["gate_outputs"]
+    assert block == {"blocks": [{"name": "se", "channels": 16, "output_index": 1}], "stats": None}
+    assert len(manifest.outputs) == 2 and manifest.outputs[1].shape == (1, 16, 1, 1)
+    assert manifest.outputs[0].shape == read_manifest(plain["path"]).outputs[0].shape
+    assert manifest["parity"]["gate_outputs"]["passed"] is True
+    if dtype == "int8":  # same quantiser decisions: the same scale and zero point on the logits
+        assert manifest["quantization"]["output"] == read_manifest(plain["path"])["quantization"]["output"]
+
+    gates = np.concatenate([r[1].reshape(1, -1) for r in b])
+    expected = np.concatenate([_float_gate(x) for x in xs])
+    err = np.abs(gates - expected)
+    if dtype == "fp32":
+        assert err.max() <= FLOAT_GATE_ATOL, f"max {err.max():.3g}, mean {err.mean():.3g}"
+    else:
+        # int8: the gate's own step (sigmoid output grid) plus the error carried in from the
+        # quantised conv and FCs; the export check bounds the runtime vs the PT2E graph instead.
+        row = manifest["parity"]["gate_outputs"]["blocks"][0]
+        assert row["max_error_steps"] <= par.GATE_INT8_MAX_STEPS, row
+        step = row["scale"]
+        assert err.max() <= 4 * step, f"max {err.max():.3g} > 4 steps of {step:.3g}, mean {err.mean():.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.export
+@pytest.mark.parametrize("fmt", ["pte", "tflite"])
+def test_runner_reports_the_gate_score_of_its_outputs(tmp_path, fmt, capsys):
+    from device_bench import gate_score, runner
+
+    stats = _stats()
+    rec, _ = _export(tmp_path, fmt, "int8", gated=True, stats=stats)
+    manifest = read_manifest(rec["path"])
+    assert manifest["gate_outputs"]["stats"] == stats
+    dump = tmp_path / "out.bin"
+    rc = runner.main([rec["path"], "--manifest", rec["manifest"], "--runs", "2", "--warmup", "0",
+                      "--min-seconds", "0", "--repeats", "1", "--dump-outputs", str(dump)])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["outputs_repeatable"] is True  # the dumped first inference equals the scored last one
+    raw = dump.read_bytes()
+    outs, offset = [], 0
+    for spec in manifest.outputs:
+        n = int(np.prod(spec.shape)) * np.dtype(spec.dtype).itemsize
+        outs.append(np.frombuffer(raw[offset:offset + n], dtype=spec.dtype).reshape(spec.shape))
+        offset += n
+    g = outs[1].astype(np.float64)
+    spec = manifest.outputs[1]
+    if spec.scale is not None:
+        g = (g - spec.zero_point) * spec.scale
+    expected = float(gate_score.score([g.reshape(1, -1)], stats)[0])
+    assert result["gate_score"]["value"] == expected
+    assert result["gate_score"]["threshold"] == stats["threshold"]
+    assert result["gate_score"]["flagged"] == (expected > stats["threshold"])
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from edge_se.cli import main
+
+    rc = main(argv)
+    return rc, capsys.readouterr().err
+
+
+def test_gate_stats_of_another_layout_is_one_line_error(tmp_path, capsys):
+    torch.set_num_threads(1)
+    bad = tmp_path / "other_model.gate-stats.json"
+    bad.write_text(json.dumps(_stats(channels=7, name="features.3.se")))
+    rc, err = _cli(["export", "mobilenetv3_small_050", "--out", str(tmp_path / "out"), "--resolution", "32",
+                    "--calib", "random", "--calib-size", "8", "--gate-outputs", "--gate-stats", str(bad)], capsys)
+    assert rc == 2
+    lines = [ln for ln in err.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and str(bad) in lines[0] and "block layout" in lines[0], err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_gate_stats_file_missing_is_one_line_error(tmp_path, capsys):
+    missing = tmp_path / "nope.json"
+    rc, err = _cli(["export", "mobilenetv3_small_050", "--out", str(tmp_path), "--gate-stats", str(missing)], capsys)
+    assert rc == 2 and str(missing) in err.strip().splitlines()[-1]
+
+
+def test_gate_outputs_on_a_model_without_se_is_one_line_error(tmp_path, capsys):
+    torch.set_num_threads(1)
+    rc, err = _cli(["export", "mobilenetv3_small_050_nose", "--out", str(tmp_path / "out"), "--resolution", "32",
+                    "--calib", "random", "--calib-size", "8", "--gate-outputs"], capsys)
+    assert rc == 2
+    lines = [ln for ln in err.strip().splitlines() if "error" in ln]
+    assert len(lines) == 1 and "no SE blocks" in lines[0], err
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
