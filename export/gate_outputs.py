@@ -22,7 +22,6 @@ import copy
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch.fx import GraphModule
 
 from edge_se.errors import EdgeSeError
@@ -124,15 +123,4 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
     return scales
 
 
-@torch.no_grad()
-def torch_outputs(module: Any, inputs: Sequence[Any]) -> list[list[Any]]:
-    """Every output of ``module`` per input (numpy float32), for the gate check."""
-    outs = []
-    for x in inputs:
-        y = module(torch.from_numpy(x))
-        ys = y if isinstance(y, (tuple, list)) else (y,)
-        outs.append([t.detach().float().numpy().copy() for t in ys])
-    return outs
-
-
-__all__ = ["check_stats", "gate_scales", "manifest_block", "se_blocks", "torch_outputs", "with_gate_outputs"]
+__all__ = ["check_stats", "gate_scales", "manifest_block", "se_blocks", "with_gate_outputs"]

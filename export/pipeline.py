@@ -97,13 +97,19 @@ def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
 
 
 @torch.no_grad()
-def _torch_outputs(module: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def _torch_outputs_all(module: Any, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Every output of ``module`` per input (float32 numpy), in output order."""
     outs = []
     for x in inputs:
         y = module(torch.from_numpy(x))
-        y = y[0] if isinstance(y, (tuple, list)) else y
-        outs.append(y.detach().float().numpy().copy())
+        ys = y if isinstance(y, (tuple, list)) else (y,)
+        outs.append([t.detach().float().numpy().copy() for t in ys])
     return outs
+
+
+def _torch_outputs(module: Any, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Output 0 (the logits) of ``module`` per input."""
+    return [ys[0] for ys in _torch_outputs_all(module, inputs)]
 
 
 def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...], calib: Calibration | None,
@@ -239,7 +245,8 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
            opts: ExportOptions, calib: Calibration | None, weights: dict[str, Any] | None) -> _Checked:
     """Run the artifact in its own runtime on the parity inputs and compare with the references."""
     xs, real = parity_inputs(opts.resolution, calib, seed=opts.seed)
-    reference = _torch_outputs(program.reference, xs)
+    reference_all = _torch_outputs_all(program.reference, xs)  # with --gate-outputs: logits, then the gates
+    reference = [ys[0] for ys in reference_all]
     float_ref = _torch_outputs(program.model, xs) if dtype == "int8" else None
     runtime_inputs = [_to_layout(x, program.layout) for x in xs]
     figures: dict[str, Any]
@@ -260,21 +267,20 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
             real_images=real, gate_top1=trained,
         )
     if runs is not None:
-        figures["gate_outputs"] = _gate_figures(backend, program, described, runs, xs, dtype=dtype)
+        figures["gate_outputs"] = _gate_figures(program, described, runs, reference_all, xs, dtype=dtype)
         figures["passed"] = bool(figures["passed"]) and figures["gate_outputs"]["passed"]
         if not figures["gate_outputs"]["passed"]:
             figures.setdefault("failed_checks", []).append("gate_outputs")
     return _Checked(runtime_inputs, reference, float_ref, real, figures)
 
 
-def _gate_figures(backend: Backend, program: _Program, described: _Described, runs: list[list[np.ndarray]],
-                  xs: Sequence[np.ndarray], *, dtype: str) -> dict[str, Any]:
-    """The gate outputs (1..k) of the runtime against the PyTorch graph that was lowered (and the float one)."""
+def _gate_figures(program: _Program, described: _Described, runs: list[list[np.ndarray]],
+                  ref: list[list[np.ndarray]], xs: Sequence[np.ndarray], *, dtype: str) -> dict[str, Any]:
+    """The gate outputs (1..k) of the runtime against ``ref`` (the lowered graph's outputs) and the float graph's."""
     from export import gate_outputs as go
 
     blocks = program.gate_blocks or []
-    ref = go.torch_outputs(program.reference, xs)
-    flt = go.torch_outputs(program.float_gated, xs) if program.float_gated is not None else None
+    flt = _torch_outputs_all(program.float_gated, xs) if program.float_gated is not None else None
     scales = go.gate_scales(program.gated, blocks, described.outputs) if dtype == "int8" else [None] * len(blocks)
     return par.gate_parity(
         [[r[i + 1] for r in runs] for i in range(len(blocks))],
