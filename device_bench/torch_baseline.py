@@ -11,7 +11,6 @@ Without CUDA, a ``--torch-device cuda`` request says so in one line and records 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -23,8 +22,10 @@ from typing import Any
 
 from contract import bench as record
 from contract import files as atomic
+from contract.errors import first_line
 from contract.measure import MeasureSpec
 from device_bench import stats, sysinfo
+from device_bench.runner import output_summary
 from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")
@@ -160,7 +161,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                         out_holder: list[Any] = []
                         rec["first_inference_ms"] = timer(lambda: out_holder.append(fn_model(x)))  # noqa: B023
                         y = out_holder[0].float().cpu().contiguous().numpy()
-                        rec["output_checksum"] = "sha256:" + hashlib.sha256(y.tobytes()).hexdigest()
+                        rec["output_checksum"] = output_summary([y])["output_checksum"]
                         rec.update(time_model(lambda: fn_model(x), timer, cfg))  # noqa: B023
                     p50 = rec["p50_ms"]
                     rec["throughput_per_s"] = batch * 1e3 / p50 if p50 > 0 else None
@@ -170,7 +171,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                     rec["status"] = "ok"
                 except Exception as exc:  # noqa: BLE001 - a mode that does not work is recorded, not fatal
                     rec["status"] = "error"
-                    rec["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+                    rec["error"] = first_line(exc)
                 record.validate(rec, f"{out} (being written)")
                 atomic.append_line(out, json.dumps(rec, sort_keys=True))
                 records.append(rec)

@@ -8,7 +8,9 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
-from contract.errors import ContractError
+from contract.errors import ContractError, first_line
+
+__all__ = ["ContractError", "EdgeSeError", "StageError", "first_line"]
 
 
 class EdgeSeError(ContractError):
@@ -27,10 +29,3 @@ class StageError(RuntimeError):
         where = f" at operator {operator}" if operator else ""
         super().__init__(f"{stage} failed{where}: {message}")
 
-
-def first_line(exc: BaseException, limit: int = 300) -> str:
-    """``Type: first non-empty line`` of an exception's message (the toolchains print pages), cut to ``limit``."""
-    for line in str(exc).splitlines():
-        if line.strip():
-            return f"{type(exc).__name__}: {line.strip()}"[:limit]
-    return type(exc).__name__

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from edge_se.build import EdgeSENet, build
-from edge_se.errors import EdgeSeError
+from edge_se.errors import EdgeSeError, first_line
 from edge_se.plan import BlockPlan, resolve
 from edge_se.registry import get_spec
 from edge_se.specs import ArchSpec
@@ -45,7 +45,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise EdgeSeError(f"weights file {str(p)!r} is not a readable torch state dict: {reason}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model", "model_state_dict"):

@@ -49,24 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_calibration(p, uses="; real images also join the parity inputs")
     add_quantization(p, applies=" (--dtype int8)")
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="NHWC input for .tflite (recorded in the manifest; .pte stays NCHW)",
-    )
-    p.add_argument(
-        "--check",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="run each artifact in its runtime and compare with PyTorch before writing it",
-    )
-    p.add_argument(
-        "--gate-outputs",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also output every SE block's gate vector after the logits (manifest gate_outputs)",
-    )
+    for flag, default, text in (
+        ("--channels-last", False, "NHWC input for .tflite (recorded in the manifest; .pte stays NCHW)"),
+        ("--check", True, "run each artifact in its runtime and compare with PyTorch before writing it"),
+        ("--gate-outputs", False, "also output every SE block's gate vector after the logits (manifest gate_outputs)"),
+    ):
+        p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
     p.add_argument(
         "--gate-stats",
         default=None,

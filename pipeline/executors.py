@@ -17,7 +17,6 @@ cells, cache keys and result records do not depend on the executor.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from edge_se.errors import EdgeSeError
+from contract.files import sha256_file
+from edge_se.errors import EdgeSeError, first_line
 from pipeline.cells import Cell
 from pipeline.config import EXECUTORS, RunConfig
 from pipeline.stages import Dep, StageError
@@ -97,11 +97,6 @@ class Outcome:
     worker: dict[str, Any] = field(default_factory=dict)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def verify_deps(deps: Mapping[str, Dep]) -> None:
     """Check that each dependency's files arrived intact: one of them hashes to its ``output_sha256``.
 
@@ -113,7 +108,7 @@ def verify_deps(deps: Mapping[str, Dep]) -> None:
         if not want:
             continue
         files = [p for p in sorted(dep.dir.rglob("*")) if p.is_file() and p.name not in ("result.json", "log.txt")]
-        if not any(hashlib.sha256(p.read_bytes()).hexdigest() == want for p in files):
+        if not any(sha256_file(p) == want for p in files):
             raise StageError(f"dependency {dep_id}: no file in {dep.dir} has its output_sha256 {want[:12]}...")
 
 
@@ -133,7 +128,8 @@ def compute(root: Path, job: Job, cfg: RunConfig, runner: Runner, *, verify: boo
             verify_deps(job.deps)
         result = runner(job.cell, cfg, job.deps, tmp)
     except CELL_ERRORS as exc:
-        return Outcome(job, tmp, error=_one_line(exc), started=started, ended=time.time(), worker=worker)
+        return Outcome(job, tmp, error=first_line(exc, with_type=False), started=started, ended=time.time(),
+                       worker=worker)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -304,7 +300,8 @@ class RayExecutor:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             self._restore()
-            raise EdgeSeError(f"--address {address}: cannot join the Ray cluster: {_one_line(exc)}") from None
+            reason = first_line(exc, with_type=False)
+            raise EdgeSeError(f"--address {address}: cannot join the Ray cluster: {reason}") from None
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.slots = jobs or cpus
         self._node = ray.get_runtime_context().get_node_id()
@@ -353,7 +350,8 @@ class RayExecutor:
             except self.ray.exceptions.RayError as exc:  # worker or actor died RAY_MAX_RETRIES + 1 times
                 Store(self.root, clean=False).clear_partial(job.cell.stage, job.key)
                 now = time.time()
-                out.append(Outcome(job, None, error=f"ray worker lost: {_one_line(exc)}", started=now, ended=now))
+                lost = f"ray worker lost: {first_line(exc, with_type=False)}"
+                out.append(Outcome(job, None, error=lost, started=now, ended=now))
         return out
 
     def drain(self) -> list[Outcome]:

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from contract.errors import first_line
 from contract.files import append_line, write_text
 from edge_se.data import load_images
 from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
                  f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on
-            record["error"] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            record["error"] = first_line(exc, limit=10_000)
             _log(traceback.format_exc(limit=3))
         append_line(out, json.dumps(record))
         records = read_records(out)  # other runs may append to the same file

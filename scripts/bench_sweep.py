@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import subprocess
@@ -26,7 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contract.files import write_text
 from device_bench.sysinfo import describe
+from edge_se.tables import markdown_table
 
 EXECUTORS = ("local", "ray")
 
@@ -96,12 +97,6 @@ def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
     """``results``.jsonl and ``results``.md (each written whole, then renamed into place)."""
     system = describe() | {"cpu_flags": _flags()}
@@ -110,7 +105,7 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
     jsonl = [json.dumps({"config": str(config), "system": system} | r, sort_keys=True) for r in runs]
     jsonl += [json.dumps({"config": str(config), "compare": [r["executor"] for r in runs[:2]]} | n, sort_keys=True)
               for n in noise]
-    _atomic_write(results.with_suffix(".jsonl"), "\n".join(jsonl) + "\n")
+    write_text(results.with_suffix(".jsonl"), "\n".join(jsonl) + "\n")
     lines = [
         f"# Sweep executors: {config}",
         "",
@@ -119,14 +114,10 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
         "Each executor ran into its own fresh run directory, one after the other; timing cells on "
         "`local` ran with no other cell running under both.",
         "",
-        "| executor | jobs | wall (s) | cells computed | failed | cells/min | exit |",
-        "|---|---|---|---|---|---|---|",
+        markdown_table(["executor", "jobs", "wall (s)", "cells computed", "failed", "cells/min", "exit"],
+                       [[r["executor"], str(r["jobs"]), str(r["wall_s"]), f"{r['computed']}/{r['cells']}",
+                         str(r["failed"]), str(r["cells_per_min"]), str(r["exit"])] for r in runs]),
     ]
-    for r in runs:
-        lines.append(
-            f"| {r['executor']} | {r['jobs']} | {r['wall_s']} | {r['computed']}/{r['cells']} | {r['failed']} "
-            f"| {r['cells_per_min']} | {r['exit']} |"
-        )
     if noise:
         names = [r["executor"] for r in runs[:2]]
         med = [statistics.median(n["spread_pct"][i] for n in noise) for i in (0, 1)]
@@ -138,15 +129,12 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
             f"repeats). {held} of {len(noise)} cells within noise; median repeat spread {med[0]:.1f}% "
             f"({names[0]}) vs {med[1]:.1f}% ({names[1]}).",
             "",
-            f"| cell | {names[0]} | {names[1]} | difference | spread {names[0]} | spread {names[1]} | within noise |",
-            "|---|---|---|---|---|---|---|",
+            markdown_table(
+                ["cell", names[0], names[1], "difference", f"spread {names[0]}", f"spread {names[1]}", "within noise"],
+                [[f"`{n['cell']}`", f"{n['p50_ms'][0]:.3f}", f"{n['p50_ms'][1]:.3f}", f"{n['diff_pct']:+.1f}%",
+                  f"{n['spread_pct'][0]:.1f}%", f"{n['spread_pct'][1]:.1f}%", n["within_noise"]] for n in noise]),
         ]
-        for n in noise:
-            lines.append(
-                f"| `{n['cell']}` | {n['p50_ms'][0]:.3f} | {n['p50_ms'][1]:.3f} | {n['diff_pct']:+.1f}% "
-                f"| {n['spread_pct'][0]:.1f}% | {n['spread_pct'][1]:.1f}% | {'yes' if n['within_noise'] else 'no'} |"
-            )
-    _atomic_write(results.with_suffix(".md"), "\n".join(lines) + "\n")
+    write_text(results.with_suffix(".md"), "\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

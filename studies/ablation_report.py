@@ -13,6 +13,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from edge_se.tables import Column, fmt
+from edge_se.tables import table as columns_table
+
 SPREAD_FACTOR = 2.0
 """Standard errors a difference of mean accuracies must exceed to count as real (about 95 %)."""
 
@@ -39,16 +42,16 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row |= {"accuracy_mean": mean, "accuracy_std": std, "n": n, "seeds": sorted(c["seed"] for c in cells),
                 "accuracies": [c["accuracy"] for c in sorted(cells, key=lambda c: c["seed"])]}
         e = exports.get(name)
-        for fmt in ("pte", "tflite"):
-            f = (e or {}).get("formats", {}).get(fmt) or {}
+        for form in ("pte", "tflite"):
+            f = (e or {}).get("formats", {}).get(form) or {}
             lat = f.get("latency") or {}
             fid = f.get("fidelity") or {}
-            row[f"{fmt}_int8_p50_ms"] = lat.get("p50_ms")
-            row[f"{fmt}_int8_unstable"] = bool(lat.get("unstable"))
-            row[f"{fmt}_int8_sqnr_db"] = fid.get("sqnr_db")
-            row[f"{fmt}_int8_top1_agreement"] = fid.get("top1_agreement")
-            row[f"{fmt}_int8_accuracy"] = fid.get("accuracy")
-            row[f"{fmt}_status"] = f.get("status", "not exported")
+            row[f"{form}_int8_p50_ms"] = lat.get("p50_ms")
+            row[f"{form}_int8_unstable"] = bool(lat.get("unstable"))
+            row[f"{form}_int8_sqnr_db"] = fid.get("sqnr_db")
+            row[f"{form}_int8_top1_agreement"] = fid.get("top1_agreement")
+            row[f"{form}_int8_accuracy"] = fid.get("accuracy")
+            row[f"{form}_status"] = f.get("status", "not exported")
         rows.append(row)
     return rows
 
@@ -57,15 +60,11 @@ def _pct(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{100 * x:.{digits}f}"
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def _ms(row: dict[str, Any], fmt: str) -> str:
-    text = _num(row[f"{fmt}_int8_p50_ms"], ".3f")
-    if row.get(f"{fmt}_status") in ("error", "parity-failed"):
+def _ms(row: dict[str, Any], form: str) -> str:
+    text = fmt(row[f"{form}_int8_p50_ms"], ".3f")
+    if row.get(f"{form}_status") in ("error", "parity-failed"):
         return "failed"
-    return text + ("*" if row.get(f"{fmt}_int8_unstable") else "")
+    return text + ("*" if row.get(f"{form}_int8_unstable") else "")
 
 
 def _rlabel(row: dict[str, Any]) -> str:
@@ -76,24 +75,35 @@ def _rlabel(row: dict[str, Any]) -> str:
     return f"{row['ratio']:g} ({span})"
 
 
+def _variant(r: dict[str, Any]) -> str:
+    return r["variant"] + (f" (= {', '.join(r['also'])})" if r["also"] else "")
+
+
+def _accuracy(r: dict[str, Any]) -> str:
+    std = "n/a" if r["accuracy_std"] is None else f"{100 * r['accuracy_std']:.2f}"
+    return f"{100 * r['accuracy_mean']:.2f} +- {std} ({r['n']})"
+
+
+_COLUMNS = (
+    Column("variant", _variant),
+    Column("r nominal (effective)", _rlabel),
+    Column("placement", lambda r: r["placement"] or "-"),
+    Column("gate", lambda r: r["gate"] or "-"),
+    Column("params", lambda r: f"{r['params']:,}", align="right"),
+    Column("MACs", lambda r: f"{r['macs']:,}", align="right"),
+    Column("SE share params / MACs %", lambda r: f"{_pct(r['se_params_share'])} / {_pct(r['se_macs_share'])}"),
+    Column("accuracy % mean +- std (n)", _accuracy),
+    Column("int8 p50 ms pte / tflite", lambda r: f"{_ms(r, 'pte')} / {_ms(r, 'tflite')}"),
+    Column("int8 SQNR dB pte / tflite",
+           lambda r: f"{fmt(r['pte_int8_sqnr_db'], '.1f')} / {fmt(r['tflite_int8_sqnr_db'], '.1f')}"),
+    Column("int8 top-1 agreement % pte / tflite",
+           lambda r: f"{_pct(r['pte_int8_top1_agreement'])} / {_pct(r['tflite_int8_top1_agreement'])}"),
+)
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     """The markdown table, one line per variant."""
-    head = ("| variant | r nominal (effective) | placement | gate | params | MACs | SE share params / MACs % | "
-            "accuracy % mean +- std (n) | int8 p50 ms pte / tflite | int8 SQNR dB pte / tflite | "
-            "int8 top-1 agreement % pte / tflite |")
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        name = r["variant"] + (f" (= {', '.join(r['also'])})" if r["also"] else "")
-        std = "n/a" if r["accuracy_std"] is None else f"{100 * r['accuracy_std']:.2f}"
-        lines.append(
-            f"| {name} | {_rlabel(r)} | {r['placement'] or '-'} | {r['gate'] or '-'} | {r['params']:,} | "
-            f"{r['macs']:,} | {_pct(r['se_params_share'])} / {_pct(r['se_macs_share'])} | "
-            f"{100 * r['accuracy_mean']:.2f} +- {std} ({r['n']}) | "
-            f"{_ms(r, 'pte')} / {_ms(r, 'tflite')} | "
-            f"{_num(r['pte_int8_sqnr_db'], '.1f')} / {_num(r['tflite_int8_sqnr_db'], '.1f')} | "
-            f"{_pct(r['pte_int8_top1_agreement'])} / {_pct(r['tflite_int8_top1_agreement'])} |"
-        )
-    return "\n".join(lines)
+    return columns_table(_COLUMNS, rows)
 
 
 def _find(rows: list[dict[str, Any]], label: str) -> dict[str, Any] | None:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contract.files import write_text
+
 MODEL = "mobilenetv3_small_100"
 DATA = "digits"
 CACHE = Path("results/weights")  # git-ignored
@@ -119,15 +121,6 @@ def render(records: list[dict[str, Any]]) -> str:
         f"above max-softmax on at least one: {'met' if one else 'NOT met'} (means over seeds).", ""])
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,9 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     for seed in (int(s) for s in args.seeds.split(",")):
         records += run_seed(seed, args, env)
-    _write_atomic_text(args.out_dir / "anomaly.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_text(args.out_dir / "anomaly.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     md = render(records)
-    _write_atomic_text(args.out_dir / "anomaly.md", md)
+    write_text(args.out_dir / "anomaly.md", md)
     print(md)
     return 0
 

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.files import write_text
 from edge_se.argtypes import number
 from edge_se.cliargs import add_model_source, add_seed, add_threads
-from edge_se.errors import EdgeSeError
+from edge_se.errors import EdgeSeError, first_line
 
 DEFAULT_OOD_IMAGES = 360  # images per OOD set: as many as the digits test split holds
 DATA_CHOICES = ("digits", "textures")
@@ -79,7 +78,7 @@ def load_stats(path: str | Path) -> dict[str, Any]:
     try:
         stats = json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EdgeSeError(f"stats file {p} is not JSON: {str(exc).splitlines()[0]}") from None
+        raise EdgeSeError(f"stats file {p} is not JSON: {first_line(exc)}") from None
     try:
         check_stats(stats)
     except ValueError as exc:
@@ -114,17 +113,7 @@ def _layout_from_gates(gates: dict[str, Any]) -> list[tuple[str, int]]:
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` through a temporary file in the same folder and a rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, separators=(",", ":"))
-            fh.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text(path, json.dumps(obj, separators=(",", ":")) + "\n")
 
 
 def run_fit(args: argparse.Namespace) -> int:

@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from contract.files import write_text
+from edge_se.tables import Column, table
+
 TARGET_AUROC_GAP = 0.01
 TARGET_LATENCY_COST = 0.03
 
@@ -128,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from edge_se.data import load_images
     from export.versions import versions
     from studies.anomaly import auroc, fit, gate_score, gate_vectors
-    from studies.anomaly_bench import CACHE, DATA, MODEL, _write_atomic_text, trained_model
+    from studies.anomaly_bench import CACHE, DATA, MODEL, trained_model
     from studies.ood import ood_sets
 
     p = argparse.ArgumentParser(prog="python -m studies.anomaly_device", description=__doc__.splitlines()[0],
@@ -175,12 +178,25 @@ def main(argv: list[str] | None = None) -> int:
                                 "float_auroc": f_auc, "device_auroc": d_auc, "gap": d_auc - f_auc,
                                 "id_images": len(test.images), "ood_images": len(images)})
                 _log(f"{fmt} int8 {name}: float {f_auc:.4f} device {d_auc:.4f}")
-    _write_atomic_text(args.out_dir / "anomaly_device.jsonl", "".join(json.dumps(r, default=str) + "\n"
+    write_text(args.out_dir / "anomaly_device.jsonl", "".join(json.dumps(r, default=str) + "\n"
                                                                       for r in records))
     md = render(records)
-    _write_atomic_text(args.out_dir / "anomaly_device.md", md)
+    write_text(args.out_dir / "anomaly_device.md", md)
     print(md)
     return 0
+
+
+_LATENCY_COLUMNS = (
+    Column("format", "format"), Column("dtype", "dtype"),
+    Column("plain p50 ms", "plain_p50_ms", ".4f", "right"), Column("gated p50 ms", "gated_p50_ms", ".4f", "right"),
+    Column("cost", lambda r: f"{100 * r['cost']:+.2f}%", align="right"),
+    Column("rounds x runs", lambda r: f"{r['rounds']} x >= {r['runs']}", align="right"),
+)
+_AUROC_COLUMNS = (
+    Column("format", "format"), Column("OOD set", "ood"),
+    Column("float AUROC", "float_auroc", ".4f", "right"),
+    Column("on-device int8 AUROC", "device_auroc", ".4f", "right"), Column("gap", "gap", "+.4f", "right"),
+)
 
 
 def render(records: list[dict[str, Any]]) -> str:
@@ -196,16 +212,9 @@ def render(records: list[dict[str, Any]]) -> str:
              f"CPU: {first['cpu'].split('; flags:')[0]} (flags in the .jsonl). The machine is shared (2 cores, "
              "other jobs running): p50s move between rounds; the per-round p50s are in the .jsonl.", "",
              "## Latency: plain vs gate outputs (median over alternating rounds of the runner's p50)", "",
-             "| format | dtype | plain p50 ms | gated p50 ms | cost | rounds x runs |",
-             "|---|---|---:|---:|---:|---:|"]
-    for r in lat:
-        lines.append(f"| {r['format']} | {r['dtype']} | {r['plain_p50_ms']:.4f} | {r['gated_p50_ms']:.4f} | "
-                     f"{100 * r['cost']:+.2f}% | {r['rounds']} x >= {r['runs']} |")
-    lines += ["", "## AUROC: gate score from the int8 artifact's gate outputs (in its runtime) vs the float model",
-              "", "| format | OOD set | float AUROC | on-device int8 AUROC | gap |", "|---|---|---:|---:|---:|"]
-    for r in auc:
-        lines.append(f"| {r['format']} | {r['ood']} | {r['float_auroc']:.4f} | {r['device_auroc']:.4f} | "
-                     f"{r['gap']:+.4f} |")
+             table(_LATENCY_COLUMNS, lat),
+             "", "## AUROC: gate score from the int8 artifact's gate outputs (in its runtime) vs the float model",
+             "", table(_AUROC_COLUMNS, auc)]
     worst_gap = max((abs(r["gap"]) for r in auc), default=float("nan"))
     worst_cost = max((r["cost"] for r in lat), default=float("nan"))
     lines += ["", f"Targets: int8 on-device AUROC within {TARGET_AUROC_GAP} of float: "

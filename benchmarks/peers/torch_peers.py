@@ -39,6 +39,7 @@ from benchmarks.peers.manifests import (
     peer_manifest,
     tensor_entry,
 )
+from contract.errors import first_line
 from contract.files import publish
 from contract.manifest import write_manifest
 
@@ -212,8 +213,7 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
                 write_manifest(path, doc)
                 record.update(size_bytes=doc["size_bytes"], build_s=round(time.perf_counter() - t0, 1))
             except Exception as exc:  # noqa: BLE001 - a converter failure is a result of the benchmark
-                text = str(exc).strip().splitlines()
-                record["error"] = f"{type(exc).__name__}: {text[0] if text else ''}"
+                record["error"] = first_line(exc, limit=10_000)
                 print(f"torch_peers: {path.name}: build failed: {record['error']}", file=sys.stderr)
             records.append(record)
             print(json.dumps(record), flush=True)
