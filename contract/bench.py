@@ -15,10 +15,12 @@ Example:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from contract import jsonschema_lite, schemas
+from contract import files, jsonschema_lite, schemas
 from contract.errors import ContractError
 
 SCHEMA = "edge-se/bench/2"
@@ -65,6 +67,15 @@ def validate(doc: Any, where: str) -> None:
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ContractError(f"{where}: {problems[0]}{more}")
+
+
+def append(path: Path, rec: Mapping[str, Any]) -> None:
+    """Validate ``rec`` and append it to the JSON-lines file ``path`` as one whole line (sorted keys).
+
+    An invalid record raises before anything is written, so a results file holds only valid lines.
+    """
+    validate(dict(rec), f"{path} (being written)")
+    files.append_line(path, json.dumps(rec, sort_keys=True))
 
 
 def _flat(summary: Mapping[str, Any]) -> dict[str, Any]:

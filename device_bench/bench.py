@@ -10,7 +10,6 @@ it is written.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from contract import bench as record
-from contract import files as atomic
 from contract.files import sha256_file
 from contract.provenance import git_commit
 from device_bench.inventory import Device
@@ -124,8 +122,7 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
                         rec["status"] = "parity-failed"
                 except (DeviceError, ManifestError) as exc:  # ManifestError is contract.ContractError
                     rec = {**ctx, "status": "error", "error": str(exc)}
-            record.validate(rec, f"{out} (being written)")
-            atomic.append_line(out, json.dumps(rec, sort_keys=True))
+            record.append(out, rec)
             records.append(rec)
             _log(rec)
     return records

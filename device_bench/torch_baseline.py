@@ -11,7 +11,6 @@ Without CUDA, a ``--torch-device cuda`` request says so in one line and records 
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from contract import bench as record
-from contract import files as atomic
 from contract.errors import first_line
 from contract.measure import MeasureSpec
 from device_bench import stats, sysinfo
@@ -172,8 +170,7 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                 except Exception as exc:  # noqa: BLE001 - a mode that does not work is recorded, not fatal
                     rec["status"] = "error"
                     rec["error"] = first_line(exc)
-                record.validate(rec, f"{out} (being written)")
-                atomic.append_line(out, json.dumps(rec, sort_keys=True))
+                record.append(out, rec)
                 records.append(rec)
                 _log(rec)
     return records

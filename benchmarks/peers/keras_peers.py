@@ -14,7 +14,6 @@ One JSON line per artifact on stdout; logs on stderr.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -28,6 +27,7 @@ import numpy as np
 
 from benchmarks.peers.manifests import (
     ARCHS,
+    builder_parser,
     peer_artifact_name,
     peer_manifest,
     tensor_entry,
@@ -187,12 +187,8 @@ def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Build the Keras peers for the chosen architectures; JSON lines on stdout."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peers.keras_peers", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for the artifacts and manifests")
-    p.add_argument("--arch", action="append", choices=ARCHS, help="architecture (repeatable; default: all)")
-    p.add_argument("--resolution", type=int, default=224, help="input side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, BatchNorm draws and the dataset")
+    p = builder_parser("python -m benchmarks.peers.keras_peers", __doc__,
+                       "seed of weights, BatchNorm draws and the dataset")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     failed = 0

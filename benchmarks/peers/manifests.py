@@ -7,6 +7,7 @@ edge_se). The manifest itself, its schema, naming and atomic writes are :mod:`co
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,17 @@ RECIPES: dict[str, dict[str, str]] = {
     "tf-converter": {"tflite": "Keras applications + TensorFlow TFLiteConverter (full-integer int8)"},
 }
 """Who built an artifact -> format -> one-line description (edge-se first, then the peers)."""
+
+
+def builder_parser(prog: str, doc: str, seed_help: str) -> argparse.ArgumentParser:
+    """The options every peer builder shares: ``--out``, ``--arch`` (repeatable), ``--resolution`` (px), ``--seed``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for the artifacts and manifests")
+    p.add_argument("--arch", action="append", choices=ARCHS, help="architecture (repeatable; default: all)")
+    p.add_argument("--resolution", type=int, default=224, help="input side in pixels")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    return p
 
 
 

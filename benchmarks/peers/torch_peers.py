@@ -20,7 +20,6 @@ the same BatchNorm randomisation, so ``edge-se export --weights`` sees comparabl
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -35,6 +34,7 @@ from torch import nn
 
 from benchmarks.peers.manifests import (
     ARCHS,
+    builder_parser,
     peer_artifact_name,
     peer_manifest,
     tensor_entry,
@@ -235,12 +235,8 @@ def write_edge_se_weights(arch: str, path: Path, *, seed: int = 0) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """Build the peers (and edge-se weights) for the chosen architectures; JSON lines on stdout."""
-    p = argparse.ArgumentParser(prog="python -m benchmarks.peers.torch_peers", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for the artifacts and manifests")
-    p.add_argument("--arch", action="append", choices=ARCHS, help="architecture (repeatable; default: all)")
-    p.add_argument("--resolution", type=int, default=224, help="input side in pixels")
-    p.add_argument("--seed", type=int, default=0, help="seed of weights, BatchNorm draws and calibration images")
+    p = builder_parser("python -m benchmarks.peers.torch_peers", __doc__,
+                       "seed of weights, BatchNorm draws and calibration images")
     p.add_argument("--edge-se-weights", default=None,
                    help="also write edge-se's random weights per architecture into this folder")
     p.add_argument("--skip-peers", action="store_true", help="only write the edge-se weights")
