@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+from collections.abc import Iterable
+from importlib import metadata
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -21,3 +23,14 @@ def git_commit(*, short: bool = False, cwd: str | Path | None = None) -> str | N
     except (OSError, subprocess.SubprocessError):
         return None
     return (proc.stdout.strip() or None) if proc.returncode == 0 else None
+
+
+def dist_versions(dists: Iterable[str]) -> dict[str, str | None]:
+    """Installed version of each distribution, keyed by its name with ``-`` as ``_`` (``None``: not installed)."""
+    out: dict[str, str | None] = {}
+    for dist in dists:
+        try:
+            out[dist.replace("-", "_")] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist.replace("-", "_")] = None
+    return out

@@ -6,9 +6,10 @@ The manifest itself (schema, record, reader, writer, naming) is :mod:`contract.m
 
 from __future__ import annotations
 
-from importlib import metadata
+from contract.provenance import dist_versions
 
-# The distributions whose versions every manifest records, always the same set (a missing one: null).
+# The distributions whose versions every manifest records, always the same set (a missing one: null);
+# each key is the distribution name with "-" as "_" (contract.provenance.dist_versions).
 VERSIONED = {
     "torch": "torch",
     "executorch": "executorch",
@@ -22,12 +23,7 @@ VERSIONED = {
 
 def versions() -> dict[str, str | None]:
     """Installed versions of the fixed set :data:`VERSIONED` (``None`` for one not installed)."""
-    out: dict[str, str | None] = {}
-    for key, dist in VERSIONED.items():
-        try:
-            out[key] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[key] = None
+    out = dist_versions(VERSIONED.values())
     if out["edge_se"] is None:
         import edge_se
 

@@ -19,7 +19,6 @@ import json
 import os
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from benchmarks.peers.manifests import (
 from contract.errors import first_line
 from contract.files import publish
 from contract.manifest import write_manifest
+from contract.provenance import dist_versions
 
 REPRESENTATIVE_IMAGES = 8
 """Images in the representative dataset (generated, seeded): ranges only, latency does not depend on them."""
@@ -142,13 +142,7 @@ def tflite_tensors(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("tensorflow-cpu", "keras", "ai-edge-litert"):
-        try:
-            out[dist.replace("-", "_")] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist.replace("-", "_")] = None
-    return out
+    return dist_versions(("tensorflow-cpu", "keras", "ai-edge-litert"))
 
 
 def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) -> list[dict[str, Any]]:

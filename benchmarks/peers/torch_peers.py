@@ -25,7 +25,6 @@ import io
 import json
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from benchmarks.peers.manifests import (
 from contract.errors import first_line
 from contract.files import publish
 from contract.manifest import write_manifest
+from contract.provenance import dist_versions
 
 TORCHVISION = {"efficientnet_b0": "efficientnet_b0", "mobilenetv3_large_100": "mobilenet_v3_large"}
 """edge-se architecture -> torchvision builder name."""
@@ -138,13 +138,7 @@ def build_tflite(model: nn.Module, example: torch.Tensor, path: Path, *, quantiz
 
 
 def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("torch", "torchvision", "executorch", "torchao", "litert-torch", "ai-edge-litert"):
-        try:
-            out[dist.replace("-", "_")] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist.replace("-", "_")] = None
-    return out
+    return dist_versions(("torch", "torchvision", "executorch", "torchao", "litert-torch", "ai-edge-litert"))
 
 
 def build_arch(arch: str, out: Path, *, resolution: int = 224, seed: int = 0) -> list[dict[str, Any]]:
