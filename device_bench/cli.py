@@ -78,6 +78,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=True, help="also time torch.compile where it works"
     )
+    t.add_argument("--without-cuda", choices=("cpu", "skip"), default="cpu",
+                   help="--torch-device cuda where there is no CUDA: time the CPU instead, or record one skip")
     add_measure_arguments(t.add_argument_group("measurement (contract.measure.MeasureSpec)"))
     t.add_argument("--out", required=True, type=Path)
     t.set_defaults(func=run_bench_torch)
@@ -121,6 +123,7 @@ def run_bench_torch(args: argparse.Namespace) -> int:
         resolution=args.resolution,
         compile=args.compile,
         measure=from_namespace(args),
+        without_cuda=args.without_cuda,
     )
     print(f"bench-torch: {cfg.model} on {cfg.device}: {cfg.measure.summary()}", file=sys.stderr)
     for rec in bench_torch(cfg, args.out):

@@ -6,7 +6,9 @@ Each (mode, dtype, batch) gives one JSON line in the same format as device runs 
 uses ``perf_counter`` around each call (CPU ops are synchronous); CUDA timing uses CUDA events
 recorded around each call after warm-up, reading each pair after the end event completes, so
 host launch overhead and asynchrony are measured the way the GPU sees them.
-Without CUDA, a ``--torch-device cuda`` request says so in one line and records the CPU baseline only.
+Without CUDA, a ``--torch-device cuda`` request says so in one line and records the CPU baseline only,
+or, with ``without_cuda="skip"`` (``--without-cuda skip``, what a sweep's ``cuda`` baseline cell asks
+for, since its ``cpu`` cell already times the CPU), one ``skipped`` record and nothing timed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from device_bench.runner import output_summary
 from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")
+#: What a ``cuda`` request does where there is no CUDA: time the CPU instead, or record one skip.
+WITHOUT_CUDA = ("cpu", "skip")
+
 #: The larger batch timed on a GPU beside batch 1 (throughput regime).
 GPU_LARGE_BATCH = 32
 
@@ -42,6 +47,7 @@ class TorchBenchConfig:
     resolution: int | None = None
     compile: bool = True
     measure: MeasureSpec = MeasureSpec()
+    without_cuda: str = "cpu"  # a cuda request without CUDA: "cpu" times the CPU instead, "skip" records a skip
 
 
 def build_registry_model(name: str) -> tuple[Any, int]:
@@ -61,6 +67,8 @@ def resolve(cfg: TorchBenchConfig, cuda_available: bool) -> tuple[str, tuple[str
     device = cfg.device
     if device not in ("cpu", "cuda"):
         raise EdgeSeError(f"--torch-device {device!r} not valid; valid: cpu, cuda")
+    if cfg.without_cuda not in WITHOUT_CUDA:
+        raise EdgeSeError(f"--without-cuda {cfg.without_cuda!r} not valid; valid: {', '.join(WITHOUT_CUDA)}")
     bad = [d for d in cfg.dtypes if d not in DTYPES]
     if bad:
         raise EdgeSeError(f"--dtype {bad[0]!r} not valid; valid: {', '.join(DTYPES)}")
@@ -122,6 +130,8 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
     import torch
 
     device, dtypes, batches, note = resolve(cfg, torch.cuda.is_available())
+    if note and cfg.without_cuda == "skip":
+        return [_skip(cfg, out, torch.__version__)]
     if note:
         print(f"bench-torch: {note}", file=sys.stderr)
     spec = cfg.measure
@@ -174,6 +184,19 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                 records.append(rec)
                 _log(rec)
     return records
+
+
+def _skip(cfg: TorchBenchConfig, out: Path, torch_version: str) -> dict[str, Any]:
+    """The one ``skipped`` record of a cuda request on a machine without CUDA (nothing built or timed)."""
+    reason = "CUDA is not available on this machine"
+    print(f"bench-torch: {cfg.model} on cuda: skipped: {reason}", file=sys.stderr)
+    rec = {"schema": record.SCHEMA, "status": "skipped", "reason": reason, "artifact": None, "model": cfg.model,
+           "device": "cuda", "transport": "torch", "emulated": False, "resolution": cfg.resolution,
+           "runtime": {"name": "torch", "version": torch_version}, "cuda_requested_but_absent": True,
+           "measure": cfg.measure.to_dict(), "seed": cfg.measure.seed, **sysinfo.describe(),
+           "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())}
+    record.append(out, rec)
+    return rec
 
 
 def _log(rec: dict[str, Any]) -> None:

@@ -196,7 +196,7 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
                     "batch": line.get("batch"),
                     "mode": _runtime_name(line.get("mode") or line.get("runtime")),
                     "p50_ms": line.get("p50_ms"),
-                    "skipped": line.get("skipped"),
+                    "skipped": line.get("skipped") or (line.get("reason") if line.get("status") == "skipped" else None),
                     "gpu": line.get("gpu_name"),
                 }
             )

@@ -256,6 +256,11 @@ def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path
             str(cell.param("device")),
             "--resolution",
             str(cell.meta["resolution"]),
+            # the sweep's one measurement spec, as for its bench cells; the cpu cell times the CPU,
+            # so a cuda cell on a machine without CUDA records a skip instead of timing it again
+            *cfg.measure.to_argv(),
+            "--without-cuda",
+            "skip",
             "--out",
             str(out),
         ],

@@ -127,3 +127,22 @@ def test_compile_mode_runs_or_records_why(tmp_path):
     assert compiled["status"] == "ok" or compiled["error"], "a failing torch.compile must say why"
     if compiled["status"] == "ok":
         assert compiled["output_checksum"] is not None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="tests the no-CUDA skip; this machine has CUDA")
+def test_cuda_request_without_cuda_can_record_one_skip(tmp_path, capsys, monkeypatch):
+    # --without-cuda skip (a sweep's cuda cell): one valid `skipped` record, no model built, nothing timed
+    def no_build(name):
+        raise AssertionError("the model was built although nothing is timed")
+
+    monkeypatch.setattr(tb, "build_registry_model", no_build)
+    monkeypatch.setattr(tb.bench_torch, "__kwdefaults__", {"build": no_build})
+    out = tmp_path / "t.jsonl"
+    assert main(["bench-torch", "mobilenetv3_small_100", "--torch-device", "cuda", "--without-cuda", "skip",
+                 *FAST, "--out", str(out)]) == 0
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [(r["status"], r["device"], r["reason"]) for r in recs] == [
+        ("skipped", "cuda", "CUDA is not available on this machine")]
+    assert "skipped: CUDA is not available" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--without-cuda 'maybe'"):
+        tb.resolve(tb.TorchBenchConfig(model="m", device="cuda", without_cuda="maybe"), False)
