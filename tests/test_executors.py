@@ -16,12 +16,14 @@ import time
 from pathlib import Path
 
 import pytest
+from device_artifacts import artifacts  # noqa: F401  (session fixture)
 from test_pipeline import FakeRunner, _cfg
 
 from edge_se.errors import EdgeSeError
 from pipeline.cells import plan_cells
 from pipeline.executors import exclusive, timing_device
 from pipeline.run import run_sweep
+from pipeline.stages import run_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,6 +169,43 @@ def test_parallel_failure_is_recorded_and_blocks_only_its_dependants(tmp_path):
     ]
     assert s.count("done") == len(s.status) - 3
     assert (tmp_path / "run" / "failed" / "export").is_dir() and _partials(tmp_path / "run") == []
+
+
+class TinyArtifactRunner(FakeRunner):
+    """Fake train/export (the tiny .tflite of tests/device_artifacts.py as the export), the real bench stage."""
+
+    def __init__(self, artifact: Path) -> None:
+        super().__init__()
+        self.artifact = artifact
+
+    def __call__(self, cell, cfg, deps, workdir: Path) -> dict:
+        if cell.stage == "bench":
+            return run_cell(cell, cfg, deps, workdir)
+        out = super().__call__(cell, cfg, deps, workdir)
+        if cell.stage == "export":
+            for f in (self.artifact, self.artifact.with_name(self.artifact.name + ".json")):
+                shutil.copy(f, workdir / f.name)
+            out |= {"artifact": self.artifact.name, "manifest_file": self.artifact.name + ".json",
+                    "output_sha256": hashlib.sha256(self.artifact.read_bytes()).hexdigest()}
+        return out
+
+
+def test_a_device_that_is_gone_fails_only_its_cells_naming_it(tmp_path, artifacts):  # noqa: F811
+    # An ssh board that refuses connections (port 1 on loopback: nothing listens) while the sweep runs:
+    # its bench cell fails with a line naming the device, and the local bench cell still finishes.
+    gone = "ssh://edge@127.0.0.1:1"
+    sweep = SWEEP.replace('devices = ["local", "qemu-aarch64"]', f'devices = ["local", "{gone}"]\nruns = 5\n'
+                          "warmup = 1\nrepeats = 1\nmin_seconds = 0.0")
+    sweep = sweep.replace('formats = ["pte", "tflite"]\ndtypes = ["fp32", "int8"]',
+                          'formats = ["tflite"]\ndtypes = ["fp32"]').replace('devices = ["cpu"]', "devices = []")
+    cfg = _cfg(tmp_path, sweep)
+    s = run_sweep(cfg, tmp_path / "run", runner=TinyArtifactRunner(artifacts["tiny_se_litert_fp32.tflite"]), jobs=1)
+    benches = {c: v for c, v in s.status.items() if c.startswith("bench/")}
+    assert benches == {"bench/mobilenetv3_small_050/tflite/fp32/-/local": "done",
+                       f"bench/mobilenetv3_small_050/tflite/fp32/-/{gone}": "failed"}
+    error = s.errors[f"bench/mobilenetv3_small_050/tflite/fp32/-/{gone}"]
+    assert "\n" not in error and f"{gone}: connection refused" in error and "edge-se bench exited 1" in error
+    assert all(v == "done" for c, v in s.status.items() if c not in benches)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
