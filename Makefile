@@ -120,7 +120,7 @@ bench-cli: $(STAMP)  ## edge-se --help wall time (farm-bench, paired with `impor
 # --- bench-sweep: the local executor vs Ray on one config (owner: pipeline/executors.py) -------
 SWEEP_CONFIG ?= configs/demo.toml
 SWEEP_JOBS   ?=
-bench-sweep: $(STAMP)  ## SWEEP_CONFIG with --executor local, then ray: wall, cells/min, p50 per cell -> results/bench_sweep.{md,jsonl}
+bench-sweep: $(STAMP)  ## SWEEP_CONFIG under local, ray, then local again (run-to-run noise): wall, cells/min, p50 per cell -> results/bench_sweep.{md,jsonl}
 	$(PY) scripts/bench_sweep.py --config $(SWEEP_CONFIG) --runs runs/bench_sweep --results results/bench_sweep \
 	  $(if $(SWEEP_JOBS),--jobs $(SWEEP_JOBS))
 

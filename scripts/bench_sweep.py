@@ -1,6 +1,6 @@
 """Time one sweep config with the local executor and with Ray, one after the other (``make bench-sweep``).
 
-Each executor gets its own fresh run directory, so neither reuses the other's cache. Written:
+Each run gets its own fresh run directory, so neither reuses the other's cache. Written:
 ``RESULTS.jsonl`` (one line per executor, one per bench cell) and ``RESULTS.md`` (wall time, cells
 per minute, the two runs' p50 latency side by side per bench cell, and the CPU it ran on). Latency
 is comparable only within one file: the CPU behind this machine kind changes between sessions.
@@ -8,9 +8,10 @@ is comparable only within one file: the CPU behind this machine kind changes bet
     python scripts/bench_sweep.py --config configs/demo.toml --runs runs/bench_sweep --results results/bench_sweep
 
 "Ray must not make timings noisier": per bench cell, the two p50s differ by no more than the
-larger of the two runs' own repeat spread (``repeat_spread_pct``: the spread of the p50 over the
-cell's repeats, measured in that run), and the median repeat spread under Ray is compared with
-the local one.
+run-to-run noise, the larger of the two runs' own repeat spreads (``repeat_spread_pct``: the
+spread of the p50 over the cell's repeats) and, when the first executor runs again last (the
+default order ``local,ray,local``), the difference between its two runs; the median |difference|
+ray vs local is set beside the median |difference| local vs local.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from contract.files import write_text
 from device_bench.sysinfo import describe
 from edge_se.tables import markdown_table
 
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "ray", "local")  # the second local run measures the run-to-run noise
 
 
 def _flags() -> str:
@@ -77,14 +78,21 @@ def run_one(config: Path, executor: str, run_dir: Path, jobs: int | None) -> dic
     }
 
 
+def _rerun(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A later run with the first run's executor (its rerun), or None."""
+    return next((r for r in runs[2:] if r["executor"] == runs[0]["executor"]), None)
+
+
 def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per bench cell timed in both of the first two runs: both p50s, their difference and the runs' spreads.
 
-    ``within_noise``: the difference (% of the first run's p50) is at most the larger repeat spread.
+    ``rerun_diff_pct``: the first executor's rerun against its first run (% of the first p50), when
+    there is a rerun. ``within_noise``: the difference (% of the first run's p50) is at most the
+    larger repeat spread or the rerun's |difference|.
     """
     if len(runs) < 2:
         return []
-    a, b = runs[0], runs[1]
+    a, b, again = runs[0], runs[1], _rerun(runs)
     rows = []
     for cid in sorted(set(a["p50_ms"]) & set(b["p50_ms"])):
         pa, pb = a["p50_ms"][cid], b["p50_ms"][cid]
@@ -92,8 +100,11 @@ def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if pa is None or pb is None or sa is None or sb is None:
             continue
         diff = 100.0 * (pb - pa) / pa
+        pc = again["p50_ms"].get(cid) if again else None
+        rerun = 100.0 * (pc - pa) / pa if pc is not None else None
         rows.append({"cell": cid, "p50_ms": [pa, pb], "diff_pct": diff, "spread_pct": [sa, sb],
-                     "within_noise": abs(diff) <= max(sa, sb)})
+                     "rerun_p50_ms": pc, "rerun_diff_pct": rerun,
+                     "within_noise": abs(diff) <= max(sa, sb, abs(rerun) if rerun is not None else 0.0)})
     return rows
 
 
@@ -111,8 +122,8 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
         "",
         f"CPU: {system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); "
         f"flags: {system['cpu_flags']}.",
-        "Each executor ran into its own fresh run directory, one after the other; timing cells on "
-        "`local` ran with no other cell running under both.",
+        f"Runs, in order: {', '.join(r['executor'] for r in runs)}; each into its own fresh run directory; "
+        "timing cells on `local` ran with no other cell running under every executor.",
         "",
         markdown_table(["executor", "jobs", "wall (s)", "cells computed", "failed", "cells/min", "exit"],
                        [[r["executor"], str(r["jobs"]), str(r["wall_s"]), f"{r['computed']}/{r['cells']}",
@@ -122,17 +133,30 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
         names = [r["executor"] for r in runs[:2]]
         med = [statistics.median(n["spread_pct"][i] for n in noise) for i in (0, 1)]
         held = sum(n["within_noise"] for n in noise)
+        reruns = [n["rerun_diff_pct"] for n in noise if n["rerun_diff_pct"] is not None]
+        med_diff = statistics.median(abs(n["diff_pct"]) for n in noise)
+        rerun_line = (f" Median |difference| {names[1]} vs {names[0]}: {med_diff:.1f}%; {names[0]} run again last "
+                      f"vs its first run: {statistics.median(abs(d) for d in reruns):.1f}% (the run-to-run noise)."
+                      if reruns else f" Median |difference|: {med_diff:.1f}%.")
+        cols = ["cell", names[0], names[1], "difference", f"spread {names[0]}", f"spread {names[1]}"]
+        cols += [f"{names[0]} again", "rerun difference"] if reruns else []
+        body = []
+        for n in noise:
+            row = [f"`{n['cell']}`", f"{n['p50_ms'][0]:.3f}", f"{n['p50_ms'][1]:.3f}", f"{n['diff_pct']:+.1f}%",
+                   f"{n['spread_pct'][0]:.1f}%", f"{n['spread_pct'][1]:.1f}%"]
+            if reruns:
+                row += ["-", "-"] if n["rerun_p50_ms"] is None else [f"{n['rerun_p50_ms']:.3f}",
+                                                                      f"{n['rerun_diff_pct']:+.1f}%"]
+            body.append([*row, n["within_noise"]])
         lines += [
             "",
             f"p50 latency per bench cell (ms), {names[1]} against {names[0]}: a difference is within noise when it "
-            "is no larger than the larger of the two runs' repeat spreads (the p50's spread over the cell's "
-            f"repeats). {held} of {len(noise)} cells within noise; median repeat spread {med[0]:.1f}% "
-            f"({names[0]}) vs {med[1]:.1f}% ({names[1]}).",
+            "is no larger than the run-to-run noise: the larger of the two runs' repeat spreads (the p50's spread "
+            f"over the cell's repeats) and the |difference| between {names[0]}'s two runs. {held} of {len(noise)} "
+            f"cells within noise; median repeat spread {med[0]:.1f}% ({names[0]}) vs {med[1]:.1f}% ({names[1]})."
+            + rerun_line,
             "",
-            markdown_table(
-                ["cell", names[0], names[1], "difference", f"spread {names[0]}", f"spread {names[1]}", "within noise"],
-                [[f"`{n['cell']}`", f"{n['p50_ms'][0]:.3f}", f"{n['p50_ms'][1]:.3f}", f"{n['diff_pct']:+.1f}%",
-                  f"{n['spread_pct'][0]:.1f}%", f"{n['spread_pct'][1]:.1f}%", n["within_noise"]] for n in noise]),
+            markdown_table([*cols, "within noise"], body),
         ]
     write_text(results.with_suffix(".md"), "\n".join(lines) + "\n")
 
@@ -147,8 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executors", default=",".join(EXECUTORS), help="comma-separated executors, in order")
     args = p.parse_args(argv)
     runs = []
-    for executor in args.executors.split(","):
-        runs.append(run_one(args.config, executor, args.runs / executor, args.jobs))
+    executors = args.executors.split(",")
+    for i, executor in enumerate(executors):
+        n = executors[:i].count(executor)
+        runs.append(run_one(args.config, executor, args.runs / (executor if not n else f"{executor}-{n + 1}"),
+                            args.jobs))
         print(json.dumps({k: v for k, v in runs[-1].items() if k != "p50_ms"}), flush=True)
     write(args.results, args.config, runs)
     print(f"bench-sweep: wrote {args.results.with_suffix('.md')}", file=sys.stderr)
