@@ -19,10 +19,15 @@ full inverse covariance of MobileNetV3-Small's 576-channel blocks is 330k number
 (several MB of JSON); ``C*k`` numbers with ``k = 32`` keep the whole file well under 2 MB
 while the residual term still sees energy outside the principal subspace.
 
-Blocks are combined (``combine = "sum-z"``) by standardising each block distance with the
-mean and standard deviation it had on the fitting images and summing:
-``score = sum_b (d_b - norm_mean_b) / norm_std_b``. Higher is more anomalous; ``flag`` marks
-scores above the fitted ``threshold``.
+Blocks are combined by first standardising each block distance with the mean and standard
+deviation it had on the fitting images, ``z_b = (d_b - norm_mean_b) / norm_std_b``, then
+(``combine``) taking the largest, ``score = max_b z_b`` (``"max-z"``, what :mod:`device_bench.gate_fit`
+fits by default: the most surprised block decides), or summing them, ``score = sum_b z_b``
+(``"sum-z"``). Why max: on the digits model the early blocks separate noise, photos and blurring
+almost perfectly on their own while the late ones barely do; a sum lets the many weak blocks
+dilute the strong one, and int8 rounding, which hurts the weak blocks' separation most, then moves
+the sum (results/anomaly_device.md measures both). Higher is more anomalous; ``flag`` marks scores
+above the fitted ``threshold``.
 
 Example:
     >>> import numpy as np
@@ -43,12 +48,43 @@ import numpy as np
 
 STATS_SCHEMA = "edge-se/gate-stats/1"
 METHODS = ("ppca-mahalanobis",)
-COMBINES = ("sum-z",)
+COMBINES = ("max-z", "sum-z")
 
 #: Keys every stats dict carries at the top level.
 TOP_KEYS = ("schema", "method", "blocks", "combine", "threshold")
 #: Keys every entry of ``stats["blocks"]`` carries.
 BLOCK_KEYS = ("name", "channels", "mean", "components", "eigenvalues", "residual_variance", "norm_mean", "norm_std")
+
+
+def gate_arrays(outputs: Sequence[np.ndarray], slots: Sequence[Mapping[str, Any]], *,
+                quant: Sequence[tuple[float | None, int | None]] | None = None) -> dict[str, np.ndarray]:
+    """``{block name: gates [N, C] float64}`` read from an artifact's outputs by the manifest's slots.
+
+    Args:
+        outputs: the artifact's outputs of one inference (or a batch), output 0 the logits.
+        slots: the manifest's ``gate_outputs.blocks``: ``name``, ``channels``, ``output_index`` and
+            ``offset`` (channels into that output, flattened; absent in older manifests: 0).
+        quant: per output, its ``(scale, zero_point)``; an integer output with a scale is dequantised.
+
+    Raises:
+        ValueError: a slot names an output the artifact lacks, or lies outside it.
+    """
+    gates: dict[str, np.ndarray] = {}
+    for slot in slots:
+        i, c, off = int(slot["output_index"]), int(slot["channels"]), int(slot.get("offset", 0))
+        if i >= len(outputs):
+            raise ValueError(f"no output {i} for SE block {slot['name']!r} (the artifact has {len(outputs)} outputs)")
+        a = np.asarray(outputs[i])
+        scale, zero = quant[i] if quant is not None and i < len(quant) else (None, None)
+        flat = a.reshape(a.shape[0], -1)
+        if off + c > flat.shape[1]:
+            raise ValueError(f"SE block {slot['name']!r}: channels {off}..{off + c} lie outside output {i} "
+                             f"({flat.shape[1]} values)")
+        g = flat[:, off : off + c]
+        if scale is not None and a.dtype.kind in "iu":
+            g = (g.astype(np.float64) - float(zero or 0)) * float(scale)
+        gates[str(slot["name"])] = g.astype(np.float64)
+    return gates
 
 
 def check_stats(stats: Mapping[str, Any]) -> None:
@@ -107,10 +143,13 @@ def block_distances(gates: Sequence[np.ndarray], stats: Mapping[str, Any]) -> np
 
 
 def combine(distances: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """Combine per-block distances [N, B] into one score [N] (``sum-z``: sum of standardised distances)."""
+    """One score [N] from per-block distances [N, B]: the max (``max-z``) or sum (``sum-z``) of their z-scores."""
     mean = np.array([float(b["norm_mean"]) for b in stats["blocks"]])
     std = np.array([float(b["norm_std"]) for b in stats["blocks"]])
-    return ((distances - mean) / std).sum(axis=1)
+    z = (distances - mean) / std
+    if stats["combine"] == "max-z":
+        return z.max(axis=1)
+    return z.sum(axis=1)
 
 
 def score(gates: Sequence[np.ndarray], stats: Mapping[str, Any]) -> np.ndarray:

@@ -66,9 +66,10 @@ def output_summary(outputs: Sequence[np.ndarray]) -> dict[str, Any]:
 def gate_score_record(manifest: Any, outputs: Sequence[np.ndarray]) -> dict[str, Any] | None:
     """``{"value", "threshold", "flagged", "method", "blocks"}`` of one inference's gate outputs, or None.
 
-    None when the manifest has no ``gate_outputs`` or no stats in it. Gates are taken by the
-    manifest's ``output_index`` in the order of ``stats["blocks"]``, dequantised with each output's
-    scale and zero point (int8 ``.tflite``), and flattened to ``[1, C]``.
+    None when the manifest has no ``gate_outputs`` or no stats in it. Gates are read by the
+    manifest's slots (:func:`device_bench.gate_score.gate_arrays`: ``output_index`` and ``offset``)
+    in the order of ``stats["blocks"]``, dequantised with each output's scale and zero point
+    (int8 ``.tflite``), as ``[1, C]``.
 
     Raises:
         ManifestError: the manifest's gate block does not match the stats or the outputs.
@@ -79,18 +80,15 @@ def gate_score_record(manifest: Any, outputs: Sequence[np.ndarray]) -> dict[str,
     stats = block.get("stats") if isinstance(block, dict) else None
     if stats is None:
         return None
-    index = {b["name"]: int(b["output_index"]) for b in block["blocks"]}
-    gates = []
-    for b in stats["blocks"]:
-        i = index.get(b["name"])
-        if i is None or i >= len(outputs):
-            raise ManifestError(f"gate_outputs: no output for SE block {b['name']!r} "
-                                f"(the artifact has {len(outputs)} outputs)")
-        spec = manifest.outputs[i] if i < len(manifest.outputs) else None
-        g = np.asarray(outputs[i])
-        if spec is not None and spec.scale is not None and g.dtype.kind in "iu":
-            g = (g.astype(np.float64) - float(spec.zero_point or 0)) * float(spec.scale)
-        gates.append(g.reshape(g.shape[0], -1).astype(np.float64))
+    quant = [(o.scale, o.zero_point) for o in manifest.outputs]
+    try:
+        by_name = gate_score.gate_arrays(outputs, block["blocks"], quant=quant)
+    except ValueError as exc:
+        raise ManifestError(f"gate_outputs: {exc}") from None
+    missing = [b["name"] for b in stats["blocks"] if b["name"] not in by_name]
+    if missing:
+        raise ManifestError(f"gate_outputs: no output for SE block {missing[0]!r}")
+    gates = [by_name[b["name"]] for b in stats["blocks"]]
     try:
         value = float(gate_score.score(gates, stats)[0])
     except ValueError as exc:

@@ -62,6 +62,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="gate statistics (edge-se/gate-stats/1) to record in the manifest for the on-device score; "
              "implies --gate-outputs",
     )
+    p.add_argument(
+        "--gate-fit",
+        default=None,
+        metavar="DATA",
+        help="fit the gate statistics on each artifact's own gate outputs, run in its runtime over DATA's "
+             "training split (digits, textures or a folder), and record them in its manifest; implies "
+             "--gate-outputs; excludes --gate-stats",
+    )
+    p.add_argument(
+        "--gate-layout",
+        choices=("concat", "separate"),
+        default="concat",
+        help="concat: every SE gate in one output after the logits (one extra output); separate: one output "
+             "per SE block",
+    )
     add_seed(p, seeds="random weights, inputs and calibration")
     p.set_defaults(func=run_export)
 
@@ -110,6 +125,21 @@ def _check_gates(model: Any, name: str, resolution: int, stats: dict[str, Any] |
         go.check_stats(stats, blocks, where=str(path))
 
 
+def _check_gate_fit(source: str | None, stats_file: str | None) -> None:
+    """One-line errors for ``--gate-fit`` before any work: with ``--gate-stats``, or not an image source."""
+    from pathlib import Path
+
+    from edge_se.errors import EdgeSeError
+
+    if source is None:
+        return
+    if stats_file is not None:
+        raise EdgeSeError("--gate-fit and --gate-stats both given: fit on the artifact, or record a fitted file")
+    if source not in ("digits", "textures") and not Path(source).is_dir():
+        raise EdgeSeError(f"--gate-fit {source!r}: not a data source; valid: digits, textures or a folder of "
+                          "class sub-folders (the training split of in-distribution images)")
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Export ``args.model`` in each requested format and dtype; print one JSON line per artifact."""
     from edge_se.registry import check_resolution, get_spec
@@ -123,8 +153,9 @@ def run_export(args: argparse.Namespace) -> int:
     formats = _expand(args.format, backends.names())
     dtypes = _expand(args.dtype, ("fp32", "int8"))
     policy = parse_policy(args.policy)  # an unknown name fails before any work
+    _check_gate_fit(args.gate_fit, args.gate_stats)
     gate_stats = _read_gate_stats(args.gate_stats)
-    gate_outputs = bool(args.gate_outputs or gate_stats is not None)
+    gate_outputs = bool(args.gate_outputs or gate_stats is not None or args.gate_fit is not None)
     opts = ExportOptions(
         resolution=resolution,
         check=args.check,
@@ -136,11 +167,13 @@ def run_export(args: argparse.Namespace) -> int:
         gate_outputs=gate_outputs,
         gate_stats=gate_stats,
         gate_stats_file=args.gate_stats,
+        gate_layout=args.gate_layout,
+        gate_fit=args.gate_fit,
     )
     print(
         f"edge-se export: {args.model} @ {resolution}px formats={formats} dtypes={dtypes} out={args.out} "
         f"calib={args.calib} policy={list(policy)} engine={args.engine} check={args.check} "
-        f"gate_outputs={gate_outputs} gate_stats={args.gate_stats}",
+        f"gate_outputs={gate_outputs} gate_stats={args.gate_stats} gate_fit={args.gate_fit}",
         file=sys.stderr,
     )
     if args.calib == "random" and "int8" in dtypes:

@@ -1,4 +1,4 @@
-"""SE gate vectors as extra artifact outputs (``edge-se export --gate-outputs``), after the logits.
+"""SE gate vectors as one extra artifact output (``edge-se export --gate-outputs``), after the logits.
 
 The outputs are added to the graph that is lowered, *after* quantisation: the float model's
 exported graph (fp32) or the converted PT2E graph (int8) gets each SE block's gate appended to
@@ -11,9 +11,17 @@ Which value is "the gate": what the block's channel multiply takes (:func:`quant
 i.e. in an int8 graph the *dequantised* gate. That dequantize node is duplicated for the output:
 XNNPACK folds a dequantize into the multiply that consumes it, and an output that shares the
 node is then never written (measured: all zeros from ExecuTorch 1.5); a second dequantize of the
-same quantised tensor is lowered as its own int8 -> fp32 convert. The gate keeps its shape in the
-graph (``[1, C, 1, 1]``: no reshape op is added, so nothing new can fall outside the delegate);
-readers flatten it to ``[N, C]``.
+same quantised tensor is lowered as its own int8 -> fp32 convert.
+
+Layout (``concat``, the default): every block's gate ``[1, C_b, 1, 1]`` is concatenated along the
+channel axis into **one** output ``[1, sum C_b, 1, 1]`` (output 1); the manifest gives each block's
+``offset`` and ``channels`` in it. No reshape op is added (the gates keep their rank), so nothing
+new can fall outside the delegate: the cost is one ``cat`` and one output. Why one output: the
+measured cost of the former layout (one output per SE block) was +22% / +27% latency on a 0.2 ms
+``.pte`` (results/anomaly_device.md, 9 blocks), almost all of it fixed per-output work in the
+runtime's ``execute`` (each output is allocated and handed back on its own). ``separate`` keeps
+that layout (output ``1 + b`` for block ``b``). Readers split and flatten with
+:func:`device_bench.gate_score.gate_arrays`.
 """
 
 from __future__ import annotations
@@ -42,14 +50,28 @@ def se_blocks(gm: GraphModule, *, model_name: str) -> list[SEBlock]:
     return blocks
 
 
-def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock]) -> GraphModule:
-    """A copy of ``gm`` returning ``(logits, gate_1, ..., gate_k)``; ``gm`` is not modified.
+#: The gate-output layouts (``edge-se export --gate-layout``).
+LAYOUTS = ("concat", "separate")
+
+
+def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str = "concat") -> GraphModule:
+    """A copy of ``gm`` returning ``(logits, gates)`` (``concat``) or ``(logits, gate_1, ..., gate_k)``.
+
+    ``gm`` is not modified.
 
     Args:
         gm: an exported graph (``torch.export.export(...).module()``) or a converted PT2E graph.
         blocks: its SE blocks (:func:`se_blocks`), in the order the gates are appended.
+        layout: one of :data:`LAYOUTS` (module docstring).
+
+    Raises:
+        EdgeSeError: an unknown layout, or (``concat``) gates of different ranks.
     """
+    import torch
     from torch.utils._pytree import tree_flatten
+
+    if layout not in LAYOUTS:
+        raise EdgeSeError(f"--gate-layout {layout!r}: unknown; valid: {', '.join(LAYOUTS)}")
 
     gm = copy.deepcopy(gm)
     graph = gm.graph
@@ -64,6 +86,12 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock]) -> GraphModule
             if "dequantize" in str(src.target):  # see the module docstring: a private copy for the output
                 src = graph.call_function(src.target, src.args, dict(src.kwargs))
             results.append(src)
+        if layout == "concat" and len(results) > 2:
+            ranks = {len(n.meta["val"].shape) for n in results[1:] if "val" in n.meta}
+            if len(ranks) > 1:
+                raise EdgeSeError(f"--gate-layout concat: the SE gates have different ranks {sorted(ranks)}; "
+                                  "use --gate-layout separate")
+            results = [results[0], graph.call_function(torch.ops.aten.cat.default, (list(results[1:]), 1))]
     out.args = (tuple(results),)
     codegen: Any = graph._codegen
     if getattr(codegen, "pytree_info", None) is not None:  # export().module() rebuilds its outputs from a spec
@@ -95,32 +123,54 @@ def check_stats(stats: Mapping[str, Any], blocks: Sequence[SEBlock], *, where: s
                           f"this model has {len(want)}; block {first}: stats {got}, model {exp}")
 
 
-def manifest_block(blocks: Sequence[SEBlock], stats: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The manifest's ``gate_outputs``: ``{"blocks": [{name, channels, output_index}], "stats"}``."""
+def gate_slots(blocks: Sequence[SEBlock], *, layout: str = "concat") -> list[dict[str, Any]]:
+    """Where each block's gate lies: ``[{name, channels, output_index, offset}]`` (offset in channels)."""
+    slots, offset = [], 0
+    for i, b in enumerate(blocks):
+        concat = layout == "concat"
+        slots.append({"name": b.name, "channels": b.channels, "output_index": 1 if concat else i + 1,
+                      "offset": offset if concat else 0})
+        offset += b.channels
+    return slots
+
+
+def manifest_block(blocks: Sequence[SEBlock], stats: Mapping[str, Any] | None, *,
+                   layout: str = "concat") -> dict[str, Any]:
+    """The manifest's ``gate_outputs``: ``{"layout", "blocks": [{name, channels, output_index, offset}], "stats"}``."""
     return {
-        "blocks": [{"name": b.name, "channels": b.channels, "output_index": i + 1} for i, b in enumerate(blocks)],
+        "layout": layout,
+        "blocks": gate_slots(blocks, layout=layout),
         "stats": None if stats is None else dict(stats),
     }
 
 
+def gate_nodes(gated: GraphModule) -> list[Any]:
+    """The graph nodes of the gates, one per block, whatever the layout (the ``cat``'s inputs for ``concat``)."""
+    out = next(n for n in gated.graph.nodes if n.op == "output")
+    nodes = list(out.args[0])[1:]
+    if len(nodes) == 1 and "cat" in str(getattr(nodes[0], "target", "")):
+        return list(nodes[0].args[0])
+    return nodes
+
+
 def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
-                outputs: Sequence[Mapping[str, Any]]) -> list[float | None]:
-    """Each gate output's quantisation step: the artifact's own (int8 ``.tflite``), else the graph's dequantize.
+                outputs: Sequence[Mapping[str, Any]], *, layout: str = "concat") -> list[float | None]:
+    """Each gate's quantisation step: its output's own (int8 ``.tflite``), else the graph's dequantize.
 
     ``None`` for a gate the graph leaves in float (fp32, or an SE block a policy keeps in fp32).
     """
-    out = next(n for n in gated.graph.nodes if n.op == "output")
-    nodes = out.args[0]
+    nodes = gate_nodes(gated)
     scales: list[float | None] = []
-    for i in range(1, len(blocks) + 1):
+    for slot, node in zip(gate_slots(blocks, layout=layout), nodes, strict=True):
+        i = slot["output_index"]
         own = outputs[i].get("scale") if i < len(outputs) else None
         if own is not None:
             scales.append(float(own))
             continue
-        node = nodes[i]
         scale = node.args[1] if "dequantize" in str(getattr(node, "target", "")) and len(node.args) > 1 else None
         scales.append(float(scale) if isinstance(scale, (int, float)) else None)
     return scales
 
 
-__all__ = ["check_stats", "gate_scales", "manifest_block", "se_blocks", "with_gate_outputs"]
+__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_scales", "gate_slots", "manifest_block", "se_blocks",
+           "with_gate_outputs"]

@@ -65,6 +65,13 @@ class ExportOptions:
         gate_stats: a gate-stats dict (:mod:`device_bench.gate_score`) recorded in the manifest's
             ``gate_outputs.stats`` so the on-device runner can score; checked against the blocks.
         gate_stats_file: where ``gate_stats`` came from (named in errors).
+        gate_layout: ``concat`` (one output holding every gate; the default) or ``separate`` (one
+            output per SE block); :data:`export.gate_outputs.LAYOUTS`.
+        gate_fit: a data source of :func:`edge_se.data.load_images` (``digits``, ``textures``, a
+            folder): fit the gate statistics on *this artifact's* gate outputs, run in its own
+            runtime over that source's training split (:func:`device_bench.gate_fit.fit`), and record
+            them in ``gate_outputs.stats``; the int8 artifact's rounding is then in the statistics
+            the device scores with. Excludes ``gate_stats``.
     """
 
     resolution: int
@@ -77,6 +84,8 @@ class ExportOptions:
     gate_outputs: bool = False
     gate_stats: Mapping[str, Any] | None = None
     gate_stats_file: str | None = None
+    gate_layout: str = "concat"
+    gate_fit: str | None = None
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int) -> tuple[list[np.ndarray], list[bool]]:
@@ -157,6 +166,7 @@ class _Program:
     gate_blocks: list[Any] | None = None
     gated: Any = None
     float_gated: Any = None
+    gate_stats: Mapping[str, Any] | None = None
 
     @property
     def reference(self) -> Any:
@@ -221,8 +231,10 @@ def _add_gate_outputs(program: _Program, opts: ExportOptions) -> None:
     if opts.gate_stats is not None:
         go.check_stats(opts.gate_stats, blocks, where=opts.gate_stats_file or "(stats dict)")
     program.gate_blocks = blocks
-    program.gated = go.with_gate_outputs(base, blocks)
-    program.float_gated = go.with_gate_outputs(float_graph, blocks) if program.quantized is not None else None
+    program.gate_stats = opts.gate_stats
+    program.gated = go.with_gate_outputs(base, blocks, layout=opts.gate_layout)
+    program.float_gated = (go.with_gate_outputs(float_graph, blocks, layout=opts.gate_layout)
+                           if program.quantized is not None else None)
 
 
 def _lower(backend: Backend, program: _Program, *, label: str) -> Lowered:
@@ -267,7 +279,8 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
             real_images=real, gate_top1=trained,
         )
     if runs is not None:
-        figures["gate_outputs"] = _gate_figures(program, described, runs, reference_all, xs, dtype=dtype)
+        figures["gate_outputs"] = _gate_figures(program, described, runs, reference_all, xs, dtype=dtype,
+                                                   opts=opts)
         figures["passed"] = bool(figures["passed"]) and figures["gate_outputs"]["passed"]
         if not figures["gate_outputs"]["passed"]:
             figures.setdefault("failed_checks", []).append("gate_outputs")
@@ -275,17 +288,24 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
 
 
 def _gate_figures(program: _Program, described: _Described, runs: list[list[np.ndarray]],
-                  ref: list[list[np.ndarray]], xs: Sequence[np.ndarray], *, dtype: str) -> dict[str, Any]:
-    """The gate outputs (1..k) of the runtime against ``ref`` (the lowered graph's outputs) and the float graph's."""
+                  ref: list[list[np.ndarray]], xs: Sequence[np.ndarray], *, dtype: str,
+                  opts: ExportOptions) -> dict[str, Any]:
+    """The runtime's gates (read by the manifest's slots) against ``ref`` (the lowered graph's) and the float's."""
+    from device_bench.gate_score import gate_arrays
     from export import gate_outputs as go
 
     blocks = program.gate_blocks or []
+    slots = go.gate_slots(blocks, layout=opts.gate_layout)
+
+    def per_block(outs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
+        split = [gate_arrays(r, slots) for r in outs]
+        return [[s[b.name] for s in split] for b in blocks]
+
     flt = _torch_outputs_all(program.float_gated, xs) if program.float_gated is not None else None
-    scales = go.gate_scales(program.gated, blocks, described.outputs) if dtype == "int8" else [None] * len(blocks)
+    scales = (go.gate_scales(program.gated, blocks, described.outputs, layout=opts.gate_layout) if dtype == "int8"
+              else [None] * len(blocks))
     return par.gate_parity(
-        [[r[i + 1] for r in runs] for i in range(len(blocks))],
-        [[r[i + 1] for r in ref] for i in range(len(blocks))],
-        None if flt is None else [[r[i + 1] for r in flt] for i in range(len(blocks))],
+        per_block(runs), per_block(ref), None if flt is None else per_block(flt),
         names=[b.name for b in blocks], scales=scales, dtype=dtype,
     )
 
@@ -353,7 +373,33 @@ def _gate_block(program: _Program, opts: ExportOptions) -> dict[str, Any]:
         return {}
     from export.gate_outputs import manifest_block
 
-    return {"gate_outputs": manifest_block(program.gate_blocks, opts.gate_stats)}
+    return {"gate_outputs": manifest_block(program.gate_blocks, program.gate_stats, layout=opts.gate_layout)}
+
+
+def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, opts: ExportOptions, *,
+                    dtype: str) -> dict[str, Any]:
+    """Gate statistics fitted on the artifact's own gate outputs over ``opts.gate_fit``'s training split.
+
+    Each training image runs through the artifact in its own runtime (one inference each, in the
+    artifact's layout); the gates are read by the manifest's slots, so the statistics describe
+    exactly the values the on-device runner will score.
+    """
+    from device_bench.gate_fit import fit
+    from device_bench.gate_score import gate_arrays
+    from edge_se.data import load_images
+    from export import gate_outputs as go
+
+    assert opts.gate_fit is not None and program.gate_blocks is not None
+    images = load_images(opts.gate_fit, opts.resolution, split="train", seed=opts.seed).images
+    xs = [_to_layout(images[i : i + 1].numpy().astype(np.float32), program.layout) for i in range(len(images))]
+    slots = go.gate_slots(program.gate_blocks, layout=opts.gate_layout)
+    per = [gate_arrays(r, slots) for r in backend.run_all(data, xs)]
+    gates = {b.name: np.concatenate([g[b.name] for g in per]) for b in program.gate_blocks}
+    try:
+        return fit(gates, seed=opts.seed,
+                   source=f"{opts.gate_fit}/train: this artifact's gate outputs ({backend.name} {dtype}, its runtime)")
+    except ValueError as exc:
+        raise EdgeSeError(f"--gate-fit {opts.gate_fit}: {exc}") from None
 
 
 def _calibration(program: _Program, calib: Calibration | None) -> dict[str, Any] | None:
@@ -448,6 +494,8 @@ def export_one(
         raise ParityFailure(f"{fname}: parity check failed, nothing written ({_summary(checked.figures)})", record)
     measured = fidelity.measure(lambda xs: backend.run(lowered.data, xs), model=program.model,
                                 quantized=program.quantized, calib=calib, layout=program.layout)
+    if opts.gate_fit is not None and program.gate_blocks is not None:
+        program.gate_stats = _fit_gate_stats(backend, lowered.data, program, opts, dtype=dtype)
     golden = _publish(path, lowered.data, checked, opts=opts)
     manifest = _manifest(backend, program, lowered, described, checked, record=record, golden=golden,
                          opts=opts, calib=calib, weights=weights)

@@ -1,7 +1,7 @@
 """``edge-se anomaly fit|score``: the SE-gate out-of-distribution score (docs/anomaly.md).
 
     edge-se anomaly fit MODEL --weights W [--data digits|textures] [--resolution R] [--fpr 0.05]
-                        [--components K] [--seed N] --out STATS.json
+                        [--components K] [--combine max-z|sum-z] [--seed N] --out STATS.json
     edge-se anomaly score MODEL --weights W --stats STATS.json [--data ...] [--images N] [--seed N] [--json]
 
 ``fit`` reads the gate vectors of the training split and writes the stats (``edge-se/gate-stats/1``)
@@ -34,6 +34,8 @@ def _log(msg: str) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``anomaly fit`` and ``anomaly score`` to the ``edge-se`` parser."""
+    from device_bench.gate_fit import DEFAULT_COMBINE
+    from device_bench.gate_score import COMBINES
     from studies.anomaly import DEFAULT_COMPONENTS, DEFAULT_FPR
 
     p = sub.add_parser("anomaly", help="out-of-distribution score from SE gate vectors (fit, score)")
@@ -53,6 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="share of held-out in-distribution images the threshold may flag")
     f.add_argument("--components", type=number("--components"), default=DEFAULT_COMPONENTS, metavar="K",
                    help="principal components kept per SE block")
+    f.add_argument("--combine", choices=COMBINES, default=DEFAULT_COMBINE,
+                   help="how block z-scores make one score: max-z (the most surprised block) or sum-z")
     add_seed(f, seeds="the fit/calibration split of the training images")
     f.add_argument("--out", required=True, metavar="STATS.json", help="stats file to write")
     f.set_defaults(func=run_fit)
@@ -134,7 +138,7 @@ def run_fit(args: argparse.Namespace) -> int:
                      "images": len(train), "fpr": args.fpr, "components": args.components}))
     gates = gate_vectors(model, train.images)
     try:
-        stats = fit(gates, fpr=args.fpr, components=args.components, seed=args.seed,
+        stats = fit(gates, fpr=args.fpr, components=args.components, seed=args.seed, combine=args.combine,
                     source=f"{args.data}/train")
     except ValueError as exc:
         raise EdgeSeError(str(exc)) from None

@@ -144,6 +144,65 @@ def test_score_from_json_round_trip_equals_in_memory():
     assert loaded["schema"] == STATS_SCHEMA and loaded["fit_images"] == 240
 
 
+@pytest.mark.parametrize(("n", "c"), [(50, 2), (300, 40), (1100, 576), (20, 100)])
+def test_numpy_ledoit_wolf_equals_sklearn(n, c):
+    from sklearn.covariance import ledoit_wolf as sklearn_lw
+
+    from device_bench.gate_fit import ledoit_wolf
+
+    rng = np.random.default_rng(n + c)
+    x = rng.normal(size=(n, c)) * rng.uniform(0.01, 1.0, size=c)  # unequal variances: shrinkage in (0, 1)
+    x -= x.mean(axis=0)
+    want_cov, want_s = sklearn_lw(x, assume_centered=True)
+    cov, s = ledoit_wolf(x)
+    # The same closed form; sklearn sums its blocks in another order: float64 rounding only.
+    assert s == pytest.approx(want_s, rel=EXACT_RTOL) and 0.0 < s < 1.0
+    np.testing.assert_allclose(cov, want_cov, rtol=EXACT_RTOL, atol=EXACT_RTOL * np.abs(want_cov).max())
+
+
+def test_max_z_takes_the_most_surprised_block_and_sum_z_adds_them():
+    rng = np.random.default_rng(11)
+    blocks = [{**_ppca_block(np.zeros(3), np.eye(3), np.ones(3), 1.0), "name": "a", "norm_mean": 1.0, "norm_std": 2.0},
+              {**_ppca_block(np.zeros(2), np.eye(2), np.ones(2), 1.0), "name": "b", "norm_mean": 0.5, "norm_std": 0.5}]
+    stats = {"schema": STATS_SCHEMA, "method": "ppca-mahalanobis", "combine": "max-z", "threshold": 0.0,
+             "blocks": blocks}
+    ga, gb = rng.normal(size=(50, 3)), rng.normal(size=(50, 2))
+    za = (np.linalg.norm(ga, axis=1) - 1.0) / 2.0  # identity covariance: the distance is the norm
+    zb = (np.linalg.norm(gb, axis=1) - 0.5) / 0.5
+    np.testing.assert_allclose(score([ga, gb], stats), np.maximum(za, zb), rtol=EXACT_RTOL, atol=1e-12)
+    np.testing.assert_allclose(score([ga, gb], {**stats, "combine": "sum-z"}), za + zb, rtol=EXACT_RTOL, atol=1e-12)
+    with pytest.raises(ValueError, match="unknown gate-stats combine 'mean-z'"):
+        score([ga, gb], {**stats, "combine": "mean-z"})
+    # fit() records the combination it calibrated the threshold with (max-z unless told).
+    gates = {"a": rng.normal(size=(200, 3)), "b": rng.normal(size=(200, 2))}
+    assert fit(gates)["combine"] == "max-z" and fit(gates, combine="sum-z")["combine"] == "sum-z"
+    with pytest.raises(ValueError, match="unknown combine"):
+        fit(gates, combine="mean-z")
+
+
+def test_gate_arrays_read_concatenated_and_separate_layouts():
+    from device_bench.gate_score import gate_arrays
+
+    rng = np.random.default_rng(3)
+    a, b = rng.uniform(size=(1, 3, 1, 1)), rng.uniform(size=(1, 5, 1, 1))
+    logits = rng.normal(size=(1, 10))
+    concat = gate_arrays([logits, np.concatenate([a, b], axis=1)],
+                         [{"name": "a", "channels": 3, "output_index": 1, "offset": 0},
+                          {"name": "b", "channels": 5, "output_index": 1, "offset": 3}])
+    separate = gate_arrays([logits, a, b], [{"name": "a", "channels": 3, "output_index": 1},
+                                             {"name": "b", "channels": 5, "output_index": 2}])
+    for got in (concat, separate):
+        assert list(got) == ["a", "b"]
+        assert np.array_equal(got["a"], a.reshape(1, 3)) and np.array_equal(got["b"], b.reshape(1, 5))
+    q = np.array([[[[10]], [[-5]]]], dtype=np.int8)  # an int8 output with its scale and zero point
+    got = gate_arrays([logits, q], [{"name": "g", "channels": 2, "output_index": 1}], quant=[(None, None), (0.5, -6)])
+    assert got["g"].tolist() == [[8.0, 0.5]]
+    with pytest.raises(ValueError, match="outside output 1"):
+        gate_arrays([logits, a], [{"name": "a", "channels": 3, "output_index": 1, "offset": 1}])
+    with pytest.raises(ValueError, match="no output 2"):
+        gate_arrays([logits, a], [{"name": "a", "channels": 3, "output_index": 2}])
+
+
 def test_gate_score_imports_without_torch():
     code = (
         "import sys\n"
@@ -156,7 +215,11 @@ def test_gate_score_imports_without_torch():
         "     'components': [[1.0], [0.0]], 'eigenvalues': [4.0], 'residual_variance': 1.0,\n"
         "     'norm_mean': 0.0, 'norm_std': 1.0}]}\n"
         "print(gate_score.score([np.array([[2.0, 0.0], [0.0, 3.0]])], s).tolist())\n"
-        "assert 'torch' not in {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
+        "from device_bench import gate_fit\n"  # the fit runs there too (on an artifact's gates)
+        "fitted = gate_fit.fit({'se': np.random.default_rng(0).normal(size=(100, 3))})\n"
+        "assert fitted['schema'] == gate_score.STATS_SCHEMA\n"
+        "loaded = {m.split('.')[0] for m, v in sys.modules.items() if v is not None}\n"
+        "assert not {'torch', 'sklearn', 'scipy'} & loaded, loaded\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

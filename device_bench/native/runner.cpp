@@ -3,7 +3,8 @@
 // for machines where ExecuTorch's Python runtime cannot run (aarch64 boards, Android: it needs
 // libtorch). Built against the runtime libraries and headers the executorch wheel ships; see
 // device_bench/native_build.py for the flags. Statistics, input generation and the output
-// checksum follow device_bench/stats.py and device_bench/manifest.py exactly.
+// checksum follow device_bench/stats.py and device_bench/manifest.py exactly; the SE-gate anomaly
+// score (manifest gate_outputs.stats) follows device_bench/gate_score.py.
 #include <sched.h>
 #include <sys/resource.h>
 #include <sys/utsname.h>
@@ -13,7 +14,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -181,7 +184,132 @@ std::vector<uint8_t> make_input(const InputSpec& s, uint64_t seed) {
   return out;
 }
 
-std::vector<InputSpec> read_manifest(const Args& a, std::string* sha) {
+// --- SE-gate anomaly score (device_bench/gate_score.py; device_bench/runner.py: gate_score_record) ---
+// Where a block's gate lies: values offset..offset+channels of output output_index, flattened per image.
+struct GateSlot {
+  std::string name;
+  size_t channels = 0, output_index = 0, offset = 0;
+};
+
+// One block's fit (method ppca-mahalanobis): components is [channels, k] row-major.
+struct GateStats {
+  std::string name;
+  size_t channels = 0, k = 0;
+  std::vector<double> mean, components, eigenvalues;
+  double residual_variance = 0, norm_mean = 0, norm_std = 1;
+};
+
+struct Gate {
+  std::vector<GateSlot> slots;
+  std::vector<GateStats> blocks;  // stats order: the score's summation order
+  std::string method;
+  std::string combine;  // max-z: the largest block z-score; sum-z: their sum
+  double threshold = 0;
+};
+
+// An output's quantisation (manifest outputs[i].scale / zero_point): integer outputs with a scale are dequantised.
+struct OutputQuant {
+  bool has_scale = false;
+  double scale = 0;
+  double zero_point = 0;
+};
+
+double json_number(const mini_json::Value& v, const std::string& where) {
+  if (v.kind != mini_json::Value::Kind::Number) throw Error(where + ": expected a number");
+  return v.num;
+}
+
+size_t json_count(const mini_json::Value& v, const std::string& where, size_t min) {
+  double x = json_number(v, where);
+  if (x != std::floor(x) || x < static_cast<double>(min))
+    throw Error(where + ": expected an integer >= " + std::to_string(min));
+  return static_cast<size_t>(x);
+}
+
+// Numbers of a list, nested lists flattened in order (numpy's reshape of the stats' lists).
+void json_numbers(const mini_json::Value& v, const std::string& where, std::vector<double>* out) {
+  if (v.kind == mini_json::Value::Kind::Array) {
+    for (size_t i = 0; i < v.arr.size(); ++i) json_numbers(v.arr[i], where, out);
+    return;
+  }
+  out->push_back(json_number(v, where));
+}
+
+std::string py_quote(const std::string& s) { return "'" + s + "'"; }
+
+// The manifest's gate_outputs: nullopt without stats (no gate_score), else slots and stats checked
+// against each other (device_bench/gate_score.py: check_stats, block_distance's shapes).
+std::optional<Gate> read_gate(const mini_json::Value& doc, const std::string& manifest) {
+  if (!doc.has("gate_outputs") || doc.obj.at("gate_outputs").is_null()) return std::nullopt;
+  const auto& go = doc.obj.at("gate_outputs");
+  const std::string where = manifest + ": gate_outputs";
+  if (go.kind != mini_json::Value::Kind::Object) throw Error(where + ": must be an object");
+  const auto& st = go.at("stats", where);
+  if (st.is_null()) return std::nullopt;
+  Gate gate;
+  const auto& slots = go.at("blocks", where);
+  if (slots.kind != mini_json::Value::Kind::Array || slots.arr.empty())
+    throw Error(where + ": blocks must be a non-empty list");
+  for (size_t i = 0; i < slots.arr.size(); ++i) {
+    const std::string w = where + ".blocks[" + std::to_string(i) + "]";
+    const auto& s = slots.arr[i];
+    GateSlot slot;
+    slot.name = s.at("name", w).str;
+    slot.channels = json_count(s.at("channels", w), w + ".channels", 1);
+    slot.output_index = json_count(s.at("output_index", w), w + ".output_index", 1);
+    if (s.has("offset") && !s.obj.at("offset").is_null())
+      slot.offset = json_count(s.obj.at("offset"), w + ".offset", 0);  // absent in older manifests: 0
+    gate.slots.push_back(slot);
+  }
+  const std::string ws = where + ".stats";
+  if (st.kind != mini_json::Value::Kind::Object) throw Error(ws + ": must be a JSON object");
+  std::string schema = st.has("schema") ? st.obj.at("schema").str : "";
+  if (schema != "edge-se/gate-stats/1")
+    throw Error(ws + ": schema is '" + schema + "'; expected 'edge-se/gate-stats/1'");
+  for (const char* key : {"method", "blocks", "combine", "threshold"}) st.at(key, ws);
+  gate.method = st.obj.at("method").str;
+  if (gate.method != "ppca-mahalanobis")
+    throw Error(ws + ": unknown gate-stats method '" + gate.method + "'; valid: ppca-mahalanobis");
+  gate.combine = st.obj.at("combine").str;
+  if (gate.combine != "max-z" && gate.combine != "sum-z")
+    throw Error(ws + ": unknown gate-stats combine '" + gate.combine + "'; valid: max-z, sum-z");
+  gate.threshold = json_number(st.obj.at("threshold"), ws + ".threshold");
+  const auto& blocks = st.obj.at("blocks");
+  if (blocks.kind != mini_json::Value::Kind::Array || blocks.arr.empty())
+    throw Error(ws + ": gate stats have no blocks");
+  for (size_t i = 0; i < blocks.arr.size(); ++i) {
+    const auto& b = blocks.arr[i];
+    const std::string w = ws + ".blocks[" + std::to_string(i) + "]";
+    if (b.kind != mini_json::Value::Kind::Object) throw Error(w + ": not an object");
+    GateStats g;
+    g.name = b.at("name", w).str;
+    g.channels = json_count(b.at("channels", w), w + ".channels", 1);
+    json_numbers(b.at("mean", w), w + ".mean", &g.mean);
+    json_numbers(b.at("components", w), w + ".components", &g.components);
+    json_numbers(b.at("eigenvalues", w), w + ".eigenvalues", &g.eigenvalues);
+    g.residual_variance = json_number(b.at("residual_variance", w), w + ".residual_variance");
+    g.norm_mean = json_number(b.at("norm_mean", w), w + ".norm_mean");
+    g.norm_std = json_number(b.at("norm_std", w), w + ".norm_std");
+    g.k = g.eigenvalues.size();
+    if (g.mean.size() != g.channels || g.components.size() != g.channels * g.k)
+      throw Error(w + " (" + py_quote(g.name) + "): mean has " + std::to_string(g.mean.size()) +
+                  " values and components " + std::to_string(g.components.size()) + "; " +
+                  std::to_string(g.channels) + " channels and " + std::to_string(g.k) + " eigenvalues need " +
+                  std::to_string(g.channels) + " and " + std::to_string(g.channels * g.k));
+    const GateSlot* slot = nullptr;  // the last slot of that name, as a dict of slots keeps it
+    for (const auto& s : gate.slots)
+      if (s.name == g.name) slot = &s;
+    if (!slot) throw Error(where + ": no output for SE block " + py_quote(g.name));
+    if (slot->channels != g.channels)
+      throw Error(where + ": block " + py_quote(g.name) + ": gates have " + std::to_string(slot->channels) +
+                  " channels, the stats were fitted for " + std::to_string(g.channels));
+    gate.blocks.push_back(std::move(g));
+  }
+  return gate;
+}
+
+std::vector<InputSpec> read_manifest(const Args& a, std::string* sha, std::optional<Gate>* gate,
+                                     std::vector<OutputQuant>* quant) {
   const std::string where = a.manifest;
   mini_json::Value doc;
   try {
@@ -213,6 +341,18 @@ std::vector<InputSpec> read_manifest(const Args& a, std::string* sha) {
     specs.push_back(s);
   }
   if (specs.empty()) throw Error(where + ": inputs must be a non-empty list");
+  if (doc.has("outputs")) {
+    for (const auto& o : doc.obj.at("outputs").arr) {
+      OutputQuant q;
+      if (o.has("scale") && !o.obj.at("scale").is_null()) {
+        q.has_scale = true;
+        q.scale = o.obj.at("scale").num;
+        if (o.has("zero_point") && !o.obj.at("zero_point").is_null()) q.zero_point = o.obj.at("zero_point").num;
+      }
+      quant->push_back(q);
+    }
+  }
+  *gate = read_gate(doc, where);
   return specs;
 }
 
@@ -324,9 +464,87 @@ OutputSummary summarize_outputs(const std::vector<EValue>& outs) {
   return r;
 }
 
+// One inference's gate score (device_bench/runner.py: gate_score_record), in double: gates read by the
+// slots from image 0 of each output (flattened per image), integer outputs with a scale dequantised as
+// (q - zero_point) * scale; per stats block r = g - mean, p = V^T r,
+// d = sqrt(sum_j p_j^2 / lam_j + max(|r|^2 - |p|^2, 0) / residual_variance [k < C]);
+// z_b = (d_b - norm_mean_b) / norm_std_b; score = max_b z_b (max-z) or sum_b z_b (sum-z). Returns the
+// record's gate_score object.
+std::string gate_score_json(const std::vector<EValue>& outs, const Gate& gate, const std::vector<OutputQuant>& quant,
+                            const std::string& manifest) {
+  const std::string where = manifest + ": gate_outputs";
+  std::map<std::string, std::vector<double>> by_name;
+  for (const auto& s : gate.slots) {
+    if (s.output_index >= outs.size())
+      throw Error(where + ": no output " + std::to_string(s.output_index) + " for SE block " + py_quote(s.name) +
+                  " (the artifact has " + std::to_string(outs.size()) + " outputs)");
+    if (!outs[s.output_index].isTensor())
+      throw Error(where + ": output " + std::to_string(s.output_index) + " is not a tensor");
+    const auto& t = outs[s.output_index].toTensor();
+    size_t numel = static_cast<size_t>(t.numel());
+    size_t row = t.dim() > 0 && t.size(0) > 0 ? numel / static_cast<size_t>(t.size(0)) : numel;
+    if (s.offset + s.channels > row)
+      throw Error(where + ": SE block " + py_quote(s.name) + ": channels " + std::to_string(s.offset) + ".." +
+                  std::to_string(s.offset + s.channels) + " lie outside output " + std::to_string(s.output_index) +
+                  " (" + std::to_string(row) + " values)");
+    const OutputQuant q = s.output_index < quant.size() ? quant[s.output_index] : OutputQuant{};
+    std::vector<double> g(s.channels);
+    for (size_t c = 0; c < s.channels; ++c) {
+      size_t k = s.offset + c;
+      double v = 0;
+      bool integer = true;
+      switch (t.scalar_type()) {
+        case ScalarType::Float: v = t.const_data_ptr<float>()[k]; integer = false; break;
+        case ScalarType::Double: v = t.const_data_ptr<double>()[k]; integer = false; break;
+        case ScalarType::Char: v = t.const_data_ptr<int8_t>()[k]; break;
+        case ScalarType::Byte: v = t.const_data_ptr<uint8_t>()[k]; break;
+        case ScalarType::Int: v = t.const_data_ptr<int32_t>()[k]; break;
+        case ScalarType::Long: v = static_cast<double>(t.const_data_ptr<int64_t>()[k]); break;
+        default:
+          throw Error(where + ": SE block " + py_quote(s.name) + ": output " + std::to_string(s.output_index) +
+                      " has dtype " + numpy_name(t.scalar_type()) + "; gates are read from float or integer outputs");
+      }
+      g[c] = integer && q.has_scale ? (v - q.zero_point) * q.scale : v;
+    }
+    by_name[s.name] = std::move(g);
+  }
+  double value = 0;
+  bool first_block = true;
+  for (const auto& b : gate.blocks) {
+    auto it = by_name.find(b.name);
+    if (it == by_name.end()) throw Error(where + ": no output for SE block " + py_quote(b.name));
+    const std::vector<double>& g = it->second;
+    if (g.size() != b.channels)
+      throw Error(where + ": block " + py_quote(b.name) + ": gates have " + std::to_string(g.size()) +
+                  " channels, the stats were fitted for " + std::to_string(b.channels));
+    std::vector<double> r(b.channels);
+    double rr = 0;
+    for (size_t c = 0; c < b.channels; ++c) {
+      r[c] = g[c] - b.mean[c];
+      rr += r[c] * r[c];
+    }
+    double d2 = 0, pp = 0;
+    for (size_t j = 0; j < b.k; ++j) {
+      double p = 0;
+      for (size_t c = 0; c < b.channels; ++c) p += r[c] * b.components[c * b.k + j];
+      d2 += p * p / b.eigenvalues[j];
+      pp += p * p;
+    }
+    if (b.k < b.channels) d2 += std::max(rr - pp, 0.0) / b.residual_variance;  // clip rounding below zero
+    const double z = (std::sqrt(d2) - b.norm_mean) / b.norm_std;
+    value = gate.combine == "max-z" ? (first_block ? z : std::max(value, z)) : value + z;
+    first_block = false;
+  }
+  return "{\"value\": " + num(value) + ", \"threshold\": " + num(gate.threshold) + ", \"flagged\": " +
+         (value > gate.threshold ? "true" : "false") + ", \"method\": " + mini_json::quote(gate.method) +
+         ", \"blocks\": " + std::to_string(gate.blocks.size()) + "}";
+}
+
 int run(const Args& a) {
   std::string expected_sha;
-  auto specs = read_manifest(a, &expected_sha);
+  std::optional<Gate> gate;
+  std::vector<OutputQuant> quant;
+  auto specs = read_manifest(a, &expected_sha, &gate, &quant);
   std::string digest = sha256::file_hexdigest(a.artifact);
   if (digest.empty()) throw Error(a.artifact + ": cannot read artifact");
   if (digest != expected_sha)
@@ -409,6 +627,9 @@ int run(const Args& a) {
     return 0;
   }
 
+  // The slots against the real outputs before timing (a bad manifest fails at once, not after the runs).
+  if (gate) gate_score_json(first_out, *gate, quant, a.manifest);
+
   std::vector<std::vector<double>> repeats;
   std::vector<double> seconds;
   std::vector<EValue> last_out;
@@ -428,6 +649,8 @@ int run(const Args& a) {
     seconds.push_back(spent);
   }
   OutputSummary last = summarize_outputs(last_out);
+  std::string gate_score;  // after timing, outside the timed loop: the latency is the artifact's alone
+  if (gate) gate_score = gate_score_json(last_out, *gate, quant, a.manifest);
 
   std::vector<double> pooled, medians;
   std::string per = "[";
@@ -485,6 +708,7 @@ int run(const Args& a) {
   kv("machine", mini_json::quote(un.machine));
   kv("kernel", mini_json::quote(std::string(un.sysname) + " " + un.release));
   kv("cpu_count", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
+  if (gate) kv("gate_score", gate_score);
   std::printf("%s}\n", j.c_str());
   return 0;
 }
