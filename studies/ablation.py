@@ -61,6 +61,10 @@ class StudyConfig:
         export_variants: variant labels to export (None: every variant); a shorter list saves
             time on a slow machine, and the table shows ``-`` for the others.
         calib_size: calibration images for int8.
+        fallback_policy: quantisation policy tried when plain PTQ fails for a variant (the
+            export check refuses it, or a runtime cannot load it), e.g. ``se-float`` for a softmax
+            gate LiteRT's int8 SOFTMAX cannot hold; None: the failure is the result. The table
+            marks such a row with the policy that exported.
         bench_runs: timed inferences per repeat; bench_repeats: timed repeats; bench_warmup: untimed.
     """
 
@@ -80,6 +84,7 @@ class StudyConfig:
     formats: tuple[str, ...] = ("pte", "tflite")
     export_variants: tuple[str, ...] | None = None
     calib_size: int = 64
+    fallback_policy: str | None = None
     bench_runs: int = 30
     bench_repeats: int = 3
     bench_warmup: int = 5
@@ -116,7 +121,7 @@ def _fail(where: str, key: str, message: str) -> EdgeSeError:
 
 _SECTIONS = {"study": ("model", "data", "resolution", "epochs", "seeds", "init", "lr", "threads"),
              "variants": ("nose", "ratios", "placements", "gates"),
-             "export": ("enabled", "formats", "variants", "calib_size"),
+             "export": ("enabled", "formats", "variants", "calib_size", "fallback_policy"),
              "bench": ("runs", "repeats", "warmup")}
 _RENAME = {("export", "enabled"): "export", ("export", "variants"): "export_variants",
            ("bench", "runs"): "bench_runs", ("bench", "repeats"): "bench_repeats",
@@ -186,6 +191,13 @@ def validate(cfg: StudyConfig, *, where: str) -> StudyConfig:
     for key in ("nose", "export"):
         if not isinstance(getattr(cfg, key), bool):
             raise _fail(where, key, f"need true or false, got {getattr(cfg, key)!r}")
+    if cfg.fallback_policy is not None:
+        from quantize.policies import parse_policy
+
+        try:
+            parse_policy(cfg.fallback_policy)
+        except EdgeSeError as exc:
+            raise _fail(where, "export.fallback_policy", str(exc)) from None
     if cfg.export_variants is not None and not isinstance(cfg.export_variants, tuple):
         raise _fail(where, "export.variants", f"need a list of variant labels, got {cfg.export_variants!r}")
     for key in ("ratios", "placements", "gates", "formats"):

@@ -93,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
                      f"the config, to fit the time available); `-` in the int8 columns of the others.")
     for e in (r for r in records if r["kind"] == "export"):
         for fmt, f in e["formats"].items():
-            if f.get("status") != "ok":
-                notes.append(f"{e['variant']} int8 {fmt}: {f.get('status')}: {f.get('error')}")
+            for failed in f.get("failed_policies") or ([] if f.get("status") == "ok" else [f]):
+                notes.append(f"{e['variant']} int8 {fmt} ({failed.get('policy', 'ptq')}): {failed.get('status')}: "
+                             f"{failed.get('error')}")
+            if f.get("status") == "ok" and f.get("policy", "ptq") != "ptq":
+                notes.append(f"{e['variant']} int8 {fmt}: exported with the fallback policy {f['policy']} "
+                             "(marked with its name in the table)")
     header = {"command": f"edge-se study ablation {args.config} --out {out}"
                          + (f" --seeds {args.seeds}" if args.seeds is not None else "")
                          + ("" if args.export is None else (" --export" if args.export else " --no-export")),

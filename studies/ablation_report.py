@@ -52,6 +52,7 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[f"{form}_int8_top1_agreement"] = fid.get("top1_agreement")
             row[f"{form}_int8_accuracy"] = fid.get("accuracy")
             row[f"{form}_status"] = f.get("status", "not exported")
+            row[f"{form}_policy"] = f.get("policy", "ptq") if f.get("status") == "ok" else None
         rows.append(row)
     return rows
 
@@ -64,7 +65,9 @@ def _ms(row: dict[str, Any], form: str) -> str:
     text = fmt(row[f"{form}_int8_p50_ms"], ".3f")
     if row.get(f"{form}_status") in ("error", "parity-failed"):
         return "failed"
-    return text + ("*" if row.get(f"{form}_int8_unstable") else "")
+    policy = row.get(f"{form}_policy")
+    return text + ("*" if row.get(f"{form}_int8_unstable") else "") + (f" ({policy})" if policy not in (None, "ptq")
+                                                                        else "")
 
 
 def _rlabel(row: dict[str, Any]) -> str:
@@ -181,7 +184,8 @@ def markdown(rows: list[dict[str, Any]], verdict_list: list[dict[str, Any]], hea
         "effective = the range over blocks after the family's rounding (MobileNetV3: `make_divisible(C / r, 8)`, "
         "never below 8). **SE share**: SE parameters (both FCs with biases) and MACs as % of the network's "
         "(edge_se.accounting). **accuracy**: float top-1 on the held-out split, mean +- sample std over seeds (n). "
-        "**int8** columns: seed 0 only, exported through export.pipeline.export_one (plain PTQ, calibrated on the "
+        "**int8** columns: seed 0 only, exported through export.pipeline.export_one (plain PTQ, or the config's "
+        "fallback policy where PTQ failed, named beside the latency; calibrated on the "
         f"training split); p50 latency on this host (`local`, {cfg['threads']} thread(s), all artifacts in one "
         "bench run; `*`: device_bench flagged the repeats unstable, their medians more than 5 % apart); "
         "SQNR of the artifact's logits against float and top-1 agreement, measured in the artifact's "

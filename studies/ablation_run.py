@@ -157,7 +157,7 @@ def export_cell(v: Variant, trained: dict[str, Any], cfg: StudyConfig, out: Path
     versions = _versions()
     rec_in = {"weights_sha256": trained["weights_sha256"], "spec": trained["spec"], "formats": list(cfg.formats),
               "calib": {"source": cfg.data, "size": cfg.calib_size}, "resolution": cfg.resolution,
-              "versions": versions}
+              "fallback_policy": cfg.fallback_policy, "versions": versions}
     key = cell_key("export", rec_in)
     cached = cache.get(key)
     if cached is not None:
@@ -167,6 +167,7 @@ def export_cell(v: Variant, trained: dict[str, Any], cfg: StudyConfig, out: Path
     from edge_se.build import build
     from edge_se.train import load_state_dict
     from export.pipeline import ExportOptions, ParityFailure, export_one
+    from quantize.policies import parse_policy
 
     torch.set_num_threads(cfg.threads)
     model = build(v.spec)
@@ -174,26 +175,34 @@ def export_cell(v: Variant, trained: dict[str, Any], cfg: StudyConfig, out: Path
     model.eval()
     art_dir = out / "artifacts" / key
     formats: dict[str, Any] = {}
+    weights = {"source": "file", "path": trained["weights"], "sha256": trained["weights_sha256"],
+               "study_cell": trained["key"]}
+    policies = ["ptq"] + ([cfg.fallback_policy] if cfg.fallback_policy else [])
     for fmt in cfg.formats:
-        log(f"study: export {v.name} {fmt} int8")
-        t0 = time.perf_counter()
-        try:
-            rec = export_one(model, name=v.spec.name, fmt=fmt, dtype="int8", out_dir=art_dir,
-                             opts=ExportOptions(resolution=cfg.resolution, seed=0), calib=calib(),
-                             weights={"source": "file", "path": trained["weights"],
-                                      "sha256": trained["weights_sha256"], "study_cell": trained["key"]})
-        except ParityFailure as exc:
-            formats[fmt] = {"status": "parity-failed", "error": str(exc)}
-            continue
-        except (StageError, EdgeSeError) as exc:  # e.g. LiteRT refuses an int8 softmax over channels
-            formats[fmt] = {"status": "error", "error": first_line(exc)}
-            log(f"study: export {v.name} {fmt} int8 failed: {first_line(exc)}")
-            continue
-        fid = rec.get("fidelity") or {}
-        formats[fmt] = {"status": "ok", "artifact": rec["path"], "size_bytes": rec["size_bytes"],
-                        "sha256": sha256_file(rec["path"]), "export_s": round(time.perf_counter() - t0, 1),
-                        "fidelity": {k: fid.get(k) for k in ("sqnr_db", "sqnr_db_median", "top1_agreement",
-                                                             "accuracy", "float_accuracy", "images")}}
+        failures: list[dict[str, str]] = []
+        for policy in policies:
+            log(f"study: export {v.name} {fmt} int8 ({policy})")
+            t0 = time.perf_counter()
+            opts = ExportOptions(resolution=cfg.resolution, seed=0, policy=parse_policy(policy))
+            try:
+                rec = export_one(model, name=v.spec.name, fmt=fmt, dtype="int8", out_dir=art_dir / policy,
+                                 opts=opts, calib=calib(), weights=weights)
+            except ParityFailure as exc:
+                failures.append({"policy": policy, "status": "parity-failed", "error": str(exc)})
+                continue
+            except (StageError, EdgeSeError) as exc:  # e.g. LiteRT refuses an int8 softmax over channels
+                failures.append({"policy": policy, "status": "error", "error": first_line(exc)})
+                log(f"study: export {v.name} {fmt} int8 ({policy}) failed: {first_line(exc)}")
+                continue
+            fid = rec.get("fidelity") or {}
+            formats[fmt] = {"status": "ok", "policy": policy, "artifact": rec["path"], "size_bytes": rec["size_bytes"],
+                            "sha256": sha256_file(rec["path"]), "export_s": round(time.perf_counter() - t0, 1),
+                            "fidelity": {k: fid.get(k) for k in ("sqnr_db", "sqnr_db_median", "top1_agreement",
+                                                                 "accuracy", "float_accuracy", "images")},
+                            "failed_policies": failures}
+            break
+        else:
+            formats[fmt] = {**failures[0], "failed_policies": failures}
     rec = {"schema": STUDY_SCHEMA, "kind": "export", "key": key, "variant": v.name, "model": v.spec.name,
            "train_key": trained["key"], "seed": trained["seed"], "dtype": "int8", "formats": formats,
            "calib": rec_in["calib"], "versions": versions}

@@ -86,6 +86,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("[study]\ndata = 'imagenet'\n", "study.data: unknown dataset 'imagenet'"),
         ("[sweep]\nx = 1\n", "[sweep]: unknown section"),
         ("[export]\nvariants = ['r7']\n", "export.variants: unknown variant 'r7'"),
+        ("[export]\nfallback_policy = 'magic'\n", "export.fallback_policy: unknown"),
     ],
 )
 def test_config_errors_are_one_line(tmp_path, capsys, body, expected):
