@@ -245,6 +245,18 @@ GATE_FP32_ATOL = FP32_RTOL
 """fp32 gate outputs vs the eager graph: max absolute error. Gates lie in [0, 1], so this is
 :data:`FP32_RTOL` relative to their full scale (float re-association only, as for the logits)."""
 
+GATE_FP32_MIN_COSINE = 1.0 - 1e-6
+GATE_FP32_MAX_ABS = 0.01
+"""The fp32 gate check's second way to pass: every sample's cosine >= :data:`GATE_FP32_MIN_COSINE`
+and max absolute error <= :data:`GATE_FP32_MAX_ABS` (2.5 int8 steps of a [0, 1] gate).
+
+Why: float re-association error grows with depth and with the size of the values that feed a
+gate, and the logits' check is relative for that reason. Measured: the digits MobileNetV3-Small
+trained at 32 px and exported at 224 px (logits ~85) has its last block's gate 1.5e-3 off
+(relative logits error 5e-5, cosine 1 - 1.5e-8), above :data:`GATE_FP32_ATOL`. A wrong gate output
+(another block's, zeros, a layout slip) moves the cosine far below 1 - 1e-6; a scaled one is
+caught by the absolute bound."""
+
 GATE_INT8_MAX_STEPS = 16.0
 """int8 gate outputs vs the quantised PyTorch graph: max error in the gate's own quantisation steps.
 
@@ -284,14 +296,15 @@ def gate_parity(
     ok = True
     for i, name in enumerate(names):
         err = max_abs_error(actual[i], reference[i])
-        row: dict[str, object] = {"block": name, "max_abs_error": err, "cosine": cosine(actual[i], reference[i])}
+        cos = cosine(actual[i], reference[i])
+        row: dict[str, object] = {"block": name, "max_abs_error": err, "cosine": cos}
         scale = scales[i]
         if dtype == "int8" and scale:
             steps = err / scale
             row |= {"scale": scale, "max_error_steps": steps}
             ok &= steps <= GATE_INT8_MAX_STEPS
         else:
-            ok &= err <= GATE_FP32_ATOL
+            ok &= err <= GATE_FP32_ATOL or (cos >= GATE_FP32_MIN_COSINE and err <= GATE_FP32_MAX_ABS)
         if float_reference is not None:
             row["vs_float_max_abs_error"] = max_abs_error(actual[i], float_reference[i])
             row["vs_float_sqnr_db"] = _finite(sqnr_db(actual[i], float_reference[i]))
@@ -303,6 +316,8 @@ def gate_parity(
         "max_abs_error": max((float(r["max_abs_error"]) for r in rows), default=0.0),  # type: ignore[arg-type]
         "max_error_steps": max(steps_all) if steps_all else None,
         "atol": GATE_FP32_ATOL,
+        "min_cosine": GATE_FP32_MIN_COSINE,
+        "max_abs": GATE_FP32_MAX_ABS,
         "max_steps": GATE_INT8_MAX_STEPS,
         "passed": bool(ok),
     }

@@ -523,6 +523,11 @@ def _summary(figures: dict[str, Any]) -> str:
         return (f"failed {', '.join(figures['failed_checks'])}; vs quantized: {vq['max_error_steps']:.2f} steps, "
                 f"cosine {vq['cosine']:.4f}, SQNR {vq['sqnr_db']} dB; "
                 f"vs float: cosine {vf['cosine']:.4f}, SQNR {vf['sqnr_db']} dB, top-1 {vf['top1_agreement']:.2f}")
+    if "gate_outputs" in figures.get("failed_checks", []):
+        g = figures["gate_outputs"]
+        worst = max(g["blocks"], key=lambda b: float(b["max_abs_error"]))
+        return (f"failed gate_outputs: SE block {worst['block']} gate max abs error {worst['max_abs_error']:.3g} "
+                f"(cosine {worst['cosine']:.8f}) > atol {g['atol']}")
     return (f"max abs error {figures.get('max_abs_error')}, relative {figures.get('max_rel_error')} "
             f"> rtol {figures.get('rtol')}")
 

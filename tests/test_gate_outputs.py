@@ -220,6 +220,22 @@ def test_bad_gate_fit_flags_are_one_line_errors(tmp_path, capsys, extra, needle)
     assert not (tmp_path / "out").exists()
 
 
+def test_fp32_gate_check_passes_float_drift_and_refuses_wrong_gates():
+    """Pure check (export.parity.gate_parity): the 224 px drift passes; a scaled or misplaced gate does not."""
+    rng = np.random.default_rng(0)
+    ref = [rng.uniform(0.05, 0.95, size=(1, 96)) for _ in range(4)]
+
+    def passed(actual):
+        return par.gate_parity([actual], [ref], None, names=["se"], scales=[None], dtype="fp32")["passed"]
+
+    assert passed([r + 5e-4 * rng.standard_normal(r.shape) for r in ref])  # within GATE_FP32_ATOL (4 sd)
+    drift = [r + 1.5e-3 * np.sign(rng.standard_normal(r.shape)) * (np.arange(96) == 7) for r in ref]
+    assert passed(drift)  # one channel 1.5e-3 off: the measured 224 px case, cosine ~1 - 1e-8
+    assert not passed([1.02 * r for r in ref])  # scaled: cosine 1, but 1.9e-2 > GATE_FP32_MAX_ABS
+    assert not passed([np.roll(r, 1, axis=1) for r in ref])  # misplaced channels: cosine far below 1 - 1e-6
+    assert not passed([np.zeros_like(r) for r in ref])
+
+
 def _cli(argv: list[str], capsys) -> tuple[int, str]:
     from edge_se.cli import main
 
