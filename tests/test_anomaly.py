@@ -180,6 +180,19 @@ def test_max_z_takes_the_most_surprised_block_and_sum_z_adds_them():
         fit(gates, combine="mean-z")
 
 
+def test_gap_interval_is_zero_for_identical_scores_and_covers_a_known_gap():
+    from studies.anomaly_device import gap_ci
+
+    rng = np.random.default_rng(2)
+    f_id, f_ood = rng.normal(0, 1, 300), rng.normal(1.5, 1, 200)
+    assert gap_ci(f_id, f_ood, f_id.copy(), f_ood.copy(), resamples=200) == (0.0, 0.0)  # paired: no spread
+    # The device's OOD scores pulled towards the in-distribution ones: a real, negative gap.
+    d_ood = f_ood - 0.8
+    lo, hi = gap_ci(f_id, f_ood, f_id, d_ood, resamples=400)
+    gap = auroc(f_id, d_ood) - auroc(f_id, f_ood)
+    assert lo <= gap <= hi < 0.0
+
+
 def test_gate_arrays_read_concatenated_and_separate_layouts():
     from device_bench.gate_score import gate_arrays
 
