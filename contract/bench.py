@@ -32,6 +32,13 @@ SCHEMA_V1 = "edge-se/bench/1"
 LATENCY_KEYS: tuple[str, ...] = ("p50_ms", "p90_ms", "p99_ms", "min_ms", "mean_ms", "std_ms", "samples")
 """The flat latency keys (pooled over all repeats), at the top level of a measured record."""
 
+STABILITY_KEYS: tuple[str, ...] = ("trimmed_mean_ms", "cv_pct", "p99_p50", "stability", "stability_reasons")
+"""The stability figures and verdict (``device_bench.stats``), at the top level of a measured record.
+
+Optional when reading (records written before them lack them); every measured record this
+checkout's runners write has them (``validate(..., fresh=True)``, the schema's ``$defs/written_now``).
+Each repeat's summary has the first three."""
+
 # edge-se/bench/1 latency_ms key -> the flat key (also the keys of each repeat's summary).
 _V1_KEYS = {"p50": "p50_ms", "p90": "p90_ms", "p99": "p99_ms", "min": "min_ms", "mean": "mean_ms",
             "std": "std_ms", "count": "samples"}
@@ -48,11 +55,13 @@ def _kind(doc: Mapping[str, Any]) -> str:
     return "measured"
 
 
-def validate(doc: Any, where: str) -> None:
+def validate(doc: Any, where: str, *, fresh: bool = False) -> None:
     """Raise a one-line :class:`ContractError` naming ``where`` and the field if ``doc`` is not a valid record.
 
     The line names the first violation of the kind of record ``doc`` is (measured, not measured:
-    ``status`` error or skipped, ...), and says how many more there are.
+    ``status`` error or skipped, ...), and says how many more there are. ``fresh``: ``doc`` was
+    just written by a runner of this checkout, so a measured one must also carry
+    :data:`STABILITY_KEYS` (and each repeat its stability figures), which older records lack.
     """
     if isinstance(doc, dict) and "schema" in doc and doc["schema"] != SCHEMA:
         raise ContractError(f"{where}: bench record schema {doc['schema']!r} is not supported here; "
@@ -64,6 +73,8 @@ def validate(doc: Any, where: str) -> None:
         base = {k: v for k, v in schema.items() if k != "anyOf"}
         problems = (jsonschema_lite.errors(doc, base, schema) + jsonschema_lite.errors(doc, branch, schema)
                     or problems)
+    if fresh and not problems and _kind(doc) == "measured":
+        problems = jsonschema_lite.errors(doc, schema["$defs"]["written_now"], schema)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise ContractError(f"{where}: {problems[0]}{more}")

@@ -8,15 +8,20 @@ Method (what the fields mean): one untimed first inference, ``warmup`` untimed r
 repeat at least ``runs`` timed inferences *and* at least ``min_seconds`` of them (MLPerf's minimum
 query count and minimum duration), capped at ``max_runs`` (0: no cap); ``cooldown_s`` of idle
 between repeats. Inputs come from ``seed``. Standard library only.
+
+Across artifacts (``edge-se bench`` with several on one device) the timing order is
+:func:`timing_order`'s: shuffled with the spec's ``seed`` by default, so a drift of the machine
+(heat, other jobs) does not always fall on the same artifact.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from contract.errors import ContractError
 
@@ -150,3 +155,30 @@ def add_arguments(parser: argparse.ArgumentParser | Any, *, defaults: MeasureSpe
 def from_namespace(ns: argparse.Namespace) -> MeasureSpec:
     """The spec from arguments added by :func:`add_arguments`."""
     return MeasureSpec(**{f.name: getattr(ns, f"measure_{f.name}") for f in fields(MeasureSpec)})
+
+
+Order = Literal["given", "shuffled"]
+ORDERS: tuple[str, ...] = get_args(Order)
+"""How several artifacts on one device are ordered for timing (``edge-se bench --order``)."""
+DEFAULT_ORDER: Order = "shuffled"
+
+
+def timing_order(n: int, *, order: str = DEFAULT_ORDER, seed: int = DEFAULT.seed) -> list[int]:
+    """The order in which to time ``n`` artifacts: indices into the given list.
+
+    ``given``: ``0 .. n-1``. ``shuffled``: a permutation drawn by ``random.Random(seed).shuffle``,
+    the same for the same ``seed`` and ``n`` (the seed is the spec's, recorded as ``measure.seed``).
+    Python promises only ``random()``'s sequence across versions, not ``shuffle``'s, so every
+    bench record keeps the order it was timed in (``order``) rather than relying on the seed.
+
+    Raises:
+        ContractError: an unknown ``order`` or a negative ``n``.
+    """
+    if order not in ORDERS:
+        raise ContractError(f"--order {order!r} is not valid; valid: {', '.join(ORDERS)}")
+    if n < 0:
+        raise ContractError(f"timing order of {n} artifacts: expected a count >= 0")
+    indices = list(range(n))
+    if order == "shuffled":
+        random.Random(seed).shuffle(indices)
+    return indices

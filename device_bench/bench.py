@@ -5,6 +5,12 @@ a crash, a time-out or a failing device never loses earlier lines. A run that fa
 leaves a line, with ``status: "error"`` and the one-line reason: failures are recorded, not
 hidden. Every line is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`), validated before
 it is written.
+
+On each device the artifacts are timed in :func:`contract.measure.timing_order` (``order``:
+shuffled with ``measure.seed`` by default, or as given), so a drift of the machine does not
+always penalise the same artifact; every record says so in ``order_mode``, ``order`` (the
+artifacts in the order timed) and ``order_index`` (its place in it). The file gets the lines in
+timing order; :func:`bench` returns them in the given order.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 from contract import bench as record
 from contract.files import sha256_file
+from contract.measure import DEFAULT_ORDER, timing_order
 from contract.provenance import git_commit
 from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
@@ -95,19 +102,29 @@ def options_for(base: RunOptions, device: Device | None, threads_given: bool) ->
 
 
 def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: dict[str, Device], opts: RunOptions,
-          out: Path, *, threads_given: bool = False) -> list[dict[str, Any]]:
+          out: Path, *, threads_given: bool = False, order: str = DEFAULT_ORDER) -> list[dict[str, Any]]:
     """Run every artifact on every device; append and return one record each.
 
-    Bad input (a missing artifact, a bad manifest, an unknown device) raises before any run.
-    A device failure is recorded as a ``status: "error"`` line and the loop goes on.
+    On each device the artifacts run in ``timing_order(len(artifacts), order=order,
+    seed=measure.seed)`` and each line is appended as its run ends; the records are returned
+    device by device in the order ``artifacts`` were given (whatever order they ran in).
+    Bad input (a missing artifact, a bad manifest, an unknown device, an unknown ``order``)
+    raises before any run. A device failure is recorded as a ``status: "error"`` line and the loop
+    goes on.
     """
+    timing_order(0, order=order)  # an unknown order: one line before anything is checked or run
     jobs = prepare(artifacts)
     targets = [resolve(d, inventory) for d in devices]
     records = []
     for transport, entry in targets:
         dev_opts = options_for(opts, entry, threads_given)
-        for job in jobs:
-            ctx = _context(job, transport, dev_opts)
+        sequence = timing_order(len(jobs), order=order, seed=dev_opts.measure.seed)
+        timed = [str(jobs[i].artifact) for i in sequence]
+        by_job: dict[int, dict[str, Any]] = {}
+        for position, index in enumerate(sequence):
+            job = jobs[index]
+            ctx = {**_context(job, transport, dev_opts), "order_mode": order, "order": list(timed),
+                   "order_index": position}
             if entry is not None and job.manifest.format == "pte" and "executorch" not in entry.runtimes \
                     or entry is not None and job.manifest.format == "tflite" and "tflite" not in entry.runtimes:
                 rec = {**ctx, "status": "skipped", "reason": f"inventory lists runtimes {list(entry.runtimes)}"}
@@ -123,8 +140,9 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
                 except (DeviceError, ManifestError) as exc:  # ManifestError is contract.ContractError
                     rec = {**ctx, "status": "error", "error": str(exc)}
             record.append(out, rec)
-            records.append(rec)
+            by_job[index] = rec
             _log(rec)
+        records += [by_job[i] for i in range(len(jobs))]
     return records
 
 
@@ -136,7 +154,7 @@ def _log(rec: dict[str, Any]) -> None:
         note = " (emulated)" if rec.get("emulated") else ""
         ipi = rec.get("instructions_per_inference")
         extra = f", {ipi:.4g} instr/inference" if ipi else ""
-        flag = " UNSTABLE" if rec.get("unstable") else ""
+        flag = " UNSTABLE" if rec.get("unstable") else " NOISY" if rec.get("stability") == "noisy" else ""
         print(f"bench: {where}: p50 {p50} ms{note}{extra}{flag}", file=sys.stderr)
     elif rec["status"] == "parity-failed":
         print(f"bench: {where}: outputs disagree with the host ({rec['parity']['rule']}, "

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from contract.measure import DEFAULT as DEFAULT_MEASURE
+from contract.measure import DEFAULT_ORDER, ORDERS, from_namespace
 from contract.measure import add_arguments as add_measure_arguments
-from contract.measure import from_namespace
 from edge_se.argtypes import number
 from edge_se.cliargs import deprecated
 
@@ -37,6 +37,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_threads = add_measure_arguments(measure)["threads"]
     bench_threads.default = None  # None: the inventory's threads for the device, else the spec's
     bench_threads.help = f"runtime threads (default: the inventory's, else {DEFAULT_MEASURE.threads})"
+    b.add_argument(
+        "--order",
+        choices=ORDERS,
+        default=DEFAULT_ORDER,
+        help="order of the artifacts on each device: shuffled with --seed (a drift of the machine then falls on "
+        "no artifact in particular) or as given; recorded as order_mode, order and order_index",
+    )
     b.add_argument(
         "--runner",
         choices=("auto", "python", "native"),
@@ -102,10 +109,11 @@ def run_bench(args: argparse.Namespace) -> int:
     opts = RunOptions(measure=from_namespace(args), runner=args.runner, timeout_s=args.timeout, parity=args.parity)
     devices = args.device or ["local"]
     threads = None if threads_given else f"threads from the inventory, else {opts.measure.threads}"
+    order = f"order {args.order}" + (f" (seed {opts.measure.seed})" if args.order == "shuffled" else "")
     print(f"bench: {len(args.artifacts)} artifact(s) x {devices}: {opts.measure.summary(threads=threads)}; "
-          f"runner {opts.runner}, time-out {opts.timeout_s:g} s", file=sys.stderr)
+          f"runner {opts.runner}, time-out {opts.timeout_s:g} s, {order}", file=sys.stderr)
     records = bench(args.artifacts, devices, inventory.load(args.inventory), opts, args.out,
-                    threads_given=threads_given)
+                    threads_given=threads_given, order=args.order)
     for rec in records:
         print(json.dumps(rec, sort_keys=True))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1

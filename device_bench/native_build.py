@@ -23,7 +23,13 @@ import sys
 from pathlib import Path
 
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
-SOURCES = ("runner.cpp", "mini_json.h", "sha256.h")
+SOURCES = ("runner.cpp", "latency_stats.h", "mini_json.h", "sha256.h")
+#: The statistics alone (``latency_stats.h``) behind a stdin/stdout driver, for checking them against
+#: ``device_bench/stats.py`` without ExecuTorch (tests/test_device_bench_stats.py).
+STATS_CHECK_SOURCES = ("stats_check.cpp", "latency_stats.h", "mini_json.h")
+#: Flags of every build: C++17 and no fused multiply-add contraction, so the statistics do exactly
+#: Python's operations (a * b + c rounds twice there; an FMA would round once).
+CXXFLAGS = ("-std=c++17", "-O2", "-ffp-contract=off")
 #: Components linked with --no-as-needed: they register kernels and backends from static
 #: initialisers, so the linker would otherwise drop them (../shared/PLATFORM.md).
 LIBRARIES = (
@@ -36,6 +42,7 @@ LIBRARIES = (
 DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED", "ET_USE_THREADPOOL")
 COMPILERS = {"host": "g++", "aarch64": "aarch64-linux-gnu-g++"}
 HOST_DEFAULT_OUT = Path("build/device_bench/et_runner-host")
+STATS_CHECK_DEFAULT_OUT = Path("build/device_bench/stats_check-host")
 
 
 class BuildError(RuntimeError):
@@ -68,13 +75,31 @@ def command(target: str, et_root: Path, out: Path) -> list[str]:
     missing = [n for n in LIBRARIES if not (lib / f"lib{n}.so").exists()]
     if missing:
         raise BuildError(f"{lib} lacks {', '.join('lib' + n + '.so' for n in missing)}")
-    cmd = [COMPILERS[target], "-std=c++17", "-O2", "-o", str(out), str(NATIVE_DIR / "runner.cpp"),
+    cmd = [COMPILERS[target], *CXXFLAGS, "-o", str(out), str(NATIVE_DIR / "runner.cpp"),
            f"-I{inc}", f"-I{inc / 'executorch/runtime/core/portable_type/c10'}", f"-I{NATIVE_DIR}",
            f'-DEDGE_SE_ET_VERSION="{et_version(et_root)}"']
     cmd += [f"-D{d}" for d in DEFINES]
     cmd += [f"-L{lib}", "-Wl,--push-state,--no-as-needed"] + [f"-l{n}" for n in LIBRARIES]
     cmd += ["-Wl,--pop-state", "-Wl,--enable-new-dtags", f"-Wl,-rpath,$ORIGIN/lib:{lib.resolve()}", "-lpthread"]
     return cmd
+
+
+def _compile(cmd: list[str], out: Path, sources: tuple[str, ...], what: str) -> bool:
+    """Run ``cmd`` unless ``out`` is newer than ``sources`` and was made by the same command; True if it ran."""
+    stamp = out.with_name(out.name + ".cmd")
+    line = shlex.join(cmd)
+    newest_src = max((NATIVE_DIR / s).stat().st_mtime for s in sources)
+    if out.exists() and stamp.exists() and stamp.read_text() == line and out.stat().st_mtime >= newest_src:
+        return False
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError:
+        raise BuildError(f"{cmd[0]} not found; install it (Debian: g++ / g++-aarch64-linux-gnu)") from None
+    if proc.returncode != 0:
+        raise BuildError(f"compiling {what} failed:\n{proc.stderr[-4000:]}")
+    stamp.write_text(line)
+    return True
 
 
 def build(target: str = "host", *, et_root: Path | None = None, out: Path | None = None) -> Path:
@@ -87,22 +112,22 @@ def build(target: str = "host", *, et_root: Path | None = None, out: Path | None
     """
     et_root = (et_root or host_et_root()).resolve()
     out = Path(out or HOST_DEFAULT_OUT)
-    cmd = command(target, et_root, out)
-    stamp = out.with_name(out.name + ".cmd")
-    line = shlex.join(cmd)
-    newest_src = max((NATIVE_DIR / s).stat().st_mtime for s in SOURCES)
-    if out.exists() and stamp.exists() and stamp.read_text() == line and out.stat().st_mtime >= newest_src:
+    if _compile(command(target, et_root, out), out, SOURCES, "the native runner"):
+        print(f"built  {out} (native runner, {target}, executorch {et_version(et_root)})", file=sys.stderr)
+    else:
         print(f"ok     {out} (native runner, {target})", file=sys.stderr)
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise BuildError(f"{cmd[0]} not found; install it (Debian: g++ / g++-aarch64-linux-gnu)") from None
-    if proc.returncode != 0:
-        raise BuildError(f"compiling the native runner failed:\n{proc.stderr[-4000:]}")
-    stamp.write_text(line)
-    print(f"built  {out} (native runner, {target}, executorch {et_version(et_root)})", file=sys.stderr)
+    return out
+
+
+def build_stats_check(out: Path | None = None) -> Path:
+    """Build (or keep) the host driver of ``latency_stats.h`` (no ExecuTorch needed); return the binary path.
+
+    It reads ``UNSTABLE_PCT`` on the first line of stdin, then one repeat per line (``SECONDS X1 X2 ...``,
+    latencies in ms) and prints the JSON object of the native runner's latency keys for them.
+    """
+    out = Path(out or STATS_CHECK_DEFAULT_OUT)
+    cmd = [COMPILERS["host"], *CXXFLAGS, "-o", str(out), str(NATIVE_DIR / "stats_check.cpp"), f"-I{NATIVE_DIR}"]
+    _compile(cmd, out, STATS_CHECK_SOURCES, "the statistics check")
     return out
 
 

@@ -11,7 +11,8 @@ load (timed), one first inference (timed), ``--warmup`` untimed runs, then per r
 ``--cooldown`` seconds of idle between repeats. Inputs come from the manifest with a fixed ``--seed`` (or
 ``--input-file`` real samples). The output checksum is the sha256 of the first inference's
 output bytes, so a run that computed nothing (or something else) is caught by comparison. The
-result is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`). Errors print one line on
+result is a flat ``edge-se/bench/2`` record (:mod:`contract.bench`) whose latency, spread and
+stability keys are :func:`device_bench.stats.combine_repeats`'s. Errors print one line on
 stderr and exit with status 2.
 
 An artifact exported with ``--gate-outputs --gate-stats`` (manifest ``gate_outputs.stats``) also
@@ -216,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = measure(args)
         if not args.count_only:  # a counted process does no more than it must (count-only: 4 fixed keys)
-            validate_record(result, "device_bench.runner result")  # what it prints is a valid record
+            # What it prints is a valid record, with every key a runner of this checkout writes.
+            validate_record(result, "device_bench.runner result", fresh=True)
     except (ContractError, ManifestError, RuntimeUnavailable, OSError) as exc:
         print(f"device_bench.runner: error: {exc}", file=sys.stderr)
         return 2

@@ -1,27 +1,54 @@
-"""Latency statistics: percentiles, repeat spread and the stability verdict.
+"""Latency statistics: percentiles, tail and spread figures, repeat spread and the stability verdict.
 
 Runs on the device (imported by :mod:`device_bench.runner`): standard library and ``contract`` only, no numpy.
-The native runner (``native/runner.cpp``) reimplements the same definitions in C++ (it has no
-Python); the tests check both runners' output fields and checksums, not their statistics on
-shared samples.
+The native runner reimplements the same definitions in C++ (``native/latency_stats.h``) with the
+same floating-point operations in the same order (sums are exactly rounded, as :func:`math.fsum`
+is), so both print the same doubles for the same samples; ``tests/test_device_bench_stats.py``
+compiles that header and compares.
 
-Definitions:
+Definitions (every figure in ms unless its name says ``_pct`` or is a ratio):
     * percentiles interpolate linearly between order statistics (numpy's default ``linear``);
-    * ``std`` is the population standard deviation (ddof 0);
-    * a repeat's figure is its median; ``spread_pct = 100 * (max - min) / min`` over the repeat
-      medians; the result is ``unstable`` when ``spread_pct`` exceeds the stated threshold.
+    * ``mean_ms`` is ``fsum(samples) / n``; ``std_ms`` the population standard deviation (ddof 0),
+      ``sqrt(fsum((x - mean) * (x - mean)) / n)``;
+    * ``trimmed_mean_ms``: the mean of the sorted samples after dropping ``k = floor(n * 5 / 100)``
+      from each end (:data:`TRIM_PCT`; for fewer than 20 samples ``k = 0``, the plain mean);
+    * ``cv_pct = 100 * std_ms / mean_ms`` (coefficient of variation; ``None`` when the mean is 0);
+    * ``p99_p50 = p99_ms / p50_ms`` (tail weight; ``None`` when the median is 0);
+    * a repeat's figure is its median; ``repeat_spread_pct = 100 * (max - min) / min`` over the
+      repeat medians; the result is ``unstable`` when ``repeat_spread_pct`` exceeds the stated
+      threshold (``unstable_pct``);
+    * ``stability`` (see :func:`verdict`): ``"unstable"`` when ``unstable``; else ``"noisy"`` when
+      the pooled ``cv_pct`` exceeds :data:`STABLE_CV_MAX_PCT` or the pooled ``p99_p50`` exceeds
+      :data:`STABLE_P99_P50_MAX` (the repeats agree, but the samples are widely spread or
+      tail-heavy); else ``"stable"``. ``stability_reasons`` names each criterion that failed, with
+      its figures, and each that could not be checked (a figure a tool did not give).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from contract.measure import DEFAULT
 
 #: Repeats whose medians differ by more than this (percent of the fastest) mark a result unstable.
 DEFAULT_UNSTABLE_PCT = DEFAULT.unstable_pct
+
+#: Percent of the sorted samples dropped from *each* end for ``trimmed_mean_ms`` (floor of n * 5 / 100).
+TRIM_PCT = 5
+
+#: A pooled coefficient of variation above this (percent) makes a result ``noisy``. pyperf's
+#: ``format_checks`` (pyperf/_cli.py) warns "the benchmark result may be unstable" at the same
+#: 10% (its standard deviation is the sample one; ours is ddof 0, a hair smaller).
+STABLE_CV_MAX_PCT = 10.0
+
+#: A pooled p99 more than this many times the p50 makes a result ``noisy``: one inference in a
+#: hundred takes over twice the typical time (preemption, frequency steps, page faults). Our own
+#: limit, not a tool's; the CV alone misses a heavy tail that is rare enough.
+STABLE_P99_P50_MAX = 2.0
+
+Stability = Literal["stable", "noisy", "unstable"]
 
 
 def percentile(sorted_ms: Sequence[float], q: float) -> float:
@@ -37,33 +64,95 @@ def percentile(sorted_ms: Sequence[float], q: float) -> float:
     return sorted_ms[lo] + (sorted_ms[hi] - sorted_ms[lo]) * frac
 
 
-def summarize(samples_ms: Sequence[float]) -> dict[str, float | int]:
-    """Summarise latency samples in ms as ``{min_ms, p50_ms, p90_ms, p99_ms, mean_ms, std_ms, samples}``."""
+def _ratio(num: float | None, den: float | None, scale: float = 1.0) -> float | None:
+    """``scale * num / den`` (in that order of operations), or None where either is unknown or ``den <= 0``."""
+    if num is None or den is None or den <= 0:
+        return None
+    return scale * num / den
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """Summarise latency samples (ms).
+
+    Returns:
+        ``{min_ms, p50_ms, p90_ms, p99_ms, mean_ms, std_ms, trimmed_mean_ms, cv_pct, p99_p50, samples}``
+        (definitions in the module docstring; ``cv_pct`` in percent, ``p99_p50`` a ratio).
+    """
     if not samples_ms:
         raise ValueError("no latency samples to summarise")
     s = sorted(samples_ms)
     n = len(s)
     mean = math.fsum(s) / n
-    var = math.fsum((x - mean) ** 2 for x in s) / n
+    var = math.fsum([(x - mean) * (x - mean) for x in s]) / n
+    std = math.sqrt(var)
+    k = n * TRIM_PCT // 100
+    p50, p99 = percentile(s, 50), percentile(s, 99)
     return {
         "min_ms": s[0],
-        "p50_ms": percentile(s, 50),
+        "p50_ms": p50,
         "p90_ms": percentile(s, 90),
-        "p99_ms": percentile(s, 99),
+        "p99_ms": p99,
         "mean_ms": mean,
-        "std_ms": math.sqrt(var),
+        "std_ms": std,
+        "trimmed_mean_ms": math.fsum(s[k:n - k]) / (n - 2 * k),
+        "cv_pct": _ratio(std, mean, 100.0),
+        "p99_p50": _ratio(p99, p50),
         "samples": n,
     }
 
 
 def spread(repeat_medians_ms: Sequence[float]) -> float:
-    """Return ``100 * (max - min) / min`` of the per-repeat medians (0 for a single repeat)."""
+    """Return ``100 * (max - min) / min`` of the per-repeat medians, in % (0 for a single repeat)."""
     if not repeat_medians_ms:
         raise ValueError("no repeats")
     lo, hi = min(repeat_medians_ms), max(repeat_medians_ms)
     if lo <= 0:
         return math.inf if hi > lo else 0.0
     return 100.0 * (hi - lo) / lo
+
+
+def verdict(*, spread_pct: float, unstable_pct: float, cv_pct: float | None, p99_p50: float | None
+            ) -> tuple[Stability, list[str]]:
+    """The stability verdict and its reasons.
+
+    Args:
+        spread_pct: ``repeat_spread_pct`` (%).
+        unstable_pct: its threshold (%): above it the result is ``"unstable"``.
+        cv_pct: the pooled coefficient of variation (%), None where it is not known.
+        p99_p50: the pooled p99 / p50, None where it is not known.
+
+    Returns:
+        ``"unstable"`` when ``spread_pct > unstable_pct``; else ``"noisy"`` when ``cv_pct >``
+        :data:`STABLE_CV_MAX_PCT` or ``p99_p50 >`` :data:`STABLE_P99_P50_MAX`; else ``"stable"``
+        (unknown figures are not held against it). The reasons, in that order: one short string
+        per failed criterion with its figure and limit (``"cv_pct 14.2 > 10"``), and
+        ``"<name> not known"`` per figure that could not be checked.
+    """
+    reasons: list[str] = []
+    unstable = spread_pct > unstable_pct
+    if unstable:
+        reasons.append(f"repeat_spread_pct {spread_pct:.4g} > {unstable_pct:g}")
+    noisy = False
+    for name, value, limit in (("cv_pct", cv_pct, STABLE_CV_MAX_PCT), ("p99_p50", p99_p50, STABLE_P99_P50_MAX)):
+        if value is None:
+            reasons.append(f"{name} not known")
+        elif value > limit:
+            noisy = True
+            reasons.append(f"{name} {value:.4g} > {limit:g}")
+    return ("unstable" if unstable else "noisy" if noisy else "stable"), reasons
+
+
+def _stability(pooled: dict[str, Any], sp: float, unstable_pct: float) -> dict[str, Any]:
+    """The spread and stability keys of a result from its pooled summary and repeat spread (%)."""
+    stability, reasons = verdict(spread_pct=sp, unstable_pct=unstable_pct, cv_pct=pooled["cv_pct"],
+                                 p99_p50=pooled["p99_p50"])
+    return {
+        "repeat_spread_pct": sp,
+        "unstable": bool(sp > unstable_pct),
+        "unstable_threshold_pct": unstable_pct,
+        "stability": stability,
+        "stability_reasons": reasons,
+    }
 
 
 def combine_repeats(
@@ -80,24 +169,29 @@ def combine_repeats(
         unstable_pct: threshold for ``unstable`` in percent of the fastest repeat median.
 
     Returns:
-        the flat latency keys of ``contract.bench`` (``p50_ms`` ... ``samples``, pooled over all
+        the flat latency keys of ``contract.bench`` (:func:`summarize`'s, pooled over all
         repeats), ``repeats`` (each repeat's summary, same keys plus ``seconds``),
-        ``repeat_spread_pct``, ``unstable`` and ``unstable_threshold_pct``.
+        ``repeat_spread_pct``, ``unstable``, ``unstable_threshold_pct``, ``stability`` and
+        ``stability_reasons`` (:func:`verdict` of the spread and the pooled figures).
     """
     if not repeats or any(len(r) == 0 for r in repeats):
         raise ValueError("every repeat needs at least one sample")
-    per = [summarize(r) for r in repeats]
+    per: list[dict[str, Any]] = [summarize(r) for r in repeats]
     if seconds is not None:
         for p, sec in zip(per, seconds, strict=True):
             p["seconds"] = sec
-    pooled = [x for r in repeats for x in r]
+    pooled = summarize([x for r in repeats for x in r])
     sp = spread([float(p["p50_ms"]) for p in per])
+    return {**pooled, "repeats": per, **_stability(pooled, sp, unstable_pct)}
+
+
+def _derived(summary: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a tool's summary with ``cv_pct`` and ``p99_p50`` where its figures allow, ``trimmed_mean_ms`` None."""
     return {
-        **summarize(pooled),
-        "repeats": per,
-        "repeat_spread_pct": sp,
-        "unstable": bool(sp > unstable_pct),
-        "unstable_threshold_pct": unstable_pct,
+        **summary,
+        "trimmed_mean_ms": summary.get("trimmed_mean_ms"),
+        "cv_pct": _ratio(summary.get("std_ms"), summary.get("mean_ms"), 100.0),
+        "p99_p50": _ratio(summary.get("p99_ms"), summary.get("p50_ms")),
     }
 
 
@@ -111,15 +205,18 @@ def combine_summaries(
     where a tool printed no min or std);
     pooled percentiles cannot be recovered and are the median over repeats of each repeat's
     percentile (``None`` where a tool did not print it), which the result says in
-    ``percentiles_pooled: false``.
+    ``percentiles_pooled: false``. ``trimmed_mean_ms`` needs the samples and is ``None``;
+    ``cv_pct`` is the pooled ``100 * std / mean`` and ``p99_p50`` the ratio of the pooled
+    (median) percentiles, ``None`` where their figures are; each repeat gets the same from its own
+    figures. The verdict is :func:`verdict` of what is known.
     """
     if not summaries:
         raise ValueError("no repeats")
     n = sum(int(s["samples"]) for s in summaries)
-    mean = math.fsum(s["mean_ms"] * s["samples"] for s in summaries) / n
+    mean = math.fsum([s["mean_ms"] * s["samples"] for s in summaries]) / n
     std: float | None = None
     if all(s.get("std_ms") is not None for s in summaries):
-        second = math.fsum((s["std_ms"] ** 2 + s["mean_ms"] ** 2) * s["samples"] for s in summaries) / n
+        second = math.fsum([(s["std_ms"] ** 2 + s["mean_ms"] ** 2) * s["samples"] for s in summaries]) / n
         std = math.sqrt(max(second - mean * mean, 0.0))
     mins = [s["min_ms"] for s in summaries if s.get("min_ms") is not None]
     pooled: dict[str, Any] = {
@@ -131,13 +228,12 @@ def combine_summaries(
     for key in ("p50_ms", "p90_ms", "p99_ms"):
         vals = sorted(s[key] for s in summaries if s.get(key) is not None)
         pooled[key] = percentile(vals, 50) if len(vals) == len(summaries) else None
+    pooled = _derived(pooled)
     figure = [s["p50_ms"] if s.get("p50_ms") is not None else s["mean_ms"] for s in summaries]
     sp = spread(figure)
     return {
         **pooled,
-        "repeats": list(summaries),
-        "repeat_spread_pct": sp,
-        "unstable": bool(sp > unstable_pct),
-        "unstable_threshold_pct": unstable_pct,
+        "repeats": [_derived(s) for s in summaries],
+        **_stability(pooled, sp, unstable_pct),
         "percentiles_pooled": False,
     }

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: session fixture)
@@ -15,8 +17,8 @@ from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: sessi
 from contract import bench as record
 from contract import jsonschema_lite, schemas
 from contract.errors import ContractError
-from contract.measure import MeasureSpec, from_namespace
-from device_bench import runner
+from contract.measure import ORDERS, MeasureSpec, from_namespace, timing_order
+from device_bench import runner, stats
 from device_bench.bench import bench
 from device_bench.transports.base import RunOptions, stage_runner
 
@@ -54,6 +56,8 @@ def test_runner_without_torch_or_edge_se_writes_a_valid_record(artifacts, tmp_pa
     assert rec["schema"] == record.SCHEMA and set(record.LATENCY_KEYS) <= set(rec) and "latency_ms" not in rec
     assert MeasureSpec.from_dict(rec["measure"]) == SPEC
     assert rec["samples"] == sum(r["samples"] for r in rec["repeats"]) >= SPEC.runs * SPEC.repeats
+    assert set(record.STABILITY_KEYS) <= set(rec) and rec["stability"] in ("stable", "noisy", "unstable")
+    record.validate(rec, "runner output", fresh=True)
 
 
 def test_runner_refuses_bad_measurement_flags_in_one_line(tmp_path, capsys):
@@ -84,6 +88,62 @@ def test_schema_rejects_a_missing_or_mistyped_latency_key(edit, field):
     assert field in str(exc.value) and "\n" not in str(exc.value) and str(exc.value).startswith("rec: ")
     with pytest.raises(ContractError, match="p50_ms|samples|measure|status"):
         record.read_record(bad)
+
+
+def _with_stability(rec: dict) -> dict:
+    """``rec`` with the stability figures this checkout's runners write (figures made up, shape real)."""
+    figures = {"trimmed_mean_ms": 1.24, "cv_pct": 8.0, "p99_p50": 1.33}
+    return {**rec, **figures, "stability": "stable", "stability_reasons": [],
+            "repeats": [{**r, **figures} for r in rec["repeats"]]}
+
+
+def test_stability_keys_are_optional_when_reading_and_required_of_what_runners_write():
+    old = _measured()  # written before the stability figures: still a valid record
+    record.validate(old, "old")
+    assert record.read_record(old) == old
+    with pytest.raises(ContractError, match=r"^fresh: trimmed_mean_ms: missing required key \(and \d+ more\)$"):
+        record.validate(old, "fresh", fresh=True)
+    new = _with_stability(old)
+    record.validate(new, "new", fresh=True)
+    no_repeat_cv = copy.deepcopy(new)
+    del no_repeat_cv["repeats"][1]["cv_pct"]
+    record.validate(no_repeat_cv, "read")
+    with pytest.raises(ContractError, match=r"^fresh: repeats\[1\]\.cv_pct: missing required key$"):
+        record.validate(no_repeat_cv, "fresh", fresh=True)
+    unknown = {**new, "cv_pct": None, "p99_p50": None, "trimmed_mean_ms": None,
+               "stability_reasons": ["cv_pct not known", "p99_p50 not known"]}  # adb's tools
+    record.validate(unknown, "adb", fresh=True)
+    for key, value, needle in (("stability", "fine", "stability: 'fine' is not one of"),
+                               ("stability_reasons", "none", "stability_reasons: expected array"),
+                               ("cv_pct", -1.0, "cv_pct: -1.0 is below the minimum 0"),
+                               ("order_mode", "random", "order_mode: 'random' is not one of"),
+                               ("order_index", -1, "order_index: -1 is below the minimum 0")):
+        with pytest.raises(ContractError, match=re.escape(needle)):
+            record.validate({**new, key: value}, "rec")
+    # Not measured and count-only records carry no figures, fresh or not.
+    record.validate({"schema": record.SCHEMA, "status": "error", "error": "x"}, "rec", fresh=True)
+    record.validate({"schema": record.SCHEMA, "count_only": True, "runs": 3,
+                     "output_checksum": "sha256:" + "0" * 64}, "rec", fresh=True)
+
+
+def test_timing_order_is_a_seeded_permutation():
+    for n in (0, 1, 2, 5, 12):
+        for seed in (0, 1, 7):
+            order = timing_order(n, order="shuffled", seed=seed)
+            assert sorted(order) == list(range(n)), "a permutation"
+            assert order == timing_order(n, order="shuffled", seed=seed), "reproducible for a seed"
+        assert timing_order(n, order="given", seed=3) == list(range(n)), "given keeps the order"
+    # Another seed, another order (for these two seeds and n = 8; a shuffle can repeat by chance).
+    assert timing_order(8, order="shuffled", seed=0) != timing_order(8, order="shuffled", seed=1)
+    assert timing_order(8, order="shuffled", seed=0) != list(range(8))
+    assert timing_order(3) == timing_order(3, order="shuffled", seed=MeasureSpec().seed), "default: shuffled"
+    assert ORDERS == ("given", "shuffled")
+    props = schemas.load("bench")["properties"]
+    assert props["order_mode"]["enum"] == list(ORDERS), "the schema lists exactly contract.measure.ORDERS"
+    assert props["stability"]["enum"] == list(get_args(stats.Stability)), "... and device_bench.stats's verdicts"
+    with pytest.raises(ContractError) as exc:
+        timing_order(3, order="random")
+    assert str(exc.value) == "--order 'random' is not valid; valid: given, shuffled"
 
 
 def test_records_that_did_not_measure_carry_no_latency_keys():
@@ -129,8 +189,12 @@ def test_lite_validator_agrees_with_jsonschema_on_bench_records():
         d = copy.deepcopy(good)
         d.pop(key)
         cases.append(d)
+    cases.append(_with_stability(good))
     for key, value in (("p50_ms", "1"), ("p50_ms", None), ("samples", 1.5), ("status", "error"), ("threads", 0),
-                       ("measure", {**SPEC.to_dict(), "extra": 1}), ("output_checksum", "md5:x"), ("repeats", [])):
+                       ("measure", {**SPEC.to_dict(), "extra": 1}), ("output_checksum", "md5:x"), ("repeats", []),
+                       ("stability", "fine"), ("stability", None), ("stability_reasons", ["x", 1]), ("cv_pct", None),
+                       ("cv_pct", -2), ("p99_p50", "2"), ("trimmed_mean_ms", None), ("order", ["a", "b"]),
+                       ("order", "a"), ("order_index", 0), ("order_index", 1.5), ("order_mode", "given")):
         d = copy.deepcopy(good)
         d[key] = value
         cases.append(d)
@@ -196,3 +260,45 @@ def test_bench_checks_every_runner_result_before_writing(
     else:
         assert rec["p50_ms"] == 2.0 and rec["upgraded_from"] == record.SCHEMA_V1
     assert rec["measure"] == SPEC.to_dict()
+
+
+class _Recording:
+    """A transport that records the order it is asked to time artifacts in and returns a valid record."""
+
+    name, kind, emulated = "fake", "local", False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def run(self, artifact, manifest, opts):
+        self.calls.append(str(artifact))
+        return _with_stability(_measured())
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("order", ["shuffled", "given"])
+def test_bench_times_artifacts_in_the_seeded_order_and_records_it(artifacts, tmp_path, monkeypatch, order):  # noqa: F811
+    fake = _Recording()
+    monkeypatch.setattr("device_bench.bench.resolve", lambda device, inventory: (fake, None))
+    arts = [str(artifacts[n]) for n in sorted(artifacts)] * 2  # 8 jobs: a shuffle of 8 is rarely the identity
+    spec = SPEC.replace(seed=5)
+    out = tmp_path / "b.jsonl"
+    recs = bench(arts, ["fake"], {}, RunOptions(spec), out, order=order)
+    sequence = timing_order(len(arts), order=order, seed=spec.seed)
+    assert fake.calls == [arts[i] for i in sequence], "timed in timing_order(seed=measure.seed)"
+    if order == "shuffled":
+        assert fake.calls != arts
+    assert [r["artifact"] for r in recs] == arts, "returned in the given order"
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["order_index"] for r in lines] == list(range(len(arts))), "the file holds them in timing order"
+    for rec in recs:
+        record.validate(rec, "written", fresh=True)
+        assert rec["order_mode"] == order and rec["order"] == fake.calls
+        assert rec["order"][rec["order_index"]] == rec["artifact"]
+
+
+def test_bench_refuses_an_unknown_order_before_anything_runs(tmp_path):
+    out = tmp_path / "b.jsonl"
+    with pytest.raises(ContractError, match="^--order 'random' is not valid; valid: given, shuffled$"):
+        bench([tmp_path / "missing.pte"], ["local"], {}, RunOptions(SPEC), out, order="random")
+    assert not out.exists()

@@ -28,23 +28,25 @@ def test_bench_local_both_formats_appends(artifacts, tmp_path, capsys):  # noqa:
     out = tmp_path / "bench.jsonl"
     out.write_text('{"earlier": true}\n')
     arts = [str(artifacts["tiny_se_litert_fp32.tflite"]), str(artifacts["tiny_se_xnnpack_int8.pte"])]
-    assert main(["bench", *arts, "--device", "local", "--threads", "1", *FAST, "--out", str(out)]) == 0
+    assert main(["bench", *arts, "--device", "local", "--threads", "1", *FAST, "--order", "given",
+                 "--out", str(out)]) == 0
     recs = lines(out)
     assert recs[0] == {"earlier": True}, "earlier lines must survive"
     assert len(recs) == 3
-    for rec, art in zip(recs[1:], arts, strict=True):
+    for i, (rec, art) in enumerate(zip(recs[1:], arts, strict=True)):
         assert CONTRACT <= set(rec), CONTRACT - set(rec)
         assert rec["artifact"] == art and rec["status"] == "ok" and rec["emulated"] is False
         assert rec["transport"] == "local" and rec["threads"] == 1
-        validate(rec, "bench line")
+        validate(rec, "bench line", fresh=True)  # both runners of this checkout: the stability keys too
         assert "latency_ms" not in rec and rec["samples"] >= 10
         assert MeasureSpec.from_dict(rec["measure"]) == MeasureSpec.from_argv([*FAST, "--threads", "1"])
+        assert (rec["order_mode"], rec["order"], rec["order_index"]) == ("given", arts, i)
     captured = capsys.readouterr()
     stdout = [json.loads(x) for x in captured.out.splitlines()]
     assert stdout == recs[1:]
     summary = [x for x in captured.err.splitlines() if x.startswith("bench: 2 artifact(s)")]
     assert summary == ["bench: 2 artifact(s) x ['local']: warmup 1, runs >= 5 and >= 0.0 s, 2 repeat(s), 0.0 s apart, "
-                       "1 thread(s); runner auto, time-out 600 s"]
+                       "1 thread(s); runner auto, time-out 600 s, order given"]
 
 
 @pytest.mark.export
@@ -74,6 +76,19 @@ def test_bad_input_is_one_line_error(artifacts, tmp_path, capsys):  # noqa: F811
     err = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
     assert len(err) == 1 and "'nowhere' is neither a transport URL nor in the inventory" in err[0]
     assert not out.exists(), "nothing may be written when the input is bad"
+
+
+def test_bad_order_is_one_line_error_and_the_default_is_shuffled(tmp_path, capsys):
+    out = tmp_path / "b.jsonl"
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", str(tmp_path / "m.pte"), "--order", "random", "--out", str(out)])
+    assert exc.value.code == 2
+    err = [x for x in capsys.readouterr().err.splitlines() if "error:" in x]
+    assert len(err) == 1 and "--order: invalid choice: 'random' (choose from 'given', 'shuffled')" in err[0]
+    assert not out.exists()
+    from edge_se.cli import build_parser
+
+    assert build_parser().parse_args(["bench", "m.pte", "--out", str(out)]).order == "shuffled"
 
 
 def test_bad_measurement_flag_is_one_line_error_before_anything_runs(tmp_path, capsys):

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: session fixture)
 
-from contract.bench import SCHEMA, validate
+from contract.bench import SCHEMA, STABILITY_KEYS, validate
 from contract.measure import MeasureSpec
 from device_bench import manifest as mf
+from device_bench import stats
 from device_bench.native_build import build
 
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +23,8 @@ FAST = ["--warmup", "2", "--runs", "5", "--min-seconds", "0", "--repeats", "2", 
 LATENCY_KEYS = {"min_ms", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "std_ms", "samples"}
 RESULT_KEYS = LATENCY_KEYS | {"schema", "measure", "total_seconds", "load_ms", "first_inference_ms", "peak_rss_bytes",
                               "output_checksum", "threads", "runtime", "cpu_model", "machine", "kernel", "repeats",
-                              "repeat_spread_pct", "unstable", "unstable_threshold_pct", "manifest_sha256"}
+                              "repeat_spread_pct", "unstable", "unstable_threshold_pct", "manifest_sha256",
+                              *STABILITY_KEYS}
 
 
 
@@ -39,9 +41,32 @@ def native() -> Path:
     return build("host")
 
 
+def check_stability(res: dict) -> None:
+    """The stability figures follow their definitions (device_bench/stats.py) from the record's own figures.
+
+    Exact, not approximate: the printed doubles read back as the runner had them, and both runners
+    compute ``100 * std / mean`` and ``p99 / p50`` in that order. The runners print no samples, so the
+    figures that need them (the trimmed mean) are checked where they are defined without them (below 20
+    samples nothing is trimmed: the mean); tests/test_device_bench_stats.py checks the native code on
+    given samples, bit for bit.
+    """
+    for fig in [res, *res["repeats"]]:
+        assert fig["cv_pct"] == 100.0 * fig["std_ms"] / fig["mean_ms"]
+        assert fig["p99_p50"] == fig["p99_ms"] / fig["p50_ms"]
+        if fig["samples"] < 20:
+            assert fig["trimmed_mean_ms"] == fig["mean_ms"]
+        else:
+            assert fig["min_ms"] <= fig["trimmed_mean_ms"]
+    assert (res["stability"], res["stability_reasons"]) == stats.verdict(
+        spread_pct=res["repeat_spread_pct"], unstable_pct=res["unstable_threshold_pct"], cv_pct=res["cv_pct"],
+        p99_p50=res["p99_p50"])
+    assert (res["stability"] == "unstable") == res["unstable"]
+
+
 def check_result(res: dict, *, runs: int, repeats: int) -> None:
     assert RESULT_KEYS <= set(res), RESULT_KEYS - set(res)
-    validate(res, "runner output")  # contract/bench.schema.json
+    validate(res, "runner output", fresh=True)  # contract/bench.schema.json, with what runners write now
+    check_stability(res)
     assert res["schema"] == SCHEMA and "latency_ms" not in res
     assert res["samples"] >= runs * repeats
     assert 0 < res["min_ms"] <= res["p50_ms"] <= res["p90_ms"] <= res["p99_ms"]

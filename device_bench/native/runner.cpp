@@ -2,8 +2,8 @@
 // (a flat edge-se/bench/2 record, contract/bench.schema.json) as `python -m device_bench.runner`,
 // for machines where ExecuTorch's Python runtime cannot run (aarch64 boards, Android: it needs
 // libtorch). Built against the runtime libraries and headers the executorch wheel ships; see
-// device_bench/native_build.py for the flags. Statistics, input generation and the output
-// checksum follow device_bench/stats.py and device_bench/manifest.py exactly; the SE-gate anomaly
+// device_bench/native_build.py for the flags. Statistics (latency_stats.h), input generation and
+// the output checksum follow device_bench/stats.py and device_bench/manifest.py exactly; the SE-gate anomaly
 // score (manifest gate_outputs.stats) follows device_bench/gate_score.py.
 #include <sched.h>
 #include <sys/resource.h>
@@ -25,6 +25,7 @@
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
 
+#include "latency_stats.h"  // statistics: device_bench/stats.py
 #include "mini_json.h"
 #include "sha256.h"
 
@@ -45,6 +46,7 @@ ThreadPool* get_threadpool();
 using executorch::aten::ScalarType;
 using executorch::extension::module::Module;
 using executorch::runtime::EValue;
+using latency_stats::num;
 
 namespace {
 
@@ -356,38 +358,6 @@ std::vector<InputSpec> read_manifest(const Args& a, std::string* sha, std::optio
   return specs;
 }
 
-// --- statistics (device_bench/stats.py) ---
-double percentile(const std::vector<double>& s, double q) {
-  double pos = q / 100.0 * static_cast<double>(s.size() - 1);
-  size_t lo = static_cast<size_t>(std::floor(pos));
-  size_t hi = std::min(lo + 1, s.size() - 1);
-  return s[lo] + (s[hi] - s[lo]) * (pos - static_cast<double>(lo));
-}
-
-std::string num(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%.17g", v);
-  return buf;
-}
-
-std::string summarize(std::vector<double> s, double* p50_out = nullptr, double seconds = -1) {
-  std::sort(s.begin(), s.end());
-  double sum = 0;
-  for (double x : s) sum += x;
-  double mean = sum / static_cast<double>(s.size());
-  double var = 0;
-  for (double x : s) var += (x - mean) * (x - mean);
-  var /= static_cast<double>(s.size());
-  if (p50_out) *p50_out = percentile(s, 50);
-  std::string out = "\"min_ms\": " + num(s.front()) + ", \"p50_ms\": " + num(percentile(s, 50)) +
-                    ", \"p90_ms\": " + num(percentile(s, 90)) + ", \"p99_ms\": " + num(percentile(s, 99)) +
-                    ", \"mean_ms\": " + num(mean) + ", \"std_ms\": " + num(std::sqrt(var)) +
-                    ", \"samples\": " + std::to_string(s.size());
-  if (seconds >= 0) out += ", \"seconds\": " + num(seconds);
-  return out;  // the members only: a repeat wraps them in {}, the pooled ones are top-level keys
-}
-
 // --- system ---
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
@@ -652,17 +622,6 @@ int run(const Args& a) {
   std::string gate_score;  // after timing, outside the timed loop: the latency is the artifact's alone
   if (gate) gate_score = gate_score_json(last_out, *gate, quant, a.manifest);
 
-  std::vector<double> pooled, medians;
-  std::string per = "[";
-  for (size_t r = 0; r < repeats.size(); ++r) {
-    double p50;
-    per += std::string(r ? ", " : "") + "{" + summarize(repeats[r], &p50, seconds[r]) + "}";
-    medians.push_back(p50);
-    pooled.insert(pooled.end(), repeats[r].begin(), repeats[r].end());
-  }
-  per += "]";
-  double lo = *std::min_element(medians.begin(), medians.end()), hi = *std::max_element(medians.begin(), medians.end());
-  double spread = lo > 0 ? 100.0 * (hi - lo) / lo : (hi > lo ? INFINITY : 0.0);
   double total = 0;
   for (double s : seconds) total += s;
   struct rusage ru;
@@ -690,11 +649,8 @@ int run(const Args& a) {
                     ", \"seed\": " + std::to_string(a.seed) + ", \"unstable_pct\": " + num(a.unstable_pct) + "}");
   kv("seed", a.input_files.empty() ? std::to_string(a.seed) : "null");
   kv("inputs_from", a.input_files.empty() ? "\"seed\"" : "\"files\"");
-  j += ", " + summarize(pooled);  // the flat latency keys of contract.bench
-  kv("repeats", per);
-  kv("repeat_spread_pct", num(spread));
-  kv("unstable", spread > a.unstable_pct ? "true" : "false");
-  kv("unstable_threshold_pct", num(a.unstable_pct));
+  // The flat latency keys of contract.bench, repeats, spread and stability (stats.combine_repeats).
+  j += ", " + latency_stats::combine_repeats(repeats, seconds, a.unstable_pct);
   kv("total_seconds", num(total));
   kv("load_ms", num(load_ms));
   kv("first_inference_ms", num(first_ms));
