@@ -146,6 +146,9 @@ def bench_rows(res: RunResults) -> list[dict[str, Any]]:
                 "p90_ms": b.get("p90_ms"),
                 "min_ms": b.get("min_ms"),
                 "unstable": b.get("unstable"),
+                "stability": b.get("stability"),
+                "cv_pct": b.get("cv_pct"),
+                "p99_p50": b.get("p99_p50"),
                 "instructions_per_inference": b.get("instructions_per_inference"),
                 "threads": b.get("threads"),
             }

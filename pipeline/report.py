@@ -75,7 +75,8 @@ _LATENCY_COLUMNS = (
     Column("MACs (M)", lambda r: (r.get("macs") or 0) / 1e6, ".1f"),
     Column("p50 ms", lambda r: fmt(r.get("p50_ms")) + (" (emulated)" if r["emulated"] else "")),
     Column("p90 ms", "p90_ms"), Column("instr./inference", "instructions_per_inference", ".4g"),
-    Column("unstable", "unstable"),
+    Column("stability", lambda r: r.get("stability") or ("unstable" if r.get("unstable") else "-")),
+    Column("CV %", "cv_pct", ".1f"), Column("p99/p50", "p99_p50", ".2f"),
 )
 
 
