@@ -3,7 +3,7 @@
 The pattern, walked backwards from every gate node:
 
     x ──> mean / adaptive_avg_pool2d ──> fc1 (conv2d | linear) ──> act ──> fc2 (conv2d | linear)
-      └────────────────────────────────────────────────────────────────> mul <── gate (sigmoid | hardsigmoid)
+      └────────────────────────────────────────────────────────────────> mul <── gate (sigmoid | hardsigmoid | softmax)
 
 Shape-only nodes (view, reshape, flatten, squeeze, unsqueeze) may sit anywhere between the pool
 and the multiply (linear-based SE blocks flatten the pooled vector). The pattern works on the
@@ -24,7 +24,8 @@ from torch.fx import GraphModule, Node
 _aten = torch.ops.aten
 POOL_TARGETS = {_aten.mean.dim, _aten.adaptive_avg_pool2d.default, _aten.mean.default}
 FC_TARGETS = {_aten.conv2d.default, _aten.linear.default, _aten.addmm.default}
-GATE_TARGETS = {_aten.sigmoid.default, _aten.hardsigmoid.default, _aten.sigmoid_.default, _aten.hardsigmoid_.default}
+GATE_TARGETS = {_aten.sigmoid.default, _aten.hardsigmoid.default, _aten.sigmoid_.default, _aten.hardsigmoid_.default,
+                _aten.softmax.int, _aten._softmax.default}  # softmax over channels: the competition gate
 MUL_TARGETS = {_aten.mul.Tensor, _aten.mul_.Tensor}
 SHAPE_TARGETS = {
     _aten.view.default,
@@ -57,7 +58,7 @@ class SEBlock:
         name: module path of the SE block (``blocks.0.se``, ``features.1.0.block.1``).
         pool, fc1, act, fc2, gate, mul: names of the matched graph nodes.
         gate_arg: which argument (0 or 1) of ``mul`` is the gate; the other is the feature map.
-        gate_op: ``sigmoid`` or ``hardsigmoid``.
+        gate_op: ``sigmoid``, ``hardsigmoid`` or ``softmax``.
         channels: C, the gated channels; ``reduced``: C_r, the bottleneck width.
     """
 
@@ -169,11 +170,16 @@ def _match(gm: GraphModule, gate: Node) -> SEBlock | None:
                         gate=gate.name,
                         mul=user.name,
                         gate_arg=side,
-                        gate_op="hardsigmoid" if "hardsigmoid" in str(gate.target) else "sigmoid",
+                        gate_op=_gate_op(gate),
                         channels=in_ch,
                         reduced=red,
                     )
     return None
+
+
+def _gate_op(gate: Node) -> str:
+    target = str(gate.target)
+    return "softmax" if "softmax" in target else "hardsigmoid" if "hardsigmoid" in target else "sigmoid"
 
 
 def find_se_blocks(gm: GraphModule) -> list[SEBlock]:
