@@ -12,9 +12,8 @@ re-exported here; its docstring gives the method.
 Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
-    >>> stats = fit({"se": rng.normal(size=(500, 4))}, fpr=0.05)
-    >>> stats["schema"], stats["blocks"][0]["channels"], round(stats["fpr"], 2)
-    ('edge-se/gate-stats/1', 4, 0.05)
+    >>> round(auroc(rng.normal(0, 1, 2000), rng.normal(2, 1, 2000)), 1)  # analytic: Phi(2 / sqrt(2)) = 0.92
+    0.9
 """
 
 from __future__ import annotations

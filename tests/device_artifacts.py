@@ -51,6 +51,18 @@ def _model():  # -> torch.nn.Module
     return Tiny().eval()
 
 
+def gate_stats(channels: int = 16, name: str = "se", threshold: float = 0.5) -> dict:
+    """A hand-made gate-stats dict for :func:`_model`'s SE block (identity covariance: the score is
+    the distance to the mean), as tests of the gate outputs and of both runners' score use it."""
+    import numpy as np
+
+    return {"schema": "edge-se/gate-stats/1", "method": "ppca-mahalanobis", "combine": "sum-z",
+            "threshold": threshold, "fpr": 0.05, "fit_images": 0, "source": "hand-made (test)",
+            "blocks": [{"name": name, "channels": channels, "mean": [0.5] * channels,
+                        "components": np.eye(channels).tolist(), "eigenvalues": [0.01] * channels,
+                        "residual_variance": 1.0, "norm_mean": 0.0, "norm_std": 1.0}]}
+
+
 def _calib():  # -> list[torch.Tensor]
     import torch
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from device_artifacts import RESOLUTION, _model
+from device_artifacts import RESOLUTION, _model, gate_stats
 
 from contract.manifest import read_manifest
 from export import parity as par
@@ -24,13 +24,7 @@ FLOAT_GATE_ATOL = par.GATE_FP32_ATOL
 """fp32 artifact gates vs the eager model's: float re-association only (gates lie in [0, 1])."""
 
 
-def _stats(channels: int = 16, name: str = "se", threshold: float = 0.5) -> dict:
-    """A hand-made gate-stats dict (identity covariance: the score is the distance to the mean)."""
-    return {"schema": "edge-se/gate-stats/1", "method": "ppca-mahalanobis", "combine": "sum-z",
-            "threshold": threshold, "fpr": 0.05, "fit_images": 0, "source": "hand-made (test)",
-            "blocks": [{"name": name, "channels": channels, "mean": [0.5] * channels,
-                        "components": np.eye(channels).tolist(), "eigenvalues": [0.01] * channels,
-                        "residual_variance": 1.0, "norm_mean": 0.0, "norm_std": 1.0}]}
+_stats = gate_stats
 
 
 def _export(tmp: Path, fmt: str, dtype: str, *, gated: bool, stats: dict | None = None) -> tuple[dict, ExportOptions]:

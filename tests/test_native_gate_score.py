@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_artifacts import RESOLUTION, _model
+from device_artifacts import RESOLUTION, _model, gate_stats
 
 from contract.bench import validate
 from device_bench.native_build import build
@@ -33,13 +33,7 @@ REL = 1e-9
 """Native vs Python score: the same float32 gates in double, summed in another order (a few ulp)."""
 
 
-def _stats(channels: int = 16, name: str = "se", threshold: float = 0.5) -> dict:
-    """A hand-made gate-stats dict (identity covariance: the score is the distance to the mean)."""
-    return {"schema": "edge-se/gate-stats/1", "method": "ppca-mahalanobis", "combine": "sum-z",
-            "threshold": threshold, "fpr": 0.05, "fit_images": 0, "source": "hand-made (test)",
-            "blocks": [{"name": name, "channels": channels, "mean": [0.5] * channels,
-                        "components": np.eye(channels).tolist(), "eigenvalues": [0.01] * channels,
-                        "residual_variance": 1.0, "norm_mean": 0.0, "norm_std": 1.0}]}
+_stats = gate_stats
 
 
 def _ppca_block(name: str, channels: int, k: int, rng: np.random.Generator) -> dict:
