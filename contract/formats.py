@@ -28,6 +28,10 @@ FORMATS: dict[str, FormatSpec] = {
     "tflite": FormatSpec("tflite", backend="litert", ext="tflite"),
 }
 DTYPES: tuple[str, ...] = ("fp32", "int8")
+#: How ``edge-se export --gate-outputs`` lays the SE gates out after the logits (the manifest's
+#: ``gate_outputs.layout``): ``concat``, one output holding every gate (the default), or
+#: ``separate``, one output per SE block (export/gate_outputs.py).
+GATE_LAYOUTS: tuple[str, ...] = ("concat", "separate")
 
 
 def format_spec(fmt: str, *, flag: str = "--format") -> FormatSpec:

@@ -87,6 +87,13 @@ def gate_arrays(outputs: Sequence[np.ndarray], slots: Sequence[Mapping[str, Any]
     return gates
 
 
+def stacked_gate_arrays(runs: Sequence[Sequence[np.ndarray]], slots: Sequence[Mapping[str, Any]], *,
+                        quant: Sequence[tuple[float | None, int | None]] | None = None) -> dict[str, np.ndarray]:
+    """``{block name: gates [N, C] float64}`` of N inferences (``runs``: each one's outputs), as :func:`gate_arrays`."""
+    per = [gate_arrays(r, slots, quant=quant) for r in runs]
+    return {str(s["name"]): np.concatenate([g[str(s["name"])] for g in per]) for s in slots}
+
+
 def check_stats(stats: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` saying what is wrong if ``stats`` is not a usable gate-stats dict."""
     if not isinstance(stats, Mapping):

@@ -148,7 +148,7 @@ def _stability(pooled: dict[str, Any], sp: float, unstable_pct: float) -> dict[s
                                  p99_p50=pooled["p99_p50"])
     return {
         "repeat_spread_pct": sp,
-        "unstable": bool(sp > unstable_pct),
+        "unstable": stability == "unstable",
         "unstable_threshold_pct": unstable_pct,
         "stability": stability,
         "stability_reasons": reasons,

@@ -48,8 +48,10 @@ FOLDER_TEST_FRACTION = 0.2
 CROP_RATIO = 0.875
 # The textures patches are the same for every caller (like the digits split): a fixed seed.
 TEXTURES_SEED = 0
-#: Named sources (anything else is a folder path).
-NAMED_SOURCES = ("digits", "textures", "random")
+#: Named sources of real, labelled images (with a training split to fit on).
+LABELLED_SOURCES = ("digits", "textures")
+#: Named sources (anything else is a folder path); ``random`` is noise, without labels.
+NAMED_SOURCES = (*LABELLED_SOURCES, "random")
 # "random" source size (images).
 RANDOM_SIZE = 64
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")

@@ -19,6 +19,7 @@ import json
 import sys
 from typing import Any
 
+from contract.formats import GATE_LAYOUTS
 from edge_se.cliargs import (
     add_calibration,
     add_format,
@@ -72,8 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     p.add_argument(
         "--gate-layout",
-        choices=("concat", "separate"),
-        default="concat",
+        choices=GATE_LAYOUTS,
+        default=GATE_LAYOUTS[0],
         help="concat: every SE gate in one output after the logits (one extra output); separate: one output "
              "per SE block",
     )
@@ -129,15 +130,16 @@ def _check_gate_fit(source: str | None, stats_file: str | None) -> None:
     """One-line errors for ``--gate-fit`` before any work: with ``--gate-stats``, or not an image source."""
     from pathlib import Path
 
+    from edge_se.data import LABELLED_SOURCES
     from edge_se.errors import EdgeSeError
 
     if source is None:
         return
     if stats_file is not None:
         raise EdgeSeError("--gate-fit and --gate-stats both given: fit on the artifact, or record a fitted file")
-    if source not in ("digits", "textures") and not Path(source).is_dir():
-        raise EdgeSeError(f"--gate-fit {source!r}: not a data source; valid: digits, textures or a folder of "
-                          "class sub-folders (the training split of in-distribution images)")
+    if source not in LABELLED_SOURCES and not Path(source).is_dir():
+        raise EdgeSeError(f"--gate-fit {source!r}: not a data source; valid: {', '.join(LABELLED_SOURCES)} or a "
+                          "folder of class sub-folders (the training split of in-distribution images)")
 
 
 def run_export(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 from torch.fx import GraphModule
 
+from contract.formats import GATE_LAYOUTS
 from edge_se.errors import EdgeSeError
 from quantize.capture import gate_inputs
 from quantize.se_pattern import SEBlock, find_se_blocks
@@ -50,8 +51,8 @@ def se_blocks(gm: GraphModule, *, model_name: str) -> list[SEBlock]:
     return blocks
 
 
-#: The gate-output layouts (``edge-se export --gate-layout``).
-LAYOUTS = ("concat", "separate")
+#: The gate-output layouts (``edge-se export --gate-layout``): :data:`contract.formats.GATE_LAYOUTS`.
+LAYOUTS = GATE_LAYOUTS
 
 
 def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str = "concat") -> GraphModule:

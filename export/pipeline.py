@@ -385,7 +385,7 @@ def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, opts: Expo
     exactly the values the on-device runner will score.
     """
     from device_bench.gate_fit import fit
-    from device_bench.gate_score import gate_arrays
+    from device_bench.gate_score import stacked_gate_arrays
     from edge_se.data import load_images
     from export import gate_outputs as go
 
@@ -393,8 +393,7 @@ def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, opts: Expo
     images = load_images(opts.gate_fit, opts.resolution, split="train", seed=opts.seed).images
     xs = [_to_layout(images[i : i + 1].numpy().astype(np.float32), program.layout) for i in range(len(images))]
     slots = go.gate_slots(program.gate_blocks, layout=opts.gate_layout)
-    per = [gate_arrays(r, slots) for r in backend.run_all(data, xs)]
-    gates = {b.name: np.concatenate([g[b.name] for g in per]) for b in program.gate_blocks}
+    gates = stacked_gate_arrays(backend.run_all(data, xs), slots)  # in forward order, as the slots
     try:
         return fit(gates, seed=opts.seed,
                    source=f"{opts.gate_fit}/train: this artifact's gate outputs ({backend.name} {dtype}, its runtime)")

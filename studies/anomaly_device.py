@@ -38,10 +38,10 @@ from typing import Any
 import numpy as np
 
 from contract.files import write_text
+from device_bench.gate_score import COMBINES
 from edge_se.tables import Column, table
 
 LAYOUTS = ("separate", "concat")
-COMBINES = ("max-z", "sum-z")  # the fit's default (device_bench.gate_fit.DEFAULT_COMBINE) first
 TARGET_AUROC_GAP = 0.01
 TARGET_LATENCY_COST = 0.03
 
@@ -108,6 +108,15 @@ def export_all(model: Any, stats: dict[str, Any], *, resolution: int, out: Path,
     return records
 
 
+def _paired_cost(plain_p50s: list[float], gated_p50s: list[float]) -> dict[str, Any]:
+    """The cost figures of paired p50s (ms): medians, median paired ratio - 1 and its quartiles - 1."""
+    ratios = [g / p for p, g in zip(plain_p50s, gated_p50s, strict=True)]
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return {"plain_p50_ms": statistics.median(plain_p50s), "gated_p50_ms": statistics.median(gated_p50s),
+            "cost": statistics.median(ratios) - 1.0, "cost_q1": q1 - 1.0, "cost_q3": q3 - 1.0,
+            "plain_p50s": plain_p50s, "gated_p50s": gated_p50s}
+
+
 def time_interleaved(plain: dict, gated: dict, *, blocks: int, runs: int, seed: int = 0) -> dict[str, Any]:
     """The gated artifact's latency cost over the plain one, measured paired in one process.
 
@@ -134,7 +143,6 @@ def time_interleaved(plain: dict, gated: dict, *, blocks: int, runs: int, seed: 
         sessions[key] = session
     clock = time.perf_counter_ns
     medians: dict[str, list[float]] = {"plain": [], "gated": []}
-    ratios = []
     for b in range(blocks):
         for key in ("plain", "gated") if b % 2 == 0 else ("gated", "plain"):
             run = sessions[key].run
@@ -144,14 +152,10 @@ def time_interleaved(plain: dict, gated: dict, *, blocks: int, runs: int, seed: 
                 run()
                 samples.append(clock() - t)
             medians[key].append(statistics.median(samples) / 1e6)
-        ratios.append(medians["gated"][-1] / medians["plain"][-1])
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
     args = runner.build_parser().parse_args([gated["path"], "--manifest", gated["manifest"], "--runs", "5",
                                              "--warmup", "1", "--min-seconds", "0", "--repeats", "1",
                                              "--threads", "1"])
-    return {"plain_p50_ms": statistics.median(medians["plain"]), "gated_p50_ms": statistics.median(medians["gated"]),
-            "cost": statistics.median(ratios) - 1.0, "cost_q1": q1 - 1.0, "cost_q3": q3 - 1.0,
-            "plain_p50s": medians["plain"], "gated_p50s": medians["gated"], "blocks": blocks, "runs": runs,
+    return {**_paired_cost(medians["plain"], medians["gated"]), "blocks": blocks, "runs": runs,
             "method": "paired alternating blocks in one process", "outputs": len(sessions["gated"].outputs()),
             "runner": "python",
             "runner_gate_score": runner.measure(args).get("gate_score")}
@@ -172,7 +176,6 @@ def time_native(plain: dict, gated: dict, *, rounds: int, runs: int, seed: int =
 
     binary = build("host")
     p50: dict[str, list[float]] = {"plain": [], "gated": []}
-    ratios = []
     for r in range(rounds):
         for key in ("plain", "gated") if r % 2 == 0 else ("gated", "plain"):
             rec = plain if key == "plain" else gated
@@ -181,11 +184,7 @@ def time_native(plain: dict, gated: dict, *, rounds: int, runs: int, seed: int =
                                   "--threads", "1", "--seed", str(seed)],
                                  capture_output=True, text=True, check=True, timeout=600)
             p50[key].append(float(json.loads(out.stdout)["p50_ms"]))
-        ratios.append(p50["gated"][-1] / p50["plain"][-1])
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return {"plain_p50_ms": statistics.median(p50["plain"]), "gated_p50_ms": statistics.median(p50["gated"]),
-            "cost": statistics.median(ratios) - 1.0, "cost_q1": q1 - 1.0, "cost_q3": q3 - 1.0,
-            "plain_p50s": p50["plain"], "gated_p50s": p50["gated"], "blocks": rounds, "runs": runs,
+    return {**_paired_cost(p50["plain"], p50["gated"]), "blocks": rounds, "runs": runs,
             "method": "native runner, paired alternating rounds", "runner": "native"}
 
 
@@ -212,10 +211,10 @@ def device_gates(rec: dict, images: Any, names: list[str]) -> list[np.ndarray]:
     """Gate vectors (one float64 [N, C] array per block in ``names`` order) of a gated artifact, in its runtime.
 
     One image at a time, read from the outputs by the manifest's slots
-    (:func:`device_bench.gate_score.gate_arrays`), as the on-device runner reads them.
+    (:func:`device_bench.gate_score.stacked_gate_arrays`), as the on-device runner reads them.
     """
     from contract.manifest import read_manifest
-    from device_bench.gate_score import gate_arrays
+    from device_bench.gate_score import stacked_gate_arrays
     from export import backends
 
     manifest = read_manifest(rec["path"])
@@ -223,8 +222,8 @@ def device_gates(rec: dict, images: Any, names: list[str]) -> list[np.ndarray]:
     xs = [images[i : i + 1].numpy() for i in range(len(images))]
     if manifest.inputs[0].layout == "NHWC":
         xs = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in xs]
-    runs = [gate_arrays(r, slots) for r in backends.get(manifest.format).run_all(rec["path"], xs)]
-    return [np.concatenate([r[n] for r in runs]) for n in names]
+    gates = stacked_gate_arrays(backends.get(manifest.format).run_all(rec["path"], xs), slots)
+    return [gates[n] for n in names]
 
 
 def device_scores(rec: dict, images: Any, stats: dict[str, Any]) -> np.ndarray:

@@ -13,7 +13,7 @@ import pytest
 from contract import jsonschema_lite, schemas
 from contract.errors import ContractError
 from contract.files import atomic_path, sha256_file, write_text
-from contract.formats import DTYPES, FORMATS, artifact_name, manifest_path
+from contract.formats import DTYPES, FORMATS, GATE_LAYOUTS, artifact_name, manifest_path
 from contract.manifest import SCHEMA, load, read_manifest, write_manifest
 from contract.measure import MeasureSpec
 
@@ -142,3 +142,8 @@ def test_schema_enums_are_the_format_table():
     assert props["format"]["enum"] == list(FORMATS)
     assert props["backend"]["enum"] == [s.backend for s in FORMATS.values()]
     assert props["dtype"]["enum"] == list(DTYPES)
+
+
+def test_the_manifest_schema_names_the_gate_layouts_the_code_writes():
+    gate = schemas.load("manifest")["properties"]["gate_outputs"]["properties"]
+    assert tuple(gate["layout"]["enum"]) == GATE_LAYOUTS
