@@ -125,3 +125,10 @@ bench-sweep: $(STAMP)  ## SWEEP_CONFIG under local, ray, then local again (run-t
 	  $(if $(SWEEP_JOBS),--jobs $(SWEEP_JOBS))
 
 .PHONY: bench-sweep
+
+# --- bench-scale: latency tables and edge-se scale (owner: latency/) -----------------------------
+SCALE_ARGS ?=
+bench-scale: $(STAMP)  ## latency tables on local (pte/tflite x int8/fp32), held-out prediction error, edge-se scale -> results/bench_scale.{md,jsonl}
+	$(PY) scripts/bench_scale.py --results results/bench_scale $(SCALE_ARGS)
+
+.PHONY: bench-scale

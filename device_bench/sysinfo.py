@@ -80,6 +80,23 @@ def peak_rss_bytes() -> int:
     return int(rss if sys.platform == "darwin" else rss * 1024)
 
 
+def cpu_flags(cpuinfo: str | None = None) -> str:
+    """The CPU flags that decide int8 speed (AVX*, AMX, FMA, F16C, every VNNI), space-separated; ``-`` if none.
+
+    Read from ``/proc/cpuinfo`` (x86 ``flags``; aarch64 ``Features``); ``?`` where it cannot be read.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "?"
+    line = next((ln for ln in cpuinfo.splitlines() if ln.startswith(("flags", "Features"))), "")
+    flags = set(line.partition(":")[2].split())
+    prefixes = ("avx", "amx", "fma", "f16c", "asimd", "sve", "i8mm")
+    keep = sorted(f for f in flags if f.startswith(prefixes) or "vnni" in f)
+    return " ".join(keep) or "-"
+
+
 def describe() -> dict[str, str | int]:
     """CPU model, machine architecture, kernel release and logical CPU count."""
     uname = os.uname()

@@ -72,11 +72,12 @@ class EdgeSENet(nn.Module):
 def build(spec: ArchSpec, *, drop_path_rate: float = 0.0) -> EdgeSENet:
     """Build the network for ``spec`` with PyTorch's default initialisation (random weights)."""
     model = EdgeSENet(spec, drop_path_rate=drop_path_rate)
-    _init_weights(model)
+    init_weights(model)
     return model
 
 
-def _init_weights(model: nn.Module) -> None:
+def init_weights(model: nn.Module) -> None:
+    """Initialise ``model`` in place: Kaiming-normal convs, unit BatchNorm, normal(0, 0.01) Linear."""
     # Kaiming-normal (fan_out) convs and unit BN as torchvision does for these families. Linear
     # layers: normal(0, 0.01), torchvision's MobileNetV3 rule, for every family. EfficientNet's
     # uniform +-1/sqrt(out_features) is +-0.32 for a 10-class head; networks trained from it on the

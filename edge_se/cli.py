@@ -34,6 +34,7 @@ PLUGINS: tuple[str, ...] = (
     "pipeline.cli",
     "studies.ablation_cli",
     "studies.anomaly_cli",
+    "latency.cli",
 )
 
 

@@ -53,6 +53,8 @@ class ExportOptions:
 
     Attributes:
         resolution: input side in pixels.
+        input_channels: channels of the input ``[1, C, R, R]``: 3 for an image; a latency probe of one
+            block (:mod:`pipeline.latency_table`) takes that block's input feature map.
         check: run the parity check before writing (on by default; off writes ``passed: null``).
         channels_last: NHWC input for ``.tflite`` (ignored for ``.pte``: ExecuTorch takes NCHW).
         policy: quantisation policy names, passed to ``quantize_model``.
@@ -75,6 +77,7 @@ class ExportOptions:
     """
 
     resolution: int
+    input_channels: int = 3
     check: bool = True
     channels_last: bool = False
     policy: tuple[str, ...] = ("ptq",)
@@ -88,10 +91,12 @@ class ExportOptions:
     gate_fit: str | None = None
 
 
-def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int) -> tuple[list[np.ndarray], list[bool]]:
-    """NCHW float inputs ``[1, 3, R, R]`` for the parity check and, per input, whether it is a real image."""
+def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int,
+                  channels: int = 3) -> tuple[list[np.ndarray], list[bool]]:
+    """NCHW float inputs ``[1, C, R, R]`` for the parity check and, per input, whether it is a real image."""
     rng = np.random.default_rng(seed)
-    xs = [rng.standard_normal((1, 3, resolution, resolution)).astype(np.float32) for _ in range(RANDOM_PARITY_INPUTS)]
+    xs = [rng.standard_normal((1, channels, resolution, resolution)).astype(np.float32)
+          for _ in range(RANDOM_PARITY_INPUTS)]
     real = [False] * len(xs)
     if calib is not None and calib.real:
         pool = calib.held_out if calib.held_out is not None and len(calib.held_out) else torch.cat(calib.batches)
@@ -205,7 +210,7 @@ def _prepare(model: torch.nn.Module, backend: Backend, *, dtype: str, opts: Expo
              calib: Calibration | None, quantized: Any) -> _Program:
     """The seeded example input and, for int8, the quantised graph (``quantized`` reused when given)."""
     res = opts.resolution
-    example = (torch.randn(1, 3, res, res, generator=torch.Generator().manual_seed(opts.seed)),)
+    example = (torch.randn(1, opts.input_channels, res, res, generator=torch.Generator().manual_seed(opts.seed)),)
     program = _Program(model.eval(), example, backend.layout(opts.channels_last))
     if dtype == "int8":
         program.quantized = quantized if quantized is not None else _quantize(
@@ -256,7 +261,7 @@ def _describe(backend: Backend, lowered: Lowered, *, dtype: str, layout: str) ->
 def _check(backend: Backend, data: bytes, program: _Program, described: _Described, *, dtype: str,
            opts: ExportOptions, calib: Calibration | None, weights: dict[str, Any] | None) -> _Checked:
     """Run the artifact in its own runtime on the parity inputs and compare with the references."""
-    xs, real = parity_inputs(opts.resolution, calib, seed=opts.seed)
+    xs, real = parity_inputs(opts.resolution, calib, seed=opts.seed, channels=opts.input_channels)
     reference_all = _torch_outputs_all(program.reference, xs)  # with --gate-outputs: logits, then the gates
     reference = [ys[0] for ys in reference_all]
     float_ref = _torch_outputs(program.model, xs) if dtype == "int8" else None

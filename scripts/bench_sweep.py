@@ -27,22 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import write_text
-from device_bench.sysinfo import describe
+from device_bench.sysinfo import cpu_flags, describe
 from edge_se.tables import markdown_table
 
 EXECUTORS = ("local", "ray", "local")  # the second local run measures the run-to-run noise
-
-
-def _flags() -> str:
-    """The CPU flags that decide int8 speed here (AVX2, AVX-512, VNNI), from /proc/cpuinfo."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    flags = set(line.partition(":")[2].split())
-    keep = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")) or "vnni" in f)
-    return " ".join(keep) or "-"
 
 
 def run_one(config: Path, executor: str, run_dir: Path, jobs: int | None) -> dict[str, Any]:
@@ -110,7 +98,7 @@ def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
     """``results``.jsonl and ``results``.md (each written whole, then renamed into place)."""
-    system = describe() | {"cpu_flags": _flags()}
+    system = describe() | {"cpu_flags": cpu_flags()}
     results.parent.mkdir(parents=True, exist_ok=True)
     noise = noise_rows(runs)
     jsonl = [json.dumps({"config": str(config), "system": system} | r, sort_keys=True) for r in runs]

@@ -1,0 +1,138 @@
+"""Build a latency table on a device: which networks' kernels to probe, measure them, fit (``edge-se latency-table``).
+
+The build set is a few (phi, resolution) points of the family's compound scaling, spread over the
+range ``edge-se scale`` searches; every distinct kernel of those networks is probed alone, and the
+networks themselves are measured whole for the assembly fit (:mod:`latency.table`). Variants
+outside the build set are predicted from the regression; ``make bench-scale`` measures how well on a
+held-out set.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from contract.provenance import dist_versions, git_commit
+from device_bench.sysinfo import cpu_flags, describe
+from edge_se.errors import EdgeSeError
+from edge_se.families import efficientnet
+from edge_se.latency_key import Kernel, kernels
+from edge_se.scaling import compound_coefficients
+from edge_se.specs import COMPOUND_ALPHA, COMPOUND_BETA, COMPOUND_GAMMA, ArchSpec, Scale
+from latency.measure import Target, export_all, time_all
+from latency.table import LatencyTable, build_table
+
+FAMILIES = ("efficientnet",)
+"""Families with compound scaling, the ones a table and ``edge-se scale`` cover."""
+
+DEFAULT_BUILD = "-2@128,-1@192,0@160,0@256,1@224,2@288"
+"""Build set of ``edge-se latency-table``: ``phi@resolution`` points spanning phi -2..2 and 128..288 px."""
+
+VERSIONS = ("torch", "executorch", "ai-edge-litert", "litert-torch", "torchao")
+
+
+def variant(phi: float, resolution: int, *, width: float = 1.0, depth: float = 1.0,
+            family: str = "efficientnet") -> ArchSpec:
+    """The compound-scaled network for real ``phi`` at ``resolution``, width/depth optionally off the rule.
+
+    Depth ``alpha**phi * depth``, width ``beta**phi * width`` (the paper's alpha 1.2, beta 1.1); the
+    resolution is free (``edge-se scale`` searches it apart from phi). Named
+    ``efficientnet_phi{phi}`` (plus ``_w{width}_d{depth}`` off the rule), the registry's name for the
+    on-rule network, so ``edge-se export efficientnet_phi1.25 --resolution 240`` rebuilds it.
+    """
+    check_family(family)
+    if not (math.isfinite(phi) and -8 <= phi <= 8):
+        raise EdgeSeError(f"phi {phi!r} out of range: need a finite number in [-8, 8]")
+    if resolution < 32 or resolution % 8:
+        raise EdgeSeError(f"resolution {resolution}: need a multiple of 8 pixels, at least 32")
+    d, w, _ = compound_coefficients(phi, COMPOUND_ALPHA, COMPOUND_BETA, COMPOUND_GAMMA)
+    name = f"efficientnet_phi{phi:g}"
+    if (width, depth) != (1.0, 1.0):
+        name += f"_w{width:g}_d{depth:g}"
+    dropout = round(min(0.5, max(0.0, 0.2 + 0.05 * phi)), 3)
+    return efficientnet(name, Scale(w * width, d * depth, resolution, dropout), phi=phi)
+
+
+def check_family(family: str) -> str:
+    """``family`` if latency tables cover it, else a one-line error naming those that do."""
+    if family not in FAMILIES:
+        raise EdgeSeError(f"--family {family!r}: no latency tables for it; compound scaling covers "
+                          f"{', '.join(FAMILIES)}")
+    return family
+
+
+def parse_points(text: str, *, flag: str = "--build") -> list[tuple[float, int]]:
+    """``"phi@res,phi@res"`` -> ``[(phi, res), ...]``; a bad item is one line naming the flag and the item."""
+    points = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        phi_text, sep, res_text = item.partition("@")
+        try:
+            if not sep:
+                raise ValueError
+            point = (float(phi_text), int(res_text))
+        except ValueError:
+            raise EdgeSeError(f"{flag}: bad point {item!r}; expected PHI@RESOLUTION, e.g. -1@192") from None
+        points.append(point)
+    if not points:
+        raise EdgeSeError(f"{flag}: no points given; expected PHI@RESOLUTION[,PHI@RESOLUTION...]")
+    return points
+
+
+def unique_kernels(networks: Sequence[tuple[ArchSpec, int]]) -> list[Kernel]:
+    """Every distinct kernel (by key) of the networks, in first-seen order."""
+    seen: dict[str, Kernel] = {}
+    for spec, res in networks:
+        for k in kernels(spec, res):
+            seen.setdefault(k.key, k)
+    return list(seen.values())
+
+
+def measure_networks(networks: Sequence[tuple[ArchSpec, int]], target: Target,
+                     work: Path) -> list[tuple[float, str, dict[str, Any]]]:
+    """Export and time whole networks: ``(value, unit, bench record)`` each."""
+    paths = export_all([("network", spec, res) for spec, res in networks], target, work)
+    return time_all(paths, target, work)
+
+
+def provenance(target: Target) -> dict[str, Any]:
+    """What decides a table's numbers besides its entries: CPU and flags, versions, spec, runner, commit."""
+    return {
+        "system": describe() | {"cpu_flags": cpu_flags()},
+        "versions": dist_versions(VERSIONS),
+        "measure": target.measure.to_dict(),
+        "runner": target.runner,
+        "seed": target.seed,
+        "commit": git_commit(short=True),
+        "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[float, int]],
+                        work: Path) -> LatencyTable:
+    """Probe every kernel of the build set's networks, time the networks whole, fit the table.
+
+    Exports first (``target.jobs`` processes), then all timing in one pass on the device, so no
+    export runs beside a timed inference.
+    """
+    check_family(family)
+    networks = [(variant(phi, res, family=family), res) for phi, res in points]
+    ks = unique_kernels(networks)
+    items: list[tuple[str, Any, int]] = [("kernel", k, k.size) for k in ks]
+    items += [("network", spec, res) for spec, res in networks]
+    paths = export_all(items, target, work)
+    timed = time_all(paths, target, work)
+    units = {unit for _, unit, _ in timed}
+    if len(units) != 1:
+        raise EdgeSeError(f"device {target.device}: mixed units {sorted(units)} in one table")
+    measured = [(k, value, rec) for k, (value, _, rec) in zip(ks, timed, strict=False)]
+    whole = [(spec, res, value) for (spec, res), (value, _, _) in zip(networks, timed[len(ks):], strict=True)]
+    meta = provenance(target) | {"build": [f"{phi:g}@{res}" for phi, res in points]}
+    return build_table(device=target.device, fmt=target.fmt, dtype=target.dtype, threads=target.measure.threads,
+                       family=family, unit=units.pop(), measured=measured, networks=whole, meta=meta)
+
+
+__all__ = ["DEFAULT_BUILD", "FAMILIES", "build_latency_table", "check_family", "measure_networks", "parse_points",
+           "provenance", "unique_kernels", "variant"]

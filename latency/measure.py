@@ -1,0 +1,161 @@
+"""Build and time what a latency table needs: kernel probes and whole networks, on one device.
+
+I/O lives here (exports to a work folder, the device bench); the table and the search stay pure.
+Every artifact goes through :func:`export.pipeline.export_one`, so it is checked in its own
+runtime before it is written, and is timed by :func:`device_bench.bench.bench` with one
+:class:`contract.measure.MeasureSpec` (:data:`TABLE_MEASURE` unless given): the table's entries, its
+assembly networks and the measured check of ``edge-se scale`` are measured the same way.
+
+Exports run in ``jobs`` worker processes (CPU work, no timing); timing runs afterwards, alone.
+An artifact already in the work folder with its manifest is reused (the folder is per device,
+format and dtype; remove it to rebuild).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract.errors import first_line
+from contract.formats import artifact_name, manifest_path
+from contract.measure import MeasureSpec
+from edge_se.errors import EdgeSeError, StageError
+from edge_se.latency_key import Kernel
+from edge_se.specs import ArchSpec
+
+TABLE_MEASURE = MeasureSpec(warmup=5, runs=20, min_seconds=0.2, repeats=3, cooldown_s=0.0, threads=1)
+"""The measurement of every table entry, assembly network and measured check (unless one is given)."""
+
+CALIB_IMAGES = 16
+"""Random calibration images per int8 artifact: latency does not depend on the values, only the graph."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how a table is measured.
+
+    Attributes:
+        device: a device of ``edge-se bench`` (``local``, ``qemu-aarch64``, ``ssh://...``, an inventory name).
+        fmt: ``pte`` or ``tflite``.
+        dtype: ``fp32`` or ``int8``.
+        runner: ``auto``, ``python`` or ``native`` (``.pte`` only): the on-device runner.
+        measure: the measurement spec (its ``threads`` are the table's).
+        inventory: the device inventory file (None: the default one).
+        jobs: export worker processes.
+        seed: seeds the random weights, calibration images and parity inputs.
+    """
+
+    device: str
+    fmt: str
+    dtype: str
+    runner: str = "auto"
+    measure: MeasureSpec = field(default_factory=lambda: TABLE_MEASURE)
+    inventory: str | None = None
+    jobs: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        artifact_name("x", self.fmt, self.dtype)  # an unknown format or dtype: one line naming the flag
+        if self.jobs < 1:
+            raise EdgeSeError(f"--jobs must be >= 1, got {self.jobs}")
+
+
+def probe_name(k: Kernel) -> str:
+    """The artifact name of a kernel's probe: ``probe_`` and 16 hex digits of its key's sha256."""
+    return "probe_" + hashlib.sha256(k.key.encode()).hexdigest()[:16]
+
+
+def network_name(spec: ArchSpec, resolution: int) -> str:
+    """The artifact name of a whole network at one resolution."""
+    return f"{spec.name}_r{resolution}"
+
+
+def _log(msg: str) -> None:
+    print(f"edge-se latency: {msg}", file=sys.stderr, flush=True)
+
+
+def _export_task(task: tuple[str, Any, int, str, str, str, int]) -> str:
+    """Export one probe (``kind`` ``kernel``) or network (``network``); return the artifact's path."""
+    import torch
+
+    from export.pipeline import ExportOptions, export_one
+    from export.sources import reestimate_batchnorm
+    from quantize.calibration import Calibration
+
+    kind, what, resolution, fmt, dtype, out_dir, seed = task
+    if kind == "kernel":
+        from edge_se.probes import probe_input, probe_module
+
+        k: Kernel = what
+        name, module, channels = probe_name(k), probe_module(k), k.input_channels
+        images = probe_input(k, batch=CALIB_IMAGES, seed=seed + 1)
+        label = k.key
+    else:
+        from edge_se.build import build
+
+        spec: ArchSpec = what
+        torch.manual_seed(seed)
+        name, module, channels = network_name(spec, resolution), build(spec), 3
+        images = torch.randn(CALIB_IMAGES, channels, resolution, resolution,
+                             generator=torch.Generator().manual_seed(seed + 1))
+        reestimate_batchnorm(module, [images])  # random weights: statistics of what they will see
+        label = name
+    path = Path(out_dir) / artifact_name(name, fmt, dtype)
+    if path.is_file() and manifest_path(path).is_file():
+        return str(path)
+    calib = Calibration("random", [images], real=False, size=CALIB_IMAGES)
+    opts = ExportOptions(resolution=resolution, input_channels=channels, seed=seed)
+    try:
+        export_one(module.eval(), name=name, fmt=fmt, dtype=dtype, out_dir=out_dir, opts=opts, calib=calib)
+    except Exception as exc:  # any failure of one probe names it and its stage
+        raise StageError("latency probe export", f"{label} ({fmt} {dtype}): {first_line(exc)}") from None
+    return str(path)
+
+
+def export_all(items: Sequence[tuple[str, Any, int]], target: Target, work: Path) -> list[Path]:
+    """Export every ``(kind, kernel-or-spec, resolution)`` to ``work``; paths in the given order."""
+    work.mkdir(parents=True, exist_ok=True)
+    tasks = [(kind, what, res, target.fmt, target.dtype, str(work), target.seed) for kind, what, res in items]
+    _log(f"exporting {len(tasks)} artifact(s) ({target.fmt} {target.dtype}) to {work} with {target.jobs} job(s)")
+    if target.jobs == 1 or len(tasks) <= 1:
+        return [Path(_export_task(t)) for t in tasks]
+    with ProcessPoolExecutor(target.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [Path(p) for p in pool.map(_export_task, tasks)]
+
+
+def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[float, str, dict[str, Any]]]:
+    """Time every artifact on the target's device: ``(value, unit, bench record)`` each, in order.
+
+    The value is the p50 latency in ms, or instructions per inference on an emulated device.
+
+    Raises:
+        StageError: a run failed on the device (its line names the artifact and the reason).
+    """
+    from device_bench import inventory
+    from device_bench.bench import bench
+    from device_bench.transports.base import RunOptions
+
+    opts = RunOptions(measure=target.measure, runner=target.runner)  # type: ignore[arg-type]
+    records = bench([str(p) for p in paths], [target.device], inventory.load(target.inventory), opts,
+                    work / "bench.jsonl", threads_given=True)
+    out = []
+    for path, rec in zip(paths, records, strict=True):
+        if rec.get("status") != "ok":
+            raise StageError("latency timing", f"{path.name} on {target.device}: {rec.get('error') or rec['status']}")
+        if rec.get("emulated"):
+            value, unit = rec.get("instructions_per_inference"), "instructions"
+        else:
+            value, unit = rec.get("p50_ms"), "ms"
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise StageError("latency timing", f"{path.name} on {target.device}: no {unit} figure in the record")
+        out.append((float(value), unit, rec))
+    return out
+
+
+__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "Target", "export_all", "network_name", "probe_name", "time_all"]

@@ -1,0 +1,275 @@
+"""A latency table for one (device, format, dtype, threads): measured kernels and the predictor built on them.
+
+Pure: numpy and scipy, no torch, no I/O but :func:`save`/:func:`load`. What it holds:
+
+- ``entries``: kernel key (:attr:`edge_se.latency_key.Kernel.key`) -> the value measured on a probe
+  of that kernel alone (p50 ms, or instructions per inference on an emulated device).
+- ``coefficients``: per kernel group (``stem``, ``block``, ``head``), non-negative weights of
+  :data:`edge_se.latency_key.FEATURES`, fitted to the entries by non-negative least squares on the
+  *relative* error (every row divided by its measured value, so a 0.05 ms kernel counts as much as a
+  5 ms one). A kernel the table has not measured is predicted from them.
+- ``assembly``: ``network = scale * sum(kernels) + offset``, fitted on whole networks measured when
+  the table was built: the part of a network's latency that is not any one kernel's (each probe
+  pays its own call and input copy; a network's kernels share caches).
+
+A kernel's prediction is its entry when there is one (exact on the table's own entries), else the
+group's regression; a network's is the assembly of its kernels'. nn-Meter predicts kernels with
+random forests per kernel type; with the few dozen probes a table measures here, a linear model
+in MACs by operator class and elements written extrapolates to unseen widths without overfitting.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from contract.files import write_text
+from edge_se.errors import EdgeSeError
+from edge_se.latency_key import FEATURES, Kernel, kernel_features, kernels
+from edge_se.specs import ArchSpec
+
+SCHEMA = "edge-se/latency-table/1"
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "stem": ("macs_dense", "elems", "one"),
+    "block": FEATURES,
+    "head": ("macs_dense", "elems", "one"),
+}
+"""The features each kernel group is regressed on (stem and head have few entries: fewer features)."""
+
+
+def group_of(kind: str) -> str:
+    """The regression group of a kernel kind: ``stem``, ``head`` or ``block`` (mbconv, bottleneck)."""
+    return kind if kind in ("stem", "head") else "block"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One measured kernel: its value (``unit``), kind, features and how stable its timing was."""
+
+    value: float
+    kind: str
+    features: Mapping[str, float]
+    stability: str | None = None
+    cv_pct: float | None = None
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured kernels of one (device, format, dtype, threads) and the fitted predictor.
+
+    Attributes:
+        device: the device name as given to ``edge-se bench`` (``local``, an inventory name, ...).
+        format: ``pte`` or ``tflite``.
+        dtype: ``fp32`` or ``int8``.
+        threads: runtime threads the values were measured with.
+        family: the model family whose shapes the table covers (``efficientnet``).
+        unit: ``ms`` (p50 latency) or ``instructions`` (per inference, emulated devices).
+        entries: kernel key -> :class:`Entry`.
+        coefficients: group -> feature -> weight (``unit`` per feature unit).
+        assembly: ``(scale, offset)`` from the sum of a network's kernels to the network.
+        networks: the whole networks the assembly was fitted on (name, resolution, measured, kernel sum).
+        meta: provenance: CPU and flags, versions, measurement spec, runner, commit, build set, time.
+    """
+
+    device: str
+    format: str
+    dtype: str
+    threads: int
+    family: str
+    unit: str
+    entries: Mapping[str, Entry]
+    coefficients: Mapping[str, Mapping[str, float]]
+    assembly: tuple[float, float] = (1.0, 0.0)
+    networks: Sequence[Mapping[str, Any]] = ()
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    def predict_kernel(self, k: Kernel) -> float:
+        """The kernel's value: its measured entry when the table has one, else the group's regression."""
+        entry = self.entries.get(k.key)
+        if entry is not None:
+            return entry.value
+        group = group_of(k.kind)
+        coef = self.coefficients.get(group)
+        if not coef:
+            raise EdgeSeError(f"latency table {self.describe()} has no {group} kernels to predict {k.key} from")
+        f = kernel_features(k)
+        return float(sum(w * f[name] for name, w in coef.items()))
+
+    def kernel_sum(self, ks: Iterable[Kernel]) -> tuple[float, int, int]:
+        """Sum of the kernels' values, how many kernels, and how many of them were table entries."""
+        total, n, exact = 0.0, 0, 0
+        for k in ks:
+            total += self.predict_kernel(k)
+            n += 1
+            exact += k.key in self.entries
+        return total, n, exact
+
+    def predict(self, spec: ArchSpec, resolution: int | None = None) -> float:
+        """Predicted value (``unit``) of the whole network ``spec`` at ``resolution``, without building it."""
+        if spec.family != self.family:
+            raise EdgeSeError(f"latency table {self.describe()} covers the {self.family} family, not {spec.family} "
+                              f"({spec.name}); build one with `edge-se latency-table --family {spec.family}`")
+        total, _, _ = self.kernel_sum(kernels(spec, resolution))
+        scale, offset = self.assembly
+        return max(scale * total + offset, 0.0)
+
+    def describe(self) -> str:
+        """``device/format/dtype/threads`` for messages."""
+        return f"{self.device}/{self.format}/{self.dtype}/{self.threads}t"
+
+
+def _nnls_relative(rows: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Non-negative weights minimising sum(((rows @ w) - y) / y)^2."""
+    from scipy.optimize import nnls
+
+    a = rows / y[:, None]
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0  # a feature no sample has: weight 0 either way
+    w, _ = nnls(a / norms, np.ones_like(y))
+    return w / norms
+
+
+def fit_coefficients(entries: Mapping[str, Entry]) -> dict[str, dict[str, float]]:
+    """Per group, the non-negative feature weights that best predict its entries (relative error)."""
+    out: dict[str, dict[str, float]] = {}
+    for group, names in GROUPS.items():
+        members = [e for e in entries.values() if group_of(e.kind) == group and e.value > 0]
+        if not members:
+            continue
+        rows = np.array([[e.features[n] for n in names] for e in members], dtype=np.float64)
+        y = np.array([e.value for e in members], dtype=np.float64)
+        out[group] = {n: float(w) for n, w in zip(names, _nnls_relative(rows, y), strict=True)}
+    return out
+
+
+def fit_assembly(networks: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """``(scale, offset)`` with ``measured ~ scale * kernel_sum + offset`` over whole networks.
+
+    Least squares on the relative error with two or more networks of different sizes; one network
+    (or equal sums) gives the ratio alone (offset 0); none gives ``(1, 0)``.
+    """
+    pts = [(float(n["kernel_sum"]), float(n["measured"])) for n in networks if n["measured"] > 0]
+    if not pts:
+        return 1.0, 0.0
+    s = np.array([p[0] for p in pts])
+    m = np.array([p[1] for p in pts])
+    if len(pts) == 1 or np.ptp(s) <= 1e-9 * s.max():
+        return float(np.mean(m / s)), 0.0
+    a = np.stack([s / m, 1.0 / m], axis=1)
+    (scale, offset), *_ = np.linalg.lstsq(a, np.ones_like(m), rcond=None)
+    if scale <= 0:  # a fit that inverts the kernels' order is no assembly: keep the ratio
+        return float(np.mean(m / s)), 0.0
+    return float(scale), float(offset)
+
+
+def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str, unit: str,
+                measured: Sequence[tuple[Kernel, float, Mapping[str, Any]]],
+                networks: Sequence[tuple[ArchSpec, int, float]], meta: Mapping[str, Any]) -> LatencyTable:
+    """A table from measured kernels and whole networks.
+
+    Args:
+        device: the device the values were measured on.
+        fmt: ``pte`` or ``tflite``.
+        dtype: ``fp32`` or ``int8``.
+        threads: runtime threads.
+        family: the model family the build set came from.
+        unit: ``ms`` or ``instructions``.
+        measured: ``(kernel, value, bench record)`` per probe (the record's ``stability``/``cv_pct`` are kept).
+        networks: ``(spec, resolution, measured value)`` of whole networks, for the assembly fit.
+        meta: provenance recorded as is.
+    """
+    entries: dict[str, Entry] = {}
+    for k, value, rec in measured:
+        if not (value > 0 and math.isfinite(value)):
+            raise EdgeSeError(f"kernel {k.key}: measured value {value!r} is not a positive number")
+        entries[k.key] = Entry(value=float(value), kind=k.kind, features=kernel_features(k),
+                               stability=rec.get("stability"), cv_pct=rec.get("cv_pct"))
+    coefficients = fit_coefficients(entries)
+    partial = LatencyTable(device, fmt, dtype, threads, family, unit, entries, coefficients)
+    nets = []
+    for spec, res, value in networks:
+        total, n, exact = partial.kernel_sum(kernels(spec, res))
+        nets.append({"name": spec.name, "resolution": res, "measured": float(value), "kernel_sum": total,
+                     "kernels": n, "exact": exact})
+    return LatencyTable(device, fmt, dtype, threads, family, unit, entries, coefficients,
+                        assembly=fit_assembly(nets), networks=nets, meta=dict(meta))
+
+
+def to_json(table: LatencyTable) -> dict[str, Any]:
+    """The table as its JSON document (``edge-se/latency-table/1``)."""
+    return {
+        "schema": SCHEMA,
+        "device": table.device,
+        "format": table.format,
+        "dtype": table.dtype,
+        "threads": table.threads,
+        "family": table.family,
+        "unit": table.unit,
+        "assembly": {"scale": table.assembly[0], "offset": table.assembly[1]},
+        "coefficients": {g: dict(c) for g, c in table.coefficients.items()},
+        "networks": [dict(n) for n in table.networks],
+        "meta": dict(table.meta),
+        "entries": {key: {"value": e.value, "kind": e.kind, "features": dict(e.features),
+                          "stability": e.stability, "cv_pct": e.cv_pct} for key, e in sorted(table.entries.items())},
+    }
+
+
+def from_json(doc: Mapping[str, Any], *, where: str = "latency table") -> LatencyTable:
+    """Parse a table document; a missing or wrong field is one line naming it."""
+    if not isinstance(doc, Mapping) or doc.get("schema") != SCHEMA:
+        got = doc.get("schema") if isinstance(doc, Mapping) else type(doc).__name__
+        raise EdgeSeError(f"{where}: not a latency table (schema {got!r}, expected {SCHEMA!r})")
+    try:
+        entries = {
+            key: Entry(value=float(e["value"]), kind=str(e["kind"]),
+                       features={n: float(e["features"][n]) for n in FEATURES},
+                       stability=e.get("stability"), cv_pct=e.get("cv_pct"))
+            for key, e in doc["entries"].items()
+        }
+        assembly = (float(doc["assembly"]["scale"]), float(doc["assembly"]["offset"]))
+        coefficients = {str(g): {str(n): float(w) for n, w in c.items()} for g, c in doc["coefficients"].items()}
+        for g, c in coefficients.items():
+            unknown = set(c) - set(GROUPS.get(g, ()))
+            if g not in GROUPS or unknown:
+                raise EdgeSeError(f"{where}: coefficients: unknown group {g!r} or features {sorted(unknown)}")
+        return LatencyTable(
+            device=str(doc["device"]), format=str(doc["format"]), dtype=str(doc["dtype"]),
+            threads=int(doc["threads"]), family=str(doc["family"]), unit=str(doc["unit"]), entries=entries,
+            coefficients=coefficients, assembly=assembly, networks=list(doc.get("networks", [])),
+            meta=dict(doc.get("meta", {})),
+        )
+    except KeyError as exc:
+        raise EdgeSeError(f"{where}: missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise EdgeSeError(f"{where}: malformed field ({exc})") from None
+
+
+def save(table: LatencyTable, path: str | os.PathLike[str]) -> None:
+    """Write the table atomically (temp file + rename)."""
+    write_text(path, json.dumps(to_json(table), indent=1, sort_keys=True) + "\n")
+
+
+def load(path: str | os.PathLike[str]) -> LatencyTable:
+    """Read a table file; a missing, unreadable or malformed file is one line naming it."""
+    try:
+        text = open(path, encoding="utf-8").read()
+    except FileNotFoundError:
+        raise EdgeSeError(f"{path}: latency table not found (build it with `edge-se latency-table`)") from None
+    except OSError as exc:
+        raise EdgeSeError(f"{path}: cannot read the latency table ({exc.strerror})") from None
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EdgeSeError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    return from_json(doc, where=str(path))
+
+
+__all__ = ["GROUPS", "SCHEMA", "Entry", "LatencyTable", "build_table", "fit_assembly", "fit_coefficients",
+           "from_json", "group_of", "load", "save", "to_json"]
