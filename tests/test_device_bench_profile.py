@@ -130,3 +130,18 @@ def test_runner_rejects_bad_profile_runs(tmp_path):
                           capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == "device_bench.runner: error: --profile-runs must be >= 1, got 0"
+
+
+def test_report_says_se_share_only_where_a_profile_exists():
+    from pipeline.config import parse_config
+    from pipeline.report import _profile_lines
+
+    cfg = parse_config('[[models]]\nname = "mobilenetv3_small_050"\n[bench]\nprofile = true\n')
+    assert cfg.profile is True and parse_config('[[models]]\nname = "mobilenetv3_small_050"\n').profile is False
+    prof = {"status": "ok", "runs": 20, "sum_to_end_to_end": 0.95,
+            "se": {"matched": True, "macs_share": 0.0081, "latency_share": 0.053}}
+    row = {"model": "m", "format": "pte", "dtype": "int8", "device": "local"}
+    (line,) = _profile_lines([row | {"profile": prof}, row | {"format": "tflite", "profile": None},
+                              row | {"dtype": "fp32", "profile": {"status": "unavailable", "reason": "x"}}])
+    assert line == ("- **m** (pte int8 on local): SE is 0.81% of MACs and 5.3% of measured latency "
+                    "(per-operator profile: 20 runs, operators sum to 0.95 of the end-to-end time).")
