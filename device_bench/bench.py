@@ -137,8 +137,7 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
                     or entry is not None and job.manifest.format == "tflite" and "tflite" not in entry.runtimes:
                 rec = {**ctx, "status": "skipped", "reason": f"inventory lists runtimes {list(entry.runtimes)}"}
             else:
-                no_profile = op_profile.unavailable_reason(job.manifest.format, transport.kind,
-                                                                dev_opts.runner)
+                no_profile = op_profile.unavailable_reason(job.manifest.format, transport.kind)
                 extra = {} if not profile or no_profile else \
                     {"etdump": op_profile.etdump_path(out, job.artifact, transport.name)}
                 try:

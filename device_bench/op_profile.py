@@ -3,9 +3,11 @@
 What each runtime offers (checked in executorch 1.5.1 and ai-edge-litert 2.3.0):
 
 - ``.pte``: ExecuTorch's ETDump. The Python runtime's ``_load_for_executorch(...,
-  enable_etdump=True)`` records ``Method::execute``, each ``DELEGATE_CALL`` and, inside the
-  XNNPACK delegate, one event per XNNPACK operator (XNNPACK's runtime profiling, forwarded by
-  the delegate); :class:`executorch.devtools.Inspector` reads them without an ETRecord. Operator
+  enable_etdump=True)`` and the native runner's ``Module`` with an ``ETDumpGen``
+  (libexecutorch_etdump.so from the wheel) both record ``Method::execute``, each
+  ``DELEGATE_CALL`` and, inside the XNNPACK delegate, one event per XNNPACK operator (XNNPACK's
+  runtime profiling, forwarded by the delegate's XNNProfiler);
+  :class:`executorch.devtools.Inspector` reads them without an ETRecord. Operator
   times come in whole microseconds, cut, not rounded: on a 32 px MobileNetV3, where most
   operators take under 1 us, they summed to 0.35 of ``Method::execute``. So every profile says
   ``op_timer_resolution_ms`` and ``truncation_bound_ms`` (operators x 1 us: the true sum is at
@@ -259,14 +261,12 @@ def etdump_path(out: Path, artifact: Path, device: str) -> Path:
     return out.with_name(out.stem + ".etdump") / f"{artifact.name}.{safe}.etdp"
 
 
-def unavailable_reason(fmt: str, transport_kind: str, runner: str = "auto") -> str | None:
-    """Why no profile can be taken of this format on this transport with this runner, or None if one can."""
+def unavailable_reason(fmt: str, transport_kind: str) -> str | None:
+    """Why no profile can be taken of this format on this transport, or None if one can (either .pte runner)."""
     from device_bench.runtimes import TFLITE_NO_PROFILER
 
     if fmt == "tflite":
         return TFLITE_NO_PROFILER
     if transport_kind != "local":
         return f"profiles are taken on the local device only (the ETDump is not fetched back from {transport_kind})"
-    if runner == "native":
-        return "the native runner writes no ETDump yet; profile with --runner python"
     return None

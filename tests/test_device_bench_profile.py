@@ -30,7 +30,7 @@ def mobilenet(request, tmp_path_factory) -> Path:
     320 px because XNNPACK cuts each operator's time to whole microseconds: the profile is
     meaningful only where operators take many of them (tests/tolerances.py, PROFILE_SUM_REL).
     """
-    h = hashlib.sha256(Path(__file__).read_bytes())
+    h = hashlib.sha256(f"{MODEL} {RESOLUTION} fp32 random".encode())
     for dist in ("torch", "executorch", "torchao"):
         h.update(importlib.metadata.version(dist).encode())
     cache = getattr(request.config, "cache", None)
@@ -48,11 +48,14 @@ def _lines(path: Path) -> list[dict]:
 
 
 @pytest.mark.export
-def test_profile_sums_to_end_to_end_with_se_rows(mobilenet, tmp_path, capsys):
+@pytest.mark.parametrize("runner", ["python", "native"])
+def test_profile_sums_to_end_to_end_with_se_rows(mobilenet, runner, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    assert main(["bench", str(mobilenet), "--device", "local", *FAST, "--profile", "--out", str(out)]) == 0
+    assert main(["bench", str(mobilenet), "--device", "local", *FAST, "--runner", runner, "--profile",
+                 "--out", str(out)]) == 0
     (rec,) = _lines(out)
     assert rec["status"] == "ok" and rec["profile_file"] == str(tmp_path / "bench.profile.jsonl")
+    assert rec["runner"] == runner and rec["op_profile"]["runs"] == 20
     (prof,) = _lines(tmp_path / "bench.profile.jsonl")
     assert prof["status"] == "ok" and prof["schema"] == op_profile.SCHEMA, prof
     ratio = prof["sum_to_end_to_end"]
@@ -80,6 +83,7 @@ def test_profile_sums_to_end_to_end_with_se_rows(mobilenet, tmp_path, capsys):
     assert se["latency_ms"] == pytest.approx(sum(p["ms"] for p in parts.values()))
     assert op_profile.sentence(prof).startswith("SE is 0.41% of MACs and ")
     assert "profile: per-op sum" in capsys.readouterr().err
+    print(f"{runner}: per-op sum / end to end = {ratio:.3f}; {op_profile.sentence(prof)}")
 
 
 def test_find_se_blocks_by_structure():

@@ -68,15 +68,13 @@ class LocalTransport:
             dump_outputs: Path | None = None, etdump: Path | None = None, **override: Any) -> dict[str, Any]:
         """Run one artifact here; ``override`` replaces run options (e.g. ``runs=1``).
 
-        ``etdump``: also write an ExecuTorch ETDump of profiled inferences there (``.pte``, Python runner).
+        ``etdump``: also write an ExecuTorch ETDump of profiled inferences there (``.pte``, either runner).
         """
         fmt = fmt or ("tflite" if artifact.suffix == ".tflite" else "pte")
         cmd = self.command(artifact, manifest, opts, fmt, **override)
         if dump_outputs is not None:
             cmd += ["--dump-outputs", str(dump_outputs)]
         if etdump is not None:
-            if cmd[0] != self.python:
-                raise DeviceError(f"{self.name}: the native runner writes no ETDump yet; profile with --runner python")
             etdump.parent.mkdir(parents=True, exist_ok=True)
             cmd += ["--etdump", str(etdump)]
         env = dict(os.environ)
