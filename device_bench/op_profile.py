@@ -171,12 +171,21 @@ def _se_section(ops: Sequence[OpEvent], *, end_to_end_ms: float, op_sum_ms: floa
     }
 
 
-def sentence(profile: dict[str, Any]) -> str | None:
-    """``SE is X% of MACs and Y% of measured latency`` (Y: SE operators over the profiled inference), or None."""
+def sentence(profile: Mapping[str, Any]) -> str | None:
+    """``SE is X% of MACs and Y% of measured latency`` (Y: SE operators over the profiled inference), or None.
+
+    Where the SE operators' times were cut to whole microseconds, the sentence adds the most they
+    can be: Y plus one microsecond per SE operator (``se.truncation_bound_ms``).
+    """
     se = profile.get("se") or {}
     if not se.get("matched") or se.get("macs_share") is None or se.get("latency_share") is None:
         return None
-    return f"SE is {100 * se['macs_share']:.2f}% of MACs and {100 * se['latency_share']:.1f}% of measured latency"
+    said = f"SE is {100 * se['macs_share']:.2f}% of MACs and {100 * se['latency_share']:.1f}% of measured latency"
+    bound = se.get("truncation_bound_ms") or 0.0
+    if bound and profile.get("end_to_end_ms"):
+        top = (se["latency_ms"] + bound) / profile["end_to_end_ms"]
+        said += f" (at most {100 * top:.1f}%: XNNPACK cuts operator times to whole microseconds)"
+    return said
 
 
 def build_profile(trace: Trace, *, macs: int | None = None, se_macs: int | None = None,

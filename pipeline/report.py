@@ -232,9 +232,9 @@ def _profile_lines(benches: list[dict[str, Any]]) -> list[str]:
         prof = r.get("profile") or {}
         said = op_profile.sentence(prof) if prof.get("status") == "ok" else None
         if said:
-            lines.append(f"- **{r['model']}** ({r['format']} {r['dtype']} on {r['device']}): {said} "
-                         f"(per-operator profile: {prof['runs']} runs, operators sum to "
-                         f"{prof['sum_to_end_to_end']:.2f} of the end-to-end time).")
+            lines.append(f"- **{r['model']}** ({r['format']} {r['dtype']} on {r['device']}): {said}. Per-operator "
+                         f"profile of {prof['runs']} runs; its operators sum to {prof['sum_to_end_to_end']:.2f} of "
+                         "the end-to-end time.")
     return lines
 
 

@@ -81,7 +81,10 @@ def test_profile_sums_to_end_to_end_with_se_rows(mobilenet, runner, tmp_path, ca
     assert {"Add (ND)", "Clamp (NC)", "Divide (ND)"} <= set(parts["gate"]["op_types"])  # fp32 hard-sigmoid
     assert parts["scale"]["op_types"] == ["Multiply (ND)"] and parts["scale"]["operators"] == 9
     assert se["latency_ms"] == pytest.approx(sum(p["ms"] for p in parts.values()))
-    assert op_profile.sentence(prof).startswith("SE is 0.41% of MACs and ")
+    said = op_profile.sentence(prof)
+    assert said.startswith("SE is 0.41% of MACs and ") and "at most" in said
+    top = (se["latency_ms"] + se["truncation_bound_ms"]) / prof["end_to_end_ms"]
+    assert f"at most {100 * top:.1f}%" in said
     assert "profile: per-op sum" in capsys.readouterr().err
     print(f"{runner}: per-op sum / end to end = {ratio:.3f}; {op_profile.sentence(prof)}")
 
@@ -142,10 +145,12 @@ def test_report_says_se_share_only_where_a_profile_exists():
 
     cfg = parse_config('[[models]]\nname = "mobilenetv3_small_050"\n[bench]\nprofile = true\n')
     assert cfg.profile is True and parse_config('[[models]]\nname = "mobilenetv3_small_050"\n').profile is False
-    prof = {"status": "ok", "runs": 20, "sum_to_end_to_end": 0.95,
-            "se": {"matched": True, "macs_share": 0.0081, "latency_share": 0.053}}
+    prof = {"status": "ok", "runs": 20, "sum_to_end_to_end": 0.95, "end_to_end_ms": 1.0,
+            "se": {"matched": True, "macs_share": 0.0081, "latency_share": 0.053, "latency_ms": 0.053,
+                   "truncation_bound_ms": 0.036}}
     row = {"model": "m", "format": "pte", "dtype": "int8", "device": "local"}
     (line,) = _profile_lines([row | {"profile": prof}, row | {"format": "tflite", "profile": None},
                               row | {"dtype": "fp32", "profile": {"status": "unavailable", "reason": "x"}}])
-    assert line == ("- **m** (pte int8 on local): SE is 0.81% of MACs and 5.3% of measured latency "
-                    "(per-operator profile: 20 runs, operators sum to 0.95 of the end-to-end time).")
+    assert line == ("- **m** (pte int8 on local): SE is 0.81% of MACs and 5.3% of measured latency (at most 8.9%: "
+                    "XNNPACK cuts operator times to whole microseconds). Per-operator profile of 20 runs; its "
+                    "operators sum to 0.95 of the end-to-end time.")
