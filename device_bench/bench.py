@@ -11,11 +11,17 @@ shuffled with ``measure.seed`` by default, or as given), so a drift of the machi
 always penalise the same artifact; every record says so in ``order_mode``, ``order`` (the
 artifacts in the order timed) and ``order_index`` (its place in it). The file gets the lines in
 timing order; :func:`bench` returns them in the given order.
+
+``profile=True`` (``edge-se bench --profile``): each run also records the runtime's per-operator
+trace and one profile line (:mod:`device_bench.op_profile`) is appended to ``OUT.profile.jsonl``
+beside the bench file, with ``status: unavailable`` and why where the runtime or the transport
+has no profiler. The timed figures are taken before profiling and are not changed by it.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from contract import bench as record
-from contract.files import sha256_file
+from contract.files import append_line, sha256_file
 from contract.measure import DEFAULT_ORDER, timing_order
 from contract.provenance import git_commit
+from device_bench import op_profile
 from device_bench.inventory import Device
 from device_bench.manifest import Manifest, ManifestError, load_manifest, verify_artifact
 from device_bench.transports import resolve
@@ -102,7 +109,8 @@ def options_for(base: RunOptions, device: Device | None, threads_given: bool) ->
 
 
 def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: dict[str, Device], opts: RunOptions,
-          out: Path, *, threads_given: bool = False, order: str = DEFAULT_ORDER) -> list[dict[str, Any]]:
+          out: Path, *, threads_given: bool = False, order: str = DEFAULT_ORDER,
+          profile: bool = False) -> list[dict[str, Any]]:
     """Run every artifact on every device; append and return one record each.
 
     On each device the artifacts run in ``timing_order(len(artifacts), order=order,
@@ -129,21 +137,51 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
                     or entry is not None and job.manifest.format == "tflite" and "tflite" not in entry.runtimes:
                 rec = {**ctx, "status": "skipped", "reason": f"inventory lists runtimes {list(entry.runtimes)}"}
             else:
+                no_profile = op_profile.unavailable_reason(job.manifest.format, transport.kind)
+                extra = {} if not profile or no_profile else \
+                    {"etdump": op_profile.etdump_path(out, job.artifact, transport.name)}
                 try:
                     # A runner from an older checkout (edge-se/bench/1, on a board) is upgraded here;
                     # output that breaks the contract is this device's error.
-                    result = record.read_record(transport.run(job.artifact, job.manifest_path, dev_opts),
+                    result = record.read_record(transport.run(job.artifact, job.manifest_path, dev_opts, **extra),
                                                 f"{transport.name}: runner output")
                     rec = {**result, **ctx, "status": "ok"}
                     if rec.get("parity") and not rec["parity"]["passed"]:
                         rec["status"] = "parity-failed"
                 except (DeviceError, ManifestError) as exc:  # ManifestError is contract.ContractError
                     rec = {**ctx, "status": "error", "error": str(exc)}
+            if profile:
+                rec["profile_file"] = str(_write_profile(out, job, rec, no_profile))
             record.append(out, rec)
             by_job[index] = rec
             _log(rec)
         records += [by_job[i] for i in range(len(jobs))]
     return records
+
+
+def _write_profile(out: Path, job: Job, rec: dict[str, Any], unavailable: str | None) -> Path:
+    """Append one profile line for a run (``status`` ok, unavailable or error) and return the file."""
+    keys = ("artifact", "model", "dtype", "format", "resolution", "device", "commit", "timestamp_utc")
+    head: dict[str, Any] = {"schema": op_profile.SCHEMA, **{k: rec.get(k) for k in keys}}
+    if unavailable:
+        line = {**head, "status": "unavailable", "reason": unavailable}
+    elif rec["status"] not in ("ok", "parity-failed"):
+        line = {**head, "status": "error", "error": f"the run failed: {rec.get('error') or rec.get('reason')}"}
+    else:
+        try:
+            line = {**head, **op_profile.profile_from_run(job.manifest.raw, rec)}
+        except EdgeSeError as exc:
+            line = {**head, "status": "error", "error": str(exc)}
+    path = op_profile.profile_path(out)
+    append_line(path, json.dumps(line, sort_keys=True))
+    if line["status"] == "ok":
+        said = op_profile.sentence(line) or "SE not matched"
+        print(f"bench: {Path(job.artifact).name}: profile: per-op sum {line['per_op_sum_ms']:.4g} ms = "
+              f"{line['sum_to_end_to_end']:.3f} x end to end; {said}", file=sys.stderr)
+    else:
+        print(f"bench: {Path(job.artifact).name}: profile {line['status']}: "
+              f"{line.get('reason') or line.get('error')}", file=sys.stderr)
+    return path
 
 
 def _log(rec: dict[str, Any]) -> None:

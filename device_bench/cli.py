@@ -60,6 +60,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="compare emulated outputs with the host's (qemu-aarch64)",
     )
     b.add_argument("--inventory", type=Path, default=None, help="device inventory TOML")
+    b.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="after timing, profile each artifact per operator (.pte: ExecuTorch ETDump with XNNPACK's operator "
+        "times; .tflite: none in LiteRT's Python API, said in the line) into OUT's stem + .profile.jsonl",
+    )
     b.set_defaults(func=run_bench)
 
     t = subparsers.add_parser("bench-torch", help="desktop PyTorch baselines (CPU, CUDA)", formatter_class=fmt)
@@ -113,7 +120,7 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"bench: {len(args.artifacts)} artifact(s) x {devices}: {opts.measure.summary(threads=threads)}; "
           f"runner {opts.runner}, time-out {opts.timeout_s:g} s, {order}", file=sys.stderr)
     records = bench(args.artifacts, devices, inventory.load(args.inventory), opts, args.out,
-                    threads_given=threads_given, order=args.order)
+                    threads_given=threads_given, order=args.order, profile=args.profile)
     for rec in records:
         print(json.dumps(rec, sort_keys=True))
     return 0 if all(r["status"] in ("ok", "skipped") for r in records) else 1

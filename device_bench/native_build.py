@@ -40,6 +40,9 @@ LIBRARIES = (
     "executorch_kernels_quantized",
 )
 DEFINES = ("C10_USING_CUSTOM_GENERATED_MACROS", "ET_EVENT_TRACER_ENABLED", "ET_USE_THREADPOOL")
+#: Linked where the wheel ships it (with ``-DEDGE_SE_ETDUMP``): the runner's ``--etdump`` writes an ETDump
+#: (per-operator profiles, device_bench/op_profile.py); without it, ``--etdump`` is a one-line error.
+ETDUMP_LIBRARY = "executorch_etdump"
 COMPILERS = {"host": "g++", "aarch64": "aarch64-linux-gnu-g++"}
 HOST_DEFAULT_OUT = Path("build/device_bench/et_runner-host")
 STATS_CHECK_DEFAULT_OUT = Path("build/device_bench/stats_check-host")
@@ -79,7 +82,10 @@ def command(target: str, et_root: Path, out: Path) -> list[str]:
            f"-I{inc}", f"-I{inc / 'executorch/runtime/core/portable_type/c10'}", f"-I{NATIVE_DIR}",
            f'-DEDGE_SE_ET_VERSION="{et_version(et_root)}"']
     cmd += [f"-D{d}" for d in DEFINES]
+    etdump = (lib / f"lib{ETDUMP_LIBRARY}.so").exists()
+    cmd += ["-DEDGE_SE_ETDUMP"] if etdump else []
     cmd += [f"-L{lib}", "-Wl,--push-state,--no-as-needed"] + [f"-l{n}" for n in LIBRARIES]
+    cmd += [f"-l{ETDUMP_LIBRARY}"] if etdump else []
     cmd += ["-Wl,--pop-state", "-Wl,--enable-new-dtags", f"-Wl,-rpath,$ORIGIN/lib:{lib.resolve()}", "-lpthread"]
     return cmd
 

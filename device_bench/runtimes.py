@@ -24,6 +24,14 @@ class RuntimeUnavailable(RuntimeError):
     """No runtime for this artifact format can be imported on this machine."""
 
 
+#: Why a ``.tflite`` has no per-operator profile (checked in ai-edge-litert 2.3.0): the Python
+#: ``Interpreter`` takes no profiler (only ``experimental_force_delegate_node_profiling``, with
+#: nothing to report to) and ``CompiledModel`` exposes none; libLiteRt.so exports a C profiler
+#: API (``LiteRtCompiledModelGetProfiler``, ``LiteRtGetProfilerEvents``) with no Python binding.
+TFLITE_NO_PROFILER = ("LiteRT's Python API (ai-edge-litert) exposes no per-operator profiler; "
+                      "only libLiteRt.so's C API has one (LiteRtCompiledModelGetProfiler), not bound here")
+
+
 class Session(Protocol):
     """A loaded model: ``name``, ``version``, ``threads`` and ``run``."""
 
@@ -39,6 +47,13 @@ class Session(Protocol):
 
     def outputs(self) -> list[np.ndarray]:
         """Copies of the outputs of the last :meth:`run`."""
+
+    def write_op_profile(self, path: str, *, runs: int, warmup: int) -> dict[str, Any]:
+        """Run ``warmup`` + ``runs`` profiled inferences on a second load; write the runtime's trace to ``path``.
+
+        Raises:
+            RuntimeUnavailable: the runtime has no per-operator profiler reachable from here.
+        """
 
 
 def _version(dist: str, module: Any) -> str:
@@ -94,6 +109,10 @@ class TfliteSession:
         """Output tensors in the graph's output order (not name order)."""
         return [np.array(self._interp.get_tensor(d["index"])) for d in self._out]
 
+    def write_op_profile(self, path: str, *, runs: int, warmup: int) -> dict[str, Any]:
+        """Not available: see :data:`TFLITE_NO_PROFILER`."""
+        raise RuntimeUnavailable(TFLITE_NO_PROFILER)
+
 
 class ExecutorchSession:
     """A ``.pte`` program in ExecuTorch's Python runtime (x86/host only: it needs libtorch)."""
@@ -116,6 +135,7 @@ class ExecutorchSession:
         self._torch = sys.modules.get("torch")
         if self._torch is None:
             raise RuntimeUnavailable("ExecuTorch's Python runtime loaded without torch; use --runner native")
+        self._path = path
         program = runtime_mod.Runtime.get().load_program(path)
         self._method = program.load_method("forward")
         meta = self._method.metadata
@@ -139,6 +159,23 @@ class ExecutorchSession:
     def outputs(self) -> list[np.ndarray]:
         """Copies of the last outputs as numpy arrays."""
         return [np.array(t.detach().numpy(), copy=True) for t in self._last]
+
+    def write_op_profile(self, path: str, *, runs: int, warmup: int) -> dict[str, Any]:
+        """ETDump of ``warmup`` + ``runs`` inferences of a second, profiling load of the program.
+
+        ``_load_for_executorch(..., enable_etdump=True)`` records ``Method::execute``, each
+        ``DELEGATE_CALL`` and, inside the XNNPACK delegate, one event per XNNPACK operator (the
+        delegate's own runtime profiling, whole microseconds). Every run is in the file; the
+        reader drops the first ``warmup``. The timed session above is untouched.
+        """
+        portable = importlib.import_module("executorch.extension.pybindings.portable_lib")
+        module = portable._load_for_executorch(self._path, enable_etdump=True)
+        if not module.has_etdump():
+            raise RuntimeUnavailable("this ExecuTorch build records no ETDump (enable_etdump had no effect)")
+        for _ in range(warmup + runs):
+            module.forward(self._inputs)
+        module.write_etdump_result_to_file(path)
+        return {"source": "executorch-etdump", "path": path, "runs": runs, "warmup": warmup}
 
 
 def open_session(fmt: str, path: str, inputs: Sequence[TensorSpec], threads: int) -> Session:

@@ -151,6 +151,7 @@ def bench_rows(res: RunResults) -> list[dict[str, Any]]:
                 "p99_p50": b.get("p99_p50"),
                 "instructions_per_inference": b.get("instructions_per_inference"),
                 "threads": b.get("threads"),
+                "profile": r.get("profile"),  # edge-se bench --profile's line ([bench].profile), else None
             }
         )
     return rows

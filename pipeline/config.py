@@ -35,6 +35,7 @@ Example config::
     runs = 20                  # every other key: a contract.measure.MeasureSpec field (warmup, runs,
     repeats = 2                # min_seconds, max_runs, repeats, cooldown_s, affinity, seed,
                                # unstable_pct; cooldown = cooldown_s); unset ones take its defaults
+    profile = false            # true: also a per-operator profile of each run (edge-se bench --profile)
 
     [baseline]
     devices = ["cpu", "cuda"]  # cuda is recorded as skipped where there is none
@@ -104,6 +105,7 @@ class RunConfig:
     dtypes: tuple[str, ...] = DTYPES
     devices: tuple[str, ...] = ("local",)
     measure: MeasureSpec = MeasureSpec()  # [bench]'s measurement keys; its threads are [run].threads
+    profile: bool = False  # [bench].profile: edge-se bench --profile (per-operator profiles, device_bench.op_profile)
     emulated_dtypes: tuple[str, ...] = DTYPES  # dtypes benchmarked on emulated devices (qemu-*)
     baseline_devices: tuple[str, ...] = ("cpu",)
     gates: Gates = Gates()  # [gates]: release gates every model meets (pipeline.gates)
@@ -219,6 +221,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
     devices = bench.strings("devices", ("local",))
     emulated_dtypes = bench.choices("emulated_dtypes", DTYPES, DTYPES)
     measure = _measure(bench, threads, threads_given="threads" in run.data)
+    profile = bench.get("profile", bool, False)
     bench.done()
 
     base = _Reader(path, "baseline", doc.get("baseline", {}))
@@ -246,6 +249,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         dtypes=dtypes,
         devices=devices,
         measure=measure,
+        profile=profile,
         emulated_dtypes=emulated_dtypes,
         baseline_devices=baseline_devices,
         gates=gates,

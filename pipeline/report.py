@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import write_text
+from device_bench import op_profile
 from edge_se import tables
 from edge_se.registry import NOSE_SUFFIX
 from edge_se.tables import Column, fmt
@@ -220,7 +221,21 @@ def _se_cost_section(d: _Inputs) -> Section:
                 f"{pct('size_bytes')} file size and {pct('p50_ms')} latency here."
             )
     s.image = plots.se_cost(pairs, out / "se_cost.png")
+    s.body += _profile_lines(d.benches)
     return s
+
+
+def _profile_lines(benches: list[dict[str, Any]]) -> list[str]:
+    """'SE is X% of MACs and Y% of measured latency' for each bench row with a per-operator profile (none: no line)."""
+    lines = []
+    for r in sorted(benches, key=lambda r: (r["model"], r["format"], r["dtype"], r["device"])):
+        prof = r.get("profile") or {}
+        said = op_profile.sentence(prof) if prof.get("status") == "ok" else None
+        if said:
+            lines.append(f"- **{r['model']}** ({r['format']} {r['dtype']} on {r['device']}): {said}. Per-operator "
+                         f"profile of {prof['runs']} runs; its operators sum to {prof['sum_to_end_to_end']:.2f} of "
+                         "the end-to-end time.")
+    return lines
 
 
 def _scaling_section(d: _Inputs) -> Section:

@@ -87,6 +87,8 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
         inputs["resolution"] = cell.meta["resolution"]
     if cell.stage in ("bench", "baseline"):
         inputs |= {"measure": cfg.measure.to_dict(), "resolution": cell.meta["resolution"]}
+    if cell.stage == "bench" and cfg.profile:  # only when on: cells cached without it keep their keys
+        inputs["profile"] = True
     if cell.stage != "info":
         inputs["versions"] = dict(versions)
         inputs["code"] = code_digest(_STAGE_CODE[cell.stage])
@@ -235,6 +237,7 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
             "--device",
             str(cell.param("device")),
             *cfg.measure.to_argv(),
+            *(["--profile"] if cfg.profile else []),
             "--out",
             str(out),
         ],
@@ -243,7 +246,10 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
     lines = _read_jsonl(out)
     if not lines:
         raise StageError("edge-se bench wrote no result line")
-    return {"bench": lines[-1]}
+    if not cfg.profile:
+        return {"bench": lines[-1]}
+    profiles = _read_jsonl(Path(lines[-1]["profile_file"]))
+    return {"bench": lines[-1], "profile": profiles[-1] if profiles else None}
 
 
 def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:

@@ -41,3 +41,14 @@ FIDELITY_MIN_SQNR_DB = 20.0
 # The trained network must be one like those measured above, not an under-trained one with more
 # near-ties (lowest seen: 0.950; the earlier 4-epoch recipe reached 0.936).
 FIDELITY_MIN_FLOAT_ACCURACY = 0.94
+
+# Per-operator profile vs end to end (edge-se bench --profile, issue 15): the issue asks that the
+# operators' times sum to within 10% of the end-to-end time. Both come from the same profiled
+# inferences (ETDump's Method::execute and the XNNPACK operators inside its DELEGATE_CALL). What
+# the operators miss is real but belongs to no operator: XNNPACK cuts each operator's time to whole
+# microseconds (up to 1 us x 146 operators for MobileNetV3-Small) and the delegate's own work per call
+# (reshaping and setting up the XNNPACK runtime, copying inputs and outputs). Measured here (2026-12-05,
+# 1 thread): MobileNetV3-Small fp32 sum/end-to-end 0.91 at 224 px, 0.94-0.96 at 320 px (the test's
+# artifact); int8 0.93 at 224 px; at 32 px, where most operators take under 1 us, 0.35 (so the
+# test uses 320 px, where the cut-off is about 2% of 3.5 ms).
+PROFILE_SUM_REL = 0.10

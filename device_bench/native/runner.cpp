@@ -14,7 +14,9 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
+#include <memory>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -24,6 +26,9 @@
 
 #include <executorch/extension/module/module.h>
 #include <executorch/extension/tensor/tensor_ptr.h>
+#ifdef EDGE_SE_ETDUMP  // native_build.py defines it where the wheel ships libexecutorch_etdump.so
+#include <executorch/devtools/etdump/etdump_flatcc.h>
+#endif
 
 #include "latency_stats.h"  // statistics: device_bench/stats.py
 #include "mini_json.h"
@@ -55,13 +60,14 @@ struct Error : std::runtime_error {
 };
 
 struct Args {
-  std::string artifact, manifest, affinity, dump_outputs;
+  std::string artifact, manifest, affinity, dump_outputs, etdump;
   std::vector<std::string> input_files;
   // contract/measure.py's defaults (every caller passes MeasureSpec.to_argv(), so every flag, explicitly).
   long warmup = 10, runs = 50, max_runs = 0, repeats = 3, threads = 1;
   double min_seconds = 1.0, cooldown = 1.0, unstable_pct = 5.0;
   bool count_only = false;
   unsigned long long seed = 0;
+  long profile_runs = 20;  // --etdump: the Python runner's default (device_bench/runner.py)
 };
 
 std::string read_file(const std::string& path) {
@@ -94,6 +100,8 @@ Args parse_args(int argc, char** argv) {
       else if (k == "--seed") a.seed = std::stoull(need(i));
       else if (k == "--input-file") a.input_files.push_back(need(i));
       else if (k == "--dump-outputs") a.dump_outputs = need(i);
+      else if (k == "--etdump") a.etdump = need(i);
+      else if (k == "--profile-runs") a.profile_runs = std::stol(need(i));
       else if (k == "--count-only") a.count_only = true;
       else if (!k.empty() && k[0] == '-') throw Error("unknown option " + k);
       else if (a.artifact.empty()) a.artifact = k;
@@ -104,6 +112,10 @@ Args parse_args(int argc, char** argv) {
   }
   if (a.artifact.empty() || a.manifest.empty()) throw Error("usage: et_runner ARTIFACT --manifest FILE [options]");
   if (a.runs < 1 || a.repeats < 1 || a.threads < 1) throw Error("--runs, --repeats and --threads must be >= 1");
+  if (a.profile_runs < 1) throw Error("--profile-runs must be >= 1, got " + std::to_string(a.profile_runs));
+#ifndef EDGE_SE_ETDUMP
+  if (!a.etdump.empty()) throw Error("--etdump: this runner was built without libexecutorch_etdump");
+#endif
   if (a.warmup < 0 || a.max_runs < 0 || a.min_seconds < 0 || a.cooldown < 0 || a.unstable_pct < 0)
     throw Error("negative option value");
   return a;
@@ -510,6 +522,30 @@ std::string gate_score_json(const std::vector<EValue>& outs, const Gate& gate, c
          ", \"blocks\": " + std::to_string(gate.blocks.size()) + "}";
 }
 
+#ifdef EDGE_SE_ETDUMP
+// ETDump of max(--warmup, 2) + --profile-runs inferences of a second Module carrying an ETDumpGen:
+// Method::execute, DELEGATE_CALL and XNNPACK's per-operator times (device_bench/op_profile.py reads
+// it on the host; the first runs are dropped there). Returns the record's "op_profile" object.
+std::string write_etdump(const Args& a, const std::vector<EValue>& inputs) {
+  auto tracer = std::make_unique<executorch::etdump::ETDumpGen>();
+  auto* gen = tracer.get();
+  Module module(a.artifact, Module::LoadMode::File, std::move(tracer));
+  if (module.load_method("forward") != executorch::runtime::Error::Ok)
+    throw Error(a.artifact + ": ExecuTorch could not load method 'forward' for profiling");
+  long warmup = std::max(a.warmup, 2L);
+  for (long i = 0; i < warmup + a.profile_runs; ++i)
+    if (!module.forward(inputs).ok()) throw Error(a.artifact + ": profiled forward failed");
+  auto data = gen->get_etdump_data();
+  if (data.buf == nullptr) throw Error("--etdump: ExecuTorch recorded no ETDump data");
+  std::ofstream f(a.etdump, std::ios::binary);
+  f.write(static_cast<const char*>(data.buf), static_cast<std::streamsize>(data.size));
+  std::free(data.buf);
+  if (!f) throw Error(a.etdump + ": cannot write");
+  return "{\"source\": \"executorch-etdump\", \"path\": " + mini_json::quote(a.etdump) +
+         ", \"runs\": " + std::to_string(a.profile_runs) + ", \"warmup\": " + std::to_string(warmup) + "}";
+}
+#endif
+
 int run(const Args& a) {
   std::string expected_sha;
   std::optional<Gate> gate;
@@ -622,6 +658,11 @@ int run(const Args& a) {
   std::string gate_score;  // after timing, outside the timed loop: the latency is the artifact's alone
   if (gate) gate_score = gate_score_json(last_out, *gate, quant, a.manifest);
 
+  std::string op_profile;  // after timing, on a second load: the timed module never carries a tracer
+#ifdef EDGE_SE_ETDUMP
+  if (!a.etdump.empty()) op_profile = write_etdump(a, inputs);
+#endif
+
   double total = 0;
   for (double s : seconds) total += s;
   struct rusage ru;
@@ -665,6 +706,7 @@ int run(const Args& a) {
   kv("kernel", mini_json::quote(std::string(un.sysname) + " " + un.release));
   kv("cpu_count", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
   if (gate) kv("gate_score", gate_score);
+  if (!op_profile.empty()) kv("op_profile", op_profile);
   std::printf("%s}\n", j.c_str());
   return 0;
 }

@@ -65,12 +65,18 @@ class LocalTransport:
         return [*base, str(artifact), "--manifest", str(manifest), *opts.argv(**override)]
 
     def run(self, artifact: Path, manifest: Path, opts: RunOptions, *, fmt: str = "",
-            dump_outputs: Path | None = None, **override: Any) -> dict[str, Any]:
-        """Run one artifact here; ``override`` replaces run options (e.g. ``runs=1``)."""
+            dump_outputs: Path | None = None, etdump: Path | None = None, **override: Any) -> dict[str, Any]:
+        """Run one artifact here; ``override`` replaces run options (e.g. ``runs=1``).
+
+        ``etdump``: also write an ExecuTorch ETDump of profiled inferences there (``.pte``, either runner).
+        """
         fmt = fmt or ("tflite" if artifact.suffix == ".tflite" else "pte")
         cmd = self.command(artifact, manifest, opts, fmt, **override)
         if dump_outputs is not None:
             cmd += ["--dump-outputs", str(dump_outputs)]
+        if etdump is not None:
+            etdump.parent.mkdir(parents=True, exist_ok=True)
+            cmd += ["--etdump", str(etdump)]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_DIR.parent), env.get("PYTHONPATH")]))
         proc = run_checked(cmd, device=self.name, timeout_s=opts.timeout_s, what="runner", env=env)

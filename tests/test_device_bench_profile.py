@@ -1,0 +1,156 @@
+"""``edge-se bench --profile``: per-operator profiles from ExecuTorch's ETDump, SE blocks found by structure."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tolerances import PROFILE_SUM_REL
+
+from device_bench import op_profile
+from edge_se.cli import main
+from edge_se.errors import EdgeSeError
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL, RESOLUTION = "mobilenetv3_small_100", 320
+ARTIFACT = f"{MODEL}_xnnpack_fp32.pte"
+FAST = ["--runs", "10", "--warmup", "3", "--min-seconds", "0", "--repeats", "1", "--cooldown", "0", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def mobilenet(request, tmp_path_factory) -> Path:
+    """MobileNetV3-Small (random weights, fp32, 320 px) exported by ``edge-se export``, cached by tool versions.
+
+    320 px because XNNPACK cuts each operator's time to whole microseconds: the profile is
+    meaningful only where operators take many of them (tests/tolerances.py, PROFILE_SUM_REL).
+    """
+    h = hashlib.sha256(f"{MODEL} {RESOLUTION} fp32 random".encode())
+    for dist in ("torch", "executorch", "torchao"):
+        h.update(importlib.metadata.version(dist).encode())
+    cache = getattr(request.config, "cache", None)
+    base = Path(cache.mkdir("profile_artifacts")) if cache else tmp_path_factory.mktemp("profile")
+    folder = base / h.hexdigest()[:16]
+    path = folder / ARTIFACT
+    if not (path.exists() and path.with_name(ARTIFACT + ".json").exists()):
+        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", "pte", "--dtype", "fp32",
+                     "--calib", "random", "--no-check", "--out", str(folder)]) == 0
+    return path
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.export
+@pytest.mark.parametrize("runner", ["python", "native"])
+def test_profile_sums_to_end_to_end_with_se_rows(mobilenet, runner, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", str(mobilenet), "--device", "local", *FAST, "--runner", runner, "--profile",
+                 "--out", str(out)]) == 0
+    (rec,) = _lines(out)
+    assert rec["status"] == "ok" and rec["profile_file"] == str(tmp_path / "bench.profile.jsonl")
+    assert rec["runner"] == runner and rec["op_profile"]["runs"] == 20
+    (prof,) = _lines(tmp_path / "bench.profile.jsonl")
+    assert prof["status"] == "ok" and prof["schema"] == op_profile.SCHEMA, prof
+    ratio = prof["sum_to_end_to_end"]
+    # Both figures come from the same profiled inferences (ETDump's Method::execute and its operators).
+    assert abs(ratio - 1) <= PROFILE_SUM_REL, (
+        f"per-op sum {prof['per_op_sum_ms']:.4f} ms vs end to end {prof['end_to_end_ms']:.4f} ms: ratio {ratio:.3f}")
+    assert prof["per_op_sum_ms"] == pytest.approx(sum(r["total_ms"] for r in prof["op_types"]))
+    assert sum(r["share"] for r in prof["op_types"]) == pytest.approx(1.0)
+    assert prof["truncation_bound_ms"] == pytest.approx(prof["delegated_operators"] * 0.001)
+    types = {r["op_type"] for r in prof["op_types"]}
+    assert any(t.startswith("Convolution") for t in types) and any(t.startswith("Mean") for t in types)
+
+    se = prof["se"]
+    manifest = json.loads(mobilenet.with_name(ARTIFACT + ".json").read_text())
+    assert se["matched"], se
+    assert [b["name"] for b in se["blocks"]] == op_profile.se_block_names(manifest)
+    assert len(se["blocks"]) == 9 and se["blocks"][0]["name"] == "blocks.0.se"
+    assert se["macs_share"] == pytest.approx(manifest["se_macs"] / manifest["macs"])
+    parts = se["parts"]
+    assert set(parts) == {"squeeze", "fcs", "gate", "scale"}
+    assert parts["squeeze"]["op_types"][0].startswith("Mean")
+    assert all(t.startswith("Fully Connected") for t in parts["fcs"]["op_types"])
+    assert {"Add (ND)", "Clamp (NC)", "Divide (ND)"} <= set(parts["gate"]["op_types"])  # fp32 hard-sigmoid
+    assert parts["scale"]["op_types"] == ["Multiply (ND)"] and parts["scale"]["operators"] == 9
+    assert se["latency_ms"] == pytest.approx(sum(p["ms"] for p in parts.values()))
+    said = op_profile.sentence(prof)
+    assert said.startswith("SE is 0.41% of MACs and ") and "at most" in said
+    top = (se["latency_ms"] + se["truncation_bound_ms"]) / prof["end_to_end_ms"]
+    assert f"at most {100 * top:.1f}%" in said
+    assert "profile: per-op sum" in capsys.readouterr().err
+    print(f"{runner}: per-op sum / end to end = {ratio:.3f}; {op_profile.sentence(prof)}")
+
+
+def test_find_se_blocks_by_structure():
+    fp32 = ["DWConv", "HardSwish (NC)", "Mean (ND) Reduce2", "Fully Connected (NC, F32) GEMM",
+            "Fully Connected (NC, F32) GEMM", "Transpose (ND, X32)", "Add (ND)", "Clamp (NC)", "Divide (ND)",
+            "Transpose (ND, X32)", "Multiply (ND)", "Fully Connected (NC, F32) GEMM"]
+    (b,) = op_profile.find_se_blocks(fp32)
+    assert b == {"squeeze": [2], "fcs": [3, 4], "gate": [5, 6, 7, 8, 9], "scale": [10]}
+    int8 = ["Mean (ND)", "Fully Connected (NC, QS8, QC8W) GEMM", "Fully Connected (NC, QS8, QC8W) GEMM",
+            "Multiply (ND)"]
+    assert op_profile.find_se_blocks(int8) == [{"squeeze": [0], "fcs": [1, 2], "gate": [], "scale": [3]}]
+    head = ["Mean (ND)", "Transpose (ND, X8)", "Static Reshape (NC)", "Fully Connected (NC, QS8, QC8W) GEMM",
+            "HardSwish (NC)", "Fully Connected (NC, QS8, QC8W) GEMM", "Convert (NC)"]
+    assert op_profile.find_se_blocks(head) == []  # the classifier's pooling is no SE block
+
+
+def test_se_counts_that_disagree_give_no_share():
+    ops = tuple(op_profile.OpEvent(n, 0.01, True) for n in ("Mean (ND)", "Fully Connected #1", "Fully Connected #2",
+                                                           "Multiply (ND) #1"))
+    prof = op_profile.build_profile(op_profile.Trace(ops, (0.05, 0.05), 2), macs=100, se_macs=1,
+                                    se_names=["blocks.0.se", "blocks.1.se"])
+    assert prof["sum_to_end_to_end"] == pytest.approx(0.8)
+    assert prof["se"]["matched"] is False and prof["se"]["latency_share"] is None
+    assert "found 1 SE patterns" in prof["se"]["reason"] and op_profile.sentence(prof) is None
+
+
+def test_tflite_profile_unavailable_says_why():
+    reason = op_profile.unavailable_reason("tflite", "local")
+    assert reason and "no per-operator profiler" in reason
+    assert "local device only" in op_profile.unavailable_reason("pte", "ssh")
+    assert op_profile.unavailable_reason("pte", "local") is None
+
+
+def test_bad_etdump_is_one_line(tmp_path):
+    bad = tmp_path / "x.etdp"
+    bad.write_bytes(b"not an etdump")
+    with pytest.raises(EdgeSeError) as err:
+        op_profile.read_etdump(bad, warmup=0)
+    assert "not a readable ETDump" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(EdgeSeError, match="ETDump not found"):
+        op_profile.read_etdump(tmp_path / "missing.etdp", warmup=0)
+
+
+def test_runner_rejects_bad_profile_runs(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "device_bench.runner", "m.pte", "--manifest", "m.pte.json",
+                           "--etdump", str(tmp_path / "e.etdp"), "--profile-runs", "0"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == "device_bench.runner: error: --profile-runs must be >= 1, got 0"
+
+
+def test_report_says_se_share_only_where_a_profile_exists():
+    from pipeline.config import parse_config
+    from pipeline.report import _profile_lines
+
+    cfg = parse_config('[[models]]\nname = "mobilenetv3_small_050"\n[bench]\nprofile = true\n')
+    assert cfg.profile is True and parse_config('[[models]]\nname = "mobilenetv3_small_050"\n').profile is False
+    prof = {"status": "ok", "runs": 20, "sum_to_end_to_end": 0.95, "end_to_end_ms": 1.0,
+            "se": {"matched": True, "macs_share": 0.0081, "latency_share": 0.053, "latency_ms": 0.053,
+                   "truncation_bound_ms": 0.036}}
+    row = {"model": "m", "format": "pte", "dtype": "int8", "device": "local"}
+    (line,) = _profile_lines([row | {"profile": prof}, row | {"format": "tflite", "profile": None},
+                              row | {"dtype": "fp32", "profile": {"status": "unavailable", "reason": "x"}}])
+    assert line == ("- **m** (pte int8 on local): SE is 0.81% of MACs and 5.3% of measured latency (at most 8.9%: "
+                    "XNNPACK cuts operator times to whole microseconds). Per-operator profile of 20 runs; its "
+                    "operators sum to 0.95 of the end-to-end time.")
