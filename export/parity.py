@@ -169,6 +169,7 @@ def int8_parity(
     output_scale: float | None,
     real_images: Sequence[bool],
     gate_top1: bool = True,
+    gate_float: bool = True,
 ) -> dict[str, object]:
     """int8 artifact vs the quantised PyTorch reference (exactness) and the float model (quality).
 
@@ -181,6 +182,11 @@ def int8_parity(
         gate_top1: gate top-1 agreement at all; False for random weights, whose class scores are
             near-ties on every image (measured: SE-ResNet-50 with random weights, 12% top-1
             agreement at 9 dB logits SQNR), so top-1 is then reported only.
+        gate_float: gate the fidelity to the float model at all; False for latency probes
+            (:mod:`latency.measure`): a deep random-weight network loses most of its float
+            fidelity in int8 whatever the artifact does (EfficientNet phi 1 at 224 px: 3.5-4.7 dB
+            vs float while its runtime matched the quantised graph), and the probe is timed, not
+            shipped. The vs-float figures are reported either way; ``float_gated`` says which.
 
     Returns:
         JSON-ready figures with ``passed`` and every threshold applied.
@@ -204,12 +210,14 @@ def int8_parity(
     checks = {
         "vs_quantized_cosine": ref_cos >= INT8_REF_MIN_COSINE,
         "vs_quantized_sqnr": ref_sqnr >= min_ref_sqnr,
-        "vs_float_cosine": f_cos >= INT8_MIN_COSINE,
-        "vs_float_sqnr": f_sqnr >= INT8_MIN_SQNR_DB,
-        "vs_float_top1_real": not gate_top1 or top1_real is None or top1_real >= INT8_MIN_TOP1_AGREEMENT,
+        "vs_float_cosine": not gate_float or f_cos >= INT8_MIN_COSINE,
+        "vs_float_sqnr": not gate_float or f_sqnr >= INT8_MIN_SQNR_DB,
+        "vs_float_top1_real": not gate_float or not gate_top1 or top1_real is None
+        or top1_real >= INT8_MIN_TOP1_AGREEMENT,
     }
     return {
         "reference": "quantized_pt2e+float",
+        "float_gated": gate_float,
         "samples": len(actual),
         "real_images": len(real),
         "vs_quantized": {

@@ -74,6 +74,9 @@ class ExportOptions:
             runtime over that source's training split (:func:`device_bench.gate_fit.fit`), and record
             them in ``gate_outputs.stats``; the int8 artifact's rounding is then in the statistics
             the device scores with. Excludes ``gate_stats``.
+        int8_float_gate: an int8 artifact must also be faithful to the float model to be written
+            (:func:`export.parity.int8_parity`'s ``gate_float``); False only for latency probes of
+            random weights, which must still match their quantised graph.
     """
 
     resolution: int
@@ -89,6 +92,7 @@ class ExportOptions:
     gate_stats_file: str | None = None
     gate_layout: str = "concat"
     gate_fit: str | None = None
+    int8_float_gate: bool = True
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int,
@@ -281,7 +285,7 @@ def _check(backend: Backend, data: bytes, program: _Program, described: _Describ
         trained = (weights or {}).get("source") == "file"
         figures = par.int8_parity(
             actual, reference, float_ref, output_scale=backend.output_scale(described.outputs, program.reference),
-            real_images=real, gate_top1=trained,
+            real_images=real, gate_top1=trained, gate_float=opts.int8_float_gate,
         )
     if runs is not None:
         figures["gate_outputs"] = _gate_figures(program, described, runs, reference_all, xs, dtype=dtype,

@@ -103,7 +103,8 @@ def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:
         vq = (manifest["parity"] or {}).get("vs_quantized") or {}
         figures = par.int8_parity(actual, reference, list(golden["float_reference"]),
                                   output_scale=vq.get("output_scale"), real_images=list(golden["real"]),
-                                  gate_top1=(manifest.get("weights") or {}).get("source") == "file")
+                                  gate_top1=(manifest.get("weights") or {}).get("source") == "file",
+                                  gate_float=(manifest["parity"] or {}).get("float_gated", True))
     result = {"path": str(path), "format": fmt, "dtype": dtype, "sha256_ok": True, "parity": figures}
     if manifest.get("fidelity"):
         result["fidelity"] = _remeasure_fidelity(path, manifest, backend)

@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--phi-lo", type=float, default=-2.0)
-    p.add_argument("--phi-hi", type=float, default=2.0)
+    p.add_argument("--phi-hi", type=float, default=1.5)
     p.add_argument("--res-lo", type=int, default=96)
-    p.add_argument("--res-hi", type=int, default=288)
+    p.add_argument("--res-hi", type=int, default=256)
     p.add_argument("--jobs", type=int, default=2, help="export processes (timing always runs alone)")
     p.add_argument("--pte-runner", default="native", choices=("native", "python"))
-    p.add_argument("--budget-ms", type=float, default=10.0)
+    p.add_argument("--budget-ms", type=float, default=8.0)
     p.add_argument("--scale-target", default="pte:int8", help="FORMAT:DTYPE of the edge-se scale run ('' to skip)")
     p.add_argument("--work", type=Path, default=Path("runs/bench_scale"))
     p.add_argument("--keep-work", action="store_true", help="reuse artifacts already in --work")
@@ -188,23 +188,24 @@ def main(argv: list[str] | None = None) -> int:
                             res=(args.res_lo, args.res_hi))
     system = describe() | {"cpu_flags": cpu_flags()}
     rows: list[dict[str, Any]] = []
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(scale: dict[str, Any] | None) -> None:  # after every combination: a stopped run keeps what it measured
+        lines = [json.dumps(r | {"system": system}, sort_keys=True) for r in rows]
+        if scale is not None:
+            lines.append(json.dumps(scale | {"system": system}, sort_keys=True))
+        write_text(results.with_suffix(".jsonl"), "\n".join(lines) + "\n")
+        write_text(results.with_suffix(".md"), markdown(rows, scale, system, args))
+        print(f"bench-scale: wrote {results.with_suffix('.md')} and .jsonl", file=sys.stderr)
+
     for combo in args.combos.split(","):
         fmt, dtype = combo.split(":")
         rows += run_combo(fmt, dtype, args, points, build, args.work)
-        print(markdown_table(["format dtype", "held out", "within", "median", "worst", "target", "entries", "table",
-                              "held-out"], summary_rows(rows)), file=sys.stderr)
-    scale = None
+        write(None)
     if args.scale_target:
         fmt, dtype = args.scale_target.split(":")
-        scale = run_scale(args, args.work / f"table_{fmt}_{dtype}.json", args.work)
-    results = Path(args.results)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(r | {"system": system}, sort_keys=True) for r in rows]
-    if scale is not None:
-        lines.append(json.dumps(scale | {"system": system}, sort_keys=True))
-    write_text(results.with_suffix(".jsonl"), "\n".join(lines) + "\n")
-    write_text(results.with_suffix(".md"), markdown(rows, scale, system, args))
-    print(f"bench-scale: wrote {results.with_suffix('.md')} and .jsonl", file=sys.stderr)
+        write(run_scale(args, args.work / f"table_{fmt}_{dtype}.json", args.work))
     return 0
 
 
