@@ -175,7 +175,10 @@ def sentence(profile: Mapping[str, Any]) -> str | None:
     """``SE is X% of MACs and Y% of measured latency`` (Y: SE operators over the profiled inference), or None.
 
     Where the SE operators' times were cut to whole microseconds, the sentence adds the most they
-    can be: Y plus one microsecond per SE operator (``se.truncation_bound_ms``).
+    can be: Y plus one microsecond per SE operator (``se.truncation_bound_ms``). Where Y is more than
+    twice X, it says why from the measured parts: every SE MAC is in the two FCs, so the time of the
+    squeeze, gate and scale (a mean over and a multiply of the whole feature map, and the gate's
+    element-wise operators: memory-bound, no MACs) is what the MAC count does not see.
     """
     se = profile.get("se") or {}
     if not se.get("matched") or se.get("macs_share") is None or se.get("latency_share") is None:
@@ -185,6 +188,11 @@ def sentence(profile: Mapping[str, Any]) -> str | None:
     if bound and profile.get("end_to_end_ms"):
         top = (se["latency_ms"] + bound) / profile["end_to_end_ms"]
         said += f" (at most {100 * top:.1f}%: XNNPACK cuts operator times to whole microseconds)"
+    parts = se.get("parts") or {}
+    if se["latency_share"] > 2 * se["macs_share"] and se.get("latency_ms") and parts:
+        no_macs = sum(parts[p]["ms"] for p in ("squeeze", "gate", "scale") if p in parts)
+        said += (f"; over twice its MAC share because {100 * no_macs / se['latency_ms']:.0f}% of SE's time is its "
+                 "squeeze, gate and scale, memory-bound passes over the feature map that do no MACs")
     return said
 
 

@@ -154,3 +154,16 @@ def test_report_says_se_share_only_where_a_profile_exists():
     assert line == ("- **m** (pte int8 on local): SE is 0.81% of MACs and 5.3% of measured latency (at most 8.9%: "
                     "XNNPACK cuts operator times to whole microseconds). Per-operator profile of 20 runs; its "
                     "operators sum to 0.95 of the end-to-end time.")
+
+
+def test_sentence_says_why_se_costs_more_than_its_macs():
+    # every SE MAC is in the FCs: where SE's latency share is over twice its MAC share, the sentence
+    # names the share of SE time spent in the MAC-free squeeze, gate and scale (measured parts)
+    parts = {"squeeze": {"ms": 0.02}, "fcs": {"ms": 0.01}, "gate": {"ms": 0.005}, "scale": {"ms": 0.015}}
+    prof = {"status": "ok", "end_to_end_ms": 1.0,
+            "se": {"matched": True, "macs_share": 0.01, "latency_share": 0.05, "latency_ms": 0.05, "parts": parts}}
+    assert op_profile.sentence(prof) == (
+        "SE is 1.00% of MACs and 5.0% of measured latency; over twice its MAC share because 80% of SE's time is "
+        "its squeeze, gate and scale, memory-bound passes over the feature map that do no MACs")
+    prof["se"]["latency_share"] = 0.015  # under twice: nothing to explain
+    assert op_profile.sentence(prof) == "SE is 1.00% of MACs and 1.5% of measured latency"

@@ -13,7 +13,7 @@ import torch
 from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
 from edge_se.latency_key import FEATURES, kernel_features, kernels
-from edge_se.probes import probe_input, probe_module
+from edge_se.probes import probe_module
 from edge_se.registry import build_model, get_spec
 from latency import table as lt
 from latency.build import parse_points, variant
@@ -194,8 +194,8 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
     """A real table (pte fp32, local) on one tiny network's kernels, then `edge-se scale` with a measured check."""
     table_path = tmp_path / "t.json"
     proc = _cli("latency-table", "--device", "local", "--format", "pte", "--dtype", "fp32", "--build=-3@32",
-                "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--min-seconds", "0.05", "--jobs", "2",
-                cwd=tmp_path, timeout=900)
+                "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--min-seconds", "0.05",
+                "--jobs", "2", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = lt.load(table_path)
     spec = variant(-3, 32)
