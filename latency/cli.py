@@ -12,6 +12,7 @@ finds the one ``latency-table`` wrote for the same family, device, format, dtype
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -51,8 +52,9 @@ def _common(p: argparse.ArgumentParser, *, table_flag: str, table_help: str) -> 
                    help="folder for the probe and network artifacts (default: runs/latency/<table name>); "
                         "artifacts already there are reused")
     p.add_argument("--jobs", type=number("--jobs", int), default=1, help="export worker processes (timing runs alone)")
-    p.add_argument("--runner", choices=("auto", "python", "native"), default="auto",
-                   help=".pte runner where both exist (auto: Python runtime if importable)")
+    p.add_argument("--runner", choices=("auto", "python", "native"), default=None,
+                   help=".pte runner where both exist (auto: Python runtime if importable; default: auto for a new "
+                        "table, the table's own runner for scale's measured check)")
     p.add_argument("--inventory", type=Path, default=None, help="device inventory TOML")
     add_measure_arguments(p.add_argument_group("measurement (contract.measure.MeasureSpec)"), defaults=TABLE_MEASURE)
 
@@ -92,7 +94,7 @@ def _target(args: argparse.Namespace) -> Any:
 
     check_family(args.family)
     measure = from_namespace(args)
-    return Target(device=args.device, fmt=args.format, dtype=args.dtype, runner=args.runner, measure=measure,
+    return Target(device=args.device, fmt=args.format, dtype=args.dtype, runner=args.runner or "auto", measure=measure,
                   inventory=str(args.inventory) if args.inventory else None, jobs=args.jobs, seed=measure.seed)
 
 
@@ -168,6 +170,8 @@ def run_scale(args: argparse.Namespace) -> int:
                           f"{args.format} {args.dtype}")
     if table.unit != "ms":
         raise EdgeSeError(f"{path}: its unit is {table.unit} (an emulated device); --budget-ms needs a timed device")
+    if args.runner is None:  # the measured check times the way the table's entries were timed
+        target = dataclasses.replace(target, runner=str(table.meta.get("runner", "auto")))
     try:
         factors = [float(f) for f in args.around.split(",") if f.strip()]
     except ValueError:

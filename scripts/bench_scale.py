@@ -6,8 +6,11 @@ random (seeded) from the search range, none of them in the build set, and compar
 prediction. Then run ``edge-se scale`` (a subprocess, as a user would) under a budget and time it.
 Writes ``results/bench_scale.jsonl`` (one line per measured network: ``name``, ``resolution``,
 ``format``, ``dtype``, ``predicted_ms``, ``measured_ms``, ``held_out``; then the scale runs) and
-``results/bench_scale.md``. Everything is measured in this run; the work folder starts empty unless
-``--keep-work``.
+``results/bench_scale.md``. On an emulated device (``--device qemu-aarch64``) the figures are
+instructions per inference (``predicted``/``measured`` with ``unit: instructions``; no ``_ms`` keys)
+and no scale run; ``--keep-work`` there reuses the artifacts the local run exported (they are the
+same files: an artifact does not depend on the device it is timed on). Everything else is measured
+in this run; the work folder starts empty unless ``--keep-work``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -24,11 +28,12 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import write_text
+from contract.measure import MeasureSpec
 from device_bench.sysinfo import cpu_flags, describe
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, measure_networks, parse_points, variant
-from latency.measure import Target
+from latency.measure import TABLE_MEASURE, Target
 from latency.table import save
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
@@ -49,6 +54,10 @@ def heldout_points(n: int, *, seed: int, build: list[tuple[float, int]], phi: tu
     return out
 
 
+def _fig(value: float, unit: str) -> str:
+    return f"{value:.3f}" if unit == "ms" else f"{value / 1e6:.2f} M"
+
+
 def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred - meas) / meas
 
@@ -57,10 +66,10 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
               build: list[tuple[float, int]], work: Path) -> list[dict[str, Any]]:
     """Table, then held-out networks, for one (format, dtype): one record per measured network."""
     runner = args.pte_runner if fmt == "pte" else "python"
-    target = Target(device=args.device, fmt=fmt, dtype=dtype, runner=runner, jobs=args.jobs)
+    target = Target(device=args.device, fmt=fmt, dtype=dtype, runner=runner, jobs=args.jobs, measure=_measure(args))
     t0 = time.perf_counter()
     table = build_latency_table(target, family="efficientnet", points=build, work=work / f"{fmt}_{dtype}")
-    save(table, work / f"table_{fmt}_{dtype}.json")
+    save(table, table_file(work, args.device, fmt, dtype))
     table_s = time.perf_counter() - t0
     specs = [(variant(phi, res), res) for phi, res in points]
     t1 = time.perf_counter()
@@ -69,18 +78,36 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
     rows = []
     for (phi, res), n in zip(build, table.networks, strict=True):  # the table's own networks, in build order
         pred = table.assembly[0] * n["kernel_sum"] + table.assembly[1]
-        rows.append({"phi": phi, "resolution": res, "held_out": False, "measured_ms": n["measured"],
-                     "predicted_ms": pred})
+        rows.append({"phi": phi, "resolution": res, "held_out": False, "measured": n["measured"], "predicted": pred})
     for (phi, res), (spec, _), (value, _, rec) in zip(points, specs, measured, strict=True):
-        rows.append({"phi": phi, "resolution": res, "held_out": True, "measured_ms": value,
-                     "predicted_ms": table.predict(spec, res), "stability": rec.get("stability"),
+        rows.append({"phi": phi, "resolution": res, "held_out": True, "measured": value,
+                     "predicted": table.predict(spec, res), "stability": rec.get("stability"),
                      "cv_pct": rec.get("cv_pct")})
     for r in rows:
         spec = variant(r["phi"], r["resolution"])
         r |= {"name": spec.name, "format": fmt, "dtype": dtype, "device": args.device, "runner": runner,
-              "macs": count(spec, r["resolution"]).macs, "error_pct": _err(r["predicted_ms"], r["measured_ms"]),
-              "table_entries": len(table.entries), "table_s": round(table_s, 1), "heldout_s": round(heldout_s, 1)}
+              "macs": count(spec, r["resolution"]).macs, "error_pct": _err(r["predicted"], r["measured"]),
+              "unit": table.unit, "table_entries": len(table.entries), "table_s": round(table_s, 1),
+              "heldout_s": round(heldout_s, 1)}
+        if table.unit == "ms":
+            r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows
+
+
+def _emulated(args: argparse.Namespace) -> bool:
+    return args.device.startswith("qemu")
+
+
+def _measure(args: argparse.Namespace) -> MeasureSpec:
+    """The table's spec; emulated: one timed run (its wall time is not used, the instruction count is)."""
+    if _emulated(args):
+        return TABLE_MEASURE.replace(warmup=0, runs=1, min_seconds=0.0, repeats=1)
+    return TABLE_MEASURE
+
+
+def table_file(work: Path, device: str, fmt: str, dtype: str) -> Path:
+    """Where the run keeps one table (per device: a local and an emulated run share the work folder)."""
+    return work / f"table_{re.sub(r'[^A-Za-z0-9_.-]+', '-', device)}_{fmt}_{dtype}.json"
 
 
 def run_scale(args: argparse.Namespace, table: Path, work: Path) -> dict[str, Any]:
@@ -123,16 +150,19 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         "# Latency tables and latency-aware compound scaling (`make bench-scale`)",
         "",
         f"CPU: {system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); flags: "
-        f"{system['cpu_flags']}. Device `{args.device}`, 1 thread; `.pte` timed by the {args.pte_runner} runner, "
-        "`.tflite` by LiteRT's Python interpreter; every value the p50 of the table's measurement spec "
-        "(latency.measure.TABLE_MEASURE: 5 warm-up, >= 20 runs and >= 0.2 s per repeat, 3 repeats).",
+        f"{system['cpu_flags']}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
+        "`.tflite` by LiteRT's Python interpreter; "
+        + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
+           "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if _emulated(args) else
+           "every value the p50 of the table's measurement spec (latency.measure.TABLE_MEASURE: 5 warm-up, "
+           ">= 20 runs and >= 0.2 s per repeat, 3 repeats)."),
         f"Build set (the kernels probed, and the networks the assembly is fitted on): {args.build}. Held-out: "
         f"{args.heldout} networks drawn with seed {args.seed}, phi in [{args.phi_lo}, {args.phi_hi}], "
         f"{args.res_lo}-{args.res_hi} px, none in the build set; the same networks for every format and dtype.",
         "",
         f"## Prediction error on the held-out networks (target: >= 95% within +-{TOLERANCE_PCT:g}%)",
         "",
-        markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median |error|", "worst |error|",
+        markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error", "worst abs error",
                         "target", "table entries", "table build", "held-out build+time"], summary_rows(rows)),
         "",
     ]
@@ -151,12 +181,14 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
                                  [[x["name"], str(x["resolution"]), f"{x['macs'] / 1e6:.1f}",
                                    f"{x['predicted_ms']:.3f}", f"{x['measured_ms']:.3f}", str(x["round"])]
                                   for x in scale["candidates"]]), ""]
+    unit = rows[0]["unit"] if rows else "ms"
     lines += ["## Every measured network", "",
-              markdown_table(["format dtype", "network", "px", "held out", "MACs (M)", "predicted ms", "measured ms",
-                              "error"],
+              markdown_table(["format dtype", "network", "px", "held out", "MACs (M)", f"predicted {unit}",
+                              f"measured {unit}", "error"],
                              [[f"{r['format']} {r['dtype']}", r["name"], str(r["resolution"]),
                                "yes" if r["held_out"] else "build", f"{r['macs'] / 1e6:.1f}",
-                               f"{r['predicted_ms']:.3f}", f"{r['measured_ms']:.3f}", f"{r['error_pct']:+.1f}%"]
+                               _fig(r["predicted"], r["unit"]), _fig(r["measured"], r["unit"]),
+                               f"{r['error_pct']:+.1f}%"]
                               for r in rows]), ""]
     return "\n".join(lines)
 
@@ -205,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         write(None)
     if args.scale_target:
         fmt, dtype = args.scale_target.split(":")
-        write(run_scale(args, args.work / f"table_{fmt}_{dtype}.json", args.work))
+        write(run_scale(args, table_file(args.work, args.device, fmt, dtype), args.work))
     return 0
 
 
