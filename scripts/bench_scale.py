@@ -162,8 +162,9 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         "",
         f"## Prediction error on the held-out networks (target: >= 95% within +-{TOLERANCE_PCT:g}%)",
         "",
-        markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error", "worst abs error",
-                        "target", "table entries", "table build", "held-out build+time"], summary_rows(rows)),
+        markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error",
+                        "worst abs error", "target", "table entries", "table build", "held-out build+time"],
+                       summary_rows(rows)),
         "",
     ]
     if scale is not None:
@@ -212,7 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/bench_scale"))
     p.add_argument("--keep-work", action="store_true", help="reuse artifacts already in --work")
     p.add_argument("--results", default="results/bench_scale")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the .md from the .jsonl already in --results (no measurement)")
     args = p.parse_args(argv)
+    if args.render:
+        lines = [json.loads(x) for x in Path(args.results).with_suffix(".jsonl").read_text().splitlines() if x.strip()]
+        rows = [x for x in lines if x.get("kind") != "scale"]
+        scale = next((x for x in lines if x.get("kind") == "scale"), None)
+        system = lines[0]["system"]
+        write_text(Path(args.results).with_suffix(".md"), markdown(rows, scale, system, args))
+        return 0
     if args.work.exists() and not args.keep_work:
         shutil.rmtree(args.work)
     build = parse_points(args.build)
