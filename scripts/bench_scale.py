@@ -219,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         lines = [json.loads(x) for x in Path(args.results).with_suffix(".jsonl").read_text().splitlines() if x.strip()]
         rows = [x for x in lines if x.get("kind") != "scale"]
+        for r in rows:  # lines written before the unit was recorded are in ms
+            r.setdefault("unit", "ms")
+            r.setdefault("predicted", r.get("predicted_ms"))
+            r.setdefault("measured", r.get("measured_ms"))
         scale = next((x for x in lines if x.get("kind") == "scale"), None)
         system = lines[0]["system"]
         write_text(Path(args.results).with_suffix(".md"), markdown(rows, scale, system, args))
