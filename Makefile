@@ -26,7 +26,7 @@ test: $(STAMP) system-deps  ## run the whole test suite (CI runs this)
 	$(PY) -m pytest -q
 
 lint: $(STAMP)  ## ruff and mypy
-	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline studies benchmarks tests
+	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline studies latency benchmarks scripts tests
 	$(VENV)/bin/mypy
 
 demo: $(STAMP) system-deps arm-emu  ## the main job on the embedded default: configs/demo.toml -> $(RUN)/report.html
