@@ -67,6 +67,11 @@ def efficientnet(name: str, scale: Scale, *, phi: float | None = None) -> ArchSp
     )
 
 
+def phi_dropout(phi: float) -> float:
+    """Classifier dropout for a real-valued compound coefficient (the linear fit of B0 0.2 ... B7 0.5), 3 decimals."""
+    return round(min(_DROPOUT_MAX, max(0.0, _DROPOUT_BASE + _DROPOUT_PER_PHI * phi)), 3)
+
+
 def efficientnet_phi(
     phi: float,
     *,
@@ -90,8 +95,7 @@ def efficientnet_phi(
         name = f"efficientnet_phi{phi:g}"
         if (alpha, beta, gamma) != (COMPOUND_ALPHA, COMPOUND_BETA, COMPOUND_GAMMA):
             name += f"_a{alpha:g}_b{beta:g}_g{gamma:g}"
-    dropout = min(_DROPOUT_MAX, max(0.0, _DROPOUT_BASE + _DROPOUT_PER_PHI * phi))
-    return efficientnet(name, Scale(width, depth, scale_resolution(224, res), round(dropout, 3)), phi=phi)
+    return efficientnet(name, Scale(width, depth, scale_resolution(224, res), phi_dropout(phi)), phi=phi)
 
 
 def mobilenetv3(name: str, size: Literal["large", "small"], width: float = 1.0) -> ArchSpec:

@@ -18,7 +18,7 @@ from typing import Any
 from contract.provenance import dist_versions, git_commit
 from device_bench.sysinfo import cpu_flags, describe
 from edge_se.errors import EdgeSeError
-from edge_se.families import efficientnet
+from edge_se.families import efficientnet, phi_dropout
 from edge_se.latency_key import Kernel, kernels
 from edge_se.scaling import compound_coefficients
 from edge_se.specs import COMPOUND_ALPHA, COMPOUND_BETA, COMPOUND_GAMMA, ArchSpec, Scale
@@ -52,8 +52,7 @@ def variant(phi: float, resolution: int, *, width: float = 1.0, depth: float = 1
     name = f"efficientnet_phi{phi:g}"
     if (width, depth) != (1.0, 1.0):
         name += f"_w{width:g}_d{depth:g}"
-    dropout = round(min(0.5, max(0.0, 0.2 + 0.05 * phi)), 3)
-    return efficientnet(name, Scale(w * width, d * depth, resolution, dropout), phi=phi)
+    return efficientnet(name, Scale(w * width, d * depth, resolution, phi_dropout(phi)), phi=phi)
 
 
 def check_family(family: str) -> str:

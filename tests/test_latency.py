@@ -160,8 +160,9 @@ def test_parse_points_and_variant_errors():
     with pytest.raises(EdgeSeError, match="multiple of 8"):
         variant(0, 100)
     assert variant(1, 240).name == "efficientnet_phi1" and variant(1, 240, width=0.9).name.endswith("_w0.9_d1")
-    # on the compound rule, the registry's network with the resolution given apart
-    assert variant(1.5, 256).stages == get_spec("efficientnet_phi1.5").stages
+    # on the compound rule and at its resolution, exactly the registry's network (dropout included)
+    spec = get_spec("efficientnet_phi1.5")
+    assert variant(1.5, spec.resolution) == spec and variant(1.5, 256).stages == spec.stages
 
 
 def _cli(*argv, cwd=None, timeout=120):
