@@ -128,7 +128,7 @@ def run_table(args: argparse.Namespace) -> int:
     table = build_latency_table(target, family=args.family, points=points, work=_work(args, out))
     save(table, out)
     fit = [{"name": n["name"], "resolution": n["resolution"], "measured": n["measured"],
-            "predicted": table.assembly[0] * n["kernel_sum"] + table.assembly[1]} for n in table.networks]
+            "predicted": table.assemble(n["kernel_sum"])} for n in table.networks]
     print(json.dumps({"table": str(out), "entries": len(table.entries), "unit": table.unit,
                       "assembly": list(table.assembly), "networks": fit,
                       "wall_s": round(time.perf_counter() - t0, 1)}, sort_keys=True))
@@ -151,12 +151,10 @@ def _range(text: str, flag: str, kind: type) -> list[Any]:
 def run_scale(args: argparse.Namespace) -> int:
     """``edge-se scale``: predict the grid, measure the best, print the choice (or one JSON object)."""
     from latency import table as lt
-    from latency.build import check_family, measure_networks, variant
-    from latency.search import make_grid, search
+    from latency.build import measure_networks, variant
+    from latency.search import check_budget, make_grid, search
 
-    check_family(args.family)
-    if not args.budget_ms > 0:
-        raise EdgeSeError(f"--budget-ms must be > 0, got {args.budget_ms:g}")
+    check_budget(args.budget_ms)  # before anything is read or built
     target = _target(args)
     _check_device(target)
     path = _table_path(args, args.table)

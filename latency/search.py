@@ -95,6 +95,13 @@ def make_grid(variant: Variant, predict: Callable[[ArchSpec, int], float], *, ph
     return list(seen.values())
 
 
+def check_budget(budget_ms: float) -> float:
+    """``budget_ms`` if it is a number > 0 (ms), else a one-line error naming ``--budget-ms``."""
+    if not budget_ms > 0:
+        raise EdgeSeError(f"--budget-ms must be > 0, got {budget_ms!r}")
+    return budget_ms
+
+
 def search(grid: Sequence[Candidate], measure: Callable[[list[Candidate]], list[float]], budget_ms: float, *,
            top: int = 3, max_rounds: int = 3) -> SearchResult:
     """Measure the largest candidates predicted under ``budget_ms`` until the largest measured under it is found.
@@ -109,8 +116,7 @@ def search(grid: Sequence[Candidate], measure: Callable[[list[Candidate]], list[
     Raises:
         EdgeSeError: a budget or option out of range.
     """
-    if not budget_ms > 0:
-        raise EdgeSeError(f"--budget-ms must be > 0, got {budget_ms!r}")
+    check_budget(budget_ms)
     if top < 1 or max_rounds < 1:
         raise EdgeSeError(f"--top and --rounds must be >= 1, got {top} and {max_rounds}")
     order = sorted(grid, key=lambda c: (-c.macs, c.predicted_ms))
@@ -135,4 +141,4 @@ def search(grid: Sequence[Candidate], measure: Callable[[list[Candidate]], list[
     return SearchResult(budget_ms, chosen, measured, list(grid), rounds, correction)
 
 
-__all__ = ["Candidate", "SearchResult", "Variant", "frange", "make_grid", "search"]
+__all__ = ["Candidate", "SearchResult", "Variant", "check_budget", "frange", "make_grid", "search"]

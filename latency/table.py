@@ -117,8 +117,12 @@ class LatencyTable:
             raise EdgeSeError(f"latency table {self.describe()} covers the {self.family} family, not {spec.family} "
                               f"({spec.name}); build one with `edge-se latency-table --family {spec.family}`")
         total, _, _ = self.kernel_sum(kernels(spec, resolution))
+        return self.assemble(total)
+
+    def assemble(self, kernel_sum: float) -> float:
+        """A network's value from the sum of its kernels' (:attr:`assembly`), never below 0."""
         scale, offset = self.assembly
-        return max(scale * total + offset, 0.0)
+        return max(scale * kernel_sum + offset, 0.0)
 
     def describe(self) -> str:
         """``device/format/dtype/threads`` for messages."""

@@ -46,8 +46,7 @@ def heldout_points(n: int, *, seed: int, build: list[tuple[float, int]], phi: tu
     taken = set(build)
     out: list[tuple[float, int]] = []
     while len(out) < n:
-        p = (round(rng.uniform(*phi) / 0.05) * 0.05, rng.randrange(res[0], res[1] + 1, 8))
-        p = (round(p[0], 2), p[1])
+        p = (round(round(rng.uniform(*phi) / 0.05) * 0.05, 2), rng.randrange(res[0], res[1] + 1, 8))
         if p not in taken:
             taken.add(p)
             out.append(p)
@@ -77,7 +76,7 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
     heldout_s = time.perf_counter() - t1
     rows = []
     for (phi, res), n in zip(build, table.networks, strict=True):  # the table's own networks, in build order
-        pred = table.assembly[0] * n["kernel_sum"] + table.assembly[1]
+        pred = table.assemble(n["kernel_sum"])
         rows.append({"phi": phi, "resolution": res, "held_out": False, "measured": n["measured"], "predicted": pred})
     for (phi, res), (spec, _), (value, _, rec) in zip(points, specs, measured, strict=True):
         rows.append({"phi": phi, "resolution": res, "held_out": True, "measured": value,
