@@ -334,6 +334,8 @@ def _quantization(backend: Backend, program: _Program, described: _Described) ->
         "calibration": _jsonable(q.calibration),
         "rewrites": list(q.rewrites),
         "int8_rewrites": list(q.int8_rewrites),
+        # `auto`: every recipe and SE-block set it measured, the chosen one marked (quantize.core._auto).
+        "auto_steps": _jsonable(q.steps),
         "input": {"scale": ins[0]["scale"], "zero_point": ins[0]["zero_point"]},
         "output": {"scale": backend.output_scale(outs, program.reference), "zero_point": outs[0]["zero_point"]},
     }

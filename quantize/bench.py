@@ -3,17 +3,22 @@
     python -m quantize.bench [--models ...] [--policies ...] [--targets pte,tflite]
                              [--engines torchao,nncf] [--out results/quant_bench.jsonl]
 
-Models: edge-se's MobileNetV3-Small and EfficientNet-B0 trained on the digits data at 64x64
-(trained here on first use, weights cached under ``results/weights``), and torchvision's and
-timm's EfficientNet-B0 and MobileNetV3-Large with random weights and randomised BatchNorm
-statistics (nothing is downloaded; their accuracy means nothing, their fidelity does).
-``edge-se:ARCH+INIT`` is the same model trained from another Linear init (``edge_se.init``:
-``+torch-default``, ``+efficientnet-uniform``; ``+builder-init`` is the latter, the init edge-se's builder
-used before, the cause of the low int8 fidelity found earlier; see results/quant_bench.md). The init
-is recorded with the weights, so a fresh run trains exactly the row it names. Training the defaults takes
-about 6 min (MobileNetV3-Small, 15 epochs) and 7.5 min (EfficientNet-B0, 8 epochs) on one core.
-Calibration: 64 images of the digits training split; evaluation: the 360 held-out images.
-A benchmark, not a test: the full matrix takes about an hour on 2 cores, so cells run most
+The suite (:data:`CASES`, the table's ``case`` column): easy cases that guard against regressions
+(edge-se's MobileNetV3-Small and EfficientNet-B0 trained on the digits at 64x64 with edge-se's
+recipe) and hard cases where plain PTQ loses fidelity: (a) the same networks trained from another
+Linear init (``edge-se:ARCH+INIT``, ``edge_se.init``: ``+torch-default``; ``+builder-init`` is
+``efficientnet-uniform``, TF's and timm's classifier init, which edge-se's builder used before);
+(b) ``external:LIB/ARCH``: timm's and torchvision's own modules with their own init, trained on the
+digits, saved as plain state dicts and loaded through ``--weights``'s loader; (c) timm's
+MobileNetV3-Large with random weights and randomised BatchNorm (nothing is downloaded; its
+accuracy means nothing, its fidelity does); (d) SE-ResNet-50 trained from PyTorch's default init.
+Every trained network is trained here on first use (weights and the record of their init and seed
+cached under ``results/weights``), so a fresh run trains exactly the rows it names: about 2.5 min
+(EfficientNet-B0, 8 epochs) to 5 min (SE-ResNet-50, 6 epochs) each on one core.
+Calibration: 64 images of the digits training split; evaluation: the 360 held-out images; the
+int8 rewrites are the shipped default (``--int8-rewrites``), so a row is what ``edge-se export``
+writes with that policy.
+A benchmark, not a test: the full matrix takes about 45 min with two processes on 2 cores, so cells run most
 informative first (every model's ``ptq``, then each policy across models, then NNCF), cells
 already in ``--out`` are skipped (a rerun resumes), and ``--budget-min`` stops starting new cells
 after that many minutes. Every cell is appended as soon as it is measured (atomically), a failing
@@ -24,6 +29,7 @@ file are kept.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 import time
@@ -36,7 +42,7 @@ import torch
 from torch import nn
 
 from contract.errors import first_line
-from contract.files import append_line, write_text
+from contract.files import append_line, write_bytes, write_text
 from edge_se.data import load_images
 from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
 from edge_se.tables import Column, fmt, table
@@ -47,28 +53,48 @@ RESOLUTION = 64
 # `+builder-init` is the init edge-se's builder used before it took the recipe's: EfficientNet's uniform.
 VARIANT_INITS = {"builder-init": "efficientnet-uniform"}
 CALIB_SIZE = 64
-TRAIN_EPOCHS = {"mobilenetv3_small_100": 15, "efficientnet_b0": 8}
-DEFAULT_MODELS = (
-    "edge-se:mobilenetv3_small_100",
-    "edge-se:efficientnet_b0",
-    "torchvision:efficientnet_b0",
-    "torchvision:mobilenet_v3_large",
-    "timm:efficientnet_b0",
-    "timm:mobilenetv3_large_100",
-    "edge-se:mobilenetv3_small_100+builder-init",
-    "edge-se:efficientnet_b0+builder-init",
-)
+TRAIN_EPOCHS = {"mobilenetv3_small_100": 15, "efficientnet_b0": 8, "seresnet50": 6}
+# ``edge-se:ARCH@textures``: trained on the harder task (edge_se.textures, 20 classes, far from
+# saturated), where an int8 accuracy drop can show; digits saturate.
+DATA_SOURCES = ("digits", "textures")
+TEXTURES_EPOCHS = {"mobilenetv3_small_100": 20, "efficientnet_b0": 15}
+# ``external:LIB/ARCH``: a network trained outside edge-se's builder, as a user brings one: LIB's own
+# module with LIB's own initialisation, trained on digits (edge_se.train's loop; neither library ships a
+# training loop as an importable API), saved as a plain state dict in LIB's naming, and loaded into
+# edge-se's network through ``edge_se.weights.load_weights``, exactly what ``--weights FILE`` does.
+EXTERNAL = {
+    "timm/efficientnet_b0": "efficientnet_b0",
+    "timm/mobilenetv3_small_100": "mobilenetv3_small_100",
+    "torchvision/efficientnet_b0": "efficientnet_b0",
+    "torchvision/mobilenet_v3_small": "mobilenetv3_small_100",
+}
+# The suite: each model with the case it stands for (the table's ``case`` column). The easy cases
+# guard against regressions; the hard ones are where plain PTQ loses fidelity (results/quant_bench.md).
+CASES: dict[str, str] = {
+    "edge-se:mobilenetv3_small_100": "easy: edge-se's recipe",
+    "edge-se:efficientnet_b0": "easy: edge-se's recipe",
+    "edge-se:mobilenetv3_small_100+torch-default": "hard (a): PyTorch's default Linear init",
+    "edge-se:efficientnet_b0+torch-default": "hard (a): PyTorch's default Linear init",
+    "edge-se:mobilenetv3_small_100+builder-init": "hard (a): TF/timm's uniform classifier init",
+    "edge-se:efficientnet_b0+builder-init": "hard (a): TF/timm's uniform classifier init",
+    "external:timm/efficientnet_b0": "hard (b): timm's module, loaded via --weights",
+    "external:timm/mobilenetv3_small_100": "hard (b): timm's module, loaded via --weights",
+    "external:torchvision/efficientnet_b0": "hard (b): torchvision's module, loaded via --weights",
+    "timm:mobilenetv3_large_100": "hard (c): random weights, randomised BatchNorm",
+    "edge-se:seresnet50+torch-default": "hard (d): SE-ResNet-50, PyTorch's default Linear init",
+    "edge-se:mobilenetv3_small_100@textures": "harder task: textures (20 classes)",
+    "edge-se:efficientnet_b0@textures": "harder task: textures (20 classes)",
+}
+DEFAULT_MODELS = tuple(CASES)
 # Text after this line of results/quant_bench.md is hand-written and kept when the table is rewritten.
 NOTES_MARKER = "<!-- notes -->"
 DEFAULT_POLICIES = (
     "ptq",
-    "gate-fixed",
-    "se-float",
-    "se-float-mul",
-    "gate-coverage",
-    "act-minmax",
-    "act-percentile",
+    "act-outlier",
+    "bias-correction",
+    "act-outlier,bias-correction",
     "auto",
+    "se-float-mul",
 )
 
 
@@ -78,8 +104,9 @@ def _log(msg: str) -> None:
 
 def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     """The model named ``lib:arch`` and a record of its weights (trained here for ``edge-se:``)."""
-    lib, _, arch = spec.partition(":")
-    arch, _, variant = arch.partition("+")
+    lib, _, rest = spec.partition(":")
+    rest, data = _data_of(rest)
+    arch, _, variant = rest.partition("+")
     torch.manual_seed(0)
     model: nn.Module
     if lib == "edge-se":
@@ -91,20 +118,25 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
             valid = ", ".join([*VARIANT_INITS, *(i for i in LINEAR_INITS if i != DEFAULT_INIT)])
             raise ValueError(f"unknown variant {variant!r} in {spec!r}; valid: {valid}")
         # The init is part of the weights' name and sidecar: a fresh run trains the row it names.
-        path = weights_dir / f"{arch}_digits{RESOLUTION}{'_' + init if init != DEFAULT_INIT else ''}.pt"
+        path = weights_dir / f"{arch}_{data}{RESOLUTION}{'_' + init if init != DEFAULT_INIT else ''}.pt"
         if not path.exists():
-            model = build_model(arch, num_classes=10)
+            train_set = load_images(data, RESOLUTION, split="train")
+            model = build_model(arch, num_classes=len(train_set.classes))
             init_linear_layers(model, init)
-            epochs = TRAIN_EPOCHS.get(arch, 10)
-            _log(f"training {arch} for {epochs} epochs on digits at {RESOLUTION}px")
-            result = train(model, load_images("digits", RESOLUTION, split="train"), epochs=epochs,
-                           eval_data=load_images("digits", RESOLUTION, split="test"), log=_log)
-            save_weights(path, model, model_name=arch, num_classes=10, resolution=RESOLUTION,
+            epochs = TRAIN_EPOCHS.get(arch, 10) if data == "digits" else TEXTURES_EPOCHS.get(arch, 20)
+            _log(f"training {arch} for {epochs} epochs on {data} at {RESOLUTION}px")
+            result = train(model, train_set, epochs=epochs,
+                           eval_data=load_images(data, RESOLUTION, split="test"), log=_log)
+            save_weights(path, model, model_name=arch, num_classes=len(train_set.classes), resolution=RESOLUTION,
                          extra={"accuracy": result.accuracy, "epochs": epochs, "seconds": round(result.seconds, 1),
-                                "data": "digits", "init": {"linear": init, "seed": 0}})
+                                "data": data, "init": {"linear": init, "seed": 0}})
         model, meta = load_model(path)
         return model, {"weights": str(path), "float_accuracy_trained": meta.get("accuracy"),
                        "init": meta.get("init", {"linear": init})}
+    if data != "digits" and lib != "edge-se":
+        raise ValueError(f"@{data} in {spec!r}: only edge-se models train on another data source")
+    if lib == "external":
+        return _external_model(arch, weights_dir)
     if lib == "torchvision":
         import torchvision
 
@@ -118,8 +150,54 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     return randomize_batchnorm(model), {"weights": "random, randomised BatchNorm"}
 
 
+def _data_of(spec: str) -> tuple[str, str]:
+    """``("ARCH+INIT", DATA)`` of ``ARCH+INIT@DATA`` (DATA: digits by default, or textures)."""
+    rest, _, data = spec.partition("@")
+    data = data or "digits"
+    if data not in DATA_SOURCES:
+        raise ValueError(f"unknown data {data!r} in {spec!r}; valid: {', '.join(DATA_SOURCES)}")
+    return rest, data
+
+
+def _external_model(name: str, weights_dir: Path) -> tuple[nn.Module, dict]:
+    """``external:LIB/ARCH`` (see :data:`EXTERNAL`): trained on first use, then loaded as ``--weights`` would."""
+    from edge_se.train import train
+    from edge_se.weights import load_weights
+
+    if name not in EXTERNAL:
+        raise ValueError(f"unknown external model {name!r}; valid: {', '.join(EXTERNAL)}")
+    lib, _, arch = name.partition("/")
+    ours = EXTERNAL[name]
+    path = weights_dir / f"external_{lib}_{arch}_digits{RESOLUTION}.pt"
+    record_path = path.with_suffix(".record.json")  # not a weights sidecar: the file loads as a foreign state dict
+    if not path.exists():
+        torch.manual_seed(0)
+        if lib == "timm":
+            import timm
+
+            foreign = timm.create_model(arch, pretrained=False, num_classes=10)
+        else:
+            import torchvision
+
+            foreign = getattr(torchvision.models, arch)(weights=None, num_classes=10)
+        epochs = TRAIN_EPOCHS.get(ours, 10)
+        _log(f"training {lib}'s {arch} (its own init) for {epochs} epochs on digits at {RESOLUTION}px")
+        result = train(foreign, load_images("digits", RESOLUTION, split="train"), epochs=epochs,
+                       eval_data=load_images("digits", RESOLUTION, split="test"), log=_log)
+        buffer = io.BytesIO()
+        torch.save(foreign.state_dict(), buffer)
+        write_bytes(path, buffer.getvalue())
+        write_text(record_path, json.dumps({"library": lib, "arch": arch, "init": f"{lib}'s own", "seed": 0,
+                                            "epochs": epochs, "accuracy": result.accuracy,
+                                            "seconds": round(result.seconds, 1)}, indent=2) + "\n")
+    record = json.loads(record_path.read_text()) if record_path.exists() else {}
+    model = load_weights(ours, path).eval()
+    return model, {"weights": str(path), "float_accuracy_trained": record.get("accuracy"),
+                   "init": {"linear": record.get("init", f"{lib}'s own")}, "loaded_as": ours}
+
+
 def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str,  # noqa: ANN001
-             rewrites: str = "none") -> dict:
+             rewrites: str = "none", data: str = "digits") -> dict:
     """Quantise and evaluate one cell; the record of the JSON line (``rewrites``: quantize.int8_ops)."""
     from quantize.core import quantize_model
     from quantize.evaluate import evaluate
@@ -127,7 +205,7 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
     start = time.perf_counter()
     qm = quantize_model(model, (calib[:1],), [calib], target=target, policy=policy, engine=engine,  # type: ignore[arg-type]
                         seed=0,
-                        calib_size=CALIB_SIZE, calib_source="digits", rewrites=rewrites)
+                        calib_size=CALIB_SIZE, calib_source=data, rewrites=rewrites)
     seconds = time.perf_counter() - start
     figures = evaluate(qm, held.images, held.labels)
     return {"calibration": qm.calibration, "rewrites": qm.rewrites, "auto_steps": qm.steps,
@@ -142,14 +220,26 @@ def _figure(header: str, key: str, *, scale: float = 1.0) -> Column:
 
 
 _COLUMNS = (
-    Column("model", "model"), Column("target", "target"), Column("engine", "engine"), Column("policy", "policy"),
+    Column("model", "model"), Column("case", lambda r: CASES.get(r["model"], "")),
+    Column("target", "target"), Column("engine", "engine"), Column("policy", "policy"),
     Column("int8 rewrites", lambda r: _rewrites(r)),
     Column("logits SQNR dB", lambda r: f"failed: {r['error'][:80]}" if "error" in r else fmt(r["sqnr_db"], ".1f")),
     _figure("median", "sqnr_db_median"), _figure("worst", "sqnr_db_worst"),
     _figure("top-1 agree %", "top1_agreement", scale=100), _figure("accuracy %", "accuracy", scale=100),
     _figure("gate SQNR min dB", "gate_sqnr_db_min"), _figure("gate median", "gate_sqnr_db_median"),
+    Column("auto chose", lambda r: _auto_choice(r)),
     Column("s", lambda r: "" if "error" in r else str(r.get("quantize_seconds"))),
 )
+
+
+def _auto_choice(r: Mapping[str, Any]) -> str:
+    """``auto``'s stage-1 recipe and the SE blocks it moved to fp32 (empty for other policies)."""
+    steps = r.get("auto_steps") or []
+    chosen = next((s for s in steps if s.get("chosen")), None)
+    if chosen is None:
+        return ""
+    blocks = len(steps[-1].get("float_blocks", []))
+    return chosen["recipe"] + (f" + {blocks} SE blocks fp32" if blocks else "")
 
 
 def markdown_table(records: list[dict]) -> str:
@@ -216,8 +306,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="policies separated by ';' (a policy may itself be a,b)")
     parser.add_argument("--targets", default="pte,tflite")
     parser.add_argument("--engines", default="torchao,nncf")
-    parser.add_argument("--nncf-policies", default="ptq;act-minmax", help="policies also run with nncf")
-    parser.add_argument("--int8-rewrites", default="none",
+    parser.add_argument("--nncf-policies", default="ptq", help="policies also run with nncf")
+    parser.add_argument("--int8-rewrites", default="default",
                         help="int8 rewrite settings separated by ';' (default, none or names a,b: quantize.int8_ops)")
     parser.add_argument("--out", default="results/quant_bench.jsonl")
     parser.add_argument("--table", default="results/quant_bench.md")
@@ -233,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         write_table(args.table, records)
         return 0
     torch.set_num_threads(args.threads)
-    calib = load_images("digits", RESOLUTION, split="train").images
-    held = load_images("digits", RESOLUTION, split="test")
+    datasets = {d: (load_images(d, RESOLUTION, split="train").images, load_images(d, RESOLUTION, split="test"))
+                for d in sorted({_data_of(m.partition(":")[2])[1] for m in args.models.split(",")})}
     done = {_key(r) for r in records if "error" not in r}
     cells = plan_cells(args.models.split(","), args.policies.split(";"), args.targets.split(","),
                        args.engines.split(","), set(args.nncf_policies.split(";")), args.int8_rewrites.split(";"))
@@ -252,9 +342,12 @@ def main(argv: list[str] | None = None) -> int:
         model, weights = loaded[spec]
         _log(f"bench-quant: {spec} {target} {engine} {policy} int8-rewrites={rw}")
         record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
-                        "int8_rewrites": rw, "resolution": RESOLUTION, **weights}
+                        "int8_rewrites": rw, "resolution": RESOLUTION, "data": _data_of(spec.partition(":")[2])[1],
+                        **weights}
         try:
-            record.update(run_cell(model, calib, held, target, engine, policy, rw))
+            data = _data_of(spec.partition(":")[2])[1]
+            calib, held = datasets[data]
+            record.update(run_cell(model, calib, held, target, engine, policy, rw, data))
             _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
                  f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on

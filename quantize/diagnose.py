@@ -101,15 +101,19 @@ def float_graph(qm: QuantizedModel) -> GraphModule:
     Raises:
         EdgeSeError: ``qm`` carries no float reference.
     """
-    reference = qm.reference
-    if reference is None:
+    if qm.reference is None:
         raise EdgeSeError("the quantised model carries no float reference graph: nothing to compare against")
+    return aligned_float_graph(qm.reference, qm.quantizer)
+
+
+def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModule:
+    """``reference`` (the exported float graph) through the steps ``prepare_pt2e`` takes with ``quantizer``."""
     from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
 
     gm = copy.deepcopy(reference)
     _fuse_conv_bn_(gm)
     _fuse_linear_bn_(gm)
-    transform = getattr(copy.copy(qm.quantizer), "transform_for_annotation", None)  # a copy: it records what it applied
+    transform = getattr(copy.copy(quantizer), "transform_for_annotation", None)  # a copy: it records what it applied
     if transform is not None:
         gm = transform(gm)
     gm.recompile()

@@ -20,7 +20,11 @@ POLICIES: dict[str, tuple[str, str]] = {
     "gate-coverage": ("selection", "calibration subset chosen by k-center greedy over float gate vectors"),
     "act-minmax": ("observer", "activation ranges from observed min/max (stock: histogram/L2)"),
     "act-percentile": ("observer", "activation ranges from the 0.01%/99.99% percentiles"),
-    "auto": ("island", "int8 everywhere, then the worst-gate SE blocks moved to fp32 one at a time"),
+    "act-outlier": ("observer", "activation ranges over the images, outlier images (> 8x the median's peak) left out"),
+    "bias-correction": ("bias", "biases corrected layer by layer: channel means match float (NNCF's full)"),
+    "bias-correction-fast": ("bias", "biases corrected from one pass of the uncorrected graph (NNCF's fast)"),
+    "auto": ("island", "the best of ptq / act-outlier / bias correction (same graph, same latency) on held-back "
+                       "images, then the worst-gate SE blocks moved to fp32 one at a time while short of target"),
 }
 
 # The policy every subcommand uses when none is given (`edge-se quantize`, `edge-se export --dtype
@@ -52,9 +56,10 @@ class PolicyPlan:
     Attributes:
         names: the policy names, in the order given.
         selection: ``random`` or ``gate-coverage``.
-        act_observer: ``histogram`` (stock), ``minmax`` or ``percentile``.
+        act_observer: ``histogram`` (stock), ``minmax``, ``percentile`` or ``outlier``.
         fixed_gate: quantise gates with fixed [0, 1] parameters.
         island: ``none``, ``se-float``, ``se-float-mul`` or ``auto``.
+        bias_correction: ``none``, ``full`` or ``fast`` (:mod:`quantize.bias_correction`).
     """
 
     names: tuple[str, ...]
@@ -62,6 +67,7 @@ class PolicyPlan:
     act_observer: str = "histogram"
     fixed_gate: bool = False
     island: str = "none"
+    bias_correction: str = "none"
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -101,4 +107,5 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         act_observer=observer,
         fixed_gate="gate" in taken,
         island=taken.get("island", "none"),
+        bias_correction={"bias-correction": "full", "bias-correction-fast": "fast"}.get(taken.get("bias", ""), "none"),
     )

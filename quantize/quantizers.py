@@ -32,7 +32,7 @@ from quantize.int8_ops import ANNOTATION_KEY, REWRITES, annotate_int8_ops, apply
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
-ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile")
+ACT_OBSERVERS: tuple[str, ...] = ("histogram", "minmax", "percentile", "outlier")
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ def _observer_ctr(name: str) -> Callable[..., object]:
         from quantize.observers import PercentileObserver
 
         return PercentileObserver
+    if name == "outlier":
+        from quantize.observers import ImageOutlierObserver
+
+        return ImageOutlierObserver
     raise ValueError(f"unknown activation observer {name!r}; valid: {', '.join(ACT_OBSERVERS)}")
 
 

@@ -230,5 +230,6 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
     text = table.read_text()
     # A record without int8_rewrites was made with the stock quantizers: "none".
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| a ")]
-    assert "old table" not in text and [r[:6] for r in rows] == [["a", "pte", "torchao", "ptq", "none", "30.0"]]
+    # The case column is empty for a model outside the suite (quantize.bench.CASES).
+    assert "old table" not in text and [r[:7] for r in rows] == [["a", "", "pte", "torchao", "ptq", "none", "30.0"]]
     assert text.endswith("my notes\n")

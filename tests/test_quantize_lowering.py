@@ -92,8 +92,9 @@ def _run_tflite(qm, x, tmp_path):
 COMBOS = (
     "ptq",
     "gate-fixed,gate-coverage,act-percentile",
-    "se-float,act-minmax",
+    "se-float,act-minmax,bias-correction-fast",
     "se-float-mul",
+    "act-outlier,bias-correction",  # corrected bias constants must reach the artifact
     "auto",
 )
 

@@ -1,0 +1,123 @@
+"""quantize: bias correction and outlier-aware activation ranges, each against a known answer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import edge_se
+from edge_se.errors import EdgeSeError
+from edge_se.init import randomize_batchnorm
+from quantize import quantize_model, resolve_policy
+from quantize.bias_correction import _channel_means, correct_biases, corrected_layers
+from quantize.diagnose import float_graph
+from quantize.observers import OUTLIER_FACTOR, ImageOutlierObserver
+
+RES = 32  # pixels: the smallest side every family accepts
+
+
+def _relative_mean_error(qm, images: torch.Tensor) -> dict[str, float]:
+    """Per corrected layer: max over channels of |mean int8 - mean float| / mean |float mean|, on ``images``."""
+    fg = float_graph(qm)
+    names = {n.name for n, _ in corrected_layers(qm.graph)}
+    fm = _channel_means(fg, names, images, 64)
+    qmeans = _channel_means(qm.graph, names, images, 64)
+    return {n: float((fm[n] - qmeans[n]).abs().max() / (fm[n].abs().mean() + 1e-12)) for n in names}
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    return randomize_batchnorm(edge_se.build_model("mobilenetv3_small_050", num_classes=10))
+
+
+@pytest.mark.slow
+def test_full_bias_correction_matches_every_channel_mean_on_the_calibration_images(small_model):
+    x = torch.randn(16, 3, RES, RES, generator=torch.Generator().manual_seed(0))
+    plain = quantize_model(small_model, (x[:1],), [x], target="pte", policy="ptq")
+    corrected = quantize_model(small_model, (x[:1],), [x], target="pte", policy="bias-correction")
+    before = _relative_mean_error(plain, x)
+    after = _relative_mean_error(corrected, x)
+    assert len(after) == len(corrected_layers(corrected.graph)) > 40  # every conv/linear of MobileNetV3-Small
+    # Without correction int8 shifts channel means by several percent of the layer's mean output
+    # (measured: worst layer 0.2-2x); after the full pass each layer's shift on the images it was
+    # corrected on is float rounding only (measured <= 1e-5; 1e-3 leaves room for float64 vs float32 sums).
+    assert max(before.values()) > 0.05
+    assert max(after.values()) < 1e-3, max(after.items(), key=lambda kv: kv[1])
+    assert any(line.startswith("bias correction (full)") for line in corrected.rewrites)
+    # Only bias constants changed: the same graph, node for node.
+    assert [n.name for n in plain.graph.graph.nodes] == [n.name for n in corrected.graph.graph.nodes]
+
+
+@pytest.mark.slow
+def test_fast_bias_correction_is_exact_on_the_first_layer_only(small_model):
+    x = torch.randn(16, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    qm = quantize_model(small_model, (x[:1],), [x], target="tflite", policy="bias-correction-fast")
+    errors = _relative_mean_error(qm, x)
+    first = corrected_layers(qm.graph)[0][0].name
+    # The first layer sees no corrected upstream layer: one pass is exact there (float rounding).
+    assert errors[first] < 1e-3
+    # Downstream, upstream corrections move what reaches a layer: fast is not exact (why `full` exists).
+    assert max(errors.values()) > 1e-3
+
+
+def test_bias_correction_rejects_an_unknown_mode(small_model):
+    with pytest.raises(ValueError, match="unknown bias-correction mode 'slow'"):
+        correct_biases(None, None, torch.zeros(1), mode="slow")  # type: ignore[arg-type]
+
+
+def test_outlier_observer_leaves_outlier_images_out():
+    obs = ImageOutlierObserver(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+    gen = torch.Generator().manual_seed(0)
+    bulk = torch.rand(98, 8, 4, 4, generator=gen) * 2.0 - 1.0  # every value in [-1, 1)
+    bulk[0, 0, 0, 0], bulk[1, 0, 0, 0] = 1.0, -1.0  # the bulk's extremes, exactly
+    outliers = torch.full((2, 8, 4, 4), 100.0)  # two images at 100x (> OUTLIER_FACTOR x the median image)
+    for batch in (bulk[:50], torch.cat([bulk[50:], outliers])):
+        obs(batch)
+    scale, zero_point = obs.calculate_qparams()
+    # Known answer: the range is the bulk's [-1, 1], as min-max of the bulk alone would give.
+    assert float(obs.min_val) == -1.0 and float(obs.max_val) == 1.0
+    assert float(scale) == pytest.approx(2.0 / 255, rel=1e-6)
+    # A min-max observer over the same batches covers the outliers: 50x coarser.
+    assert 100.0 > OUTLIER_FACTOR * 1.0
+
+
+def test_outlier_observer_keeps_everything_without_outliers():
+    obs = ImageOutlierObserver(dtype=torch.int8, quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
+    x = torch.linspace(-3.0, 5.0, 64 * 10).reshape(64, 10)  # image maxima rise smoothly: none is an outlier
+    obs(x)
+    obs.calculate_qparams()
+    assert (float(obs.min_val), float(obs.max_val)) == (-3.0, 5.0)
+
+
+def test_new_policies_resolve_and_conflict():
+    assert resolve_policy("act-outlier,bias-correction").act_observer == "outlier"
+    assert resolve_policy("bias-correction-fast").bias_correction == "fast"
+    with pytest.raises(EdgeSeError, match="both set the bias"):
+        resolve_policy("bias-correction,bias-correction-fast")
+    with pytest.raises(EdgeSeError, match="both set the observer"):
+        resolve_policy("act-outlier,act-minmax")
+
+
+def _step(recipe: str, agree: float, median: float, sqnr: float) -> dict:
+    return {"recipe": recipe, "top1_agreement": agree, "sqnr_db_median": median, "sqnr_db": sqnr}
+
+
+def test_auto_prefers_agreement_then_the_typical_image_and_never_a_worse_median():
+    from quantize.bench import _auto_choice
+    from quantize.core import _auto_score
+
+    base = _step("ptq", 0.906, 9.0, 10.3)
+    # The measured pattern on EfficientNet-B0 from the uniform classifier init (pte, 64 px): outlier
+    # ranges lift agreement and the median image while the global SQNR (the 1-2% outlier images) falls.
+    outlier = _step("act-outlier", 0.989, 20.8, 0.8)
+    corrected = _step("bias-correction", 0.928, 9.2, 10.3)
+    worse_median = _step("act-outlier,bias-correction", 0.995, 8.0, 30.0)
+    steps = [base, outlier, corrected, worse_median]
+    ranked = sorted(steps, key=lambda s: _auto_score(s, base), reverse=True)
+    assert [s["recipe"] for s in ranked] == ["act-outlier", "bias-correction", "ptq", "act-outlier,bias-correction"]
+    # The baseline itself always competes (its median is never "worse than itself").
+    assert _auto_score(base, base) > _auto_score(worse_median, base)
+    outlier["chosen"] = True
+    assert _auto_choice({"auto_steps": steps}) == "act-outlier"
+    assert _auto_choice({"auto_steps": [*steps, {"float_blocks": ["b1", "b2"]}]}) == "act-outlier + 2 SE blocks fp32"
+    assert _auto_choice({"policy": "ptq"}) == ""
