@@ -55,8 +55,11 @@ class ImageOutlierObserver(MinMaxObserver):
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.image_min: list[torch.Tensor] = []
-        self.image_max: list[torch.Tensor] = []
+        # Per observed tensor shape (without the batch): each image's min and max. A shared observer
+        # (one grid for several tensors: an add's inputs, a mean and its input under int8 rewrites)
+        # sees tensors of different sizes whose "images" are different populations: each tensor's
+        # range is found on its own and the grid covers their union.
+        self.extremes: dict[tuple[int, ...], tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
 
     def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
         """Observe one batch; returns it unchanged."""
@@ -64,8 +67,9 @@ class ImageOutlierObserver(MinMaxObserver):
             return x_orig
         x = x_orig.detach().to(self.min_val.dtype)
         flat = x.reshape(x.shape[0], -1) if x.ndim > 1 else x.reshape(1, -1)
-        self.image_min.append(flat.amin(dim=1))
-        self.image_max.append(flat.amax(dim=1))
+        lows, highs = self.extremes.setdefault(tuple(x.shape[1:]), ([], []))
+        lows.append(flat.amin(dim=1))
+        highs.append(flat.amax(dim=1))
         self.min_val.copy_(torch.min(flat.min(), self.min_val))
         self.max_val.copy_(torch.max(flat.max(), self.max_val))
         return x_orig
@@ -73,11 +77,15 @@ class ImageOutlierObserver(MinMaxObserver):
     @torch.jit.export
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         """Scale and zero point of the range over the non-outlier images (all images when none was recorded)."""
-        if self.image_min:
-            lo = torch.cat(self.image_min)
-            hi = torch.cat(self.image_max)
-            peak = torch.maximum(lo.abs(), hi.abs())
-            keep = peak <= OUTLIER_FACTOR * peak.median()
-            self.min_val.copy_(lo[keep].min())
-            self.max_val.copy_(hi[keep].max())
+        if self.extremes:
+            ranges = [_kept_range(torch.cat(lows), torch.cat(highs)) for lows, highs in self.extremes.values()]
+            self.min_val.copy_(min(lo for lo, _ in ranges))
+            self.max_val.copy_(max(hi for _, hi in ranges))
         return super().calculate_qparams()
+
+
+def _kept_range(lo: torch.Tensor, hi: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(min, max)`` over the images whose peak |x| is at most :data:`OUTLIER_FACTOR` x the median image's."""
+    peak = torch.maximum(lo.abs(), hi.abs())
+    keep = peak <= OUTLIER_FACTOR * peak.median()
+    return lo[keep].min(), hi[keep].max()
