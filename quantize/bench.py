@@ -226,6 +226,7 @@ _COLUMNS = (
     Column("logits SQNR dB", lambda r: f"failed: {r['error'][:80]}" if "error" in r else fmt(r["sqnr_db"], ".1f")),
     _figure("median", "sqnr_db_median"), _figure("worst", "sqnr_db_worst"),
     _figure("top-1 agree %", "top1_agreement", scale=100), _figure("accuracy %", "accuracy", scale=100),
+    _figure("float acc %", "float_accuracy", scale=100),
     _figure("gate SQNR min dB", "gate_sqnr_db_min"), _figure("gate median", "gate_sqnr_db_median"),
     Column("auto chose", lambda r: _auto_choice(r)),
     Column("s", lambda r: "" if "error" in r else str(r.get("quantize_seconds"))),

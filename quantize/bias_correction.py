@@ -6,14 +6,17 @@ Quantising weights and upstream activations shifts the mean of each output chann
 converted graph whose bias is a float constant (both PT2E quantizers edge-se uses leave the bias
 fp32; the delegates requantise it to int32 at lowering), the correction adds, per output channel,
 
-    delta_c = mean(y_float[:, c]) - mean(y_int8[:, c])
+    delta_c = median over images i of ( mean(y_float[i, c]) - mean(y_int8[i, c]) )
 
-over the calibration images (mean over images and positions), where ``y`` is the layer's output
+over the calibration images (means over positions), where ``y`` is the layer's output
 before its output quantize node, ``y_float`` from the float graph with the same node names
 (:func:`quantize.diagnose.float_graph`) and ``y_int8`` from the converted graph.
 
 - ``fast``: every delta from one pass of the uncorrected graph (NNCF's fast variant: each layer's
   shift measured with the error upstream left in).
+
+Safeguards (:func:`correct_biases`): the per-channel shift is the median over images, NNCF's
+per-layer threshold, and the whole correction is undone when it moves the logits away from float.
 - ``full``: layer by layer in graph order, each delta measured after the layers before it were
   corrected (NNCF's full variant: upstream corrections change what reaches the layer). One forward
   pass of the converted graph per layer.
@@ -24,7 +27,7 @@ the exported artifact carries the corrected biases and nothing else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from typing import Literal
 
 import torch
@@ -35,6 +38,9 @@ from quantize.se_pattern import getattr_path
 
 Mode = Literal["fast", "full"]
 MODES: tuple[str, ...] = ("fast", "full")
+# NNCF's thresholds on a layer's largest |shift / bias| (nncf.quantization.algorithms: 2 for the fast
+# algorithm, 1000 for the full one): a layer at or over it keeps its bias.
+THRESHOLDS = {"fast": 2.0, "full": 1000.0}
 _LAYER_OPS = ("aten.conv2d.default", "aten.linear.default")
 
 
@@ -64,13 +70,12 @@ class _StoppingRecorder(Recorder):
 
 @torch.no_grad()
 def _channel_means(gm: GraphModule, names: set[str], images: torch.Tensor, batch: int) -> dict[str, torch.Tensor]:
-    """Per node in ``names``: the mean of its output over images and positions, per channel (dim 1) ``[C]`` float64.
+    """Per node in ``names``: each image's mean output per channel (dim 1), ``[N, C]`` float64.
 
     The graph runs only as far as the last wanted node (the full correction's per-layer passes
     cost half the graph on average, not all of it).
     """
-    sums: dict[str, torch.Tensor] = {}
-    count: dict[str, int] = {}
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     for start in range(0, images.shape[0], batch):
         rec = _StoppingRecorder(gm, names, flatten=False)
         try:
@@ -79,11 +84,23 @@ def _channel_means(gm: GraphModule, names: set[str], images: torch.Tensor, batch
             pass
         for name, value in rec.values.items():
             v = value.double()
-            dims = [d for d in range(v.ndim) if d != 1]
-            s = v.sum(dim=dims)
-            sums[name] = sums[name] + s if name in sums else s
-            count[name] = count.get(name, 0) + v.numel() // v.shape[1]
-    return {name: sums[name] / count[name] for name in sums}
+            v = v.reshape(v.shape[0], v.shape[1], -1).mean(dim=2) if v.ndim > 2 else v.reshape(v.shape[0], -1)
+            parts[name].append(v)
+    return {name: torch.cat(p) for name, p in parts.items() if p}
+
+
+@torch.no_grad()
+def _logits(gm: GraphModule, images: torch.Tensor, batch: int) -> torch.Tensor:
+    outs = []
+    for start in range(0, images.shape[0], batch):
+        out = gm(images[start : start + batch].float())
+        outs.append((out[0] if isinstance(out, (tuple, list)) else out).double())
+    return torch.cat(outs)
+
+
+def _sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
+    noise = float(((ref - x) ** 2).sum())
+    return 10.0 * math.log10(float((ref**2).sum()) / noise) if noise > 0 else math.inf
 
 
 @torch.no_grad()
@@ -94,8 +111,16 @@ def correct_biases(
     *,
     mode: Mode = "full",
     batch: int = EVAL_BATCH,
-) -> list[dict[str, object]]:
+) -> dict[str, object]:
     """Correct the biases of ``qgraph`` in place so each layer's channel means match ``fgraph``'s on ``images``.
+
+    Per layer and output channel the shift is the *median over images* of (float - int8) mean
+    output: a few images whose activations saturate the int8 grid (outlier inputs, or ranges
+    that leave them out on purpose: ``act-outlier``) would otherwise set every image's bias. As in
+    NNCF, a layer is left alone when its largest shift relative to its bias reaches
+    :data:`THRESHOLDS` (or a bias entry is 0). Finally the whole correction is kept only if it
+    brings the logits closer to float on ``images`` (a shifted bias can push values past the
+    output grid the observers set before it); otherwise every bias is restored, and said so.
 
     Args:
         qgraph: a converted int8 graph (``QuantizedModel.graph``); its bias constants are changed.
@@ -105,8 +130,10 @@ def correct_biases(
         batch: images per forward pass.
 
     Returns:
-        One record per corrected layer: ``layer``, ``bias``, ``shift_mean_abs`` (mean |delta| over
-        channels, in the layer's output units) and ``shift_rel`` (that over the mean |float output|).
+        ``{"mode", "layers": [{"layer", "bias", "shift_mean_abs", "shift_rel"}], "skipped",
+        "sqnr_db_before", "sqnr_db_after", "kept"}``: per corrected layer the mean |shift| over
+        channels (the layer's output units) and that over the mean |float output|; layers skipped
+        by the threshold; logits SQNR (dB) vs float on ``images`` before and after.
 
     Raises:
         ValueError: an unknown mode, or a layer the float graph lacks (the graphs do not line up).
@@ -118,28 +145,46 @@ def correct_biases(
     missing = [n.name for n, _ in layers if n.name not in fnames]
     if missing:
         raise ValueError(f"layer {missing[0]!r} of the int8 graph is not in the float graph: the graphs do not line up")
+    ref = _logits(fgraph, images, batch)
+    before = _sqnr_db(ref, _logits(qgraph, images, batch))
     names = {n.name for n, _ in layers}
     float_means = _channel_means(fgraph, names, images, batch)
     quant_means = _channel_means(qgraph, names, images, batch) if mode == "fast" else {}
+    originals: dict[str, torch.Tensor] = {}
     records: list[dict[str, object]] = []
+    skipped = 0
     for node, path in layers:
         if mode == "full":
             quant_means = _channel_means(qgraph, {node.name}, images, batch)
         bias = getattr_path(qgraph, path)
-        delta = (float_means[node.name] - quant_means[node.name]).to(bias.dtype)
+        delta = (float_means[node.name] - quant_means[node.name]).median(dim=0).values.to(bias.dtype)
         if delta.shape != bias.shape:
             continue  # a layer whose output channels are not its bias's (never seen in conv/linear)
+        if bool((bias == 0).any()) or float((delta / bias).abs().max()) >= THRESHOLDS[mode]:
+            skipped += 1
+            continue
+        originals[path] = bias.clone()
         bias.add_(delta)
-        scale = float(float_means[node.name].abs().mean()) or 1.0
+        scale = float(float_means[node.name].mean(dim=0).abs().mean()) or 1.0
         records.append({"layer": node.name, "bias": path, "shift_mean_abs": float(delta.abs().mean()),
                         "shift_rel": float(delta.abs().mean()) / scale})
-    return records
+    after = _sqnr_db(ref, _logits(qgraph, images, batch))
+    kept = after >= before
+    if not kept:
+        for path, value in originals.items():
+            getattr_path(qgraph, path).copy_(value)
+    return {"mode": mode, "layers": records, "skipped": skipped, "sqnr_db_before": before, "sqnr_db_after": after,
+            "kept": kept}
 
 
-def summary(records: Sequence[dict[str, object]]) -> str:
-    """One line: how many layers were corrected and the largest relative shift."""
+def summary(report: dict[str, object]) -> str:
+    """One line: how many layers were corrected, the largest relative shift, and whether it was kept."""
+    records: list[dict[str, object]] = report["layers"]  # type: ignore[assignment]
+    fig = f"logits SQNR on the calibration images {report['sqnr_db_before']:.1f} -> {report['sqnr_db_after']:.1f} dB"
+    if not report["kept"]:
+        return f"bias correction reverted: {len(records)} biases would have moved, {fig}"
     if not records:
-        return "bias correction: no layer with a constant bias"
+        return f"no bias corrected ({report['skipped']} layers over the threshold)"
     top = max(records, key=lambda r: float(r["shift_rel"]))  # type: ignore[arg-type]
-    return (f"{len(records)} biases corrected; largest mean shift {float(top['shift_rel']):.1%} "  # type: ignore[arg-type]
-            f"of the layer's mean output ({top['layer']})")
+    return (f"{len(records)} biases corrected ({report['skipped']} skipped by the threshold); largest mean shift "
+            f"{float(top['shift_rel']):.1%} of the layer's mean output ({top['layer']}); {fig}")

@@ -344,8 +344,8 @@ def _correct_biases(graph: GraphModule, exported: GraphModule, quantizer: object
     from quantize.bias_correction import correct_biases, summary
     from quantize.diagnose import aligned_float_graph
 
-    records = correct_biases(graph, aligned_float_graph(exported, quantizer), images, mode=mode)  # type: ignore[arg-type]
-    return f"bias correction ({mode}): {summary(records)}"
+    report = correct_biases(graph, aligned_float_graph(exported, quantizer), images, mode=mode)  # type: ignore[arg-type]
+    return f"bias correction ({mode}): {summary(report)}"
 
 
 def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str,
