@@ -239,7 +239,7 @@ def _auto_choice(r: Mapping[str, Any]) -> str:
     chosen = next((s for s in steps if s.get("chosen")), None)
     if chosen is None:
         return ""
-    blocks = len(steps[-1].get("float_blocks", []))
+    blocks = max((len(s["float_blocks"]) for s in steps if s.get("accepted")), default=0)
     return chosen["recipe"] + (f" + {blocks} SE blocks fp32" if blocks else "")
 
 

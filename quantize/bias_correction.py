@@ -27,13 +27,13 @@ the exported artifact carries the corrected biases and nothing else.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
 from torch.fx import GraphModule, Node
 
 from quantize.capture import EVAL_BATCH, Recorder
+from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
 
 Mode = Literal["fast", "full"]
@@ -98,11 +98,6 @@ def _logits(gm: GraphModule, images: torch.Tensor, batch: int) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def _sqnr_db(ref: torch.Tensor, x: torch.Tensor) -> float:
-    noise = float(((ref - x) ** 2).sum())
-    return 10.0 * math.log10(float((ref**2).sum()) / noise) if noise > 0 else math.inf
-
-
 @torch.no_grad()
 def correct_biases(
     qgraph: GraphModule,
@@ -146,7 +141,7 @@ def correct_biases(
     if missing:
         raise ValueError(f"layer {missing[0]!r} of the int8 graph is not in the float graph: the graphs do not line up")
     ref = _logits(fgraph, images, batch)
-    before = _sqnr_db(ref, _logits(qgraph, images, batch))
+    before = sqnr_db(ref, _logits(qgraph, images, batch))
     names = {n.name for n, _ in layers}
     float_means = _channel_means(fgraph, names, images, batch)
     quant_means = _channel_means(qgraph, names, images, batch) if mode == "fast" else {}
@@ -168,7 +163,7 @@ def correct_biases(
         scale = float(float_means[node.name].mean(dim=0).abs().mean()) or 1.0
         records.append({"layer": node.name, "bias": path, "shift_mean_abs": float(delta.abs().mean()),
                         "shift_rel": float(delta.abs().mean()) / scale})
-    after = _sqnr_db(ref, _logits(qgraph, images, batch))
+    after = sqnr_db(ref, _logits(qgraph, images, batch))
     kept = after >= before
     if not kept:
         for path, value in originals.items():

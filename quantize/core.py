@@ -46,6 +46,8 @@ AUTO_TARGET_AGREEMENT = 0.995
 # ... or after this many blocks were moved to fp32, and evaluates on at most this many images.
 AUTO_MAX_FLOAT_BLOCKS = 6
 AUTO_EVAL_IMAGES = 256
+# Stage 2 keeps a block in fp32 only if it raised the logits SQNR by at least this much (or agreement).
+AUTO_MIN_GAIN_DB = 1.0
 
 
 @dataclass
@@ -286,19 +288,27 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
     recipe = steps[chosen]["recipe"]
     steps[chosen]["chosen"] = True
     graph, quantizer = results[recipe]
-    # Stage 2 (latency cost): the worst-gate SE block to fp32, one at a time, while the targets are unmet.
+    # Stage 2 (latency cost): the worst-gate SE block to fp32, one at a time, while the targets are unmet
+    # and each block buys at least AUTO_MIN_GAIN_DB (or agreement); the first that does not is recorded
+    # as rejected and the search stops: an fp32 island is a latency cost, not to be paid for noise.
     float_blocks: set[str] = set()
     best = steps[chosen]
     while blocks and not met(best) and len(float_blocks) < AUTO_MAX_FLOAT_BLOCKS:
         candidates = {k: v for k, v in best["gate_errors"].items() if k not in float_blocks}
         if not candidates:
             break
-        float_blocks.add(min(candidates, key=candidates.get))  # type: ignore[arg-type]
-        graph, quantizer = attempt(recipe, float_blocks)
-        best = steps[-1]
+        trial = float_blocks | {min(candidates, key=candidates.get)}  # type: ignore[arg-type]
+        trial_graph, trial_quantizer = attempt(recipe, trial)
+        step = steps[-1]
+        if (step["sqnr_db"] < best["sqnr_db"] + AUTO_MIN_GAIN_DB
+                and step["top1_agreement"] <= best["top1_agreement"]):
+            step["rejected"] = f"gained under {AUTO_MIN_GAIN_DB} dB and no agreement: not worth an fp32 island"
+            break
+        float_blocks, graph, quantizer, best = trial, trial_graph, trial_quantizer, step
+        step["accepted"] = True
     for step in steps:
         step.pop("gate_errors")
-    steps[-1]["target_met"] = bool(met(best))
+    best["target_met"] = bool(met(best))
     return graph, quantizer, float_blocks, steps, recipe
 
 

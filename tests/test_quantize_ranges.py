@@ -128,7 +128,9 @@ def test_auto_prefers_agreement_then_the_typical_image_and_never_a_worse_median(
     assert _auto_score(base, base) > _auto_score(worse_median, base)
     outlier["chosen"] = True
     assert _auto_choice({"auto_steps": steps}) == "act-outlier"
-    assert _auto_choice({"auto_steps": [*steps, {"float_blocks": ["b1", "b2"]}]}) == "act-outlier + 2 SE blocks fp32"
+    islands = [{"float_blocks": ["b1"], "accepted": True}, {"float_blocks": ["b1", "b2"], "accepted": True},
+               {"float_blocks": ["b1", "b2", "b3"], "rejected": "gained under 1.0 dB"}]
+    assert _auto_choice({"auto_steps": [*steps, *islands]}) == "act-outlier + 2 SE blocks fp32"
     assert _auto_choice({"policy": "ptq"}) == ""
 
 
