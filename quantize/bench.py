@@ -283,9 +283,12 @@ def plan_cells(models: list[str], policies: list[str], targets: list[str], engin
     """Cells ``(model, target, engine, policy, int8 rewrites)``, the most informative first.
 
     Order: the ``ptq`` baseline of every model, then the other policies in the order given, then the
-    second engine; each cell once per rewrite setting, side by side.
+    second engine; each cell once per rewrite setting, side by side. NNCF cells always use the stock
+    quantizer (``none``): NNCF's ``quantize_pt2e`` rejects the fixed-parameter specs of the int8
+    rewrites ("Unknown torchao quantization spec: FixedQParamsQuantizationSpec").
     """
     cells = []
+    seen: set[tuple[str, str, str, str, str]] = set()
     for m_i, spec in enumerate(models):
         for t_i, target in enumerate(targets):
             for e_i, engine in enumerate(engines):
@@ -293,8 +296,10 @@ def plan_cells(models: list[str], policies: list[str], targets: list[str], engin
                     if engine == "nncf" and policy not in nncf_policies:
                         continue
                     for r_i, rw in enumerate(rewrites):
-                        rank = (e_i, 0 if policy == "ptq" else 1, p_i, m_i, t_i, r_i)
-                        cells.append((rank, (spec, target, engine, policy, rw)))
+                        cell = (spec, target, engine, policy, "none" if engine == "nncf" else rw)
+                        if cell not in seen:
+                            seen.add(cell)
+                            cells.append(((e_i, 0 if policy == "ptq" else 1, p_i, m_i, t_i, r_i), cell))
     return [c for _, c in sorted(cells)]
 
 

@@ -217,6 +217,9 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
     # Each rewrite setting is a cell of its own, side by side with the same cell without it.
     both = plan_cells(["a"], ["ptq"], ["pte"], ["torchao"], set(), ["default", "none"])
     assert both == [("a", "pte", "torchao", "ptq", "default"), ("a", "pte", "torchao", "ptq", "none")]
+    # NNCF takes the stock quantizer only (it rejects the rewrites' fixed-parameter specs): one cell.
+    assert plan_cells(["a"], ["ptq"], ["pte"], ["nncf"], {"ptq"}, ["default", "none"]) == [
+        ("a", "pte", "nncf", "ptq", "none")]
     out = tmp_path / "b.jsonl"
     rec = {"model": "a", "target": "pte", "engine": "torchao", "policy": "ptq"}
     out.write_text(json.dumps({**rec, "error": "E: x"}) + "\n" + json.dumps({**rec, "sqnr_db": 30.0}) + "\n")
