@@ -182,4 +182,4 @@ def summary(report: dict[str, object]) -> str:
         return f"no bias corrected ({report['skipped']} layers over the threshold)"
     top = max(records, key=lambda r: float(r["shift_rel"]))  # type: ignore[arg-type]
     return (f"{len(records)} biases corrected ({report['skipped']} skipped by the threshold); largest mean shift "
-            f"{float(top['shift_rel']):.1%} of the layer's mean output ({top['layer']}); {fig}")
+            f"{float(top['shift_rel']):.1%} of the layer's mean output ({top['layer']}); {fig}")  # type: ignore[arg-type]

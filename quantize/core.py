@@ -351,8 +351,8 @@ def _with_recipe(plan: PolicyPlan, recipe: str) -> PolicyPlan:
 def _correct_biases(graph: GraphModule, exported: GraphModule, quantizer: object, images: torch.Tensor,
                     mode: str) -> str:
     """Correct ``graph``'s biases in place on the calibration ``images``; the line recorded in ``rewrites``."""
+    from quantize.aligned import aligned_float_graph
     from quantize.bias_correction import correct_biases, summary
-    from quantize.diagnose import aligned_float_graph
 
     report = correct_biases(graph, aligned_float_graph(exported, quantizer), images, mode=mode)  # type: ignore[arg-type]
     return f"bias correction ({mode}): {summary(report)}"

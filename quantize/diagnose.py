@@ -32,7 +32,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +41,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edge_se.errors import EdgeSeError
+from quantize.aligned import aligned_float_graph
 from quantize.capture import EVAL_BATCH, Recorder
 from quantize.metrics import _ratio_db
 from quantize.se_pattern import SEBlock, getattr_path
@@ -104,20 +104,6 @@ def float_graph(qm: QuantizedModel) -> GraphModule:
     if qm.reference is None:
         raise EdgeSeError("the quantised model carries no float reference graph: nothing to compare against")
     return aligned_float_graph(qm.reference, qm.quantizer)
-
-
-def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModule:
-    """``reference`` (the exported float graph) through the steps ``prepare_pt2e`` takes with ``quantizer``."""
-    from torchao.quantization.pt2e.utils import _fuse_conv_bn_, _fuse_linear_bn_
-
-    gm = copy.deepcopy(reference)
-    _fuse_conv_bn_(gm)
-    _fuse_linear_bn_(gm)
-    transform = getattr(copy.copy(quantizer), "transform_for_annotation", None)  # a copy: it records what it applied
-    if transform is not None:
-        gm = transform(gm)
-    gm.recompile()
-    return gm
 
 
 def quantized_sites(gm: GraphModule) -> list[_Site]:
