@@ -46,8 +46,10 @@ AUTO_TARGET_AGREEMENT = 0.995
 # ... or after this many blocks were moved to fp32, and evaluates on at most this many images.
 AUTO_MAX_FLOAT_BLOCKS = 6
 AUTO_EVAL_IMAGES = 256
-# Stage 2 keeps a block in fp32 only if it raised the logits SQNR by at least this much (or agreement).
+# Stage 2 keeps a block in fp32 only if it raised the logits SQNR by at least this much, or top-1
+# agreement by at least this fraction (0.5 points; on the 256 evaluation images, one image is 0.4).
 AUTO_MIN_GAIN_DB = 1.0
+AUTO_MIN_GAIN_AGREEMENT = 0.005
 
 
 @dataclass
@@ -301,8 +303,9 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
         trial_graph, trial_quantizer = attempt(recipe, trial)
         step = steps[-1]
         if (step["sqnr_db"] < best["sqnr_db"] + AUTO_MIN_GAIN_DB
-                and step["top1_agreement"] <= best["top1_agreement"]):
-            step["rejected"] = f"gained under {AUTO_MIN_GAIN_DB} dB and no agreement: not worth an fp32 island"
+                and step["top1_agreement"] < best["top1_agreement"] + AUTO_MIN_GAIN_AGREEMENT):
+            step["rejected"] = (f"gained under {AUTO_MIN_GAIN_DB} dB and under {AUTO_MIN_GAIN_AGREEMENT:.1%} "
+                                "agreement: not worth an fp32 island")
             break
         float_blocks, graph, quantizer, best = trial, trial_graph, trial_quantizer, step
         step["accepted"] = True
