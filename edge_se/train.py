@@ -237,17 +237,22 @@ def sidecar_path(path: str | Path) -> Path:
     return Path(f"{path}{SIDECAR_SUFFIX}")
 
 
-def save_weights(path: str | Path, model: nn.Module, *, model_name: str, num_classes: int, resolution: int,
-                 extra: dict | None = None) -> Path:
-    """Write ``model.state_dict()`` to ``path`` and its sidecar ``path.json``, both atomically.
+def save_state_dict(path: str | Path, state: dict[str, torch.Tensor]) -> Path:
+    """Write a state dict to ``path`` atomically, no sidecar (loads as a plain ``--weights`` file).
 
     Saved through a buffer: ``torch.save`` to a path records the file's name inside the archive,
     and the atomic write's temporary name is random, so the same weights would give different
     bytes (and cache keys) on every run.
     """
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    write_bytes(path, buffer.getvalue())
+    torch.save(state, buffer)
+    return write_bytes(path, buffer.getvalue())
+
+
+def save_weights(path: str | Path, model: nn.Module, *, model_name: str, num_classes: int, resolution: int,
+                 extra: dict | None = None) -> Path:
+    """Write ``model.state_dict()`` (:func:`save_state_dict`) and its sidecar ``path.json``, both atomically."""
+    save_state_dict(path, model.state_dict())
     meta = {"schema": WEIGHTS_SCHEMA, "model": model_name, "num_classes": num_classes, "resolution": resolution,
             **(extra or {})}
     write_text(sidecar_path(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")

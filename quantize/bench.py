@@ -29,7 +29,6 @@ file are kept.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -42,7 +41,7 @@ import torch
 from torch import nn
 
 from contract.errors import first_line
-from contract.files import append_line, write_bytes, write_text
+from contract.files import append_line, write_text
 from edge_se.data import load_images
 from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
 from edge_se.tables import Column, fmt, table
@@ -161,7 +160,7 @@ def _data_of(spec: str) -> tuple[str, str]:
 
 def _external_model(name: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     """``external:LIB/ARCH`` (see :data:`EXTERNAL`): trained on first use, then loaded as ``--weights`` would."""
-    from edge_se.train import train
+    from edge_se.train import save_state_dict, train
     from edge_se.weights import load_weights
 
     if name not in EXTERNAL:
@@ -184,9 +183,7 @@ def _external_model(name: str, weights_dir: Path) -> tuple[nn.Module, dict]:
         _log(f"training {lib}'s {arch} (its own init) for {epochs} epochs on digits at {RESOLUTION}px")
         result = train(foreign, load_images("digits", RESOLUTION, split="train"), epochs=epochs,
                        eval_data=load_images("digits", RESOLUTION, split="test"), log=_log)
-        buffer = io.BytesIO()
-        torch.save(foreign.state_dict(), buffer)
-        write_bytes(path, buffer.getvalue())
+        save_state_dict(path, foreign.state_dict())
         write_text(record_path, json.dumps({"library": lib, "arch": arch, "init": f"{lib}'s own", "seed": 0,
                                             "epochs": epochs, "accuracy": result.accuracy,
                                             "seconds": round(result.seconds, 1)}, indent=2) + "\n")
@@ -347,11 +344,10 @@ def main(argv: list[str] | None = None) -> int:
             loaded[spec] = load_bench_model(spec, Path(args.weights_dir))
         model, weights = loaded[spec]
         _log(f"bench-quant: {spec} {target} {engine} {policy} int8-rewrites={rw}")
+        data = _data_of(spec.partition(":")[2])[1]
         record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
-                        "int8_rewrites": rw, "resolution": RESOLUTION, "data": _data_of(spec.partition(":")[2])[1],
-                        **weights}
+                        "int8_rewrites": rw, "resolution": RESOLUTION, "data": data, **weights}
         try:
-            data = _data_of(spec.partition(":")[2])[1]
             calib, held = datasets[data]
             record.update(run_cell(model, calib, held, target, engine, policy, rw, data))
             _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 from torch.fx import GraphModule, Node
 
-from quantize.capture import EVAL_BATCH, Recorder
+from quantize.capture import EVAL_BATCH, Recorder, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
 
@@ -90,15 +90,6 @@ def _channel_means(gm: GraphModule, names: set[str], images: torch.Tensor, batch
 
 
 @torch.no_grad()
-def _logits(gm: GraphModule, images: torch.Tensor, batch: int) -> torch.Tensor:
-    outs = []
-    for start in range(0, images.shape[0], batch):
-        out = gm(images[start : start + batch].float())
-        outs.append((out[0] if isinstance(out, (tuple, list)) else out).double())
-    return torch.cat(outs)
-
-
-@torch.no_grad()
 def correct_biases(
     qgraph: GraphModule,
     fgraph: GraphModule,
@@ -140,8 +131,8 @@ def correct_biases(
     missing = [n.name for n, _ in layers if n.name not in fnames]
     if missing:
         raise ValueError(f"layer {missing[0]!r} of the int8 graph is not in the float graph: the graphs do not line up")
-    ref = _logits(fgraph, images, batch)
-    before = sqnr_db(ref, _logits(qgraph, images, batch))
+    ref = run_graph(fgraph, images, batch=batch)[0]
+    before = sqnr_db(ref, run_graph(qgraph, images, batch=batch)[0])
     names = {n.name for n, _ in layers}
     float_means = _channel_means(fgraph, names, images, batch)
     quant_means = _channel_means(qgraph, names, images, batch) if mode == "fast" else {}
@@ -163,7 +154,7 @@ def correct_biases(
         scale = float(float_means[node.name].mean(dim=0).abs().mean()) or 1.0
         records.append({"layer": node.name, "bias": path, "shift_mean_abs": float(delta.abs().mean()),
                         "shift_rel": float(delta.abs().mean()) / scale})
-    after = sqnr_db(ref, _logits(qgraph, images, batch))
+    after = sqnr_db(ref, run_graph(qgraph, images, batch=batch)[0])
     kept = after >= before
     if not kept:
         for path, value in originals.items():

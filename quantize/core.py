@@ -35,6 +35,10 @@ from quantize.se_pattern import SEBlock, find_se_blocks
 
 # Images per calibration forward pass.
 CALIB_BATCH = 32
+# Activation observer -> NNCF's RangeEstimatorParametersSet name (None: NNCF's own default). histogram:
+# NNCF's default estimator; percentile: mean of per-batch quantiles. An observer missing here
+# (``outlier``) has no NNCF counterpart.
+NNCF_ESTIMATORS: dict[str, str | None] = {"histogram": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
 # `auto`, stage 1: these recipes, measured on its evaluation images (held back from the pool), the
 # baseline first; they change ranges and bias constants only, so the graph and its latency are plain
 # int8's. The best by _auto_score is kept. Stage 2, only while the targets below are unmet: SE blocks
@@ -129,12 +133,10 @@ def _quantize_once(
         from nncf.experimental.torch.fx import quantize_pt2e as nncf_quantize_pt2e
         from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-        # histogram: NNCF's own default estimator; percentile: mean of per-batch quantiles.
-        estimators = {"histogram": None, "minmax": "MINMAX", "percentile": "MEAN_QUANTILE"}
-        if options.act_observer not in estimators:
+        if options.act_observer not in NNCF_ESTIMATORS:
             raise EdgeSeError(f"activation ranges {options.act_observer!r} have no NNCF estimator; "
                               "use --engine torchao for this policy")
-        ranges = estimators[options.act_observer]
+        ranges = NNCF_ESTIMATORS[options.act_observer]
         ranges = getattr(RangeEstimatorParametersSet, ranges) if ranges else None
         with torch.no_grad():
             q = nncf_quantize_pt2e(
@@ -318,8 +320,8 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
 def _compatible(recipe: str, plan: PolicyPlan, engine: str) -> bool:
     """Whether ``auto`` may try ``recipe`` beside the user's own policy names (an aspect set twice is not)."""
     names = [n for n in recipe.split(",") if n != "ptq"]
-    if engine == "nncf" and "act-outlier" in names:
-        return False  # no NNCF estimator for it
+    if engine == "nncf" and resolve_policy(recipe).act_observer not in NNCF_ESTIMATORS:
+        return False
     user = [n for n in plan.names if n != "auto"]
     try:
         resolve_policy([*user, *names] or ["ptq"])

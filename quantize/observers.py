@@ -70,8 +70,6 @@ class ImageOutlierObserver(MinMaxObserver):
         lows, highs = self.extremes.setdefault(tuple(x.shape[1:]), ([], []))
         lows.append(flat.amin(dim=1))
         highs.append(flat.amax(dim=1))
-        self.min_val.copy_(torch.min(flat.min(), self.min_val))
-        self.max_val.copy_(torch.max(flat.max(), self.max_val))
         return x_orig
 
     @torch.jit.export
