@@ -42,6 +42,7 @@ from torch import nn
 
 from contract.errors import first_line
 from contract.files import append_line, write_text
+from device_bench.sysinfo import cpu_flags, describe
 from edge_se.data import load_images
 from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
 from edge_se.tables import Column, fmt, table
@@ -241,8 +242,19 @@ def _auto_choice(r: Mapping[str, Any]) -> str:
 
 
 def markdown_table(records: list[dict]) -> str:
-    """One row per measured cell: the figures the issue judges by, plus the failures (their error instead)."""
-    return table(_COLUMNS, records) + "\n"
+    """One row per measured cell: the figures the issue judges by, plus the failures (their error instead).
+
+    Above it, the CPU every row was measured on (its model, architecture and int8-relevant flags).
+    """
+    systems = sorted({_system_line(r.get("system")) for r in records})
+    return "".join(f"CPU: {line}\n\n" for line in systems) + table(_COLUMNS, records) + "\n"
+
+
+def _system_line(system: Mapping[str, Any] | None) -> str:
+    if not system:
+        return "not recorded"
+    return (f"{system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); "
+            f"flags: {system['cpu_flags']}")
 
 
 def _rewrites(r: Mapping[str, Any]) -> str:
@@ -326,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         write_table(args.table, records)
         return 0
     torch.set_num_threads(args.threads)
+    system = describe() | {"cpu_flags": cpu_flags()}
     datasets = {d: (load_images(d, RESOLUTION, split="train").images, load_images(d, RESOLUTION, split="test"))
                 for d in sorted({_data_of(m.partition(":")[2])[1] for m in args.models.split(",")})}
     done = {_key(r) for r in records if "error" not in r}
@@ -346,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"bench-quant: {spec} {target} {engine} {policy} int8-rewrites={rw}")
         data = _data_of(spec.partition(":")[2])[1]
         record: dict = {"model": spec, "target": target, "engine": engine, "policy": policy,
-                        "int8_rewrites": rw, "resolution": RESOLUTION, "data": data, **weights}
+                        "int8_rewrites": rw, "resolution": RESOLUTION, "data": data, "system": system, **weights}
         try:
             calib, held = datasets[data]
             record.update(run_cell(model, calib, held, target, engine, policy, rw, data))
