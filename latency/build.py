@@ -103,18 +103,26 @@ def provenance(target: Target) -> dict[str, Any]:
         "versions": dist_versions(VERSIONS),
         "measure": target.measure.to_dict(),
         "runner": target.runner,
+        "passes": target.passes,
         "seed": target.seed,
         "commit": git_commit(short=True),
         "created_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
-def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[float, int]],
-                        work: Path) -> LatencyTable:
+Timed = list[tuple[float, str, dict[str, Any]]]
+"""``(value, unit, bench record)`` per artifact, as :func:`latency.measure.time_all` returns them."""
+
+
+def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[float, int]], work: Path,
+                        also: Sequence[tuple[ArchSpec, int]] = ()) -> tuple[LatencyTable, Timed]:
     """Probe every kernel of the build set's networks, time the networks whole, fit the table.
 
     Exports first (``target.jobs`` processes), then all timing in one pass on the device, so no
-    export runs beside a timed inference.
+    export runs beside a timed inference. ``also``: networks timed in the same passes, side by side
+    with the table's own artifacts, and returned with the table (``(value, unit, record)`` each)
+    but not used to fit it: a held-out check whose measurements share the table's conditions (a
+    drift of the machine falls on both alike).
     """
     check_family(family)
     networks = [(variant(phi, res, family=family), res) for phi, res in points]
@@ -122,15 +130,19 @@ def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[f
     items: list[tuple[str, Any, int]] = [("kernel", k, k.size) for k in ks]
     items += [("network", spec, res) for spec, res in networks]
     paths = export_all(items, target, work)
+    if also:
+        paths += export_all([("network", spec, res) for spec, res in also], target, work / "heldout")
     timed = time_all(paths, target, work)
     units = {unit for _, unit, _ in timed}
     if len(units) != 1:
         raise EdgeSeError(f"device {target.device}: mixed units {sorted(units)} in one table")
     measured = [(k, value, rec) for k, (value, _, rec) in zip(ks, timed, strict=False)]
-    whole = [(spec, res, value) for (spec, res), (value, _, _) in zip(networks, timed[len(ks):], strict=True)]
+    n_own = len(ks) + len(networks)
+    whole = [(spec, res, value) for (spec, res), (value, _, _) in zip(networks, timed[len(ks):n_own], strict=True)]
     meta = provenance(target) | {"build": [f"{phi:g}@{res}" for phi, res in points]}
-    return build_table(device=target.device, fmt=target.fmt, dtype=target.dtype, threads=target.measure.threads,
-                       family=family, unit=units.pop(), measured=measured, networks=whole, meta=meta)
+    table = build_table(device=target.device, fmt=target.fmt, dtype=target.dtype, threads=target.measure.threads,
+                        family=family, unit=units.pop(), measured=measured, networks=whole, meta=meta)
+    return table, timed[n_own:]
 
 
 __all__ = ["DEFAULT_BUILD", "FAMILIES", "build_latency_table", "check_family", "measure_networks", "parse_points",

@@ -56,6 +56,10 @@ def _common(p: argparse.ArgumentParser, *, table_flag: str, table_help: str) -> 
                    help=".pte runner where both exist (auto: Python runtime if importable; default: auto for a new "
                         "table, the table's own runner for scale's measured check)")
     p.add_argument("--inventory", type=Path, default=None, help="device inventory TOML")
+    p.add_argument("--passes", type=number("--passes", int), default=None,
+                   help="timing passes over all artifacts, each in its own shuffled order; an artifact's value is "
+                        "the median of its passes (default: 3, 1 on an emulated device: instruction counts do not "
+                        "drift)")
     add_measure_arguments(p.add_argument_group("measurement (contract.measure.MeasureSpec)"), defaults=TABLE_MEASURE)
 
 
@@ -90,12 +94,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _target(args: argparse.Namespace) -> Any:
     from latency.build import check_family
-    from latency.measure import Target
+    from latency.measure import TABLE_PASSES, Target
 
     check_family(args.family)
     measure = from_namespace(args)
+    passes = args.passes if args.passes is not None else 1 if args.device.startswith("qemu") else TABLE_PASSES
     return Target(device=args.device, fmt=args.format, dtype=args.dtype, runner=args.runner or "auto", measure=measure,
-                  inventory=str(args.inventory) if args.inventory else None, jobs=args.jobs, seed=measure.seed)
+                  inventory=str(args.inventory) if args.inventory else None, jobs=args.jobs, seed=measure.seed,
+                  passes=passes)
 
 
 def _check_device(target: Any) -> None:
@@ -125,12 +131,12 @@ def run_table(args: argparse.Namespace) -> int:
     _check_device(target)
     out = _table_path(args, args.out)
     t0 = time.perf_counter()
-    table = build_latency_table(target, family=args.family, points=points, work=_work(args, out))
+    table, _ = build_latency_table(target, family=args.family, points=points, work=_work(args, out))
     save(table, out)
     fit = [{"name": n["name"], "resolution": n["resolution"], "measured": n["measured"],
-            "predicted": table.assemble(n["kernel_sum"])} for n in table.networks]
+            "predicted": table.assemble(n["kernel_sum"], n["weight_mb"])} for n in table.networks]
     print(json.dumps({"table": str(out), "entries": len(table.entries), "unit": table.unit,
-                      "assembly": list(table.assembly), "networks": fit,
+                      "assembly": table.assembly_dict(), "networks": fit,
                       "wall_s": round(time.perf_counter() - t0, 1)}, sort_keys=True))
     return 0
 

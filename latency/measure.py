@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import statistics
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,13 +25,20 @@ from typing import Any
 
 from contract.errors import first_line
 from contract.formats import artifact_name, manifest_path
-from contract.measure import MeasureSpec
+from contract.measure import MeasureSpec, timing_order
 from edge_se.errors import EdgeSeError, StageError
 from edge_se.latency_key import Kernel
 from edge_se.specs import ArchSpec
 
 TABLE_MEASURE = MeasureSpec(warmup=5, runs=20, min_seconds=0.2, repeats=3, cooldown_s=0.0, threads=1)
 """The measurement of every table entry, assembly network and measured check (unless one is given)."""
+
+TABLE_PASSES = 3
+"""Passes over all artifacts of one timing (each in its own shuffled order, each artifact in a fresh
+process); an artifact's value is the median of its passes. One pass of the 94 artifacts of a
+default table takes about a minute here, and the machine's speed moves by up to 10-15% over
+minutes to hours (the same fp32 network re-timed an hour apart: 3.67 vs 3.18-3.40 ms): the passes
+spread every artifact over the whole timing window, so a drift falls on all of them alike."""
 
 CALIB_IMAGES = 64
 """Random calibration images per int8 artifact and for a network's BatchNorm (as ``edge-se export --calib random``)."""
@@ -49,6 +57,7 @@ class Target:
         inventory: the device inventory file (None: the default one).
         jobs: export worker processes.
         seed: seeds the random weights, calibration images and parity inputs.
+        passes: timing passes over all artifacts (:data:`TABLE_PASSES`); the value is their median.
     """
 
     device: str
@@ -59,11 +68,14 @@ class Target:
     inventory: str | None = None
     jobs: int = 1
     seed: int = 0
+    passes: int = TABLE_PASSES
 
     def __post_init__(self) -> None:
         artifact_name("x", self.fmt, self.dtype)  # an unknown format or dtype: one line naming the flag
         if self.jobs < 1:
             raise EdgeSeError(f"--jobs must be >= 1, got {self.jobs}")
+        if self.passes < 1:
+            raise EdgeSeError(f"--passes must be >= 1, got {self.passes}")
 
 
 def probe_name(k: Kernel) -> str:
@@ -143,7 +155,10 @@ def export_all(items: Sequence[tuple[str, Any, int]], target: Target, work: Path
 def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[float, str, dict[str, Any]]]:
     """Time every artifact on the target's device: ``(value, unit, bench record)`` each, in order.
 
-    The value is the p50 latency in ms, or instructions per inference on an emulated device.
+    ``target.passes`` passes over all of ``paths``, pass ``r`` in the order shuffled with
+    ``measure.seed + r`` (the inputs stay those of ``measure.seed``); an artifact's value is the
+    median of its passes' values (p50 ms, or instructions per inference on an emulated device) and
+    its record the pass nearest that median, with every pass's value in ``pass_values``.
 
     Raises:
         StageError: a run failed on the device (its line names the artifact and the reason).
@@ -153,20 +168,35 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
     from device_bench.transports.base import RunOptions
 
     opts = RunOptions(measure=target.measure, runner=target.runner)  # type: ignore[arg-type]
-    records = bench([str(p) for p in paths], [target.device], inventory.load(target.inventory), opts,
-                    work / "bench.jsonl", threads_given=True)
+    devices = inventory.load(target.inventory)
+    passes: list[list[tuple[float, str, dict[str, Any]]]] = []
+    for r in range(target.passes):
+        order = timing_order(len(paths), seed=target.measure.seed + r)
+        records = bench([str(paths[i]) for i in order], [target.device], devices, opts, work / "bench.jsonl",
+                        threads_given=True, order="given")
+        by_index = dict(zip(order, records, strict=True))
+        passes.append([_value(paths[i], by_index[i]) for i in range(len(paths))])
     out = []
-    for path, rec in zip(paths, records, strict=True):
-        if rec.get("status") != "ok":
-            raise StageError("latency timing", f"{path.name} on {target.device}: {rec.get('error') or rec['status']}")
-        if rec.get("emulated"):
-            value, unit = rec.get("instructions_per_inference"), "instructions"
-        else:
-            value, unit = rec.get("p50_ms"), "ms"
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise StageError("latency timing", f"{path.name} on {target.device}: no {unit} figure in the record")
-        out.append((float(value), unit, rec))
+    for per_path in zip(*passes, strict=True):
+        values = [v[0] for v in per_path]
+        value = statistics.median(values)
+        _, unit, rec = min(per_path, key=lambda v: abs(v[0] - value))
+        out.append((value, unit, rec | {"pass_values": values, "passes": len(values)}))
     return out
 
 
-__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "Target", "export_all", "network_name", "probe_name", "time_all"]
+def _value(path: Path, rec: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:
+    """One pass's ``(value, unit, record)`` of an artifact; a failed run is a StageError naming it."""
+    if rec.get("status") != "ok":
+        raise StageError("latency timing", f"{path.name} on {rec.get('device')}: {rec.get('error') or rec['status']}")
+    if rec.get("emulated"):
+        value, unit = rec.get("instructions_per_inference"), "instructions"
+    else:
+        value, unit = rec.get("p50_ms"), "ms"
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise StageError("latency timing", f"{path.name} on {rec.get('device')}: no {unit} figure in the record")
+    return float(value), unit, rec
+
+
+__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "export_all", "network_name", "probe_name",
+           "time_all"]

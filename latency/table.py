@@ -8,9 +8,13 @@ Pure: numpy and scipy, no torch, no I/O but :func:`save`/:func:`load`. What it h
   :data:`edge_se.latency_key.FEATURES`, fitted to the entries by non-negative least squares on the
   *relative* error (every row divided by its measured value, so a 0.05 ms kernel counts as much as a
   5 ms one). A kernel the table has not measured is predicted from them.
-- ``assembly``: ``network = scale * sum(kernels) + offset``, fitted on whole networks measured when
-  the table was built: the part of a network's latency that is not any one kernel's (each probe
-  pays its own call and input copy; a network's kernels share caches).
+- ``assembly``: ``network = scale * sum(kernels) + per_weight_mb * weight MB + offset``, fitted
+  (non-negative, relative error) on whole networks measured when the table was built: the part of
+  a network's latency that is not any one kernel's. The weight term is the largest such part for
+  fp32: a probe, timed alone in a loop, runs with its weights in cache; a network streams all of
+  its weights (4 bytes a parameter in fp32, 1 in int8) from memory once per inference. On this
+  machine it is fitted at 0.044-0.046 ms per MB for fp32 (about 22 GB/s), and a network at low
+  resolution with wide layers (phi 1.2 at 112 px: 18% of its time) is where it matters.
 
 A kernel's prediction is its entry when there is one (exact on the table's own entries), else the
 group's regression; a network's is the assembly of its kernels'. nn-Meter predicts kernels with
@@ -30,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from contract.files import write_text
+from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
 from edge_se.latency_key import FEATURES, Kernel, kernel_features, kernels
 from edge_se.specs import ArchSpec
@@ -42,6 +47,21 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "head": ("macs_dense", "elems", "one"),
 }
 """The features each kernel group is regressed on (stem and head have few entries: fewer features)."""
+
+
+ASSEMBLY = ("scale", "per_weight_mb", "offset")
+"""The assembly's coefficients, in order: per unit of kernel sum, per MB of weights, constant."""
+
+WEIGHT_BYTES = {"fp32": 4, "int8": 1}
+"""Bytes a parameter takes in an artifact of each dtype (int8: the int32 biases and per-channel
+scales are under 1% of a network's parameters and are left out)."""
+
+
+def weight_mb(spec: ArchSpec, dtype: str) -> float:
+    """The network's weights in MB (10**6 bytes) as a ``dtype`` artifact holds them (:data:`WEIGHT_BYTES`)."""
+    if dtype not in WEIGHT_BYTES:
+        raise EdgeSeError(f"--dtype {dtype!r}: latency tables cover {', '.join(WEIGHT_BYTES)}")
+    return count(spec).params * WEIGHT_BYTES[dtype] / 1e6
 
 
 def group_of(kind: str) -> str:
@@ -73,8 +93,10 @@ class LatencyTable:
         unit: ``ms`` (p50 latency) or ``instructions`` (per inference, emulated devices).
         entries: kernel key -> :class:`Entry`.
         coefficients: group -> feature -> weight (``unit`` per feature unit).
-        assembly: ``(scale, offset)`` from the sum of a network's kernels to the network.
-        networks: the whole networks the assembly was fitted on (name, resolution, measured, kernel sum).
+        assembly: ``(scale, per_weight_mb, offset)`` from the sum of a network's kernels and its
+            weight megabytes (:func:`weight_mb`) to the network.
+        networks: the whole networks the assembly was fitted on (name, resolution, measured, kernel
+            sum, weight MB).
         meta: provenance: CPU and flags, versions, measurement spec, runner, commit, build set, time.
     """
 
@@ -86,7 +108,7 @@ class LatencyTable:
     unit: str
     entries: Mapping[str, Entry]
     coefficients: Mapping[str, Mapping[str, float]]
-    assembly: tuple[float, float] = (1.0, 0.0)
+    assembly: tuple[float, float, float] = (1.0, 0.0, 0.0)
     networks: Sequence[Mapping[str, Any]] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
 
@@ -117,12 +139,16 @@ class LatencyTable:
             raise EdgeSeError(f"latency table {self.describe()} covers the {self.family} family, not {spec.family} "
                               f"({spec.name}); build one with `edge-se latency-table --family {spec.family}`")
         total, _, _ = self.kernel_sum(kernels(spec, resolution))
-        return self.assemble(total)
+        return self.assemble(total, weight_mb(spec, self.dtype))
 
-    def assemble(self, kernel_sum: float) -> float:
-        """A network's value from the sum of its kernels' (:attr:`assembly`), never below 0."""
-        scale, offset = self.assembly
-        return max(scale * kernel_sum + offset, 0.0)
+    def assemble(self, kernel_sum: float, weights_mb: float) -> float:
+        """A network's value from the sum of its kernels' and its weight MB (:attr:`assembly`), never below 0."""
+        scale, per_mb, offset = self.assembly
+        return max(scale * kernel_sum + per_mb * weights_mb + offset, 0.0)
+
+    def assembly_dict(self) -> dict[str, float]:
+        """:attr:`assembly` by name, as the table file holds it."""
+        return dict(zip(ASSEMBLY, self.assembly, strict=True))
 
     def describe(self) -> str:
         """``device/format/dtype/threads`` for messages."""
@@ -153,24 +179,23 @@ def fit_coefficients(entries: Mapping[str, Entry]) -> dict[str, dict[str, float]
     return out
 
 
-def fit_assembly(networks: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """``(scale, offset)`` with ``measured ~ scale * kernel_sum + offset`` over whole networks.
+def fit_assembly(networks: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]:
+    """``(scale, per_weight_mb, offset)`` with ``measured ~ scale * kernel_sum + per_weight_mb * weight_mb + offset``.
 
-    Least squares on the relative error with two or more networks of different sizes; one network
-    (or equal sums) gives the ratio alone (offset 0); none gives ``(1, 0)``.
+    Non-negative least squares on the relative error over whole networks. With fewer networks than
+    coefficients the later ones stay 0: one network gives the ratio alone (the table then predicts
+    it exactly), two the kernel and weight terms; none gives ``(1, 0, 0)``.
     """
-    pts = [(float(n["kernel_sum"]), float(n["measured"])) for n in networks if n["measured"] > 0]
+    pts = [n for n in networks if n["measured"] > 0]
     if not pts:
-        return 1.0, 0.0
-    s = np.array([p[0] for p in pts])
-    m = np.array([p[1] for p in pts])
-    if len(pts) == 1 or np.ptp(s) <= 1e-9 * s.max():
-        return float(np.mean(m / s)), 0.0
-    a = np.stack([s / m, 1.0 / m], axis=1)
-    (scale, offset), *_ = np.linalg.lstsq(a, np.ones_like(m), rcond=None)
-    if scale <= 0:  # a fit that inverts the kernels' order is no assembly: keep the ratio
-        return float(np.mean(m / s)), 0.0
-    return float(scale), float(offset)
+        return 1.0, 0.0, 0.0
+    m = np.array([float(n["measured"]) for n in pts])
+    cols = np.array([[float(n["kernel_sum"]), float(n.get("weight_mb", 0.0)), 1.0] for n in pts])[:, :min(3, len(pts))]
+    w = _nnls_relative(cols, m)
+    if w[0] <= 0:  # a fit without the kernels is no assembly: keep the ratio
+        return float(np.mean(m / cols[:, 0])), 0.0, 0.0
+    out = [float(x) for x in w] + [0.0] * (3 - len(w))
+    return out[0], out[1], out[2]
 
 
 def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str, unit: str,
@@ -201,7 +226,7 @@ def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str,
     for spec, res, value in networks:
         total, n, exact = partial.kernel_sum(kernels(spec, res))
         nets.append({"name": spec.name, "resolution": res, "measured": float(value), "kernel_sum": total,
-                     "kernels": n, "exact": exact})
+                     "weight_mb": weight_mb(spec, dtype), "kernels": n, "exact": exact})
     return LatencyTable(device, fmt, dtype, threads, family, unit, entries, coefficients,
                         assembly=fit_assembly(nets), networks=nets, meta=dict(meta))
 
@@ -216,7 +241,7 @@ def to_json(table: LatencyTable) -> dict[str, Any]:
         "threads": table.threads,
         "family": table.family,
         "unit": table.unit,
-        "assembly": {"scale": table.assembly[0], "offset": table.assembly[1]},
+        "assembly": table.assembly_dict(),
         "coefficients": {g: dict(c) for g, c in table.coefficients.items()},
         "networks": [dict(n) for n in table.networks],
         "meta": dict(table.meta),
@@ -237,7 +262,8 @@ def from_json(doc: Mapping[str, Any], *, where: str = "latency table") -> Latenc
                        stability=e.get("stability"), cv_pct=e.get("cv_pct"))
             for key, e in doc["entries"].items()
         }
-        assembly = (float(doc["assembly"]["scale"]), float(doc["assembly"]["offset"]))
+        asm = doc["assembly"]
+        assembly = (float(asm["scale"]), float(asm.get("per_weight_mb", 0.0)), float(asm["offset"]))
         coefficients = {str(g): {str(n): float(w) for n, w in c.items()} for g, c in doc["coefficients"].items()}
         for g, c in coefficients.items():
             unknown = set(c) - set(GROUPS.get(g, ()))
@@ -275,5 +301,5 @@ def load(path: str | os.PathLike[str]) -> LatencyTable:
     return from_json(doc, where=str(path))
 
 
-__all__ = ["GROUPS", "SCHEMA", "Entry", "LatencyTable", "build_table", "fit_assembly", "fit_coefficients",
-           "from_json", "group_of", "load", "save", "to_json"]
+__all__ = ["ASSEMBLY", "GROUPS", "SCHEMA", "WEIGHT_BYTES", "Entry", "LatencyTable", "build_table", "fit_assembly",
+           "fit_coefficients", "from_json", "group_of", "load", "save", "to_json", "weight_mb"]

@@ -1,9 +1,10 @@
 """``make bench-scale``: how well latency tables predict unseen networks, and ``edge-se scale`` under a budget.
 
 For each (format, dtype): build the table on the device (``edge-se latency-table``'s library call,
-the default build set), then export and time a held-out set of compound-scaled networks drawn at
-random (seeded) from the search range, none of them in the build set, and compare each with its
-prediction. Then run ``edge-se scale`` (a subprocess, as a user would) under a budget and time it.
+the default build set) with a held-out set of compound-scaled networks drawn at random (seeded)
+from the search range, none of them in the build set, timed in the same passes as the table's
+probes but not fitted on, and compare each with its prediction. Then run ``edge-se scale`` (a
+subprocess, as a user would) under a budget and time it.
 Writes ``results/bench_scale.jsonl`` (one line per measured network: ``name``, ``resolution``,
 ``format``, ``dtype``, ``predicted_ms``, ``measured_ms``, ``held_out``; then the scale runs) and
 ``results/bench_scale.md``. On an emulated device (``--device qemu-aarch64``) the figures are
@@ -32,9 +33,9 @@ from contract.measure import MeasureSpec
 from device_bench.sysinfo import cpu_flags, describe
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
-from latency.build import DEFAULT_BUILD, build_latency_table, measure_networks, parse_points, variant
-from latency.measure import TABLE_MEASURE, Target
-from latency.table import save
+from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, variant
+from latency.measure import TABLE_MEASURE, TABLE_PASSES, Target
+from latency.table import save, weight_mb
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
 
@@ -65,18 +66,18 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
               build: list[tuple[float, int]], work: Path) -> list[dict[str, Any]]:
     """Table, then held-out networks, for one (format, dtype): one record per measured network."""
     runner = args.pte_runner if fmt == "pte" else "python"
-    target = Target(device=args.device, fmt=fmt, dtype=dtype, runner=runner, jobs=args.jobs, measure=_measure(args))
+    target = Target(device=args.device, fmt=fmt, dtype=dtype, runner=runner, jobs=args.jobs, measure=_measure(args),
+                    passes=1 if _emulated(args) else args.passes)
+    specs = [(variant(phi, res), res) for phi, res in points]
     t0 = time.perf_counter()
-    table = build_latency_table(target, family="efficientnet", points=build, work=work / f"{fmt}_{dtype}")
+    # The held-out networks are timed in the same passes as the table's probes (not fitted on).
+    table, measured = build_latency_table(target, family="efficientnet", points=build, work=work / f"{fmt}_{dtype}",
+                                          also=specs)
     save(table, table_file(work, args.device, fmt, dtype))
     table_s = time.perf_counter() - t0
-    specs = [(variant(phi, res), res) for phi, res in points]
-    t1 = time.perf_counter()
-    measured = measure_networks(specs, target, work / f"{fmt}_{dtype}" / "heldout")
-    heldout_s = time.perf_counter() - t1
     rows = []
     for (phi, res), n in zip(build, table.networks, strict=True):  # the table's own networks, in build order
-        pred = table.assemble(n["kernel_sum"])
+        pred = table.assemble(n["kernel_sum"], n["weight_mb"])
         rows.append({"phi": phi, "resolution": res, "held_out": False, "measured": n["measured"], "predicted": pred})
     for (phi, res), (spec, _), (value, _, rec) in zip(points, specs, measured, strict=True):
         rows.append({"phi": phi, "resolution": res, "held_out": True, "measured": value,
@@ -87,7 +88,8 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
         r |= {"name": spec.name, "format": fmt, "dtype": dtype, "device": args.device, "runner": runner,
               "macs": count(spec, r["resolution"]).macs, "error_pct": _err(r["predicted"], r["measured"]),
               "unit": table.unit, "table_entries": len(table.entries), "table_s": round(table_s, 1),
-              "heldout_s": round(heldout_s, 1)}
+              "passes": target.passes, "assembly": table.assembly_dict(),
+              "weight_mb": weight_mb(spec, dtype)}
         if table.unit == "ms":
             r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows
@@ -138,8 +140,15 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
         out.append([f"{key[0]} {key[1]}", str(len(held)), f"{within}/{len(held)} ({100 * within / len(held):.0f}%)",
                     f"{statistics.median(errs):.1f}%", f"{max(errs):.1f}%",
                     "met" if within >= 0.95 * len(held) else "**not met**", str(first["table_entries"]),
-                    f"{first['table_s']:.0f} s", f"{first['heldout_s']:.0f} s"])
+                    f"{first['table_s']:.0f} s", _assembly(first.get("assembly"), first["unit"])])
     return out
+
+
+def _assembly(asm: dict[str, float] | None, unit: str) -> str:
+    """The fitted assembly in words (lines written before the weight term have none)."""
+    if not asm:
+        return "-"
+    return f"{asm['scale']:.3f} x sum + {asm['per_weight_mb']:.4f} {unit}/MB + {asm['offset']:.3f} {unit}"
 
 
 def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: dict[str, Any],
@@ -153,8 +162,11 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         "`.tflite` by LiteRT's Python interpreter; "
         + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
            "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if _emulated(args) else
-           "every value the p50 of the table's measurement spec (latency.measure.TABLE_MEASURE: 5 warm-up, "
-           ">= 20 runs and >= 0.2 s per repeat, 3 repeats)."),
+           "every value the median over passes of the p50 of the table's measurement spec "
+           "(latency.measure.TABLE_MEASURE: 5 warm-up, >= 20 runs and >= 0.2 s per repeat, 3 repeats); "
+           f"{args.passes} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "
+           "networks, each pass in its own shuffled order), so the held-out networks are timed side by side with "
+           "the table's own artifacts."),
         f"Build set (the kernels probed, and the networks the assembly is fitted on): {args.build}. Held-out: "
         f"{args.heldout} networks drawn with seed {args.seed}, phi in [{args.phi_lo}, {args.phi_hi}], "
         f"{args.res_lo}-{args.res_hi} px, none in the build set; the same networks for every format and dtype.",
@@ -162,7 +174,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         f"## Prediction error on the held-out networks (target: >= 95% within +-{TOLERANCE_PCT:g}%)",
         "",
         markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error",
-                        "worst abs error", "target", "table entries", "table build", "held-out build+time"],
+                        "worst abs error", "target", "table entries", "build + time (s)", "assembly (fitted)"],
                        summary_rows(rows)),
         "",
     ]
@@ -200,12 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combos", default="pte:int8,pte:fp32,tflite:int8,tflite:fp32")
     p.add_argument("--build", default=DEFAULT_BUILD)
     p.add_argument("--heldout", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=2,
+                   help="seed of the held-out draw (the draws of seeds 0 and 1 were looked at while the assembly's "
+                        "weight term was designed; 2 is the first draw it was checked on)")
     p.add_argument("--phi-lo", type=float, default=-2.0)
     p.add_argument("--phi-hi", type=float, default=1.5)
     p.add_argument("--res-lo", type=int, default=96)
     p.add_argument("--res-hi", type=int, default=256)
     p.add_argument("--jobs", type=int, default=2, help="export processes (timing always runs alone)")
+    p.add_argument("--passes", type=int, default=TABLE_PASSES,
+                   help="timing passes over the table's probes and networks with the held-out networks among them "
+                        "(1 on an emulated device)")
     p.add_argument("--pte-runner", default="native", choices=("native", "python"))
     p.add_argument("--budget-ms", type=float, default=8.0)
     p.add_argument("--scale-target", default="pte:int8", help="FORMAT:DTYPE of the edge-se scale run ('' to skip)")

@@ -78,7 +78,8 @@ def test_predictor_exact_on_entries_and_recovers_a_linear_device():
         k = next(k for spec, res in [(variant(-2, 96), 96), (variant(0, 160), 160), (variant(1, 224), 224)]
                  for k in kernels(spec, res) if k.key == key)
         assert table.predict_kernel(k) == entry.value  # exact: the entry itself
-    assert table.assembly == pytest.approx((1.1, 0.05), rel=FIT_RTOL)
+    scale, per_mb, offset = table.assembly
+    assert (scale, offset) == pytest.approx((1.1, 0.05), rel=FIT_RTOL) and per_mb == pytest.approx(0.0, abs=1e-6)
     # An unseen network (other widths, depths and sizes): every kernel from the regression.
     spec, res = variant(0.55, 200), 200
     assert not any(k.key in table.entries for k in kernels(spec, res))
@@ -110,10 +111,20 @@ def test_table_round_trips_and_bad_files_are_one_line(tmp_path):
 
 
 def test_assembly_fit_cases():
-    assert lt.fit_assembly([]) == (1.0, 0.0)
-    assert lt.fit_assembly([{"kernel_sum": 2.0, "measured": 3.0}]) == (1.5, 0.0)
-    nets = [{"kernel_sum": s, "measured": 0.9 * s - 0.1} for s in (1.0, 4.0, 9.0)]
-    assert lt.fit_assembly(nets) == pytest.approx((0.9, -0.1), rel=FIT_RTOL)
+    assert lt.fit_assembly([]) == (1.0, 0.0, 0.0)
+    assert lt.fit_assembly([{"kernel_sum": 2.0, "measured": 3.0, "weight_mb": 5.0}]) == (1.5, 0.0, 0.0)
+    # A device that streams weights at 0.05 ms/MB besides its kernels: recovered exactly (the
+    # weight sizes vary apart from the kernel sums, as phi and resolution make them).
+    pts = [(1.0, 4.0), (4.0, 5.0), (9.0, 30.0), (6.0, 12.0)]
+    nets = [{"kernel_sum": s, "weight_mb": mb, "measured": 0.9 * s + 0.05 * mb + 0.1} for s, mb in pts]
+    assert lt.fit_assembly(nets) == pytest.approx((0.9, 0.05, 0.1), rel=FIT_RTOL)
+    # Two networks: kernel and weight terms, no offset.
+    two = [{"kernel_sum": s, "weight_mb": mb, "measured": 1.2 * s + 0.02 * mb} for s, mb in pts[:2]]
+    assert lt.fit_assembly(two) == pytest.approx((1.2, 0.02, 0.0), rel=FIT_RTOL)
+    # Weight MB as an artifact holds them: 4 bytes a parameter in fp32, 1 in int8.
+    spec = variant(0, 224)
+    assert lt.weight_mb(spec, "fp32") == pytest.approx(4 * lt.weight_mb(spec, "int8"), rel=1e-12)
+    assert lt.weight_mb(spec, "int8") == count(spec).params / 1e6
 
 
 def _grid(predict):
@@ -221,3 +232,41 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
         assert doc["chosen"]["measured_ms"] <= budget
         assert set(doc["chosen"]) >= {"name", "phi", "resolution", "macs", "predicted_ms", "measured_ms"}
     assert (tmp_path / "p.png").stat().st_size > 10_000
+
+
+def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
+    # A machine whose speed drifts between passes: each artifact's value is the median of its
+    # passes, every pass's value is kept, and every pass times all artifacts in its own order.
+    import device_bench.bench as db
+    from latency.measure import Target, time_all
+
+    paths = [tmp_path / f"a{i}.pte" for i in range(5)]
+    drift = [1.0, 1.3, 0.9]  # pass r runs at drift[r] x the artifact's true time
+    orders: list[list[str]] = []
+
+    def fake_bench(artifacts, devices, inventory, opts, out, *, threads_given, order):
+        assert order == "given"
+        r = len(orders)
+        orders.append(list(artifacts))
+        return [{"status": "ok", "p50_ms": drift[r] * (1 + int(Path(a).stem[1:])), "pass": r} for a in artifacts]
+
+    monkeypatch.setattr(db, "bench", fake_bench)
+    out = time_all(paths, Target(device="local", fmt="pte", dtype="fp32", passes=3), tmp_path)
+    assert len(orders) == 3 and all(sorted(o) == sorted(map(str, paths)) for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # the passes are shuffled apart
+    for i, (value, unit, rec) in enumerate(out):
+        assert unit == "ms" and value == pytest.approx(1.0 * (1 + i))  # median of 0.9x, 1.0x, 1.3x
+        assert rec["pass"] == 0 and rec["passes"] == 3
+        assert sorted(rec["pass_values"]) == pytest.approx(sorted(d * (1 + i) for d in drift))
+    with pytest.raises(EdgeSeError, match="--passes must be >= 1"):
+        Target(device="local", fmt="pte", dtype="fp32", passes=0)
+
+
+def test_a_table_written_before_the_weight_term_still_loads():
+    table = _synthetic_table([(-1, 128), (0.5, 192)])
+    doc = lt.to_json(table)
+    doc["assembly"] = {"scale": 1.2, "offset": 0.1}  # the earlier file: no per_weight_mb
+    old = lt.from_json(doc)
+    assert old.assembly == (1.2, 0.0, 0.1)
+    spec = variant(0.2, 176)
+    assert old.predict(spec, 176) == pytest.approx(1.2 * old.kernel_sum(kernels(spec, 176))[0] + 0.1, rel=1e-12)
