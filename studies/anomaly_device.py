@@ -39,6 +39,7 @@ import numpy as np
 
 from contract.files import write_text
 from device_bench.gate_score import COMBINES
+from device_bench.sysinfo import cpu_flags, cpu_model
 from edge_se.tables import Column, table
 
 LAYOUTS = ("separate", "concat")
@@ -48,17 +49,6 @@ TARGET_LATENCY_COST = 0.03
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _cpu_flags() -> str:
-    """The CPU model and its flags from /proc/cpuinfo (Linux), for the record."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    info = {k.strip(): v.strip() for k, v in info.items()}
-    return f"{info.get('model name', 'unknown')}; flags: {info.get('flags', info.get('Features', ''))}"
 
 
 def export_all(model: Any, stats: dict[str, Any], *, resolution: int, out: Path, seed: int,
@@ -264,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     env = {"model": MODEL, "data": DATA, "resolution": args.resolution, "epochs": args.epochs, "seed": args.seed,
-           "init": args.init, "threads": 1, "cpu": _cpu_flags(), "commit": git_commit(short=True),
-           "versions": versions()}
+           "init": args.init, "threads": 1, "cpu": f"{cpu_model()}; flags: {cpu_flags()}",
+           "commit": git_commit(short=True), "versions": versions()}
     _log(json.dumps({"study": "anomaly_device", **{k: v for k, v in env.items() if k != "cpu"}}, default=str))
     model, meta, cached = trained_model(epochs=args.epochs, resolution=args.resolution, seed=args.seed,
                                         init=args.init, cache=args.cache)
