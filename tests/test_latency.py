@@ -206,8 +206,8 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
     """A real table (pte fp32, local) on one tiny network's kernels, then `edge-se scale` with a measured check."""
     table_path = tmp_path / "t.json"
     proc = _cli("latency-table", "--device", "local", "--format", "pte", "--dtype", "fp32", "--build=-3@32",
-                "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--min-seconds", "0.05",
-                "--jobs", "2", cwd=tmp_path, timeout=900)
+                "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--passes", "1",
+                "--min-seconds", "0.05", "--jobs", "2", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = lt.load(table_path)
     spec = variant(-3, 32)
@@ -217,12 +217,12 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
         assert table.predict_kernel(k) == table.entries[k.key].value  # exact on its own entries
     # one network: the assembly is its measured/kernel-sum ratio, so the table predicts it exactly
     assert table.predict(spec, 32) == pytest.approx(table.networks[0]["measured"], rel=1e-9)
-    assert table.meta["system"]["cpu_flags"] and table.meta["measure"]["repeats"] == 1
+    assert table.meta["system"]["cpu_flags"] and table.meta["measure"]["repeats"] == 1 and table.meta["passes"] == 1
 
     budget = 2 * table.networks[0]["measured"]
     proc = _cli("scale", "--device", "local", "--format", "pte", "--dtype", "fp32", "--budget-ms", f"{budget}",
                 "--table", str(table_path), "--work", str(tmp_path / "w"), "--phi-range=-3:-3:1",
-                "--resolution-range", "32:40:8", "--top", "2", "--rounds", "1", "--repeats", "1",
+                "--resolution-range", "32:40:8", "--top", "2", "--rounds", "1", "--repeats", "1", "--passes", "1",
                 "--min-seconds", "0.05", "--json", "--plot", str(tmp_path / "p.png"), cwd=tmp_path, timeout=900)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
