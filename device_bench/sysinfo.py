@@ -9,7 +9,9 @@ import os
 import platform
 import resource
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 #: ARM ``CPU part`` numbers (implementer 0x41, Arm Ltd.) from the Arm Technical Reference Manuals.
 ARM_PARTS = {
@@ -95,6 +97,19 @@ def cpu_flags(cpuinfo: str | None = None) -> str:
     prefixes = ("avx", "amx", "fma", "f16c", "asimd", "sve", "i8mm")
     keep = sorted(f for f in flags if f.startswith(prefixes) or "vnni" in f)
     return " ".join(keep) or "-"
+
+
+def system_record() -> dict[str, str | int]:
+    """:func:`describe` plus ``cpu_flags``: what every results file records about the machine it ran on."""
+    return describe() | {"cpu_flags": cpu_flags()}
+
+
+def system_line(system: Mapping[str, Any] | None) -> str:
+    """A :func:`system_record` as one header line: ``MODEL (ARCH, N logical CPUs); flags: FLAGS``."""
+    if not system:
+        return "not recorded"
+    return (f"{system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); "
+            f"flags: {system['cpu_flags']}")
 
 
 def describe() -> dict[str, str | int]:

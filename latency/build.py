@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.provenance import dist_versions, git_commit
-from device_bench.sysinfo import cpu_flags, describe
+from device_bench.sysinfo import system_record
 from edge_se.errors import EdgeSeError
 from edge_se.families import efficientnet, phi_dropout
 from edge_se.latency_key import Kernel, kernels
@@ -99,7 +99,7 @@ def measure_networks(networks: Sequence[tuple[ArchSpec, int]], target: Target,
 def provenance(target: Target) -> dict[str, Any]:
     """What decides a table's numbers besides its entries: CPU and flags, versions, spec, runner, commit."""
     return {
-        "system": describe() | {"cpu_flags": cpu_flags()},
+        "system": system_record(),
         "versions": dist_versions(VERSIONS),
         "measure": target.measure.to_dict(),
         "runner": target.runner,

@@ -42,7 +42,7 @@ from torch import nn
 
 from contract.errors import first_line
 from contract.files import append_line, write_text
-from device_bench.sysinfo import cpu_flags, describe
+from device_bench.sysinfo import system_line, system_record
 from edge_se.data import load_images
 from edge_se.init import DEFAULT_INIT, LINEAR_INITS, randomize_batchnorm
 from edge_se.tables import Column, fmt, table
@@ -246,15 +246,8 @@ def markdown_table(records: list[dict]) -> str:
 
     Above it, the CPU every row was measured on (its model, architecture and int8-relevant flags).
     """
-    systems = sorted({_system_line(r.get("system")) for r in records})
+    systems = sorted({system_line(r.get("system")) for r in records})
     return "".join(f"CPU: {line}\n\n" for line in systems) + table(_COLUMNS, records) + "\n"
-
-
-def _system_line(system: Mapping[str, Any] | None) -> str:
-    if not system:
-        return "not recorded"
-    return (f"{system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); "
-            f"flags: {system['cpu_flags']}")
 
 
 def _rewrites(r: Mapping[str, Any]) -> str:
@@ -338,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         write_table(args.table, records)
         return 0
     torch.set_num_threads(args.threads)
-    system = describe() | {"cpu_flags": cpu_flags()}
+    system = system_record()
     datasets = {d: (load_images(d, RESOLUTION, split="train").images, load_images(d, RESOLUTION, split="test"))
                 for d in sorted({_data_of(m.partition(":")[2])[1] for m in args.models.split(",")})}
     done = {_key(r) for r in records if "error" not in r}

@@ -30,7 +30,7 @@ from typing import Any
 
 from contract.files import write_text
 from contract.measure import MeasureSpec
-from device_bench.sysinfo import cpu_flags, describe
+from device_bench.sysinfo import system_line, system_record
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, variant
@@ -157,8 +157,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
     lines = [
         "# Latency tables and latency-aware compound scaling (`make bench-scale`)",
         "",
-        f"CPU: {system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); flags: "
-        f"{system['cpu_flags']}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
+        f"CPU: {system_line(system)}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
         "`.tflite` by LiteRT's Python interpreter; "
         + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
            "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if _emulated(args) else
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     build = parse_points(args.build)
     points = heldout_points(args.heldout, seed=args.seed, build=build, phi=(args.phi_lo, args.phi_hi),
                             res=(args.res_lo, args.res_hi))
-    system = describe() | {"cpu_flags": cpu_flags()}
+    system = system_record()
     rows: list[dict[str, Any]] = []
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.files import write_text
-from device_bench.sysinfo import cpu_flags, describe
+from device_bench.sysinfo import system_line, system_record
 from edge_se.tables import markdown_table
 
 EXECUTORS = ("local", "ray", "local")  # the second local run measures the run-to-run noise
@@ -98,7 +98,7 @@ def noise_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
     """``results``.jsonl and ``results``.md (each written whole, then renamed into place)."""
-    system = describe() | {"cpu_flags": cpu_flags()}
+    system = system_record()
     results.parent.mkdir(parents=True, exist_ok=True)
     noise = noise_rows(runs)
     jsonl = [json.dumps({"config": str(config), "system": system} | r, sort_keys=True) for r in runs]
@@ -108,8 +108,7 @@ def write(results: Path, config: Path, runs: list[dict[str, Any]]) -> None:
     lines = [
         f"# Sweep executors: {config}",
         "",
-        f"CPU: {system['cpu_model']} ({system['machine']}, {system['cpu_count']} logical CPUs); "
-        f"flags: {system['cpu_flags']}.",
+        f"CPU: {system_line(system)}.",
         f"Runs, in order: {', '.join(r['executor'] for r in runs)}; each into its own fresh run directory; "
         "timing cells on `local` ran with no other cell running under every executor.",
         "",

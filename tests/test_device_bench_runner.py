@@ -181,3 +181,14 @@ def test_input_generation_is_deterministic_and_in_range():
     assert x.min() < -100 and x.max() > 100
     # SplitMix64 reference values (seed 0), from the published algorithm.
     assert mf.splitmix64(0, 2).tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
+
+
+def test_system_record_and_its_header_line():
+    # Every results file records the machine this way and heads its table with this line.
+    from device_bench.sysinfo import cpu_flags, describe, system_line, system_record
+
+    record = system_record()
+    assert record == describe() | {"cpu_flags": cpu_flags()}
+    line = system_line({"cpu_model": "AMD EPYC", "machine": "x86_64", "cpu_count": 2, "cpu_flags": "avx2 fma"})
+    assert line == "AMD EPYC (x86_64, 2 logical CPUs); flags: avx2 fma"
+    assert system_line(None) == "not recorded"
