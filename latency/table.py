@@ -10,11 +10,11 @@ Pure: numpy and scipy, no torch, no I/O but :func:`save`/:func:`load`. What it h
   5 ms one). A kernel the table has not measured is predicted from them.
 - ``assembly``: ``network = scale * sum(kernels) + per_weight_mb * weight MB + offset``, fitted
   (non-negative, relative error) on whole networks measured when the table was built: the part of
-  a network's latency that is not any one kernel's. The weight term is the largest such part for
-  fp32: a probe, timed alone in a loop, runs with its weights in cache; a network streams all of
-  its weights (4 bytes a parameter in fp32, 1 in int8) from memory once per inference. On this
-  machine it is fitted at 0.044-0.046 ms per MB for fp32 (about 22 GB/s), and a network at low
-  resolution with wide layers (phi 1.2 at 112 px: 18% of its time) is where it matters.
+  a network's latency that is not any one kernel's. The weight term is the part a network pays and
+  its probes do not: a probe, timed alone in a loop, runs with its weights in cache; a network may
+  stream its weights (4 bytes a parameter in fp32, 1 in int8) from memory on every inference. In
+  the committed tables (results/bench_scale.md) it is fitted at 0.035 ms per MB for ``.tflite``
+  fp32 and at 0 for the other three.
 
 A kernel's prediction is its entry when there is one (exact on the table's own entries), else the
 group's regression; a network's is the assembly of its kernels'. nn-Meter predicts kernels with
