@@ -112,12 +112,39 @@ def system_line(system: Mapping[str, Any] | None) -> str:
             f"flags: {system['cpu_flags']}")
 
 
+def llc_bytes(root: str | os.PathLike[str] = "/sys/devices/system/cpu/cpu0/cache") -> int:
+    """Size in bytes of the last-level data (or unified) cache CPU 0 sees; 0 where it cannot be read.
+
+    From Linux's ``cacheinfo`` in sysfs (``indexN/{level,type,size}``; sizes like ``32768K``): the
+    highest level's size. A virtual machine reports what its hypervisor exposes, and other tenants
+    may share that cache.
+    """
+    best = (0, 0)
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            level = int((index / "level").read_text().strip())
+            kind = (index / "type").read_text().strip()
+            text = (index / "size").read_text().strip().upper()
+        except (OSError, ValueError):
+            continue
+        if kind not in ("Data", "Unified"):
+            continue
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            size = int(text.rstrip("KMG")) * mult
+        except ValueError:
+            continue
+        best = max(best, (level, size))
+    return best[1]
+
+
 def describe() -> dict[str, str | int]:
-    """CPU model, machine architecture, kernel release and logical CPU count."""
+    """CPU model, machine architecture, kernel release, logical CPU count, last-level cache bytes."""
     uname = os.uname()
     return {
         "cpu_model": cpu_model(),
         "machine": uname.machine,
         "kernel": f"{uname.sysname} {uname.release}",
         "cpu_count": os.cpu_count() or 0,
+        "llc_bytes": llc_bytes(),
     }

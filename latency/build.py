@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from contract.provenance import dist_versions, git_commit
-from device_bench.sysinfo import system_record
+from device_bench.sysinfo import llc_bytes, system_record
 from edge_se.errors import EdgeSeError
 from edge_se.families import efficientnet, phi_dropout
 from edge_se.latency_key import Kernel, kernels
@@ -110,6 +110,24 @@ def provenance(target: Target) -> dict[str, Any]:
     }
 
 
+def device_llc_bytes(target: Target, records: Sequence[Mapping[str, Any]]) -> int | None:
+    """The timed device's last-level cache in bytes; None when unknown.
+
+    As its runner reported it (the Python runner's :func:`device_bench.sysinfo.describe`), else this
+    machine's when the device is ``local`` (the native runner does not report it).
+
+    Only for wall-clock tables: instructions per inference do not depend on the cache.
+    """
+    seen = {int(r["llc_bytes"]) for r in records if isinstance(r.get("llc_bytes"), int) and r["llc_bytes"] > 0}
+    if len(seen) > 1:
+        raise EdgeSeError(f"device {target.device}: runs report different last-level caches {sorted(seen)}")
+    if seen:
+        return seen.pop()
+    if target.device == "local":
+        return llc_bytes() or None
+    return None
+
+
 Timed = list[tuple[float, str, dict[str, Any]]]
 """``(value, unit, bench record)`` per artifact, as :func:`latency.measure.time_all` returns them."""
 
@@ -139,11 +157,13 @@ def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[f
     measured = [(k, value, rec) for k, (value, _, rec) in zip(ks, timed, strict=False)]
     n_own = len(ks) + len(networks)
     whole = [(spec, res, value) for (spec, res), (value, _, _) in zip(networks, timed[len(ks):n_own], strict=True)]
+    unit = units.pop()
+    llc = device_llc_bytes(target, [rec for _, _, rec in timed]) if unit == "ms" else None
     meta = provenance(target) | {"build": [f"{phi:g}@{res}" for phi, res in points]}
     table = build_table(device=target.device, fmt=target.fmt, dtype=target.dtype, threads=target.measure.threads,
-                        family=family, unit=units.pop(), measured=measured, networks=whole, meta=meta)
+                        family=family, unit=unit, measured=measured, networks=whole, meta=meta, llc_bytes=llc)
     return table, timed[n_own:]
 
 
-__all__ = ["DEFAULT_BUILD", "FAMILIES", "build_latency_table", "check_family", "measure_networks", "parse_points",
-           "provenance", "unique_kernels", "variant"]
+__all__ = ["DEFAULT_BUILD", "FAMILIES", "build_latency_table", "check_family", "device_llc_bytes", "measure_networks",
+           "parse_points", "provenance", "unique_kernels", "variant"]

@@ -134,7 +134,7 @@ def run_table(args: argparse.Namespace) -> int:
     table, _ = build_latency_table(target, family=args.family, points=points, work=_work(args, out))
     save(table, out)
     fit = [{"name": n["name"], "resolution": n["resolution"], "measured": n["measured"],
-            "predicted": table.assemble(n["kernel_sum"], n["weight_mb"])} for n in table.networks]
+            "predicted": table.predict_own(n)} for n in table.networks]
     print(json.dumps({"table": str(out), "entries": len(table.entries), "unit": table.unit,
                       "assembly": table.assembly_dict(), "networks": fit,
                       "wall_s": round(time.perf_counter() - t0, 1)}, sort_keys=True))

@@ -8,13 +8,16 @@ Pure: numpy and scipy, no torch, no I/O but :func:`save`/:func:`load`. What it h
   :data:`edge_se.latency_key.FEATURES`, fitted to the entries by non-negative least squares on the
   *relative* error (every row divided by its measured value, so a 0.05 ms kernel counts as much as a
   5 ms one). A kernel the table has not measured is predicted from them.
-- ``assembly``: ``network = scale * sum(kernels) + per_weight_mb * weight MB + offset``, fitted
-  (non-negative, relative error) on whole networks measured when the table was built: the part of
-  a network's latency that is not any one kernel's. The weight term is the part a network pays and
-  its probes do not: a probe, timed alone in a loop, runs with its weights in cache; a network may
-  stream its weights (4 bytes a parameter in fp32, 1 in int8) from memory on every inference. In
-  the committed tables (results/bench_scale.md) it is fitted at 0.035 ms per MB for ``.tflite``
-  fp32 and at 0 for the other three.
+- ``assembly``: ``network = scale * sum(kernels) + per_weight_mb * weight MB + per_streamed_mb *
+  streamed MB + offset``, fitted (non-negative, relative error) on whole networks measured when the
+  table was built: the part of a network's latency that is not any one kernel's. The weight terms
+  are what a network pays and its probes do not: a probe, timed alone in a loop, runs with its
+  weights in cache; a network touches all of its weights (4 bytes a parameter in fp32, 1 in int8)
+  once per inference. When its working set (weights and the largest kernel's activations,
+  :func:`working_set_mb`) exceeds the device's last-level cache (:attr:`LatencyTable.llc_bytes`, read
+  on the device), a cyclic sweep over it evicts every weight before its next use, and the weights
+  come from memory on every inference: :func:`streamed_mb` is the weight MB then, 0 otherwise (and
+  0 for every network when the cache size is unknown). Fitted values are in results/bench_scale.md.
 
 A kernel's prediction is its entry when there is one (exact on the table's own entries), else the
 group's regression; a network's is the assembly of its kernels'. nn-Meter predicts kernels with
@@ -49,8 +52,9 @@ GROUPS: dict[str, tuple[str, ...]] = {
 """The features each kernel group is regressed on (stem and head have few entries: fewer features)."""
 
 
-ASSEMBLY = ("scale", "per_weight_mb", "offset")
-"""The assembly's coefficients, in order: per unit of kernel sum, per MB of weights, constant."""
+ASSEMBLY = ("scale", "per_weight_mb", "per_streamed_mb", "offset")
+"""The assembly's coefficients, in order: per unit of kernel sum, per MB of weights, per MB of
+weights streamed from memory (:func:`streamed_mb`), constant."""
 
 WEIGHT_BYTES = {"fp32": 4, "int8": 1}
 """Bytes a parameter takes in an artifact of each dtype (int8: the int32 biases and per-channel
@@ -62,6 +66,35 @@ def weight_mb(spec: ArchSpec, dtype: str) -> float:
     if dtype not in WEIGHT_BYTES:
         raise EdgeSeError(f"--dtype {dtype!r}: latency tables cover {', '.join(WEIGHT_BYTES)}")
     return count(spec).params * WEIGHT_BYTES[dtype] / 1e6
+
+
+def activation_mb(spec: ArchSpec, resolution: int, dtype: str) -> float:
+    """The largest kernel's activations in MB: its input and every element it writes (:data:`WEIGHT_BYTES` each).
+
+    A proxy for the activation memory live at once: the runtimes plan activation buffers for reuse,
+    so the footprint follows the largest kernel, not the sum over the network.
+    """
+    if dtype not in WEIGHT_BYTES:
+        raise EdgeSeError(f"--dtype {dtype!r}: latency tables cover {', '.join(WEIGHT_BYTES)}")
+    peak = max(k.input_channels * k.size * k.size + kernel_features(k)["elems"] for k in kernels(spec, resolution))
+    return peak * WEIGHT_BYTES[dtype] / 1e6
+
+
+def working_set_mb(spec: ArchSpec, resolution: int, dtype: str) -> float:
+    """What one inference touches in MB: all weights (:func:`weight_mb`) and :func:`activation_mb`."""
+    return weight_mb(spec, dtype) + activation_mb(spec, resolution, dtype)
+
+
+def streamed_mb(spec: ArchSpec, resolution: int, dtype: str, llc_bytes: int | None) -> float:
+    """Weight MB read from memory on every inference.
+
+    All of them when :func:`working_set_mb` exceeds the last-level cache (``llc_bytes``), else 0;
+    0 when the cache size is unknown (None or 0).
+    """
+    if not llc_bytes:
+        return 0.0
+    over = working_set_mb(spec, resolution, dtype) * 1e6 > llc_bytes
+    return weight_mb(spec, dtype) if over else 0.0
 
 
 def group_of(kind: str) -> str:
@@ -93,10 +126,12 @@ class LatencyTable:
         unit: ``ms`` (p50 latency) or ``instructions`` (per inference, emulated devices).
         entries: kernel key -> :class:`Entry`.
         coefficients: group -> feature -> weight (``unit`` per feature unit).
-        assembly: ``(scale, per_weight_mb, offset)`` from the sum of a network's kernels and its
-            weight megabytes (:func:`weight_mb`) to the network.
+        assembly: ``(scale, per_weight_mb, per_streamed_mb, offset)`` (:data:`ASSEMBLY`) from the sum
+            of a network's kernels, its weight MB (:func:`weight_mb`) and its streamed weight MB
+            (:func:`streamed_mb`) to the network.
         networks: the whole networks the assembly was fitted on (name, resolution, measured, kernel
-            sum, weight MB).
+            sum, weight MB, working set MB, streamed MB).
+        llc_bytes: the device's last-level cache in bytes (None: unknown; no weights count as streamed).
         meta: provenance: CPU and flags, versions, measurement spec, runner, commit, build set, time.
     """
 
@@ -108,9 +143,10 @@ class LatencyTable:
     unit: str
     entries: Mapping[str, Entry]
     coefficients: Mapping[str, Mapping[str, float]]
-    assembly: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    assembly: tuple[float, float, float, float] = (1.0, 0.0, 0.0, 0.0)
     networks: Sequence[Mapping[str, Any]] = ()
     meta: Mapping[str, Any] = field(default_factory=dict)
+    llc_bytes: int | None = None
 
     def predict_kernel(self, k: Kernel) -> float:
         """The kernel's value: its measured entry when the table has one, else the group's regression."""
@@ -138,13 +174,23 @@ class LatencyTable:
         if spec.family != self.family:
             raise EdgeSeError(f"latency table {self.describe()} covers the {self.family} family, not {spec.family} "
                               f"({spec.name}); build one with `edge-se latency-table --family {spec.family}`")
-        total, _, _ = self.kernel_sum(kernels(spec, resolution))
-        return self.assemble(total, weight_mb(spec, self.dtype))
+        res = spec.resolution if resolution is None else resolution
+        total, _, _ = self.kernel_sum(kernels(spec, res))
+        return self.assemble(total, weight_mb(spec, self.dtype), self.streamed_mb(spec, res))
 
-    def assemble(self, kernel_sum: float, weights_mb: float) -> float:
-        """A network's value from the sum of its kernels' and its weight MB (:attr:`assembly`), never below 0."""
-        scale, per_mb, offset = self.assembly
-        return max(scale * kernel_sum + per_mb * weights_mb + offset, 0.0)
+    def streamed_mb(self, spec: ArchSpec, resolution: int) -> float:
+        """:func:`streamed_mb` of ``spec`` at ``resolution`` on this table's device."""
+        return streamed_mb(spec, resolution, self.dtype, self.llc_bytes)
+
+    def assemble(self, kernel_sum: float, weights_mb: float, streamed: float = 0.0) -> float:
+        """A network's value from its kernel sum, weight MB and streamed MB (:attr:`assembly`), never below 0."""
+        scale, per_mb, per_streamed, offset = self.assembly
+        return max(scale * kernel_sum + per_mb * weights_mb + per_streamed * streamed + offset, 0.0)
+
+    def predict_own(self, network: Mapping[str, Any]) -> float:
+        """The prediction of one of :attr:`networks` (from its recorded kernel sum and MB figures)."""
+        return self.assemble(float(network["kernel_sum"]), float(network.get("weight_mb", 0.0)),
+                             float(network.get("streamed_mb", 0.0)))
 
     def assembly_dict(self) -> dict[str, float]:
         """:attr:`assembly` by name, as the table file holds it."""
@@ -179,28 +225,36 @@ def fit_coefficients(entries: Mapping[str, Entry]) -> dict[str, dict[str, float]
     return out
 
 
-def fit_assembly(networks: Sequence[Mapping[str, Any]]) -> tuple[float, float, float]:
-    """``(scale, per_weight_mb, offset)`` with ``measured ~ scale * kernel_sum + per_weight_mb * weight_mb + offset``.
+def fit_assembly(networks: Sequence[Mapping[str, Any]]) -> tuple[float, float, float, float]:
+    """The :data:`ASSEMBLY` coefficients fitted to whole networks (scale, weight MB, streamed MB, constant).
 
     Non-negative least squares on the relative error over whole networks. With fewer networks than
     coefficients the later ones stay 0: one network gives the ratio alone (the table then predicts
-    it exactly), two the kernel and weight terms; none gives ``(1, 0, 0)``.
+    it exactly), two the kernel and weight terms; none gives ``(1, 0, 0, 0)``. A term no network
+    has (no network streams its weights) is 0 and does not count against that limit.
     """
+    n_coef = len(ASSEMBLY)
     pts = [n for n in networks if n["measured"] > 0]
     if not pts:
-        return 1.0, 0.0, 0.0
+        return 1.0, 0.0, 0.0, 0.0
     m = np.array([float(n["measured"]) for n in pts])
-    cols = np.array([[float(n["kernel_sum"]), float(n.get("weight_mb", 0.0)), 1.0] for n in pts])[:, :min(3, len(pts))]
-    w = _nnls_relative(cols, m)
+    full = np.array([[float(n["kernel_sum"]), float(n.get("weight_mb", 0.0)), float(n.get("streamed_mb", 0.0)), 1.0]
+                     for n in pts])
+    # A term no network has is 0 and takes no place; the rest in order, as many as there are networks.
+    used = [j for j in range(n_coef) if j == 0 or np.any(full[:, j] != 0)][:len(pts)]
+    w = _nnls_relative(full[:, used], m)
     if w[0] <= 0:  # a fit without the kernels is no assembly: keep the ratio
-        return float(np.mean(m / cols[:, 0])), 0.0, 0.0
-    out = [float(x) for x in w] + [0.0] * (3 - len(w))
-    return out[0], out[1], out[2]
+        return float(np.mean(m / full[:, 0])), 0.0, 0.0, 0.0
+    out = [0.0] * n_coef
+    for j, x in zip(used, w, strict=True):
+        out[j] = float(x)
+    return out[0], out[1], out[2], out[3]
 
 
 def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str, unit: str,
                 measured: Sequence[tuple[Kernel, float, Mapping[str, Any]]],
-                networks: Sequence[tuple[ArchSpec, int, float]], meta: Mapping[str, Any]) -> LatencyTable:
+                networks: Sequence[tuple[ArchSpec, int, float]], meta: Mapping[str, Any],
+                llc_bytes: int | None = None) -> LatencyTable:
     """A table from measured kernels and whole networks.
 
     Args:
@@ -213,6 +267,7 @@ def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str,
         measured: ``(kernel, value, bench record)`` per probe (the record's ``stability``/``cv_pct`` are kept).
         networks: ``(spec, resolution, measured value)`` of whole networks, for the assembly fit.
         meta: provenance recorded as is.
+        llc_bytes: the device's last-level cache in bytes (None: unknown), for :func:`streamed_mb`.
     """
     entries: dict[str, Entry] = {}
     for k, value, rec in measured:
@@ -226,9 +281,10 @@ def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str,
     for spec, res, value in networks:
         total, n, exact = partial.kernel_sum(kernels(spec, res))
         nets.append({"name": spec.name, "resolution": res, "measured": float(value), "kernel_sum": total,
-                     "weight_mb": weight_mb(spec, dtype), "kernels": n, "exact": exact})
+                     "weight_mb": weight_mb(spec, dtype), "working_set_mb": working_set_mb(spec, res, dtype),
+                     "streamed_mb": streamed_mb(spec, res, dtype, llc_bytes), "kernels": n, "exact": exact})
     return LatencyTable(device, fmt, dtype, threads, family, unit, entries, coefficients,
-                        assembly=fit_assembly(nets), networks=nets, meta=dict(meta))
+                        assembly=fit_assembly(nets), networks=nets, meta=dict(meta), llc_bytes=llc_bytes)
 
 
 def to_json(table: LatencyTable) -> dict[str, Any]:
@@ -241,6 +297,7 @@ def to_json(table: LatencyTable) -> dict[str, Any]:
         "threads": table.threads,
         "family": table.family,
         "unit": table.unit,
+        "llc_bytes": table.llc_bytes,
         "assembly": table.assembly_dict(),
         "coefficients": {g: dict(c) for g, c in table.coefficients.items()},
         "networks": [dict(n) for n in table.networks],
@@ -263,7 +320,9 @@ def from_json(doc: Mapping[str, Any], *, where: str = "latency table") -> Latenc
             for key, e in doc["entries"].items()
         }
         asm = doc["assembly"]
-        assembly = (float(asm["scale"]), float(asm.get("per_weight_mb", 0.0)), float(asm["offset"]))
+        assembly = (float(asm["scale"]), float(asm.get("per_weight_mb", 0.0)),  # earlier files lack the MB terms
+                    float(asm.get("per_streamed_mb", 0.0)), float(asm["offset"]))
+        llc = doc.get("llc_bytes")
         coefficients = {str(g): {str(n): float(w) for n, w in c.items()} for g, c in doc["coefficients"].items()}
         for g, c in coefficients.items():
             unknown = set(c) - set(GROUPS.get(g, ()))
@@ -273,7 +332,7 @@ def from_json(doc: Mapping[str, Any], *, where: str = "latency table") -> Latenc
             device=str(doc["device"]), format=str(doc["format"]), dtype=str(doc["dtype"]),
             threads=int(doc["threads"]), family=str(doc["family"]), unit=str(doc["unit"]), entries=entries,
             coefficients=coefficients, assembly=assembly, networks=list(doc.get("networks", [])),
-            meta=dict(doc.get("meta", {})),
+            meta=dict(doc.get("meta", {})), llc_bytes=None if llc is None else int(llc),
         )
     except KeyError as exc:
         raise EdgeSeError(f"{where}: missing field {exc.args[0]!r}") from None
@@ -301,5 +360,6 @@ def load(path: str | os.PathLike[str]) -> LatencyTable:
     return from_json(doc, where=str(path))
 
 
-__all__ = ["ASSEMBLY", "GROUPS", "SCHEMA", "WEIGHT_BYTES", "Entry", "LatencyTable", "build_table", "fit_assembly",
-           "fit_coefficients", "from_json", "group_of", "load", "save", "to_json", "weight_mb"]
+__all__ = ["ASSEMBLY", "GROUPS", "SCHEMA", "WEIGHT_BYTES", "Entry", "LatencyTable", "activation_mb", "build_table",
+           "fit_assembly", "fit_coefficients", "from_json", "group_of", "load", "save", "streamed_mb", "to_json",
+           "weight_mb", "working_set_mb"]

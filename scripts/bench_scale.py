@@ -35,7 +35,7 @@ from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, variant
 from latency.measure import TABLE_MEASURE, TABLE_PASSES, Target
-from latency.table import save, weight_mb
+from latency.table import save, weight_mb, working_set_mb
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
 
@@ -58,6 +58,20 @@ def _fig(value: float, unit: str) -> str:
     return f"{value:.3f}" if unit == "ms" else f"{value / 1e6:.2f} M"
 
 
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _llc(rows: list[dict[str, Any]]) -> str:
+    """The last-level cache the tables assumed, in words."""
+    sizes = sorted({r["llc_bytes"] for r in rows if r.get("llc_bytes")})
+    if not sizes:
+        return "Last-level cache: not known (no weights counted as streamed)."
+    return (f"Last-level cache (read on the device): {', '.join(f'{b / 2**20:g} MiB' for b in sizes)}; a network "
+            "whose working set (weights and its largest kernel's activations) exceeds it counts its weights as "
+            "streamed from memory on every inference (`latency.table.streamed_mb`).")
+
+
 def _err(pred: float, meas: float) -> float:
     return 100.0 * (pred - meas) / meas
 
@@ -77,7 +91,7 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
     table_s = time.perf_counter() - t0
     rows = []
     for (phi, res), n in zip(build, table.networks, strict=True):  # the table's own networks, in build order
-        pred = table.assemble(n["kernel_sum"], n["weight_mb"])
+        pred = table.predict_own(n)
         rows.append({"phi": phi, "resolution": res, "held_out": False, "measured": n["measured"], "predicted": pred})
     for (phi, res), (spec, _), (value, _, rec) in zip(points, specs, measured, strict=True):
         rows.append({"phi": phi, "resolution": res, "held_out": True, "measured": value,
@@ -88,8 +102,9 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
         r |= {"name": spec.name, "format": fmt, "dtype": dtype, "device": args.device, "runner": runner,
               "macs": count(spec, r["resolution"]).macs, "error_pct": _err(r["predicted"], r["measured"]),
               "unit": table.unit, "table_entries": len(table.entries), "table_s": round(table_s, 1),
-              "passes": target.passes, "assembly": table.assembly_dict(),
-              "weight_mb": weight_mb(spec, dtype)}
+              "passes": target.passes, "assembly": table.assembly_dict(), "llc_bytes": table.llc_bytes,
+              "weight_mb": weight_mb(spec, dtype), "working_set_mb": working_set_mb(spec, r["resolution"], dtype),
+              "streamed_mb": table.streamed_mb(spec, r["resolution"])}
         if table.unit == "ms":
             r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows
@@ -145,10 +160,11 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
 
 
 def _assembly(asm: dict[str, float] | None, unit: str) -> str:
-    """The fitted assembly in words (lines written before the weight term have none)."""
+    """The fitted assembly in words (lines written before the weight terms have none)."""
     if not asm:
         return "-"
-    return f"{asm['scale']:.3f} x sum + {asm['per_weight_mb']:.4f} {unit}/MB + {asm['offset']:.3f} {unit}"
+    streamed = f" + {asm['per_streamed_mb']:.4f} {unit}/MB streamed" if "per_streamed_mb" in asm else ""
+    return f"{asm['scale']:.3f} x sum + {asm['per_weight_mb']:.4f} {unit}/MB{streamed} + {asm['offset']:.3f} {unit}"
 
 
 def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: dict[str, Any],
@@ -166,6 +182,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
            f"{args.passes} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "
            "networks, each pass in its own shuffled order), so the held-out networks are timed side by side with "
            "the table's own artifacts."),
+        _llc(rows),
         f"Build set (the kernels probed, and the networks the assembly is fitted on): {args.build}. Held-out: "
         f"{args.heldout} networks drawn with seed {args.seed}, phi in [{args.phi_lo}, {args.phi_hi}], "
         f"{args.res_lo}-{args.res_hi} px, none in the build set; the same networks for every format and dtype.",
@@ -194,10 +211,11 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
                                   for x in scale["candidates"]]), ""]
     unit = rows[0]["unit"] if rows else "ms"
     lines += ["## Every measured network", "",
-              markdown_table(["format dtype", "network", "px", "held out", "MACs (M)", f"predicted {unit}",
-                              f"measured {unit}", "error"],
+              markdown_table(["format dtype", "network", "px", "held out", "MACs (M)", "working set MB",
+                              "streamed MB", f"predicted {unit}", f"measured {unit}", "error"],
                              [[f"{r['format']} {r['dtype']}", r["name"], str(r["resolution"]),
                                "yes" if r["held_out"] else "build", f"{r['macs'] / 1e6:.1f}",
+                               _mb(r.get("working_set_mb")), _mb(r.get("streamed_mb")),
                                _fig(r["predicted"], r["unit"]), _fig(r["measured"], r["unit"]),
                                f"{r['error_pct']:+.1f}%"]
                               for r in rows]), ""]
@@ -211,9 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combos", default="pte:int8,pte:fp32,tflite:int8,tflite:fp32")
     p.add_argument("--build", default=DEFAULT_BUILD)
     p.add_argument("--heldout", type=int, default=20)
-    p.add_argument("--seed", type=int, default=2,
-                   help="seed of the held-out draw (the draws of seeds 0 and 1 were looked at while the assembly's "
-                        "weight term was designed; 2 is the first draw it was checked on)")
+    p.add_argument("--seed", type=int, default=3,
+                   help="seed of the held-out draw (the draws of seeds 0-2 were looked at while the assembly's "
+                        "weight terms were designed; 3 is the first draw the streamed-weight term was checked on)")
     p.add_argument("--phi-lo", type=float, default=-2.0)
     p.add_argument("--phi-hi", type=float, default=1.5)
     p.add_argument("--res-lo", type=int, default=96)

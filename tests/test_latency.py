@@ -78,8 +78,9 @@ def test_predictor_exact_on_entries_and_recovers_a_linear_device():
         k = next(k for spec, res in [(variant(-2, 96), 96), (variant(0, 160), 160), (variant(1, 224), 224)]
                  for k in kernels(spec, res) if k.key == key)
         assert table.predict_kernel(k) == entry.value  # exact: the entry itself
-    scale, per_mb, offset = table.assembly
+    scale, per_mb, per_streamed, offset = table.assembly
     assert (scale, offset) == pytest.approx((1.1, 0.05), rel=FIT_RTOL) and per_mb == pytest.approx(0.0, abs=1e-6)
+    assert per_streamed == 0.0 and table.llc_bytes is None  # no cache size given: no network streams
     # An unseen network (other widths, depths and sizes): every kernel from the regression.
     spec, res = variant(0.55, 200), 200
     assert not any(k.key in table.entries for k in kernels(spec, res))
@@ -111,16 +112,22 @@ def test_table_round_trips_and_bad_files_are_one_line(tmp_path):
 
 
 def test_assembly_fit_cases():
-    assert lt.fit_assembly([]) == (1.0, 0.0, 0.0)
-    assert lt.fit_assembly([{"kernel_sum": 2.0, "measured": 3.0, "weight_mb": 5.0}]) == (1.5, 0.0, 0.0)
+    assert lt.fit_assembly([]) == (1.0, 0.0, 0.0, 0.0)
+    assert lt.fit_assembly([{"kernel_sum": 2.0, "measured": 3.0, "weight_mb": 5.0}]) == (1.5, 0.0, 0.0, 0.0)
     # A device that streams weights at 0.05 ms/MB besides its kernels: recovered exactly (the
     # weight sizes vary apart from the kernel sums, as phi and resolution make them).
     pts = [(1.0, 4.0), (4.0, 5.0), (9.0, 30.0), (6.0, 12.0)]
     nets = [{"kernel_sum": s, "weight_mb": mb, "measured": 0.9 * s + 0.05 * mb + 0.1} for s, mb in pts]
-    assert lt.fit_assembly(nets) == pytest.approx((0.9, 0.05, 0.1), rel=FIT_RTOL)
+    assert lt.fit_assembly(nets) == pytest.approx((0.9, 0.05, 0.0, 0.1), rel=FIT_RTOL, abs=1e-9)
     # Two networks: kernel and weight terms, no offset.
     two = [{"kernel_sum": s, "weight_mb": mb, "measured": 1.2 * s + 0.02 * mb} for s, mb in pts[:2]]
-    assert lt.fit_assembly(two) == pytest.approx((1.2, 0.02, 0.0), rel=FIT_RTOL)
+    assert lt.fit_assembly(two) == pytest.approx((1.2, 0.02, 0.0, 0.0), rel=FIT_RTOL)
+    # A device whose large networks also stream their weights (0.03 ms per streamed MB): all four
+    # terms recovered from five networks, two of them past the cache.
+    five = [(1.0, 4.0, 0.0), (4.0, 5.0, 0.0), (9.0, 30.0, 30.0), (6.0, 12.0, 0.0), (3.0, 40.0, 40.0)]
+    nets = [{"kernel_sum": s, "weight_mb": mb, "streamed_mb": st, "measured": 0.9 * s + 0.01 * mb + 0.03 * st + 0.1}
+            for s, mb, st in five]
+    assert lt.fit_assembly(nets) == pytest.approx((0.9, 0.01, 0.03, 0.1), rel=FIT_RTOL)
     # Weight MB as an artifact holds them: 4 bytes a parameter in fp32, 1 in int8.
     spec = variant(0, 224)
     assert lt.weight_mb(spec, "fp32") == pytest.approx(4 * lt.weight_mb(spec, "int8"), rel=1e-12)
@@ -265,8 +272,44 @@ def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
 def test_a_table_written_before_the_weight_term_still_loads():
     table = _synthetic_table([(-1, 128), (0.5, 192)])
     doc = lt.to_json(table)
-    doc["assembly"] = {"scale": 1.2, "offset": 0.1}  # the earlier file: no per_weight_mb
+    doc["assembly"] = {"scale": 1.2, "offset": 0.1}  # the earlier file: no per_weight_mb, no per_streamed_mb
+    del doc["llc_bytes"]
     old = lt.from_json(doc)
-    assert old.assembly == (1.2, 0.0, 0.1)
+    assert old.assembly == (1.2, 0.0, 0.0, 0.1) and old.llc_bytes is None
     spec = variant(0.2, 176)
     assert old.predict(spec, 176) == pytest.approx(1.2 * old.kernel_sum(kernels(spec, 176))[0] + 0.1, rel=1e-12)
+
+
+def test_streamed_weights_follow_the_working_set_against_the_cache(tmp_path):
+    # phi 1 at 224 px in fp32: 36.4 MB of weights and 8.3 MB of its largest kernel's activations.
+    spec = variant(1, 224)
+    ws = lt.working_set_mb(spec, 224, "fp32")
+    assert ws == pytest.approx(lt.weight_mb(spec, "fp32") + lt.activation_mb(spec, 224, "fp32"), rel=1e-12)
+    assert lt.activation_mb(spec, 224, "fp32") == pytest.approx(4 * lt.activation_mb(spec, 224, "int8"), rel=1e-12)
+    below, above = int(ws * 1e6) + 1, int(ws * 1e6) - 1  # cache just larger / just smaller than the working set
+    assert lt.streamed_mb(spec, 224, "fp32", below) == 0.0
+    assert lt.streamed_mb(spec, 224, "fp32", above) == lt.weight_mb(spec, "fp32")
+    assert lt.streamed_mb(spec, 224, "fp32", None) == 0.0 == lt.streamed_mb(spec, 224, "fp32", 0)
+    # The activations decide near the knee: the same weights at a larger size no longer fit.
+    assert lt.working_set_mb(spec, 288, "fp32") > ws
+    # A table with a cache size predicts with the streamed term and keeps the size in its file.
+    table = _synthetic_table([(-1, 128), (0.5, 192)])
+    table = lt.LatencyTable(**{**table.__dict__, "dtype": "fp32", "assembly": (1.0, 0.0, 0.5, 0.0), "llc_bytes": above})
+    base = table.kernel_sum(kernels(spec, 224))[0]
+    assert table.predict(spec, 224) == pytest.approx(base + 0.5 * lt.weight_mb(spec, "fp32"), rel=1e-12)
+    lt.save(table, tmp_path / "t.json")
+    assert lt.load(tmp_path / "t.json").llc_bytes == above
+
+
+def test_last_level_cache_is_read_from_sysfs(tmp_path):
+    from device_bench.sysinfo import llc_bytes
+
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "1024K"), (3, "Unified", "32768K")]):
+        d = tmp_path / f"index{index}"
+        d.mkdir()
+        (d / "level").write_text(f"{level}\n")
+        (d / "type").write_text(f"{kind}\n")
+        (d / "size").write_text(f"{size}\n")
+    assert llc_bytes(tmp_path) == 32 * 2**20
+    assert llc_bytes(tmp_path / "missing") == 0  # unknown: no weights count as streamed
