@@ -29,9 +29,11 @@ FORMATS: dict[str, FormatSpec] = {
 }
 DTYPES: tuple[str, ...] = ("fp32", "int8")
 #: How ``edge-se export --gate-outputs`` lays the SE gates out after the logits (the manifest's
-#: ``gate_outputs.layout``): ``concat``, one output holding every gate (the default), or
-#: ``separate``, one output per SE block (export/gate_outputs.py).
-GATE_LAYOUTS: tuple[str, ...] = ("concat", "separate")
+#: ``gate_outputs.layout``): ``concat``, one output holding every gate (the default);
+#: ``separate``, one output per SE block; ``quantized``, one output per SE block holding the gate
+#: as the artifact computes it (int8 with its scale and zero point in an int8 artifact; float in
+#: fp32) (export/gate_outputs.py).
+GATE_LAYOUTS: tuple[str, ...] = ("concat", "separate", "quantized")
 
 
 def format_spec(fmt: str, *, flag: str = "--format") -> FormatSpec:

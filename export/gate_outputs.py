@@ -20,7 +20,13 @@ new can fall outside the delegate: the cost is one ``cat`` and one output. Why o
 measured cost of the former layout (one output per SE block) was +22% / +27% latency on a 0.2 ms
 ``.pte`` (results/anomaly_device.md, 9 blocks), almost all of it fixed per-output work in the
 runtime's ``execute`` (each output is allocated and handed back on its own). ``separate`` keeps
-that layout (output ``1 + b`` for block ``b``). Readers split and flatten with
+that layout (output ``1 + b`` for block ``b``). ``quantized`` is ``separate`` with each gate as
+the artifact computes it: in an int8 graph the output is the gate's *quantised* tensor (the
+dequantize's input), so the program returns int8 and the manifest's ``outputs[i].scale`` /
+``zero_point`` say how to read it (:func:`gate_quant`). In an int8 ``.pte`` this removes the one
+int8 -> fp32 convert per gate that the other layouts cost (measured in results/anomaly_device.md);
+an int8 ``.tflite`` returns int8 outputs with their own scale in every layout, and an fp32 graph
+has no quantised gate, so there it equals ``separate``. Readers split, flatten and dequantise with
 :func:`device_bench.gate_score.gate_arrays`.
 """
 
@@ -55,7 +61,8 @@ def se_blocks(gm: GraphModule, *, model_name: str) -> list[SEBlock]:
 LAYOUTS = GATE_LAYOUTS
 
 
-def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str = "concat") -> GraphModule:
+def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str = "concat",
+                      quantized_outputs: bool = True) -> GraphModule:
     """A copy of ``gm`` returning ``(logits, gates)`` (``concat``) or ``(logits, gate_1, ..., gate_k)``.
 
     ``gm`` is not modified.
@@ -64,6 +71,8 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str
         gm: an exported graph (``torch.export.export(...).module()``) or a converted PT2E graph.
         blocks: its SE blocks (:func:`se_blocks`), in the order the gates are appended.
         layout: one of :data:`LAYOUTS` (module docstring).
+        quantized_outputs: with ``quantized``, return the int8 gate tensors (a ``.pte``); False keeps
+            the dequantised gates in the graph (a ``.tflite``: its converter makes the outputs int8).
 
     Raises:
         EdgeSeError: an unknown layout, or (``concat``) gates of different ranks.
@@ -84,8 +93,11 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str
     with graph.inserting_before(out):
         for b in blocks:
             src = nodes[wanted[b.name]]
-            if "dequantize" in str(src.target):  # see the module docstring: a private copy for the output
-                src = graph.call_function(src.target, src.args, dict(src.kwargs))
+            if "dequantize" in str(src.target):
+                if layout == "quantized" and quantized_outputs:  # the int8 gate itself (module docstring)
+                    src = src.args[0]
+                else:  # see the module docstring: a private copy for the output
+                    src = graph.call_function(src.target, src.args, dict(src.kwargs))
             results.append(src)
         if layout == "concat" and len(results) > 2:
             ranks = {len(n.meta["val"].shape) for n in results[1:] if "val" in n.meta}
@@ -126,6 +138,8 @@ def check_stats(stats: Mapping[str, Any], blocks: Sequence[SEBlock], *, where: s
 
 def gate_slots(blocks: Sequence[SEBlock], *, layout: str = "concat") -> list[dict[str, Any]]:
     """Where each block's gate lies: ``[{name, channels, output_index, offset}]`` (offset in channels)."""
+    if layout not in LAYOUTS:
+        raise EdgeSeError(f"--gate-layout {layout!r}: unknown; valid: {', '.join(LAYOUTS)}")
     slots, offset = [], 0
     for i, b in enumerate(blocks):
         concat = layout == "concat"
@@ -154,6 +168,21 @@ def gate_nodes(gated: GraphModule) -> list[Any]:
     return nodes
 
 
+def gate_quant(gated: GraphModule, blocks: Sequence[SEBlock], *,
+               layout: str = "concat") -> dict[int, tuple[float, int]]:
+    """``{output index: (scale, zero point)}`` of every gate output the graph returns quantised (``quantized``).
+
+    Read from the quantize node each such output comes from; empty for float gate outputs.
+    """
+    out: dict[int, tuple[float, int]] = {}
+    for slot, node in zip(gate_slots(blocks, layout=layout), gate_nodes(gated), strict=True):
+        if "quantize_per_tensor" in str(getattr(node, "target", "")) and "dequantize" not in str(node.target):
+            scale, zero = node.args[1], node.args[2]
+            if isinstance(scale, (int, float)) and isinstance(zero, int):
+                out[int(slot["output_index"])] = (float(scale), int(zero))
+    return out
+
+
 def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
                 outputs: Sequence[Mapping[str, Any]], *, layout: str = "concat") -> list[float | None]:
     """Each gate's quantisation step: its output's own (int8 ``.tflite``), else the graph's dequantize.
@@ -173,5 +202,5 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
     return scales
 
 
-__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_scales", "gate_slots", "manifest_block", "se_blocks",
-           "with_gate_outputs"]
+__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "manifest_block",
+           "se_blocks", "with_gate_outputs"]

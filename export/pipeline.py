@@ -67,8 +67,9 @@ class ExportOptions:
         gate_stats: a gate-stats dict (:mod:`device_bench.gate_score`) recorded in the manifest's
             ``gate_outputs.stats`` so the on-device runner can score; checked against the blocks.
         gate_stats_file: where ``gate_stats`` came from (named in errors).
-        gate_layout: ``concat`` (one output holding every gate; the default) or ``separate`` (one
-            output per SE block); :data:`export.gate_outputs.LAYOUTS`.
+        gate_layout: ``concat`` (one output holding every gate; the default), ``separate`` (one
+            output per SE block) or ``quantized`` (one per block, int8 in an int8 artifact);
+            :data:`export.gate_outputs.LAYOUTS`.
         gate_fit: a data source of :func:`edge_se.data.load_images` (``digits``, ``textures``, a
             folder): fit the gate statistics on *this artifact's* gate outputs, run in its own
             runtime over that source's training split (:func:`device_bench.gate_fit.fit`), and record
@@ -116,12 +117,13 @@ def _to_layout(x: np.ndarray, layout: str) -> np.ndarray:
 
 @torch.no_grad()
 def _torch_outputs_all(module: Any, inputs: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
-    """Every output of ``module`` per input (float32 numpy), in output order."""
+    """Every output of ``module`` per input (float32 numpy; an integer output keeps its dtype), in output order."""
     outs = []
     for x in inputs:
         y = module(torch.from_numpy(x))
         ys = y if isinstance(y, (tuple, list)) else (y,)
-        outs.append([t.detach().float().numpy().copy() for t in ys])
+        # An int8 gate output (--gate-layout quantized) stays int8: readers dequantise it by its scale.
+        outs.append([(t.detach().float() if t.dtype.is_floating_point else t.detach()).numpy().copy() for t in ys])
     return outs
 
 
@@ -220,11 +222,11 @@ def _prepare(model: torch.nn.Module, backend: Backend, *, dtype: str, opts: Expo
         program.quantized = quantized if quantized is not None else _quantize(
             program.model, backend.name, example, calib, opts)
     if opts.gate_outputs:
-        _add_gate_outputs(program, opts)
+        _add_gate_outputs(program, opts, quantized_outputs=not backend.quantizes_outputs)
     return program
 
 
-def _add_gate_outputs(program: _Program, opts: ExportOptions) -> None:
+def _add_gate_outputs(program: _Program, opts: ExportOptions, *, quantized_outputs: bool) -> None:
     """Append the SE gates to the outputs of the graph to lower, after quantisation (same quantiser decisions)."""
     from export import gate_outputs as go
 
@@ -241,7 +243,7 @@ def _add_gate_outputs(program: _Program, opts: ExportOptions) -> None:
         go.check_stats(opts.gate_stats, blocks, where=opts.gate_stats_file or "(stats dict)")
     program.gate_blocks = blocks
     program.gate_stats = opts.gate_stats
-    program.gated = go.with_gate_outputs(base, blocks, layout=opts.gate_layout)
+    program.gated = go.with_gate_outputs(base, blocks, layout=opts.gate_layout, quantized_outputs=quantized_outputs)
     program.float_gated = (go.with_gate_outputs(float_graph, blocks, layout=opts.gate_layout)
                            if program.quantized is not None else None)
 
@@ -260,6 +262,23 @@ def _describe(backend: Backend, lowered: Lowered, *, dtype: str, layout: str) ->
     delegation = backend.delegation(lowered, partitions)
     inputs, outputs = backend.tensor_specs(lowered.data, layout=layout)
     return _Described(partitions, delegation, inputs, outputs)
+
+
+def _gate_output_quant(program: _Program, described: _Described, opts: ExportOptions) -> None:
+    """Give the int8 gate outputs of ``--gate-layout quantized`` their scale and zero point (from the graph)."""
+    if program.gate_blocks is None:
+        return
+    from export.gate_outputs import gate_quant
+
+    for i, (scale, zero) in gate_quant(program.gated, program.gate_blocks, layout=opts.gate_layout).items():
+        out = described.outputs[i]
+        if out["scale"] is None and str(out["dtype"]) in ("int8", "uint8"):
+            out["scale"], out["zero_point"] = scale, zero
+
+
+def _output_quant(described: _Described) -> list[tuple[float | None, int | None]]:
+    """Per output, ``(scale, zero point)`` as the manifest gives them (gate readers dequantise int8 with them)."""
+    return [(o["scale"], o["zero_point"]) for o in described.outputs]
 
 
 def _check(backend: Backend, data: bytes, program: _Program, described: _Described, *, dtype: str,
@@ -307,7 +326,7 @@ def _gate_figures(program: _Program, described: _Described, runs: list[list[np.n
     slots = go.gate_slots(blocks, layout=opts.gate_layout)
 
     def per_block(outs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        split = [gate_arrays(r, slots) for r in outs]
+        split = [gate_arrays(r, slots, quant=_output_quant(described)) for r in outs]
         return [[s[b.name] for s in split] for b in blocks]
 
     flt = _torch_outputs_all(program.float_gated, xs) if program.float_gated is not None else None
@@ -387,8 +406,8 @@ def _gate_block(program: _Program, opts: ExportOptions) -> dict[str, Any]:
     return {"gate_outputs": manifest_block(program.gate_blocks, program.gate_stats, layout=opts.gate_layout)}
 
 
-def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, opts: ExportOptions, *,
-                    dtype: str) -> dict[str, Any]:
+def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, described: _Described, opts: ExportOptions,
+                    *, dtype: str) -> dict[str, Any]:
     """Gate statistics fitted on the artifact's own gate outputs over ``opts.gate_fit``'s training split.
 
     Each training image runs through the artifact in its own runtime (one inference each, in the
@@ -404,7 +423,8 @@ def _fit_gate_stats(backend: Backend, data: bytes, program: _Program, opts: Expo
     images = load_images(opts.gate_fit, opts.resolution, split="train", seed=opts.seed).images
     xs = [_to_layout(images[i : i + 1].numpy().astype(np.float32), program.layout) for i in range(len(images))]
     slots = go.gate_slots(program.gate_blocks, layout=opts.gate_layout)
-    gates = stacked_gate_arrays(backend.run_all(data, xs), slots)  # in forward order, as the slots
+    gates = stacked_gate_arrays(backend.run_all(data, xs), slots,  # in forward order, as the slots
+                                quant=_output_quant(described))
     try:
         return fit(gates, seed=opts.seed,
                    source=f"{opts.gate_fit}/train: this artifact's gate outputs ({backend.name} {dtype}, its runtime)")
@@ -482,6 +502,7 @@ def export_one(
     lowered = _lower(backend, program, label=f"{name} {dtype}")
     t_convert = time.perf_counter() - t0 - t_quant
     described = _describe(backend, lowered, dtype=dtype, layout=program.layout)
+    _gate_output_quant(program, described, opts)
     checked = _check(backend, lowered.data, program, described, dtype=dtype, opts=opts, calib=calib,
                      weights=weights)
     t_check = time.perf_counter() - t0 - t_quant - t_convert
@@ -505,7 +526,7 @@ def export_one(
     measured = fidelity.measure(lambda xs: backend.run(lowered.data, xs), model=program.model,
                                 quantized=program.quantized, calib=calib, layout=program.layout)
     if opts.gate_fit is not None and program.gate_blocks is not None:
-        program.gate_stats = _fit_gate_stats(backend, lowered.data, program, opts, dtype=dtype)
+        program.gate_stats = _fit_gate_stats(backend, lowered.data, program, described, opts, dtype=dtype)
     golden = _publish(path, lowered.data, checked, opts=opts)
     manifest = _manifest(backend, program, lowered, described, checked, record=record, golden=golden,
                          opts=opts, calib=calib, weights=weights)

@@ -176,22 +176,59 @@ def test_concatenated_gates_equal_separate_outputs_with_the_logits_untouched(tmp
 
 @pytest.mark.slow
 @pytest.mark.export
-def test_gate_fit_fits_the_artifacts_own_gates_and_the_runner_scores_with_them(tmp_path, capsys):
+@pytest.mark.parametrize("fmt", ["pte", "tflite"])
+def test_quantized_layout_returns_the_int8_gates_themselves(tmp_path, fmt):
+    """``quantized``: one int8 output per SE block, read with the manifest's scale: the gates ``separate`` gives."""
+    from device_bench.gate_score import gate_arrays
+    from export import backends
+
+    separate = _registry_export(tmp_path / "separate", fmt, "int8", gate_outputs=True, gate_layout="separate")
+    quant = _registry_export(tmp_path / "quantized", fmt, "int8", gate_outputs=True, gate_layout="quantized")
+    ms, mq = read_manifest(separate["path"]), read_manifest(quant["path"])
+    assert mq["gate_outputs"]["layout"] == "quantized" and len(mq.outputs) == 10
+    assert [s["output_index"] for s in mq["gate_outputs"]["blocks"]] == list(range(1, 10))
+    # Every gate output int8 with a scale on a grid inside [0, 1]: the manifest says how to read it.
+    for o in mq.outputs[1:]:
+        assert o.dtype == "int8" and o.scale is not None and 0 < o.scale * 255 <= 1.0 + 1e-6, o
+    if fmt == "tflite":  # LiteRT's outputs are int8 in every layout: the same graph, the same bytes
+        assert Path(quant["path"]).read_bytes() == Path(separate["path"]).read_bytes()
+        return
+    d = mq["delegation"]  # no dequantize left for a gate, nothing outside the one XNNPACK partition
+    assert d["partitions"] == 1 and not any(d["non_delegated_ops"].values()), d
+    backend = backends.get(fmt)
+    xs, _ = parity_inputs(32, None, seed=5)
+    quant_of = [(o.scale, o.zero_point) for o in mq.outputs]
+    for rs, rq in zip(backend.run_all(separate["path"], xs[:3]), backend.run_all(quant["path"], xs[:3]), strict=True):
+        assert np.array_equal(rs[0], rq[0])  # logits untouched
+        assert all(r.dtype == np.int8 for r in rq[1:])
+        gs = gate_arrays(rs, ms["gate_outputs"]["blocks"])
+        gq = gate_arrays(rq, mq["gate_outputs"]["blocks"], quant=quant_of)
+        for name in gs:
+            # separate: XNNPACK's int8 -> fp32 convert, (q - zp) * scale in float32; here in float64.
+            assert np.abs(gs[name] - gq[name]).max() <= 1e-6, name
+
+
+@pytest.mark.slow
+@pytest.mark.export
+@pytest.mark.parametrize("layout", ["concat", "quantized"])
+def test_gate_fit_fits_the_artifacts_own_gates_and_the_runner_scores_with_them(tmp_path, capsys, layout):
     from device_bench import gate_fit, gate_score, runner
     from edge_se.data import load_images
     from export import backends
 
     torch.set_num_threads(1)
     calib = load_calibration("random", RESOLUTION, samples=8, seed=0)
-    opts = ExportOptions(resolution=RESOLUTION, gate_outputs=True, gate_fit="digits")
+    opts = ExportOptions(resolution=RESOLUTION, gate_outputs=True, gate_fit="digits", gate_layout=layout)
     rec = export_one(_model(), name="tiny_se", fmt="pte", dtype="int8", out_dir=tmp_path, opts=opts, calib=calib)
+    quant = [(o.scale, o.zero_point) for o in read_manifest(rec["path"]).outputs]  # int8 gates: read with their scale
     manifest = read_manifest(rec["path"])
     stats = manifest["gate_outputs"]["stats"]
     assert "this artifact's gate outputs" in stats["source"] and stats["blocks"][0]["name"] == "se"
     # Refit from the artifact's outputs on the same images: the same numbers (the fit is deterministic).
     images = load_images("digits", RESOLUTION, split="train").images
     runs = backends.get("pte").run_all(rec["path"], [images[i : i + 1].numpy() for i in range(len(images))])
-    gates = np.concatenate([gate_score.gate_arrays(r, manifest["gate_outputs"]["blocks"])["se"] for r in runs])
+    gates = np.concatenate([gate_score.gate_arrays(r, manifest["gate_outputs"]["blocks"], quant=quant)["se"]
+                            for r in runs])
     assert stats == json.loads(json.dumps(gate_fit.fit({"se": gates}, seed=0, source=stats["source"])))
     assert stats["fit_images"] + stats["calibration_images"] == len(images)
     rc = runner.main([rec["path"], "--manifest", rec["manifest"], "--runs", "2", "--warmup", "0",
@@ -200,7 +237,8 @@ def test_gate_fit_fits_the_artifacts_own_gates_and_the_runner_scores_with_them(t
     result = json.loads(capsys.readouterr().out)
     x = runner.make_inputs(runner.load_manifest(rec["manifest"]), 0)
     expected = float(gate_score.score([gate_score.gate_arrays(backends.get("pte").run_all(rec["path"], x)[0],
-                                                               manifest["gate_outputs"]["blocks"])["se"]], stats)[0])
+                                                               manifest["gate_outputs"]["blocks"], quant=quant)["se"]],
+                                      stats)[0])
     assert result["gate_score"]["value"] == pytest.approx(expected, rel=1e-12)  # same bytes, same float64 algebra
 
 

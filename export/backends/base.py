@@ -61,6 +61,9 @@ class Backend(ABC):
     """
 
     name: ClassVar[str]
+    #: The converter quantises an int8 graph's outputs itself (int8 outputs, scale and zero point in
+    #: :meth:`tensor_specs`): a gate output needs no dequantize-free graph (``--gate-layout quantized``).
+    quantizes_outputs: ClassVar[bool] = False
 
     @property
     def spec(self) -> FormatSpec:

@@ -208,6 +208,7 @@ class TfliteBackend(Backend):
     """TFLite ``.tflite`` for LiteRT (default XNNPACK delegate); int8 is full-integer (int8 in and out)."""
 
     name = "tflite"
+    quantizes_outputs = True
 
     def layout(self, channels_last: bool) -> str:
         """``NHWC`` when asked (the converter folds the transpose), else ``NCHW``."""
