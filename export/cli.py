@@ -76,8 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         choices=GATE_LAYOUTS,
         default=GATE_LAYOUTS[0],
         help="concat: every SE gate in one output after the logits (one extra output); separate: one output "
-             "per SE block; quantized: one output per SE block, int8 in an int8 artifact (no dequantize: the "
-             "manifest gives each output's scale and zero point; the cheapest for int8 .pte in the native runner)",
+             "per SE block; quantized: one output per SE block, the int8 gate itself in an int8 .pte (no dequantize; "
+             "the manifest gives each output's scale and zero point)",
     )
     add_seed(p, seeds="random weights, inputs and calibration")
     p.set_defaults(func=run_export)
