@@ -113,8 +113,9 @@ def provenance(target: Target) -> dict[str, Any]:
 def device_llc_bytes(target: Target, records: Sequence[Mapping[str, Any]]) -> int | None:
     """The timed device's last-level cache in bytes; None when unknown.
 
-    As its runner reported it (the Python runner's :func:`device_bench.sysinfo.describe`), else this
-    machine's when the device is ``local`` (the native runner does not report it).
+    As its runner reported it (``llc_bytes``: :func:`device_bench.sysinfo.describe` in the Python
+    runner, the same sysfs read in the native one), else this machine's when the device is ``local``
+    (a runner built before the field existed).
 
     Only for wall-clock tables: instructions per inference do not depend on the cache.
     """

@@ -107,6 +107,7 @@ def test_python_and_native_runner_pte_agree(artifacts, native, name):  # noqa: F
     # Same seed -> bit-identical inputs in both runners -> identical output bytes on the same CPU.
     assert nat_res["output_checksum"] == py_res["output_checksum"]
     assert set(py_res) - {"affinity"} <= set(nat_res) | {"affinity"}
+    assert nat_res["llc_bytes"] == py_res["llc_bytes"]  # one sysfs read, in C++ and in Python
 
 
 @pytest.mark.export

@@ -22,6 +22,7 @@
 #include <sstream>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <executorch/extension/module/module.h>
@@ -371,6 +372,35 @@ std::vector<InputSpec> read_manifest(const Args& a, std::string* sha, std::optio
 }
 
 // --- system ---
+// Bytes of the last-level data or unified cache CPU 0 sees, from sysfs cacheinfo; 0 where it cannot
+// be read (device_bench/sysinfo.py: llc_bytes).
+long long llc_bytes() {
+  long long best_level = 0, best_size = 0;
+  for (int i = 0; i < 16; ++i) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(i) + "/";
+    std::ifstream fl(dir + "level"), ft(dir + "type"), fs(dir + "size");
+    std::string level, type, size;
+    if (!(fl >> level) || !(ft >> type) || !(fs >> size) || size.empty()) continue;
+    if (type != "Data" && type != "Unified") continue;
+    long long mult = 1;
+    const char unit = size.back();
+    if (unit == 'K' || unit == 'k') mult = 1024;
+    else if (unit == 'M' || unit == 'm') mult = 1024LL * 1024;
+    else if (unit == 'G' || unit == 'g') mult = 1024LL * 1024 * 1024;
+    if (mult != 1) size.pop_back();
+    char* end = nullptr;
+    const long long lv = std::strtoll(level.c_str(), &end, 10);
+    if (*end != '\0') continue;
+    const long long n = std::strtoll(size.c_str(), &end, 10);
+    if (*end != '\0') continue;
+    if (std::make_pair(lv, n * mult) > std::make_pair(best_level, best_size)) {
+      best_level = lv;
+      best_size = n * mult;
+    }
+  }
+  return best_size;
+}
+
 std::string cpu_model() {
   std::ifstream f("/proc/cpuinfo");
   std::string line, name, imp, part;
@@ -705,6 +735,7 @@ int run(const Args& a) {
   kv("machine", mini_json::quote(un.machine));
   kv("kernel", mini_json::quote(std::string(un.sysname) + " " + un.release));
   kv("cpu_count", std::to_string(sysconf(_SC_NPROCESSORS_ONLN)));
+  kv("llc_bytes", std::to_string(llc_bytes()));
   if (gate) kv("gate_score", gate_score);
   if (!op_profile.empty()) kv("op_profile", op_profile);
   std::printf("%s}\n", j.c_str());
