@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.provenance import dist_versions, git_commit
-from device_bench.sysinfo import llc_bytes, system_record
+from device_bench.sysinfo import system_record
 from edge_se.errors import EdgeSeError
 from edge_se.families import efficientnet, phi_dropout
 from edge_se.latency_key import Kernel, kernels
@@ -111,22 +111,16 @@ def provenance(target: Target) -> dict[str, Any]:
 
 
 def device_llc_bytes(target: Target, records: Sequence[Mapping[str, Any]]) -> int | None:
-    """The timed device's last-level cache in bytes; None when unknown.
+    """The timed device's last-level cache in bytes, as its runs reported it; None when unknown.
 
-    As its runner reported it (``llc_bytes``: :func:`device_bench.sysinfo.describe` in the Python
-    runner, the same sysfs read in the native one), else this machine's when the device is ``local``
-    (a runner built before the field existed).
-
-    Only for wall-clock tables: instructions per inference do not depend on the cache.
+    Both runners report ``llc_bytes`` (:func:`device_bench.sysinfo.describe` in the Python runner,
+    the same sysfs read in the native one); 0, a cache sysfs does not show, is unknown. Only for
+    wall-clock tables: instructions per inference do not depend on the cache.
     """
     seen = {int(r["llc_bytes"]) for r in records if isinstance(r.get("llc_bytes"), int) and r["llc_bytes"] > 0}
     if len(seen) > 1:
         raise EdgeSeError(f"device {target.device}: runs report different last-level caches {sorted(seen)}")
-    if seen:
-        return seen.pop()
-    if target.device == "local":
-        return llc_bytes() or None
-    return None
+    return seen.pop() if seen else None
 
 
 Timed = list[tuple[float, str, dict[str, Any]]]

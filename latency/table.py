@@ -14,9 +14,9 @@ Pure: numpy and scipy, no torch, no I/O but :func:`save`/:func:`load`. What it h
   are what a network pays and its probes do not: a probe, timed alone in a loop, runs with its
   weights in cache; a network touches all of its weights (4 bytes a parameter in fp32, 1 in int8)
   once per inference. When its working set (weights and the largest kernel's activations,
-  :func:`working_set_mb`) exceeds the device's last-level cache (:attr:`LatencyTable.llc_bytes`, read
+  :func:`memory_mb`) exceeds the device's last-level cache (:attr:`LatencyTable.llc_bytes`, read
   on the device), a cyclic sweep over it evicts every weight before its next use, and the weights
-  come from memory on every inference: :func:`streamed_mb` is the weight MB then, 0 otherwise (and
+  come from memory on every inference: its streamed MB are the weight MB then, 0 otherwise (and
   0 for every network when the cache size is unknown). Fitted values are in results/bench_scale.md.
 
 A kernel's prediction is its entry when there is one (exact on the table's own entries), else the
@@ -54,18 +54,23 @@ GROUPS: dict[str, tuple[str, ...]] = {
 
 ASSEMBLY = ("scale", "per_weight_mb", "per_streamed_mb", "offset")
 """The assembly's coefficients, in order: per unit of kernel sum, per MB of weights, per MB of
-weights streamed from memory (:func:`streamed_mb`), constant."""
+weights streamed from memory (:func:`memory_mb`), constant."""
 
 WEIGHT_BYTES = {"fp32": 4, "int8": 1}
 """Bytes a parameter takes in an artifact of each dtype (int8: the int32 biases and per-channel
 scales are under 1% of a network's parameters and are left out)."""
 
 
-def weight_mb(spec: ArchSpec, dtype: str) -> float:
-    """The network's weights in MB (10**6 bytes) as a ``dtype`` artifact holds them (:data:`WEIGHT_BYTES`)."""
+def _value_bytes(dtype: str) -> int:
+    """Bytes of one weight or activation value in a ``dtype`` artifact; an unknown dtype is one line naming it."""
     if dtype not in WEIGHT_BYTES:
         raise EdgeSeError(f"--dtype {dtype!r}: latency tables cover {', '.join(WEIGHT_BYTES)}")
-    return count(spec).params * WEIGHT_BYTES[dtype] / 1e6
+    return WEIGHT_BYTES[dtype]
+
+
+def weight_mb(spec: ArchSpec, dtype: str) -> float:
+    """The network's weights in MB (10**6 bytes) as a ``dtype`` artifact holds them (:data:`WEIGHT_BYTES`)."""
+    return count(spec).params * _value_bytes(dtype) / 1e6
 
 
 def activation_mb(spec: ArchSpec, resolution: int, dtype: str) -> float:
@@ -74,27 +79,23 @@ def activation_mb(spec: ArchSpec, resolution: int, dtype: str) -> float:
     A proxy for the activation memory live at once: the runtimes plan activation buffers for reuse,
     so the footprint follows the largest kernel, not the sum over the network.
     """
-    if dtype not in WEIGHT_BYTES:
-        raise EdgeSeError(f"--dtype {dtype!r}: latency tables cover {', '.join(WEIGHT_BYTES)}")
+    size = _value_bytes(dtype)
     peak = max(k.input_channels * k.size * k.size + kernel_features(k)["elems"] for k in kernels(spec, resolution))
-    return peak * WEIGHT_BYTES[dtype] / 1e6
+    return peak * size / 1e6
 
 
-def working_set_mb(spec: ArchSpec, resolution: int, dtype: str) -> float:
-    """What one inference touches in MB: all weights (:func:`weight_mb`) and :func:`activation_mb`."""
-    return weight_mb(spec, dtype) + activation_mb(spec, resolution, dtype)
+def memory_mb(spec: ArchSpec, resolution: int, dtype: str, llc_bytes: int | None) -> dict[str, float]:
+    """A network's memory figures in MB, each walk of the spec made once.
 
-
-def streamed_mb(spec: ArchSpec, resolution: int, dtype: str, llc_bytes: int | None) -> float:
-    """Weight MB read from memory on every inference.
-
-    All of them when :func:`working_set_mb` exceeds the last-level cache (``llc_bytes``), else 0;
-    0 when the cache size is unknown (None or 0).
+    ``weight_mb`` (:func:`weight_mb`); ``working_set_mb``, what one inference touches: the weights
+    and :func:`activation_mb`; ``streamed_mb``, the weight MB read from memory on every inference:
+    all of them when the working set exceeds the last-level cache (``llc_bytes``), else 0, and 0
+    when the cache size is unknown (None or 0).
     """
-    if not llc_bytes:
-        return 0.0
-    over = working_set_mb(spec, resolution, dtype) * 1e6 > llc_bytes
-    return weight_mb(spec, dtype) if over else 0.0
+    weights = weight_mb(spec, dtype)
+    working = weights + activation_mb(spec, resolution, dtype)
+    streamed = weights if llc_bytes and working * 1e6 > llc_bytes else 0.0
+    return {"weight_mb": weights, "working_set_mb": working, "streamed_mb": streamed}
 
 
 def group_of(kind: str) -> str:
@@ -127,8 +128,8 @@ class LatencyTable:
         entries: kernel key -> :class:`Entry`.
         coefficients: group -> feature -> weight (``unit`` per feature unit).
         assembly: ``(scale, per_weight_mb, per_streamed_mb, offset)`` (:data:`ASSEMBLY`) from the sum
-            of a network's kernels, its weight MB (:func:`weight_mb`) and its streamed weight MB
-            (:func:`streamed_mb`) to the network.
+            of a network's kernels, its weight MB and its streamed weight MB (:func:`memory_mb`) to the
+            network.
         networks: the whole networks the assembly was fitted on (name, resolution, measured, kernel
             sum, weight MB, working set MB, streamed MB).
         llc_bytes: the device's last-level cache in bytes (None: unknown; no weights count as streamed).
@@ -176,11 +177,12 @@ class LatencyTable:
                               f"({spec.name}); build one with `edge-se latency-table --family {spec.family}`")
         res = spec.resolution if resolution is None else resolution
         total, _, _ = self.kernel_sum(kernels(spec, res))
-        return self.assemble(total, weight_mb(spec, self.dtype), self.streamed_mb(spec, res))
+        mem = self.memory(spec, res)
+        return self.assemble(total, mem["weight_mb"], mem["streamed_mb"])
 
-    def streamed_mb(self, spec: ArchSpec, resolution: int) -> float:
-        """:func:`streamed_mb` of ``spec`` at ``resolution`` on this table's device."""
-        return streamed_mb(spec, resolution, self.dtype, self.llc_bytes)
+    def memory(self, spec: ArchSpec, resolution: int) -> dict[str, float]:
+        """:func:`memory_mb` of ``spec`` at ``resolution`` in this table's dtype, on its device's cache."""
+        return memory_mb(spec, resolution, self.dtype, self.llc_bytes)
 
     def assemble(self, kernel_sum: float, weights_mb: float, streamed: float = 0.0) -> float:
         """A network's value from its kernel sum, weight MB and streamed MB (:attr:`assembly`), never below 0."""
@@ -267,7 +269,7 @@ def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str,
         measured: ``(kernel, value, bench record)`` per probe (the record's ``stability``/``cv_pct`` are kept).
         networks: ``(spec, resolution, measured value)`` of whole networks, for the assembly fit.
         meta: provenance recorded as is.
-        llc_bytes: the device's last-level cache in bytes (None: unknown), for :func:`streamed_mb`.
+        llc_bytes: the device's last-level cache in bytes (None: unknown), for :func:`memory_mb`.
     """
     entries: dict[str, Entry] = {}
     for k, value, rec in measured:
@@ -281,8 +283,7 @@ def build_table(*, device: str, fmt: str, dtype: str, threads: int, family: str,
     for spec, res, value in networks:
         total, n, exact = partial.kernel_sum(kernels(spec, res))
         nets.append({"name": spec.name, "resolution": res, "measured": float(value), "kernel_sum": total,
-                     "weight_mb": weight_mb(spec, dtype), "working_set_mb": working_set_mb(spec, res, dtype),
-                     "streamed_mb": streamed_mb(spec, res, dtype, llc_bytes), "kernels": n, "exact": exact})
+                     **memory_mb(spec, res, dtype, llc_bytes), "kernels": n, "exact": exact})
     return LatencyTable(device, fmt, dtype, threads, family, unit, entries, coefficients,
                         assembly=fit_assembly(nets), networks=nets, meta=dict(meta), llc_bytes=llc_bytes)
 
@@ -361,5 +362,5 @@ def load(path: str | os.PathLike[str]) -> LatencyTable:
 
 
 __all__ = ["ASSEMBLY", "GROUPS", "SCHEMA", "WEIGHT_BYTES", "Entry", "LatencyTable", "activation_mb", "build_table",
-           "fit_assembly", "fit_coefficients", "from_json", "group_of", "load", "save", "streamed_mb", "to_json",
-           "weight_mb", "working_set_mb"]
+           "fit_assembly", "fit_coefficients", "from_json", "group_of", "load", "memory_mb", "save", "to_json",
+           "weight_mb"]

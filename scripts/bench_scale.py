@@ -35,7 +35,7 @@ from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, variant
 from latency.measure import TABLE_MEASURE, TABLE_PASSES, Target
-from latency.table import save, weight_mb, working_set_mb
+from latency.table import save
 
 TOLERANCE_PCT = 10.0  # the target: 95% of held-out networks within +-10%
 
@@ -69,7 +69,7 @@ def _llc(rows: list[dict[str, Any]]) -> str:
         return "Last-level cache: not known (no weights counted as streamed)."
     return (f"Last-level cache (read on the device): {', '.join(f'{b / 2**20:g} MiB' for b in sizes)}; a network "
             "whose working set (weights and its largest kernel's activations) exceeds it counts its weights as "
-            "streamed from memory on every inference (`latency.table.streamed_mb`).")
+            "streamed from memory on every inference (`latency.table.memory_mb`).")
 
 
 def _err(pred: float, meas: float) -> float:
@@ -103,8 +103,7 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
               "macs": count(spec, r["resolution"]).macs, "error_pct": _err(r["predicted"], r["measured"]),
               "unit": table.unit, "table_entries": len(table.entries), "table_s": round(table_s, 1),
               "passes": target.passes, "assembly": table.assembly_dict(), "llc_bytes": table.llc_bytes,
-              "weight_mb": weight_mb(spec, dtype), "working_set_mb": working_set_mb(spec, r["resolution"], dtype),
-              "streamed_mb": table.streamed_mb(spec, r["resolution"])}
+              **table.memory(spec, r["resolution"])}
         if table.unit == "ms":
             r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows

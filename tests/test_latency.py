@@ -283,15 +283,20 @@ def test_a_table_written_before_the_weight_term_still_loads():
 def test_streamed_weights_follow_the_working_set_against_the_cache(tmp_path):
     # phi 1 at 224 px in fp32: 36.4 MB of weights and 8.3 MB of its largest kernel's activations.
     spec = variant(1, 224)
-    ws = lt.working_set_mb(spec, 224, "fp32")
+
+    def streamed(res, llc):
+        return lt.memory_mb(spec, res, "fp32", llc)["streamed_mb"]
+
+    ws = lt.memory_mb(spec, 224, "fp32", None)["working_set_mb"]
     assert ws == pytest.approx(lt.weight_mb(spec, "fp32") + lt.activation_mb(spec, 224, "fp32"), rel=1e-12)
     assert lt.activation_mb(spec, 224, "fp32") == pytest.approx(4 * lt.activation_mb(spec, 224, "int8"), rel=1e-12)
+    assert lt.memory_mb(spec, 224, "fp32", None)["weight_mb"] == lt.weight_mb(spec, "fp32")
     below, above = int(ws * 1e6) + 1, int(ws * 1e6) - 1  # cache just larger / just smaller than the working set
-    assert lt.streamed_mb(spec, 224, "fp32", below) == 0.0
-    assert lt.streamed_mb(spec, 224, "fp32", above) == lt.weight_mb(spec, "fp32")
-    assert lt.streamed_mb(spec, 224, "fp32", None) == 0.0 == lt.streamed_mb(spec, 224, "fp32", 0)
+    assert streamed(224, below) == 0.0
+    assert streamed(224, above) == lt.weight_mb(spec, "fp32")
+    assert streamed(224, None) == 0.0 == streamed(224, 0)
     # The activations decide near the knee: the same weights at a larger size no longer fit.
-    assert lt.working_set_mb(spec, 288, "fp32") > ws
+    assert lt.memory_mb(spec, 288, "fp32", None)["working_set_mb"] > ws
     # A table with a cache size predicts with the streamed term and keeps the size in its file.
     table = _synthetic_table([(-1, 128), (0.5, 192)])
     table = lt.LatencyTable(**{**table.__dict__, "dtype": "fp32", "assembly": (1.0, 0.0, 0.5, 0.0), "llc_bytes": above})
