@@ -325,8 +325,10 @@ def _gate_figures(program: _Program, described: _Described, runs: list[list[np.n
     blocks = program.gate_blocks or []
     slots = go.gate_slots(blocks, layout=opts.gate_layout)
 
+    quant = _output_quant(described)
+
     def per_block(outs: list[list[np.ndarray]]) -> list[list[np.ndarray]]:
-        split = [gate_arrays(r, slots, quant=_output_quant(described)) for r in outs]
+        split = [gate_arrays(r, slots, quant=quant) for r in outs]
         return [[s[b.name] for s in split] for b in blocks]
 
     flt = _torch_outputs_all(program.float_gated, xs) if program.float_gated is not None else None
