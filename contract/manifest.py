@@ -76,6 +76,11 @@ class Manifest:
         """The artifact this manifest describes (its ``artifact`` name, beside the manifest)."""
         return self.path.with_name(self.artifact)
 
+    @property
+    def output_quant(self) -> list[tuple[float | None, int | None]]:
+        """Per output, ``(scale, zero_point)``; an integer output with a scale reads ``(q - zero_point) * scale``."""
+        return [(o.scale, o.zero_point) for o in self.outputs]
+
     def get(self, key: str, default: Any = None) -> Any:
         """A field of the whole document (``raw``), for the informational keys."""
         return self.raw.get(key, default)

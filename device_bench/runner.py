@@ -90,9 +90,8 @@ def gate_score_record(manifest: Any, outputs: Sequence[np.ndarray]) -> dict[str,
     stats = block.get("stats") if isinstance(block, dict) else None
     if stats is None:
         return None
-    quant = [(o.scale, o.zero_point) for o in manifest.outputs]
     try:
-        by_name = gate_score.gate_arrays(outputs, block["blocks"], quant=quant)
+        by_name = gate_score.gate_arrays(outputs, block["blocks"], quant=manifest.output_quant)
     except ValueError as exc:
         raise ManifestError(f"gate_outputs: {exc}") from None
     missing = [b["name"] for b in stats["blocks"] if b["name"] not in by_name]

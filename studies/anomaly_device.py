@@ -212,8 +212,8 @@ def device_gates(rec: dict, images: Any, names: list[str]) -> list[np.ndarray]:
     xs = [images[i : i + 1].numpy() for i in range(len(images))]
     if manifest.inputs[0].layout == "NHWC":
         xs = [np.ascontiguousarray(x.transpose(0, 2, 3, 1)) for x in xs]
-    quant = [(o.scale, o.zero_point) for o in manifest.outputs]  # int8 gate outputs (layout quantized)
-    gates = stacked_gate_arrays(backends.get(manifest.format).run_all(rec["path"], xs), slots, quant=quant)
+    gates = stacked_gate_arrays(backends.get(manifest.format).run_all(rec["path"], xs), slots,
+                                quant=manifest.output_quant)  # int8 gate outputs read with their scale
     return [gates[n] for n in names]
 
 

@@ -197,7 +197,7 @@ def test_quantized_layout_returns_the_int8_gates_themselves(tmp_path, fmt):
     assert d["partitions"] == 1 and not any(d["non_delegated_ops"].values()), d
     backend = backends.get(fmt)
     xs, _ = parity_inputs(32, None, seed=5)
-    quant_of = [(o.scale, o.zero_point) for o in mq.outputs]
+    quant_of = mq.output_quant
     for rs, rq in zip(backend.run_all(separate["path"], xs[:3]), backend.run_all(quant["path"], xs[:3]), strict=True):
         assert np.array_equal(rs[0], rq[0])  # logits untouched
         assert all(r.dtype == np.int8 for r in rq[1:])
@@ -220,7 +220,7 @@ def test_gate_fit_fits_the_artifacts_own_gates_and_the_runner_scores_with_them(t
     calib = load_calibration("random", RESOLUTION, samples=8, seed=0)
     opts = ExportOptions(resolution=RESOLUTION, gate_outputs=True, gate_fit="digits", gate_layout=layout)
     rec = export_one(_model(), name="tiny_se", fmt="pte", dtype="int8", out_dir=tmp_path, opts=opts, calib=calib)
-    quant = [(o.scale, o.zero_point) for o in read_manifest(rec["path"]).outputs]  # int8 gates: read with their scale
+    quant = read_manifest(rec["path"]).output_quant  # int8 gates: read with their scale
     manifest = read_manifest(rec["path"])
     stats = manifest["gate_outputs"]["stats"]
     assert "this artifact's gate outputs" in stats["source"] and stats["blocks"][0]["name"] == "se"
