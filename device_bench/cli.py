@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help="after timing, profile each artifact per operator (.pte: ExecuTorch ETDump with XNNPACK's operator "
-        "times; .tflite: none in LiteRT's Python API, said in the line) into OUT's stem + .profile.jsonl",
+        "times; .tflite: LiteRT's profiler through libLiteRt.so's C API) into OUT's stem + .profile.jsonl",
     )
     b.set_defaults(func=run_bench)
 

@@ -12,9 +12,13 @@ What each runtime offers (checked in executorch 1.5.1 and ai-edge-litert 2.3.0):
   operators take under 1 us, they summed to 0.35 of ``Method::execute``. So every profile says
   ``op_timer_resolution_ms`` and ``truncation_bound_ms`` (operators x 1 us: the true sum is at
   most that much above the measured one), and is meaningful only where operators take many us.
-- ``.tflite``: no per-operator profiler in LiteRT's Python API
-  (:data:`device_bench.runtimes.TFLITE_NO_PROFILER`): such a profile says ``status:
-  unavailable`` and why. Nothing is apportioned: every millisecond here was measured.
+- ``.tflite``: LiteRT's own profiler, reached through the C API of the wheel's libLiteRt.so
+  (:mod:`device_bench.litert_profile`: LiteRT's Python API has none): a second load of the model
+  with profiling on, whose summary lists every operator the XNNPACK delegate ran, in whole
+  microseconds as in ETDump; the end-to-end time is each profiled inference's wall time around
+  ``LiteRtRunCompiledModel``. One thread (XNNPACK's default options in LiteRT's CPU accelerator).
+
+Nothing is apportioned: every millisecond here was measured.
 
 The SE blocks are found in the operator sequence by structure (XNNPACK's names carry no module
 path): a ``Mean`` (squeeze), two fully-connected or convolution operators (the FCs, with any
@@ -48,6 +52,9 @@ _GLUE = ("Transpose", "Convert", "Copy", "Static Reshape", "Clamp")
 _GATE = (*_GLUE, "Add", "Subtract", "Divide", "Sigmoid", "HardSigmoid", "Hard Sigmoid", "Minimum", "Maximum",
          "Multiply")
 SE_PARTS = ("squeeze", "fcs", "gate", "scale")
+#: Operators an unfused activation between the two FCs is made of (swish: Sigmoid, Multiply).
+_FC_ACT = ("Sigmoid", "Multiply", "HardSwish", "Hard Swish", "Clamp", "Add", "Divide",
+           "Invalid Unary Op")  # XNNPACK names int8 swish so in LiteRT 2.3.0 (as reported, not renamed)
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,49 @@ def read_etdump(path: str | Path, *, warmup: int) -> Trace:
     return Trace(ops, tuple(execute[0].perf_data.raw[warmup:]), runs)
 
 
+def read_litert_trace(path: str | Path) -> Trace:
+    """The operators of a LiteRT trace the runner wrote (:mod:`device_bench.litert_profile`), in execution order.
+
+    Each operator is named as in an ETDump (``Convolution (NHWC, F32) IGEMM #1``: its type and its
+    index in the delegate's execution order) with its mean time over the profiled runs.
+
+    Raises:
+        EdgeSeError: the file is missing, not a LiteRT trace, or its summary lists no operator.
+    """
+    import json
+
+    from device_bench.litert_profile import TRACE_SCHEMA, LiteRtProfileError, parse_run_order
+
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeSeError(f"{path}: LiteRT trace not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EdgeSeError(f"{path}: not a readable LiteRT trace ({type(exc).__name__})") from None
+    if not isinstance(doc, dict) or doc.get("schema") != TRACE_SCHEMA:
+        schema = doc.get("schema") if isinstance(doc, dict) else None
+        raise EdgeSeError(f"{path}: not a LiteRT trace (schema {schema!r}, expected {TRACE_SCHEMA!r})")
+    try:
+        rows = parse_run_order(str(doc.get("summary", "")))
+    except LiteRtProfileError as exc:
+        raise EdgeSeError(f"{path}: {exc}") from None
+    ops = tuple(OpEvent(f"{r['op_type']} #{r['index']}", r["avg_ms"], r["delegated"]) for r in rows)
+    wall = tuple(float(x) for x in doc.get("end_to_end_ms") or ())
+    if not wall:
+        raise EdgeSeError(f"{path}: LiteRT trace holds no profiled run")
+    return Trace(ops, wall, len(wall))
+
+
+#: How each runtime's trace is read: the runner's ``op_profile.source`` -> (reader, what it measured).
+TRACE_SOURCES: dict[str, str] = {
+    "executorch-etdump": "executorch-etdump: Method::execute, DELEGATE_CALL and XNNPACK's per-operator runtime "
+                         "profiling inside the delegate (Inspector, no ETRecord)",
+    "litert-profiler": "litert-profiler: LiteRT's profile summary (libLiteRt.so's C API, profiling on), XNNPACK's "
+                       "per-operator times inside the delegate; end to end: the wall time of each profiled run",
+}
+
+
 def _is(t: str, prefixes: Sequence[str]) -> bool:
     return t.startswith(tuple(prefixes))
 
@@ -122,8 +172,8 @@ def find_se_blocks(types: Sequence[str]) -> list[dict[str, list[int]]]:
         while j < len(types) and _is(types[j], _GLUE):  # layout changes before fc1 belong to the squeeze
             parts["squeeze"].append(j)
             j += 1
-        for _ in range(2):  # fc1, its activation (if not fused), fc2
-            while parts["fcs"] and j < len(types) and _is(types[j], _GLUE):
+        for _ in range(2):  # fc1, its activation (if not fused: swish is Sigmoid then Multiply), fc2
+            while parts["fcs"] and j < len(types) and _is(types[j], (*_GLUE, *_FC_ACT)):
                 parts["fcs"].append(j)
                 j += 1
             if j < len(types) and _is_fc(types[j]):
@@ -257,14 +307,21 @@ def profile_from_run(manifest: Mapping[str, Any], result: Mapping[str, Any]) -> 
         EdgeSeError: the result names no ETDump, or it cannot be read.
     """
     meta = result.get("op_profile")
+    if isinstance(meta, dict) and meta.get("error"):
+        raise EdgeSeError(f"the runner could not profile: {meta['error']}")
     if not isinstance(meta, dict) or "path" not in meta:
         raise EdgeSeError("runner result has no op_profile: run it with --etdump")
-    trace = read_etdump(meta["path"], warmup=int(meta.get("warmup", 0)))
+    source = str(meta.get("source", "executorch-etdump"))
+    if source == "litert-profiler":
+        trace = read_litert_trace(meta["path"])  # only the profiled runs are in it
+    elif source == "executorch-etdump":
+        trace = read_etdump(meta["path"], warmup=int(meta.get("warmup", 0)))
+    else:
+        raise EdgeSeError(f"runner op_profile source {source!r} unknown; valid: {', '.join(TRACE_SOURCES)}")
     prof = build_profile(trace, macs=manifest.get("macs"), se_macs=manifest.get("se_macs"),
                          se_names=se_block_names(manifest), bench_p50_ms=result.get("p50_ms"))
-    return {**prof, "source": "executorch-etdump: Method::execute, DELEGATE_CALL and XNNPACK's per-operator "
-                              "runtime profiling inside the delegate (Inspector, no ETRecord)",
-            "etdump": meta["path"], "warmup": meta.get("warmup"), "threads": result.get("threads")}
+    return {**prof, "source": TRACE_SOURCES[source], "etdump": meta["path"], "warmup": meta.get("warmup"),
+            "threads": meta.get("threads", result.get("threads"))}
 
 
 def profile_path(out: Path) -> Path:
@@ -273,17 +330,14 @@ def profile_path(out: Path) -> Path:
 
 
 def etdump_path(out: Path, artifact: Path, device: str) -> Path:
-    """Where the raw ETDump of one artifact on one device is kept (for ``Inspector`` later): ``OUT.etdump/``."""
+    """Where the raw trace of one artifact on one device is kept: ``OUT.etdump/`` (ETDump, or LiteRT's as JSON)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", device)
-    return out.with_name(out.stem + ".etdump") / f"{artifact.name}.{safe}.etdp"
+    suffix = "litert.json" if artifact.suffix == ".tflite" else "etdp"
+    return out.with_name(out.stem + ".etdump") / f"{artifact.name}.{safe}.{suffix}"
 
 
 def unavailable_reason(fmt: str, transport_kind: str) -> str | None:
-    """Why no profile can be taken of this format on this transport, or None if one can (either .pte runner)."""
-    from device_bench.runtimes import TFLITE_NO_PROFILER
-
-    if fmt == "tflite":
-        return TFLITE_NO_PROFILER
+    """Why no profile can be taken of this format on this transport, or None if one can (local: both formats)."""
     if transport_kind != "local":
-        return f"profiles are taken on the local device only (the ETDump is not fetched back from {transport_kind})"
+        return f"profiles are taken on the local device only (the trace is not fetched back from {transport_kind})"
     return None

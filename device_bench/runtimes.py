@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -24,12 +26,6 @@ class RuntimeUnavailable(RuntimeError):
     """No runtime for this artifact format can be imported on this machine."""
 
 
-#: Why a ``.tflite`` has no per-operator profile (checked in ai-edge-litert 2.3.0): the Python
-#: ``Interpreter`` takes no profiler (only ``experimental_force_delegate_node_profiling``, with
-#: nothing to report to) and ``CompiledModel`` exposes none; libLiteRt.so exports a C profiler
-#: API (``LiteRtCompiledModelGetProfiler``, ``LiteRtGetProfilerEvents``) with no Python binding.
-TFLITE_NO_PROFILER = ("LiteRT's Python API (ai-edge-litert) exposes no per-operator profiler; "
-                      "only libLiteRt.so's C API has one (LiteRtCompiledModelGetProfiler), not bound here")
 
 
 class Session(Protocol):
@@ -69,6 +65,7 @@ class TfliteSession:
     def __init__(self, path: str, inputs: Sequence[TensorSpec], threads: int) -> None:
         interpreter_cls, self.name, self.version = self._import()
         self.threads = threads
+        self._path = path
         self._interp = interpreter_cls(model_path=path, num_threads=threads)
         self._interp.allocate_tensors()
         self._in = self._interp.get_input_details()
@@ -110,8 +107,28 @@ class TfliteSession:
         return [np.array(self._interp.get_tensor(d["index"])) for d in self._out]
 
     def write_op_profile(self, path: str, *, runs: int, warmup: int) -> dict[str, Any]:
-        """Not available: see :data:`TFLITE_NO_PROFILER`."""
-        raise RuntimeUnavailable(TFLITE_NO_PROFILER)
+        """LiteRT's profile of ``runs`` inferences after ``warmup``, written as JSON to ``path``.
+
+        A second load of the model through libLiteRt.so's C API with profiling on
+        (:mod:`device_bench.litert_profile`; XNNPACK's default options, one thread); the timed
+        interpreter above is untouched.
+
+        Raises:
+            RuntimeUnavailable: no LiteRT C API here (tflite-runtime, or another LiteRT version),
+                or one of its calls failed (the message names it).
+        """
+        from device_bench import litert_profile
+
+        try:
+            trace = litert_profile.profile(self._path, runs=runs, warmup=warmup)
+        except litert_profile.LiteRtProfileError as exc:
+            raise RuntimeUnavailable(f"LiteRT profiler: {exc}") from None
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump({"schema": litert_profile.TRACE_SCHEMA, **trace}, fh)
+        os.replace(tmp, path)
+        return {"source": "litert-profiler", "path": path, "runs": runs, "warmup": warmup,
+                "threads": trace["threads"]}
 
 
 class ExecutorchSession:

@@ -113,11 +113,92 @@ def test_se_counts_that_disagree_give_no_share():
     assert "found 1 SE patterns" in prof["se"]["reason"] and op_profile.sentence(prof) is None
 
 
-def test_tflite_profile_unavailable_says_why():
-    reason = op_profile.unavailable_reason("tflite", "local")
-    assert reason and "no per-operator profiler" in reason
-    assert "local device only" in op_profile.unavailable_reason("pte", "ssh")
+def test_profiles_are_taken_locally_in_both_formats():
+    assert op_profile.unavailable_reason("tflite", "local") is None
     assert op_profile.unavailable_reason("pte", "local") is None
+    assert "local device only" in op_profile.unavailable_reason("pte", "ssh")
+    assert "local device only" in op_profile.unavailable_reason("tflite", "adb")
+
+
+# Rows as LiteRT 2.3.0 prints them (ai_edge_litert's libLiteRt.so, LiteRtGetProfileSummary; its column
+# padding shortened), out of index order as it lists them, plus a line that is no operator.
+RUN_ORDER = """\
+==================== Run Order ====================
+  [node type]  [start]  [first]  [avg ms]  [%]  [cdf%]  [mem KB] [times called]  [Name]
+ Delegate/Convolution (NHWC, F32) IGEMM  0.000  0.094  0.079  2.536%  3.256%  0.000  20  [Delegate]:1
+ Delegate/Transpose (ND, X32) Transpose  0.000  0.029  0.022  0.720%  0.720%  0.000  20  [Delegate]:0
+  Delegate/Mean (ND) Reduce2  0.000  0.006  0.006  0.196%  7.455%  0.000  20  [Delegate]:7
+Number of nodes executed: 3
+
+==================== Top by Computation Time ====================
+ Delegate/Convolution (NHWC, F32) IGEMM  0.000  0.094  0.079  2.536%  3.256%  0.000  20  [Delegate]:1
+"""
+
+
+def test_litert_run_order_parses_in_execution_order():
+    from device_bench.litert_profile import LiteRtProfileError, parse_run_order
+
+    rows = parse_run_order(RUN_ORDER)
+    assert [(r["index"], r["op_type"], r["avg_ms"], r["calls"]) for r in rows] == [
+        (0, "Transpose (ND, X32) Transpose", 0.022, 20), (1, "Convolution (NHWC, F32) IGEMM", 0.079, 20),
+        (7, "Mean (ND) Reduce2", 0.006, 20)]
+    assert all(r["delegated"] and r["name"] == "[Delegate]" for r in rows)
+    with pytest.raises(LiteRtProfileError, match="no 'Run Order'"):
+        parse_run_order("Number of nodes executed: 0")
+
+
+def test_bad_litert_trace_is_one_line(tmp_path):
+    bad = tmp_path / "t.litert.json"
+    bad.write_text('{"schema": "other"}')
+    with pytest.raises(EdgeSeError, match="not a LiteRT trace") as err:
+        op_profile.read_litert_trace(bad)
+    assert "\n" not in str(err.value)
+    with pytest.raises(EdgeSeError, match="LiteRT trace not found"):
+        op_profile.read_litert_trace(tmp_path / "missing.json")
+    bad.write_text(json.dumps({"schema": "edge-se/litert-trace/1", "summary": RUN_ORDER, "end_to_end_ms": []}))
+    with pytest.raises(EdgeSeError, match="no profiled run"):
+        op_profile.read_litert_trace(bad)
+
+
+@pytest.fixture(scope="module")
+def mobilenet_tflite(request, tmp_path_factory) -> Path:
+    """The same MobileNetV3-Small as :func:`mobilenet`, as an fp32 ``.tflite``, cached by tool versions."""
+    h = hashlib.sha256(f"{MODEL} {RESOLUTION} fp32 random tflite".encode())
+    for dist in ("torch", "litert-torch", "ai-edge-litert"):
+        h.update(importlib.metadata.version(dist).encode())
+    cache = getattr(request.config, "cache", None)
+    base = Path(cache.mkdir("profile_artifacts")) if cache else tmp_path_factory.mktemp("profile")
+    folder = base / h.hexdigest()[:16]
+    name = f"{MODEL}_litert_fp32.tflite"
+    path = folder / name
+    if not (path.exists() and path.with_name(name + ".json").exists()):
+        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", "tflite", "--dtype", "fp32",
+                     "--calib", "random", "--no-check", "--out", str(folder)]) == 0
+    return path
+
+
+@pytest.mark.export
+def test_tflite_profile_from_litert_sums_to_end_to_end_with_se_rows(mobilenet_tflite, tmp_path):
+    out = tmp_path / "bench.jsonl"
+    assert main(["bench", str(mobilenet_tflite), "--device", "local", *FAST, "--profile", "--out", str(out)]) == 0
+    (rec,) = _lines(out)
+    assert rec["status"] == "ok" and rec["op_profile"]["source"] == "litert-profiler", rec.get("op_profile")
+    (prof,) = _lines(tmp_path / "bench.profile.jsonl")
+    assert prof["status"] == "ok", prof
+    assert prof["source"].startswith("litert-profiler") and prof["threads"] == 1 and prof["runs"] == 20
+    # Operators and end to end from the same profiled inferences; XNNPACK's whole-microsecond cut and
+    # the call around the delegate are what the sum misses (tests/tolerances.py).
+    ratio = prof["sum_to_end_to_end"]
+    assert abs(ratio - 1) <= PROFILE_SUM_REL, (
+        f"per-op sum {prof['per_op_sum_ms']:.4f} ms vs end to end {prof['end_to_end_ms']:.4f} ms: ratio {ratio:.3f}")
+    assert prof["delegated_operators"] == prof["operators"] > 100
+    se = prof["se"]
+    manifest = json.loads(mobilenet_tflite.with_name(mobilenet_tflite.name + ".json").read_text())
+    assert se["matched"], se
+    assert [b["name"] for b in se["blocks"]] == op_profile.se_block_names(manifest)
+    assert se["parts"]["scale"]["operators"] == 9 and se["parts"]["squeeze"]["op_types"][0].startswith("Mean")
+    assert op_profile.sentence(prof).startswith("SE is 0.41% of MACs and ")
+    print(f"tflite: per-op sum / end to end = {ratio:.3f}; {op_profile.sentence(prof)}")
 
 
 def test_bad_etdump_is_one_line(tmp_path):

@@ -68,7 +68,8 @@ class LocalTransport:
             dump_outputs: Path | None = None, etdump: Path | None = None, **override: Any) -> dict[str, Any]:
         """Run one artifact here; ``override`` replaces run options (e.g. ``runs=1``).
 
-        ``etdump``: also write an ExecuTorch ETDump of profiled inferences there (``.pte``, either runner).
+        ``etdump``: also write the runtime's per-operator trace of profiled inferences there (``.pte``:
+        an ETDump, either runner; ``.tflite``: LiteRT's profile as JSON, the Python runner).
         """
         fmt = fmt or ("tflite" if artifact.suffix == ".tflite" else "pte")
         cmd = self.command(artifact, manifest, opts, fmt, **override)
