@@ -127,6 +127,31 @@ Timed = list[tuple[float, str, dict[str, Any]]]
 """``(value, unit, bench record)`` per artifact, as :func:`latency.measure.time_all` returns them."""
 
 
+def refit(table: LatencyTable, points: Sequence[tuple[float, int]]) -> LatencyTable:
+    """The table the same measurements give with the build set cut to ``points`` (a subset of its own).
+
+    Only the kernels of those networks and those networks' whole-network values are kept, and the
+    regression and assembly are fitted again: a build-set ablation with no second measurement, so a
+    change to the build set is judged on the very timings the full table was fitted on.
+
+    Raises:
+        EdgeSeError: a point the table was not built with.
+    """
+    own = {(n["name"], int(n["resolution"])): n for n in table.networks}
+    keep = [(variant(phi, res, family=table.family), res) for phi, res in points]
+    missing = [f"{spec.name}@{res}" for spec, res in keep if (spec.name, res) not in own]
+    if missing:
+        raise EdgeSeError(f"refit: {', '.join(missing)} not in the table's build set")
+    measured = [(k, table.entries[k.key].value, {"stability": table.entries[k.key].stability,
+                                                 "cv_pct": table.entries[k.key].cv_pct})
+                for k in unique_kernels(keep)]
+    whole = [(spec, res, float(own[(spec.name, res)]["measured"])) for spec, res in keep]
+    meta = dict(table.meta) | {"build": [f"{phi:g}@{res}" for phi, res in points], "refit_of": table.meta.get("build")}
+    return build_table(device=table.device, fmt=table.format, dtype=table.dtype, threads=table.threads,
+                       family=table.family, unit=table.unit, measured=measured, networks=whole, meta=meta,
+                       llc_bytes=table.llc_bytes)
+
+
 def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[float, int]], work: Path,
                         also: Sequence[tuple[ArchSpec, int]] = ()) -> tuple[LatencyTable, Timed]:
     """Probe every kernel of the build set's networks, time the networks whole, fit the table.
@@ -161,4 +186,4 @@ def build_latency_table(target: Target, *, family: str, points: Sequence[tuple[f
 
 
 __all__ = ["DEFAULT_BUILD", "FAMILIES", "build_latency_table", "check_family", "device_llc_bytes", "measure_networks",
-           "parse_points", "provenance", "unique_kernels", "variant"]
+           "parse_points", "provenance", "refit", "unique_kernels", "variant"]

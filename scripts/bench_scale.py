@@ -33,7 +33,7 @@ from contract.measure import MeasureSpec
 from device_bench.sysinfo import system_line, system_record
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
-from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, variant
+from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, refit, variant
 from latency.measure import TABLE_MEASURE, TABLE_PASSES, Target
 from latency.table import save
 
@@ -89,6 +89,7 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
                                           also=specs)
     save(table, table_file(work, args.device, fmt, dtype))
     table_s = time.perf_counter() - t0
+    control = refit(table, [p for p in build if p not in args.control_without]) if args.control_without else None
     rows = []
     for (phi, res), n in zip(build, table.networks, strict=True):  # the table's own networks, in build order
         pred = table.predict_own(n)
@@ -104,6 +105,10 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
               "unit": table.unit, "table_entries": len(table.entries), "table_s": round(table_s, 1),
               "passes": target.passes, "assembly": table.assembly_dict(), "llc_bytes": table.llc_bytes,
               **table.memory(spec, r["resolution"])}
+        if control is not None and r["held_out"]:  # the same measurements, the table without those build points
+            pred = control.predict(spec, r["resolution"])
+            r |= {"predicted_control": pred, "error_pct_control": _err(pred, r["measured"]),
+                  "control_build": list(control.meta["build"])}
         if table.unit == "ms":
             r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows
@@ -144,17 +149,26 @@ def run_scale(args: argparse.Namespace, table: Path, work: Path) -> dict[str, An
 
 
 def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-    """Per (format, dtype): held-out count, share within the tolerance, median and worst |error|."""
+    """Per (format, dtype): held-out count, share within the tolerance, median and worst |error|.
+
+    Rows with a control fit (``--control-without``) get one more column: the same figures for the
+    table refitted without those build points, on the same measurements.
+    """
     out = []
     for key in dict.fromkeys((r["format"], r["dtype"]) for r in rows):
         held = [r for r in rows if (r["format"], r["dtype"]) == key and r["held_out"]]
         errs = [abs(r["error_pct"]) for r in held]
         within = sum(e <= TOLERANCE_PCT for e in errs)
         first = next(r for r in rows if (r["format"], r["dtype"]) == key)
-        out.append([f"{key[0]} {key[1]}", str(len(held)), f"{within}/{len(held)} ({100 * within / len(held):.0f}%)",
-                    f"{statistics.median(errs):.1f}%", f"{max(errs):.1f}%",
-                    "met" if within >= 0.95 * len(held) else "**not met**", str(first["table_entries"]),
-                    f"{first['table_s']:.0f} s", _assembly(first.get("assembly"), first["unit"])])
+        row = [f"{key[0]} {key[1]}", str(len(held)), f"{within}/{len(held)} ({100 * within / len(held):.0f}%)",
+               f"{statistics.median(errs):.1f}%", f"{max(errs):.1f}%",
+               "met" if within >= 0.95 * len(held) else "**not met**", str(first["table_entries"]),
+               f"{first['table_s']:.0f} s", _assembly(first.get("assembly"), first["unit"])]
+        if any("error_pct_control" in r for r in rows):
+            ctrl = [abs(r["error_pct_control"]) for r in held if "error_pct_control" in r]
+            row.append(f"{sum(e <= TOLERANCE_PCT for e in ctrl)}/{len(ctrl)}, median {statistics.median(ctrl):.1f}%, "
+                       f"worst {max(ctrl):.1f}% (build {','.join(held[0]['control_build'])})" if ctrl else "-")
+        out.append(row)
     return out
 
 
@@ -189,7 +203,9 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         f"## Prediction error on the held-out networks (target: >= 95% within +-{TOLERANCE_PCT:g}%)",
         "",
         markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error",
-                        "worst abs error", "target", "table entries", "build + time (s)", "assembly (fitted)"],
+                        "worst abs error", "target", "table entries", "build + time (s)", "assembly (fitted)"]
+                       + (["control: the same measurements refitted on a smaller build set"]
+                          if any("error_pct_control" in r for r in rows) else []),
                        summary_rows(rows)),
         "",
     ]
@@ -245,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("runs/bench_scale"))
     p.add_argument("--keep-work", action="store_true", help="reuse artifacts already in --work")
     p.add_argument("--results", default="results/bench_scale")
+    p.add_argument("--control-without", type=lambda t: parse_points(t, flag="--control-without"), default=[],
+                   help="build points to leave out of a control table refitted on the same measurements "
+                        "(latency.build.refit); each held-out row then records the control's prediction too")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the .md from the .jsonl already in --results (no measurement)")
     args = p.parse_args(argv)

@@ -88,6 +88,22 @@ def test_predictor_exact_on_entries_and_recovers_a_linear_device():
     assert table.predict(spec, res) == pytest.approx(truth, rel=1e-4)  # NNLS on exact data, float64
 
 
+def test_refit_is_the_table_its_subset_of_measurements_builds():
+    from latency.build import refit
+
+    full = _synthetic_table([(-2, 96), (0, 160), (1, 224)])
+    # The same kernels and networks, fitted without the 96 px point: exactly the table built from them.
+    cut, direct = refit(full, [(0, 160), (1, 224)]), _synthetic_table([(0, 160), (1, 224)])
+    assert set(cut.entries) == set(direct.entries) < set(full.entries)
+    assert cut.coefficients == direct.coefficients and cut.assembly == direct.assembly
+    assert cut.meta["build"] == ["0@160", "1@224"]
+    # All its own points: the table itself.
+    same = refit(full, [(-2, 96), (0, 160), (1, 224)])
+    assert same.coefficients == full.coefficients and same.assembly == full.assembly
+    with pytest.raises(EdgeSeError, match="0.5@192.*not in the table's build set"):
+        refit(full, [(0.5, 192)])
+
+
 def test_table_round_trips_and_bad_files_are_one_line(tmp_path):
     table = _synthetic_table([(-1, 128), (0.5, 192)])
     path = tmp_path / "t.json"
