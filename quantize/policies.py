@@ -17,14 +17,16 @@ POLICIES: dict[str, tuple[str, str]] = {
     "gate-fixed": ("gate", "SE gate outputs quantised with fixed [0, 1] parameters (scale 1/256)"),
     "se-float": ("island", "SE excitation (FCs, activation, gate) kept fp32; the channel multiply int8"),
     "se-float-mul": ("island", "SE excitation and its channel multiply kept fp32 (the gate never quantised)"),
+    "se-squeeze-grid": ("squeeze", "SE squeeze (the pooled mean) on its own observed grid, not its feature map's"),
     "gate-coverage": ("selection", "calibration subset chosen by k-center greedy over float gate vectors"),
     "act-minmax": ("observer", "activation ranges from observed min/max (stock: histogram/L2)"),
     "act-percentile": ("observer", "activation ranges from the 0.01%/99.99% percentiles"),
     "act-outlier": ("observer", "activation ranges over the images, outlier images (> 8x the median's peak) left out"),
     "bias-correction": ("bias", "biases corrected layer by layer: channel means match float (NNCF's full)"),
     "bias-correction-fast": ("bias", "biases corrected from one pass of the uncorrected graph (NNCF's fast)"),
-    "auto": ("island", "the best of ptq / act-outlier / bias correction (same graph, same latency) on held-back "
-                       "images, then the worst-gate SE blocks moved to fp32 one at a time while short of target"),
+    "auto": ("island", "same-graph recipes (ranges, squeeze grid, bias correction) measured on held-back images, "
+                       "one kept only if worse than ptq on no figure; then the worst-gate SE blocks moved to fp32 "
+                       "one at a time while short of target"),
 }
 
 # The policy every subcommand uses when none is given (`edge-se quantize`, `edge-se export --dtype
@@ -60,6 +62,7 @@ class PolicyPlan:
         fixed_gate: quantise gates with fixed [0, 1] parameters.
         island: ``none``, ``se-float``, ``se-float-mul`` or ``auto``.
         bias_correction: ``none``, ``full`` or ``fast`` (:mod:`quantize.bias_correction`).
+        own_squeeze: SE squeezes quantised on their own observed grid (``se-squeeze-grid``).
     """
 
     names: tuple[str, ...]
@@ -68,6 +71,7 @@ class PolicyPlan:
     fixed_gate: bool = False
     island: str = "none"
     bias_correction: str = "none"
+    own_squeeze: bool = False
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -108,4 +112,5 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         fixed_gate="gate" in taken,
         island=taken.get("island", "none"),
         bias_correction={"bias-correction": "full", "bias-correction-fast": "fast"}.get(taken.get("bias", ""), "none"),
+        own_squeeze="squeeze" in taken,
     )

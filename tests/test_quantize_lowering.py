@@ -91,7 +91,7 @@ def _run_tflite(qm, x, tmp_path):
 # is a valid recipe, and together they name every policy.
 COMBOS = (
     "ptq",
-    "gate-fixed,gate-coverage,act-percentile",
+    "gate-fixed,gate-coverage,act-percentile,se-squeeze-grid",
     "se-float,act-minmax,bias-correction-fast",
     "se-float-mul",
     "act-outlier,bias-correction",  # corrected bias constants must reach the artifact
