@@ -56,17 +56,38 @@ def publish(path: str | os.PathLike[str], data: bytes) -> Path:
     return write_bytes(path, data, mode=0o644)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` + ``.lock`` (POSIX ``flock``; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: one writer at a time is then the caller's affair
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def append_line(path: str | os.PathLike[str], line: str) -> Path:
     """Append one line to a text file atomically: existing lines survive a crash mid-write.
 
     The whole file is rewritten through a temporary copy, which is fine for result files of
-    thousands of lines; a half-written line can never appear.
+    thousands of lines; a half-written line can never appear. Writers in other processes wait
+    for each other (an exclusive lock on a ``.lock`` file beside it): two bench runs appending to
+    one results file lost each other's lines when each read the file before the other renamed
+    its copy into place.
     """
     final = Path(path)
-    old = final.read_bytes() if final.exists() else b""
-    if old and not old.endswith(b"\n"):
-        old += b"\n"
-    return write_bytes(final, old + line.rstrip("\n").encode("utf-8") + b"\n")
+    with _exclusive(final):
+        old = final.read_bytes() if final.exists() else b""
+        if old and not old.endswith(b"\n"):
+            old += b"\n"
+        return write_bytes(final, old + line.rstrip("\n").encode("utf-8") + b"\n")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -129,6 +129,19 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["good.txt"]
 
 
+def test_appends_from_two_processes_lose_no_line(tmp_path):
+    # Two bench runs append to one results file; before the lock each read the file, wrote its copy
+    # and renamed it into place, so one run's line could vanish (measured: a bench-quant row lost).
+    target = tmp_path / "r.jsonl"
+    code = ("import sys; from contract.files import append_line\n"
+            "for i in range(150): append_line(sys.argv[1], f'{sys.argv[2]}-{i}')")
+    root = str(Path(__file__).resolve().parent.parent)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target), tag], cwd=root) for tag in "ab"]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    lines = target.read_text().splitlines()
+    assert sorted(lines) == sorted(f"{t}-{i}" for t in "ab" for i in range(150))
+
+
 def test_contract_imports_no_torch():
     code = ("import sys, contract.manifest, contract.measure, contract.bench, contract.files, contract.formats; "
             "bad = [m for m in ('torch', 'numpy', 'edge_se') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
