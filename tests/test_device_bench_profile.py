@@ -101,6 +101,15 @@ def test_find_se_blocks_by_structure():
     head = ["Mean (ND)", "Transpose (ND, X8)", "Static Reshape (NC)", "Fully Connected (NC, QS8, QC8W) GEMM",
             "HardSwish (NC)", "Fully Connected (NC, QS8, QC8W) GEMM", "Convert (NC)"]
     assert op_profile.find_se_blocks(head) == []  # the classifier's pooling is no SE block
+    # EfficientNet's SE has a swish between its FCs, unfused: Sigmoid then Multiply in fp32, and the
+    # name XNNPACK gives LiteRT's int8 swish. Before it was allowed there, EfficientNet-B0's 16 SE
+    # blocks matched 0 times in all four artifacts (measured on phi 0 at 160 px, this session).
+    swish = ["Mean (ND) Reduce2", "Fully Connected (NC, F32) GEMM", "Sigmoid (NC)", "Multiply (ND)",
+             "Fully Connected (NC, F32) GEMM", "Sigmoid (NC)", "Multiply (ND)", "Fully Connected (NC, F32) GEMM"]
+    assert op_profile.find_se_blocks(swish) == [{"squeeze": [0], "fcs": [1, 2, 3, 4], "gate": [5], "scale": [6]}]
+    litert_int8 = ["Mean (ND) Reduce", "Fully Connected (NC, QS8, QC8W) GEMM", "Invalid Unary Op",
+                   "Fully Connected (NC, QS8, QC8W) GEMM", "Sigmoid (NC)", "Multiply (ND)"]
+    assert op_profile.find_se_blocks(litert_int8) == [{"squeeze": [0], "fcs": [1, 2, 3], "gate": [4], "scale": [5]}]
 
 
 def test_se_counts_that_disagree_give_no_share():
