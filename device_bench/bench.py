@@ -110,11 +110,12 @@ def options_for(base: RunOptions, device: Device | None, threads_given: bool) ->
 
 def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: dict[str, Device], opts: RunOptions,
           out: Path, *, threads_given: bool = False, order: str = DEFAULT_ORDER,
-          profile: bool = False) -> list[dict[str, Any]]:
+          order_seed: int | None = None, profile: bool = False) -> list[dict[str, Any]]:
     """Run every artifact on every device; append and return one record each.
 
     On each device the artifacts run in ``timing_order(len(artifacts), order=order,
-    seed=measure.seed)`` and each line is appended as its run ends; the records are returned
+    seed=order_seed)`` (``order_seed`` None: the device's ``measure.seed``; a caller timing several
+    passes gives each its own) and each line is appended as its run ends; the records are returned
     device by device in the order ``artifacts`` were given (whatever order they ran in).
     Bad input (a missing artifact, a bad manifest, an unknown device, an unknown ``order``)
     raises before any run. A device failure is recorded as a ``status: "error"`` line and the loop
@@ -126,7 +127,8 @@ def bench(artifacts: Sequence[str | Path], devices: Sequence[str], inventory: di
     records = []
     for transport, entry in targets:
         dev_opts = options_for(opts, entry, threads_given)
-        sequence = timing_order(len(jobs), order=order, seed=dev_opts.measure.seed)
+        sequence = timing_order(len(jobs), order=order,
+                                seed=dev_opts.measure.seed if order_seed is None else order_seed)
         timed = [str(jobs[i].artifact) for i in sequence]
         by_job: dict[int, dict[str, Any]] = {}
         for position, index in enumerate(sequence):

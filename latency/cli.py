@@ -94,11 +94,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _target(args: argparse.Namespace) -> Any:
     from latency.build import check_family
-    from latency.measure import TABLE_PASSES, Target
+    from latency.measure import Target, default_passes
 
     check_family(args.family)
     measure = from_namespace(args)
-    passes = args.passes if args.passes is not None else 1 if args.device.startswith("qemu") else TABLE_PASSES
+    passes = args.passes if args.passes is not None else default_passes(args.device)
     return Target(device=args.device, fmt=args.format, dtype=args.dtype, runner=args.runner or "auto", measure=measure,
                   inventory=str(args.inventory) if args.inventory else None, jobs=args.jobs, seed=measure.seed,
                   passes=passes)

@@ -25,7 +25,7 @@ from typing import Any
 
 from contract.errors import first_line
 from contract.formats import artifact_name, manifest_path
-from contract.measure import MeasureSpec, timing_order
+from contract.measure import MeasureSpec
 from edge_se.errors import EdgeSeError, StageError
 from edge_se.latency_key import Kernel
 from edge_se.specs import ArchSpec
@@ -39,6 +39,16 @@ process); an artifact's value is the median of its passes. One pass of the 94 ar
 default table takes about a minute here, and the machine's speed moves by up to 10-15% over
 minutes to hours (the same fp32 network re-timed an hour apart: 3.67 vs 3.18-3.40 ms): the passes
 spread every artifact over the whole timing window, so a drift falls on all of them alike."""
+
+
+def default_passes(device: str) -> int:
+    """Timing passes when none are asked for: :data:`TABLE_PASSES`, or 1 on an emulated device.
+
+    An emulated device (``qemu-*``) gives instruction counts, which do not drift with the machine's
+    speed: one pass measures them exactly (device_bench.emu).
+    """
+    return 1 if device.startswith("qemu") else TABLE_PASSES
+
 
 CALIB_IMAGES = 64
 """Random calibration images per int8 artifact and for a network's BatchNorm (as ``edge-se export --calib random``)."""
@@ -171,11 +181,11 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
     devices = inventory.load(target.inventory)
     passes: list[list[tuple[float, str, dict[str, Any]]]] = []
     for r in range(target.passes):
-        order = timing_order(len(paths), seed=target.measure.seed + r)
-        records = bench([str(paths[i]) for i in order], [target.device], devices, opts, work / "bench.jsonl",
-                        threads_given=True, order="given")
-        by_index = dict(zip(order, records, strict=True))
-        passes.append([_value(paths[i], by_index[i]) for i in range(len(paths))])
+        # bench shuffles the pass with its own seed (recorded as order_mode "shuffled" and order) and
+        # returns the records in the order given; the inputs stay those of measure.seed.
+        records = bench([str(p) for p in paths], [target.device], devices, opts, work / "bench.jsonl",
+                        threads_given=True, order="shuffled", order_seed=target.measure.seed + r)
+        passes.append([_value(p, rec) for p, rec in zip(paths, records, strict=True)])
     out = []
     for per_path in zip(*passes, strict=True):
         values = [v[0] for v in per_path]
@@ -198,5 +208,5 @@ def _value(path: Path, rec: dict[str, Any]) -> tuple[float, str, dict[str, Any]]
     return float(value), unit, rec
 
 
-__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "export_all", "network_name", "probe_name",
-           "time_all"]
+__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "default_passes", "export_all", "network_name",
+           "probe_name", "time_all"]

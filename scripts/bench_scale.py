@@ -34,7 +34,7 @@ from device_bench.sysinfo import system_line, system_record
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, refit, variant
-from latency.measure import TABLE_MEASURE, TABLE_PASSES, Target
+from latency.measure import TABLE_MEASURE, Target, default_passes
 from latency.table import save
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
@@ -81,7 +81,7 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
     """Table, then held-out networks, for one (format, dtype): one record per measured network."""
     runner = args.pte_runner if fmt == "pte" else "python"
     target = Target(device=args.device, fmt=fmt, dtype=dtype, runner=runner, jobs=args.jobs, measure=_measure(args),
-                    passes=1 if _emulated(args) else args.passes)
+                    passes=_passes(args))
     specs = [(variant(phi, res), res) for phi, res in points]
     t0 = time.perf_counter()
     # The held-out networks are timed in the same passes as the table's probes (not fitted on).
@@ -112,6 +112,11 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
         if table.unit == "ms":
             r |= {"predicted_ms": r["predicted"], "measured_ms": r["measured"]}
     return rows
+
+
+def _passes(args: argparse.Namespace) -> int:
+    """``--passes``, or the device's default (:func:`latency.measure.default_passes`)."""
+    return args.passes if args.passes is not None else default_passes(args.device)
 
 
 def _emulated(args: argparse.Namespace) -> bool:
@@ -192,7 +197,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
            "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if _emulated(args) else
            "every value the median over passes of the p50 of the table's measurement spec "
            "(latency.measure.TABLE_MEASURE: 5 warm-up, >= 20 runs and >= 0.2 s per repeat, 3 repeats); "
-           f"{args.passes} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "
+           f"{_passes(args)} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "
            "networks, each pass in its own shuffled order), so the held-out networks are timed side by side with "
            "the table's own artifacts."),
         _llc(rows),
@@ -252,9 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--res-lo", type=int, default=96)
     p.add_argument("--res-hi", type=int, default=256)
     p.add_argument("--jobs", type=int, default=2, help="export processes (timing always runs alone)")
-    p.add_argument("--passes", type=int, default=TABLE_PASSES,
+    p.add_argument("--passes", type=int, default=None,
                    help="timing passes over the table's probes and networks with the held-out networks among them "
-                        "(1 on an emulated device)")
+                        "(default: latency.measure.default_passes: 3, 1 on an emulated device)")
     p.add_argument("--pte-runner", default="native", choices=("native", "python"))
     p.add_argument("--budget-ms", type=float, default=8.0)
     p.add_argument("--scale-target", default="pte:int8", help="FORMAT:DTYPE of the edge-se scale run ('' to skip)")

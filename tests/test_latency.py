@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from contract.measure import timing_order
 from edge_se.accounting import count
 from edge_se.errors import EdgeSeError
 from edge_se.latency_key import FEATURES, kernel_features, kernels
@@ -267,15 +268,18 @@ def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
     drift = [1.0, 1.3, 0.9]  # pass r runs at drift[r] x the artifact's true time
     orders: list[list[str]] = []
 
-    def fake_bench(artifacts, devices, inventory, opts, out, *, threads_given, order):
-        assert order == "given"
+    def fake_bench(artifacts, devices, inventory, opts, out, *, threads_given, order, order_seed):
+        # As bench does: time in the shuffled order (recorded so), return records in the order given.
+        assert order == "shuffled" and order_seed == opts.measure.seed + len(orders)
         r = len(orders)
-        orders.append(list(artifacts))
-        return [{"status": "ok", "p50_ms": drift[r] * (1 + int(Path(a).stem[1:])), "pass": r} for a in artifacts]
+        orders.append([artifacts[i] for i in timing_order(len(artifacts), order=order, seed=order_seed)])
+        return [{"status": "ok", "p50_ms": drift[r] * (1 + int(Path(a).stem[1:])), "pass": r, "order_mode": order}
+                for a in artifacts]
 
     monkeypatch.setattr(db, "bench", fake_bench)
     out = time_all(paths, Target(device="local", fmt="pte", dtype="fp32", passes=3), tmp_path)
     assert len(orders) == 3 and all(sorted(o) == sorted(map(str, paths)) for o in orders)
+    assert all(rec["order_mode"] == "shuffled" for _, _, rec in out)
     assert len({tuple(o) for o in orders}) > 1  # the passes are shuffled apart
     for i, (value, unit, rec) in enumerate(out):
         assert unit == "ms" and value == pytest.approx(1.0 * (1 + i))  # median of 0.9x, 1.0x, 1.3x
@@ -283,6 +287,9 @@ def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
         assert sorted(rec["pass_values"]) == pytest.approx(sorted(d * (1 + i) for d in drift))
     with pytest.raises(EdgeSeError, match="--passes must be >= 1"):
         Target(device="local", fmt="pte", dtype="fp32", passes=0)
+    from latency.measure import TABLE_PASSES, default_passes
+
+    assert (default_passes("local"), default_passes("qemu-aarch64")) == (TABLE_PASSES, 1)
 
 
 def test_a_table_written_before_the_weight_term_still_loads():
