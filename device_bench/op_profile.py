@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -142,12 +142,24 @@ def read_litert_trace(path: str | Path) -> Trace:
     return Trace(ops, wall, len(wall))
 
 
-#: How each runtime's trace is read: the runner's ``op_profile.source`` -> (reader, what it measured).
-TRACE_SOURCES: dict[str, str] = {
-    "executorch-etdump": "executorch-etdump: Method::execute, DELEGATE_CALL and XNNPACK's per-operator runtime "
-                         "profiling inside the delegate (Inspector, no ETRecord)",
-    "litert-profiler": "litert-profiler: LiteRT's profile summary (libLiteRt.so's C API, profiling on), XNNPACK's "
-                       "per-operator times inside the delegate; end to end: the wall time of each profiled run",
+@dataclass(frozen=True)
+class TraceSource:
+    """How one runtime's trace is read (``read``: from the runner's ``op_profile``) and what it measured."""
+
+    read: Callable[[Mapping[str, Any]], Trace]
+    what: str
+
+
+#: The runner's ``op_profile.source`` -> its :class:`TraceSource`.
+TRACE_SOURCES: dict[str, TraceSource] = {
+    "executorch-etdump": TraceSource(
+        lambda meta: read_etdump(meta["path"], warmup=int(meta.get("warmup", 0))),
+        "executorch-etdump: Method::execute, DELEGATE_CALL and XNNPACK's per-operator runtime profiling inside "
+        "the delegate (Inspector, no ETRecord)"),
+    "litert-profiler": TraceSource(
+        lambda meta: read_litert_trace(meta["path"]),  # only the profiled runs are in it
+        "litert-profiler: LiteRT's profile summary (libLiteRt.so's C API, profiling on), XNNPACK's per-operator "
+        "times inside the delegate; end to end: the wall time of each profiled run"),
 }
 
 
@@ -312,15 +324,12 @@ def profile_from_run(manifest: Mapping[str, Any], result: Mapping[str, Any]) -> 
     if not isinstance(meta, dict) or "path" not in meta:
         raise EdgeSeError("runner result has no op_profile: run it with --etdump")
     source = str(meta.get("source", "executorch-etdump"))
-    if source == "litert-profiler":
-        trace = read_litert_trace(meta["path"])  # only the profiled runs are in it
-    elif source == "executorch-etdump":
-        trace = read_etdump(meta["path"], warmup=int(meta.get("warmup", 0)))
-    else:
+    if source not in TRACE_SOURCES:
         raise EdgeSeError(f"runner op_profile source {source!r} unknown; valid: {', '.join(TRACE_SOURCES)}")
+    trace = TRACE_SOURCES[source].read(meta)
     prof = build_profile(trace, macs=manifest.get("macs"), se_macs=manifest.get("se_macs"),
                          se_names=se_block_names(manifest), bench_p50_ms=result.get("p50_ms"))
-    return {**prof, "source": TRACE_SOURCES[source], "etdump": meta["path"], "warmup": meta.get("warmup"),
+    return {**prof, "source": TRACE_SOURCES[source].what, "etdump": meta["path"], "warmup": meta.get("warmup"),
             "threads": meta.get("threads", result.get("threads"))}
 
 

@@ -12,20 +12,18 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import json
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from contract.files import write_text
 from device_bench.manifest import ManifestError, TensorSpec
 
 
 class RuntimeUnavailable(RuntimeError):
     """No runtime for this artifact format can be imported on this machine."""
-
-
 
 
 class Session(Protocol):
@@ -123,10 +121,7 @@ class TfliteSession:
             trace = litert_profile.profile(self._path, runs=runs, warmup=warmup)
         except litert_profile.LiteRtProfileError as exc:
             raise RuntimeUnavailable(f"LiteRT profiler: {exc}") from None
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"schema": litert_profile.TRACE_SCHEMA, **trace}, fh)
-        os.replace(tmp, path)
+        write_text(path, json.dumps({"schema": litert_profile.TRACE_SCHEMA, **trace}))
         return {"source": "litert-profiler", "path": path, "runs": runs, "warmup": warmup,
                 "threads": trace["threads"]}
 

@@ -23,24 +23,30 @@ ARTIFACT = f"{MODEL}_xnnpack_fp32.pte"
 FAST = ["--runs", "10", "--warmup", "3", "--min-seconds", "0", "--repeats", "1", "--cooldown", "0", "--threads", "1"]
 
 
-@pytest.fixture(scope="module")
-def mobilenet(request, tmp_path_factory) -> Path:
-    """MobileNetV3-Small (random weights, fp32, 320 px) exported by ``edge-se export``, cached by tool versions.
-
-    320 px because XNNPACK cuts each operator's time to whole microseconds: the profile is
-    meaningful only where operators take many of them (tests/tolerances.py, PROFILE_SUM_REL).
-    """
-    h = hashlib.sha256(f"{MODEL} {RESOLUTION} fp32 random".encode())
-    for dist in ("torch", "executorch", "torchao"):
+def _exported(request, tmp_path_factory, fmt: str, name: str, key: str, dists: tuple[str, ...]) -> Path:
+    """MobileNetV3-Small (random weights, fp32) as ``name``, exported once per ``key`` and tool versions."""
+    h = hashlib.sha256(key.encode())
+    for dist in dists:
         h.update(importlib.metadata.version(dist).encode())
     cache = getattr(request.config, "cache", None)
     base = Path(cache.mkdir("profile_artifacts")) if cache else tmp_path_factory.mktemp("profile")
     folder = base / h.hexdigest()[:16]
-    path = folder / ARTIFACT
-    if not (path.exists() and path.with_name(ARTIFACT + ".json").exists()):
-        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", "pte", "--dtype", "fp32",
+    path = folder / name
+    if not (path.exists() and path.with_name(name + ".json").exists()):
+        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", fmt, "--dtype", "fp32",
                      "--calib", "random", "--no-check", "--out", str(folder)]) == 0
     return path
+
+
+@pytest.fixture(scope="module")
+def mobilenet(request, tmp_path_factory) -> Path:
+    """MobileNetV3-Small (random weights, fp32, 320 px) as a ``.pte``.
+
+    320 px because XNNPACK cuts each operator's time to whole microseconds: the profile is
+    meaningful only where operators take many of them (tests/tolerances.py, PROFILE_SUM_REL).
+    """
+    return _exported(request, tmp_path_factory, "pte", ARTIFACT, f"{MODEL} {RESOLUTION} fp32 random",
+                     ("torch", "executorch", "torchao"))
 
 
 def _lines(path: Path) -> list[dict]:
@@ -171,19 +177,9 @@ def test_bad_litert_trace_is_one_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def mobilenet_tflite(request, tmp_path_factory) -> Path:
-    """The same MobileNetV3-Small as :func:`mobilenet`, as an fp32 ``.tflite``, cached by tool versions."""
-    h = hashlib.sha256(f"{MODEL} {RESOLUTION} fp32 random tflite".encode())
-    for dist in ("torch", "litert-torch", "ai-edge-litert"):
-        h.update(importlib.metadata.version(dist).encode())
-    cache = getattr(request.config, "cache", None)
-    base = Path(cache.mkdir("profile_artifacts")) if cache else tmp_path_factory.mktemp("profile")
-    folder = base / h.hexdigest()[:16]
-    name = f"{MODEL}_litert_fp32.tflite"
-    path = folder / name
-    if not (path.exists() and path.with_name(name + ".json").exists()):
-        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", "tflite", "--dtype", "fp32",
-                     "--calib", "random", "--no-check", "--out", str(folder)]) == 0
-    return path
+    """The same MobileNetV3-Small as :func:`mobilenet`, as an fp32 ``.tflite``."""
+    return _exported(request, tmp_path_factory, "tflite", f"{MODEL}_litert_fp32.tflite",
+                     f"{MODEL} {RESOLUTION} fp32 random tflite", ("torch", "litert-torch", "ai-edge-litert"))
 
 
 @pytest.mark.export
