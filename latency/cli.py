@@ -98,10 +98,9 @@ def _target(args: argparse.Namespace) -> Any:
 
     check_family(args.family)
     measure = from_namespace(args)
-    passes = args.passes if args.passes is not None else default_passes(args.device)
     return Target(device=args.device, fmt=args.format, dtype=args.dtype, runner=args.runner or "auto", measure=measure,
                   inventory=str(args.inventory) if args.inventory else None, jobs=args.jobs, seed=measure.seed,
-                  passes=passes)
+                  passes=default_passes(args.device, args.passes))
 
 
 def _check_device(target: Any) -> None:

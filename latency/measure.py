@@ -41,13 +41,20 @@ minutes to hours (the same fp32 network re-timed an hour apart: 3.67 vs 3.18-3.4
 spread every artifact over the whole timing window, so a drift falls on all of them alike."""
 
 
-def default_passes(device: str) -> int:
-    """Timing passes when none are asked for: :data:`TABLE_PASSES`, or 1 on an emulated device.
+def emulated(device: str) -> bool:
+    """Whether ``device`` is emulated (``qemu-*``): its figures are instructions per inference, not ms."""
+    return device.startswith("qemu")
 
-    An emulated device (``qemu-*``) gives instruction counts, which do not drift with the machine's
-    speed: one pass measures them exactly (device_bench.emu).
+
+def default_passes(device: str, given: int | None = None) -> int:
+    """Timing passes: ``given``, else :data:`TABLE_PASSES`, or 1 on an emulated device.
+
+    An emulated device gives instruction counts, which do not drift with the machine's speed: one
+    pass measures them exactly (device_bench.emu).
     """
-    return 1 if device.startswith("qemu") else TABLE_PASSES
+    if given is not None:
+        return given
+    return 1 if emulated(device) else TABLE_PASSES
 
 
 CALIB_IMAGES = 64
@@ -208,5 +215,5 @@ def _value(path: Path, rec: dict[str, Any]) -> tuple[float, str, dict[str, Any]]
     return float(value), unit, rec
 
 
-__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "default_passes", "export_all", "network_name",
-           "probe_name", "time_all"]
+__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "default_passes", "emulated", "export_all",
+           "network_name", "probe_name", "time_all"]

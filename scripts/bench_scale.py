@@ -34,7 +34,7 @@ from device_bench.sysinfo import system_line, system_record
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, refit, variant
-from latency.measure import TABLE_MEASURE, Target, default_passes
+from latency.measure import TABLE_MEASURE, Target, default_passes, emulated
 from latency.table import save
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
@@ -116,11 +116,11 @@ def run_combo(fmt: str, dtype: str, args: argparse.Namespace, points: list[tuple
 
 def _passes(args: argparse.Namespace) -> int:
     """``--passes``, or the device's default (:func:`latency.measure.default_passes`)."""
-    return args.passes if args.passes is not None else default_passes(args.device)
+    return default_passes(args.device, args.passes)
 
 
 def _emulated(args: argparse.Namespace) -> bool:
-    return args.device.startswith("qemu")
+    return emulated(args.device)
 
 
 def _measure(args: argparse.Namespace) -> MeasureSpec:

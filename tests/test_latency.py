@@ -290,6 +290,7 @@ def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
     from latency.measure import TABLE_PASSES, default_passes
 
     assert (default_passes("local"), default_passes("qemu-aarch64")) == (TABLE_PASSES, 1)
+    assert default_passes("qemu-aarch64", 2) == 2 and default_passes("local", 1) == 1  # asked for: as asked
 
 
 def test_a_table_written_before_the_weight_term_still_loads():
