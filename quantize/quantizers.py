@@ -16,12 +16,13 @@ XNNPACK lowering accept it as they accept the stock one) whose ``annotate`` appl
   they stay fp32 (a mixed-precision island).
 - ``fixed_gate``: SE gate outputs (and the multiply's gate input) quantised with fixed parameters
   covering [0, 1] (scale 1/256, zero point -128 in int8) instead of an observed range.
-- ``own_squeeze``: SE squeezes (the pooled mean) quantised on their own observed grid. The stock
-  annotators of both quantizers give an average pool the grid of its input (a shared spec), so the
-  squeeze of a feature map spanning [-0.3, 8] lands on a step of 0.03-0.1 while the means
-  themselves span [0, 0.5..8]: 13-90 levels, the coarsest tensor of the network (``edge-se
-  diagnose`` on timm's EfficientNet-B0: 22-28 dB isolated, against 33-36 dB for every other
-  activation). Both delegates' int8 mean requantises (XNNPACK's global average pooling and
+- ``own_squeeze``: SE squeezes (the pooled mean) quantised on their own observed grid. ExecuTorch's
+  XNNPACK quantizer gives an average pool the grid of its input (a shared spec), so the squeeze of
+  a feature map spanning [-0.3, 8] lands on a step of 0.03-0.1 while the means themselves span
+  [0, 0.5..8]: 13-90 levels, the coarsest tensor of the network (``edge-se diagnose`` on timm's
+  EfficientNet-B0 ``.pte``: 22-28 dB isolated, against 33-36 dB for every other activation).
+  litert-torch's quantizer already gives the squeeze its own grid, so for ``.tflite`` the edit
+  changes nothing. Both delegates' int8 mean requantises (XNNPACK's global average pooling and
   LiteRT's MEAN take separate input and output parameters), so the graph and its latency stay.
 """
 
