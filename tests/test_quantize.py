@@ -172,6 +172,15 @@ def test_gate_fixed_sets_gate_scale_and_se_float_keeps_excitation_float(small_mo
     mul = next(n for n in fixed.graph.graph.nodes if n.name == block.mul)
     dq = mul.args[block.gate_arg]
     assert "dequantize" in str(dq.target) and dq.args[1] == pytest.approx(1 / 256) and dq.args[2] == -128
+    # pte folds the hard-sigmoid into a clamp of fc2, which XNNPACK fuses into the convolution: its
+    # one int8 output is on the gate's grid, so the reference must round fc2 there too, not first on
+    # fc2's observed range (that mismatch failed the --gate-outputs parity check by 23 steps).
+    for b in fixed.se_blocks:
+        gate = next(n for n in fixed.graph.graph.nodes if n.name == b.gate)
+        assert gate.target is torch.ops.aten.hardtanh.default, "the pte rewrite folds every hard-sigmoid"
+        fc2_q = gate.args[0].args[0]
+        assert "quantize_per_tensor" in str(fc2_q.target) and fc2_q.args[0].name == b.fc2
+        assert (fc2_q.args[1], fc2_q.args[2]) == (pytest.approx(1 / 256), -128), b.name
     island = quantize_model(small_model, (x[:1],), [x], target="pte", policy="se-float-mul")
     nodes = {n.name: n for n in island.graph.graph.nodes}
     for b in island.se_blocks:
