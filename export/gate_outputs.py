@@ -16,7 +16,11 @@ same quantised tensor is lowered as its own int8 -> fp32 convert.
 Layout (``concat``, the default): every block's gate ``[1, C_b, 1, 1]`` is concatenated along the
 channel axis into **one** output ``[1, sum C_b, 1, 1]`` (output 1); the manifest gives each block's
 ``offset`` and ``channels`` in it. No reshape op is added (the gates keep their rank), so nothing
-new can fall outside the delegate: the cost is one ``cat`` and one output. Why one output: the
+new can fall outside the delegate: the cost is one ``cat`` and one output. In an int8 ``.pte``
+whose gates all share one grid (``--policy gate-fixed``: 1/256), the ``cat`` is of the int8 gates
+themselves (:func:`_packed_int8`) and output 1 is int8 on that grid (manifest ``outputs[1].scale``
+/ ``zero_point``): no int8 -> fp32 convert per gate. With ``ptq``'s per-gate grids XNNPACK's int8
+concatenate cannot take them, and the ``cat`` is of the dequantised gates, in float32. Why one output: the
 measured cost of the former layout (one output per SE block) was +22% / +27% latency on a 0.2 ms
 ``.pte`` (results/anomaly_device.md, 9 blocks), almost all of it fixed per-output work in the
 runtime's ``execute`` (each output is allocated and handed back on its own). ``separate`` keeps
@@ -91,7 +95,11 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str
     old = out.args[0]
     results: list[Any] = [old[0] if isinstance(old, (tuple, list)) else old]
     with graph.inserting_before(out):
-        for b in blocks:
+        packed = _packed_int8(graph, [nodes[wanted[b.name]] for b in blocks]) if (
+            layout == "concat" and quantized_outputs) else None
+        if packed is not None:
+            results.append(packed)
+        for b in blocks if packed is None else ():
             src = nodes[wanted[b.name]]
             if "dequantize" in str(src.target):
                 if layout == "quantized" and quantized_outputs:  # the int8 gate itself (module docstring)
@@ -112,6 +120,41 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str
     graph.lint()
     gm.recompile()
     return gm
+
+
+def shared_grid(sources: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The quantisation parameters ``(scale, zero point, qmin, qmax, dtype)`` every gate shares, else None.
+
+    ``sources`` are the gates' nodes as the multiplies take them: dequantize nodes in an int8 graph.
+    None when one is not a dequantize (fp32, an SE block kept in fp32) or the grids differ (``ptq``
+    on ``.pte`` observes each gate's own range; ``gate-fixed`` puts them all on 1/256).
+    """
+    grids = set()
+    for src in sources:
+        if "dequantize_per_tensor" not in str(getattr(src, "target", "")) or len(src.args) < 6:
+            return None
+        grids.add(tuple(src.args[1:6]))
+    return grids.pop() if len(grids) == 1 else None
+
+
+def _packed_int8(graph: Any, sources: Sequence[Any]) -> Any | None:
+    """One int8 ``[1, sum C_b, 1, 1]`` output of every gate, when all share one grid (None otherwise).
+
+    ``dequantize (a private copy) -> cat -> quantize`` on the shared grid: XNNPACK lowers the pattern
+    as one int8 concatenate (its inputs and output must share parameters; with per-gate grids it
+    refuses to initialise: measured, ExecuTorch 1.5), so the artifact adds one concatenate and one
+    layout transpose for all the gates, instead of an int8 -> fp32 convert per gate (``concat`` on
+    different grids) or a transpose per gate (``quantized``); the output is int8 on that grid.
+    """
+    import torch
+
+    grid = shared_grid(sources)
+    if grid is None or len(sources) < 2:
+        return None
+    copies = [graph.call_function(src.target, src.args, dict(src.kwargs)) for src in sources]
+    cat = graph.call_function(torch.ops.aten.cat.default, (copies, 1))
+    quantize = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    return graph.call_function(quantize, (cat, *grid))
 
 
 def check_stats(stats: Mapping[str, Any], blocks: Sequence[SEBlock], *, where: str) -> None:
@@ -163,23 +206,27 @@ def gate_nodes(gated: GraphModule) -> list[Any]:
     """The graph nodes of the gates, one per block, whatever the layout (the ``cat``'s inputs for ``concat``)."""
     out = next(n for n in gated.graph.nodes if n.op == "output")
     nodes = list(out.args[0])[1:]
+    if len(nodes) == 1 and "quantize_per_tensor" in str(getattr(nodes[0], "target", "")):
+        nodes = [nodes[0].args[0]]  # packed int8 (_packed_int8): quantize(cat(...))
     if len(nodes) == 1 and "cat" in str(getattr(nodes[0], "target", "")):
         return list(nodes[0].args[0])
     return nodes
 
 
-def gate_quant(gated: GraphModule, blocks: Sequence[SEBlock], *,
-               layout: str = "concat") -> dict[int, tuple[float, int]]:
-    """``{output index: (scale, zero point)}`` of every gate output the graph returns quantised (``quantized``).
+def gate_quant(gated: GraphModule) -> dict[int, tuple[float, int]]:
+    """``{output index: (scale, zero point)}`` of every gate output the graph returns quantised.
 
-    Read from the quantize node each such output comes from; empty for float gate outputs.
+    Read from the quantize node each such output is (``quantized``: one per gate; ``concat`` on one
+    shared grid: the packed output); empty for float gate outputs.
     """
+    result = next(n for n in gated.graph.nodes if n.op == "output").args[0]
     out: dict[int, tuple[float, int]] = {}
-    for slot, node in zip(gate_slots(blocks, layout=layout), gate_nodes(gated), strict=True):
-        if "quantize_per_tensor" in str(getattr(node, "target", "")) and "dequantize" not in str(node.target):
+    for i, node in enumerate(list(result)[1:], start=1):
+        target = str(getattr(node, "target", ""))
+        if "quantize_per_tensor" in target and "dequantize" not in target:
             scale, zero = node.args[1], node.args[2]
             if isinstance(scale, (int, float)) and isinstance(zero, int):
-                out[int(slot["output_index"])] = (float(scale), int(zero))
+                out[i] = (float(scale), int(zero))
     return out
 
 
@@ -203,4 +250,4 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
 
 
 __all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "manifest_block",
-           "se_blocks", "with_gate_outputs"]
+           "se_blocks", "shared_grid", "with_gate_outputs"]

@@ -265,12 +265,12 @@ def _describe(backend: Backend, lowered: Lowered, *, dtype: str, layout: str) ->
 
 
 def _gate_output_quant(program: _Program, described: _Described, opts: ExportOptions) -> None:
-    """Give the int8 gate outputs of ``--gate-layout quantized`` their scale and zero point (from the graph)."""
+    """Give the int8 gate outputs of a ``.pte`` (``quantized``; ``concat`` on one grid) their scale and zero point."""
     if program.gate_blocks is None:
         return
     from export.gate_outputs import gate_quant
 
-    for i, (scale, zero) in gate_quant(program.gated, program.gate_blocks, layout=opts.gate_layout).items():
+    for i, (scale, zero) in gate_quant(program.gated).items():
         out = described.outputs[i]
         if out["scale"] is None and str(out["dtype"]) in ("int8", "uint8"):
             out["scale"], out["zero_point"] = scale, zero

@@ -11,12 +11,17 @@ fits the gate statistics on the training split, and exports it plain and with ``
   is the median over blocks of the paired ratio gated / plain - 1. At the study's resolution and
   at 224 px (the deployment size; the weights are resolution-agnostic), since a fixed per-output
   cost weighs differently on a 0.1 ms and a 5 ms inference.
-* **AUROC**: each gated int8 artifact (default layout) runs in its own runtime on the held-out
+  int8 under each of ``--int8-policies``: the first (``ptq``) with every layout, the others
+  (``gate-fixed``: every gate on the 1/256 grid, so the default layout packs them into one int8
+  output, :mod:`export.gate_outputs`) with the default layout.
+* **AUROC**: each gated int8 artifact (default layout, each int8 policy) runs in its own runtime on the held-out
   digits and every OOD set of :mod:`studies.ood`; its gate outputs are scored with
   :func:`device_bench.gate_score.score` and compared with the float model's score
   (:func:`studies.anomaly.gate_score`) on the same images, with a paired-bootstrap 95% interval of
   the gap (:func:`gap_ci`); for both block combinations (``max-z``, what the fit ships, and
-  ``sum-z``) on the same distances.
+  ``sum-z``) on the same distances; and with two sets of statistics for the device: the float
+  model's (``--gate-stats``) and the artifact's own, fitted on its gate outputs over the training
+  split in its runtime (what ``--gate-fit`` ships).
 
 Writes ``results/anomaly_device.md`` and ``results/anomaly_device.jsonl`` atomically. Issue targets:
 on-device int8 AUROC within 0.01 of float; gate outputs cost <= 3% latency.
@@ -52,12 +57,13 @@ def _log(msg: str) -> None:
 
 
 def export_all(model: Any, stats: dict[str, Any], *, resolution: int, out: Path, seed: int,
-               layouts: tuple[str, ...] = ("concat",), batchnorm_here: bool = False) -> dict[tuple, dict]:
+               layouts: tuple[str, ...] = ("concat",), batchnorm_here: bool = False, policy: str = "ptq",
+               dtypes: tuple[str, ...] = ("fp32", "int8")) -> dict[tuple, dict]:
     """``{(fmt, dtype, layout): export record}``, layout ``None`` for the plain artifact.
 
     Per format and dtype: the plain artifact and one gated artifact per layout
-    (:data:`export.gate_outputs.LAYOUTS`); the int8 ones share one ``QuantizedModel``, so they carry
-    the same quantisation. ``batchnorm_here``: export a copy whose BatchNorm statistics are
+    (:data:`export.gate_outputs.LAYOUTS`); the int8 ones share one ``QuantizedModel`` (int8
+    ``policy``), so they carry the same quantisation. ``batchnorm_here``: export a copy whose BatchNorm statistics are
     re-estimated on the calibration images at ``resolution`` (:func:`export.sources.reestimate_batchnorm`),
     for a latency-only resolution the weights were not trained at: at 224 px the 32 px statistics
     put the activations out of range and the int8 export check refuses the artifact (measured:
@@ -74,14 +80,15 @@ def export_all(model: Any, stats: dict[str, Any], *, resolution: int, out: Path,
         model = copy.deepcopy(model)
         reestimate_batchnorm(model, calib.batches)
     weights = {"source": "file", "path": "studies.anomaly_bench cache"}
-    plain = ExportOptions(resolution=resolution, seed=seed)
+    plain = ExportOptions(resolution=resolution, seed=seed, policy=(policy,))
     variants: list[tuple[str | None, ExportOptions]] = [(None, plain)]
-    variants += [(layout, ExportOptions(resolution=resolution, seed=seed, gate_outputs=True, gate_stats=stats,
-                                        gate_stats_file="studies.anomaly.fit (in memory)", gate_layout=layout))
+    variants += [(layout, ExportOptions(resolution=resolution, seed=seed, policy=(policy,), gate_outputs=True,
+                                        gate_stats=stats, gate_stats_file="studies.anomaly.fit (in memory)",
+                                        gate_layout=layout))
                  for layout in layouts]
     records: dict[tuple, dict] = {}
     for fmt in ("pte", "tflite"):
-        for dtype in ("fp32", "int8"):
+        for dtype in dtypes:
             quantized = None
             if dtype == "int8":
                 import torch
@@ -91,11 +98,30 @@ def export_all(model: Any, stats: dict[str, Any], *, resolution: int, out: Path,
             for layout, opts in variants:
                 t0 = time.perf_counter()
                 rec = export_one(model, name="anomaly_mnv3s100", fmt=fmt, dtype=dtype,
-                                 out_dir=out / f"r{resolution}" / (layout or "plain"), opts=opts, calib=calib,
+                                 out_dir=out / f"r{resolution}" / policy / (layout or "plain"), opts=opts, calib=calib,
                                  weights=weights, quantized=quantized)
-                _log(f"exported {fmt} {dtype} {resolution} px {layout or 'plain'} in {time.perf_counter() - t0:.0f} s")
+                _log(f"exported {fmt} {dtype} {resolution} px {policy} {layout or 'plain'} in "
+                     f"{time.perf_counter() - t0:.0f} s")
                 records[(fmt, dtype, layout)] = rec
     return records
+
+
+def export_policies(model: Any, stats: dict[str, Any], policies: list[str], *, resolution: int, out: Path,
+                    seed: int, batchnorm_here: bool = False,
+                    layouts: tuple[str, ...] = LAYOUTS) -> dict[tuple, dict]:
+    """``{(fmt, dtype, layout, policy): export record}`` (policy None for fp32, layout None for plain).
+
+    The first policy gets every layout in ``layouts`` and the fp32 artifacts too; each further
+    policy its int8 artifacts with the default layout (``concat``) only, as a user ships them.
+    """
+    arts: dict[tuple, dict] = {}
+    for i, policy in enumerate(policies):
+        got = export_all(model, stats, resolution=resolution, out=out, seed=seed,
+                         layouts=layouts if i == 0 else ("concat",), batchnorm_here=batchnorm_here, policy=policy,
+                         dtypes=("fp32", "int8") if i == 0 else ("int8",))
+        arts |= {(fmt, dtype, layout, policy if dtype == "int8" else None): rec
+                 for (fmt, dtype, layout), rec in got.items()}
+    return arts
 
 
 def _paired_cost(plain_p50s: list[float], gated_p50s: list[float]) -> dict[str, Any]:
@@ -246,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blocks", type=int, default=30, help="alternating timing blocks per artifact pair")
     p.add_argument("--runs", type=int, default=400,
                    help="timed inferences per block at 32 px (scaled by (32 / resolution)^2, at least 10)")
-    p.add_argument("--native-rounds", type=int, default=15,
+    p.add_argument("--int8-policies", default="ptq,gate-fixed",
+                   help="int8 policies: the first with every layout (and the fp32 artifacts), each other one "
+                        "int8 with the default layout only")
+    p.add_argument("--native-rounds", type=int, default=41,
                    help="alternating native-runner rounds per .pte pair")
     p.add_argument("--latency-resolutions", type=int, nargs="+", default=[32, 224],
                    help="resolutions the latency cost is measured at (the weights are resolution-agnostic)")
@@ -266,50 +295,59 @@ def main(argv: list[str] | None = None) -> int:
     stats = fit(gate_vectors(model, train.images), seed=args.seed, source=f"{DATA}/train")
     sets = ood_sets(DATA, args.resolution, n=args.images, seed=args.seed)
     records: list[dict[str, Any]] = []
+    policies = [x for x in args.int8_policies.split(",") if x]
     with tempfile.TemporaryDirectory(prefix="anomaly_device_") as tmp:
         for res in args.latency_resolutions:
-            arts = export_all(model, stats, resolution=res, out=Path(tmp), seed=args.seed, layouts=LAYOUTS,
-                              batchnorm_here=res != args.resolution)
-            for fmt in ("pte", "tflite"):
-                for dtype in ("fp32", "int8"):
-                    for layout in LAYOUTS:
-                        _log(f"timing {fmt} {dtype} {res} px {layout}")
-                        t = time_interleaved(arts[(fmt, dtype, None)], arts[(fmt, dtype, layout)],
-                                             blocks=args.blocks, runs=max(10, int(args.runs * (32 / res) ** 2)),
-                                             seed=args.seed)
-                        bn = ("trained" if res == args.resolution else
-                              f"re-estimated on 64 digits at {res} px (latency only)")
-                        row = {**env, "kind": "latency", "format": fmt, "dtype": dtype, "latency_resolution": res,
-                               "layout": layout, "batchnorm": bn}
-                        records.append({**row, "runner": "python", **t})
-                        if fmt == "pte":
-                            n = t["outputs"]
-                            t = time_native(arts[(fmt, dtype, None)], arts[(fmt, dtype, layout)],
-                                            rounds=args.native_rounds,
-                                            runs=max(50, int(20 * args.runs * (32 / res) ** 2)), seed=args.seed)
-                            records.append({**row, **t, "outputs": n})
+            arts = export_policies(model, stats, policies, resolution=res, out=Path(tmp), seed=args.seed,
+                                   batchnorm_here=res != args.resolution)
+            for (fmt, dtype, layout, policy), gated in arts.items():
+                if layout is None:
+                    continue
+                plain = arts[(fmt, dtype, None, policy)]
+                _log(f"timing {fmt} {dtype} {res} px {policy or ''} {layout}")
+                t = time_interleaved(plain, gated, blocks=args.blocks,
+                                     runs=max(10, int(args.runs * (32 / res) ** 2)), seed=args.seed)
+                bn = ("trained" if res == args.resolution else
+                      f"re-estimated on 64 digits at {res} px (latency only)")
+                row = {**env, "kind": "latency", "format": fmt, "dtype": dtype, "latency_resolution": res,
+                       "layout": layout, "policy": policy, "batchnorm": bn}
+                records.append({**row, "runner": "python", **t})
+                if fmt == "pte":
+                    n = t["outputs"]
+                    t = time_native(plain, gated, rounds=args.native_rounds,
+                                    runs=max(50, int(20 * args.runs * (32 / res) ** 2)), seed=args.seed)
+                    records.append({**row, **t, "outputs": n})
             if res == args.resolution:
                 scored = arts
         if args.resolution not in args.latency_resolutions:
-            scored = export_all(model, stats, resolution=args.resolution, out=Path(tmp), seed=args.seed)
+            scored = export_policies(model, stats, policies, resolution=args.resolution, out=Path(tmp),
+                                     seed=args.seed, layouts=("concat",))
         names = [b["name"] for b in stats["blocks"]]
         float_id_gates = gate_vectors(model, test.images)
+        float_ood_gates = {name: gate_vectors(model, images) for name, images in sets.items()}
         for fmt in ("pte", "tflite"):
-            rec = scored[(fmt, "int8", "concat")]
-            dev_id_gates = device_gates(rec, test.images, names)
-            for name, images in sets.items():
-                f_gates, d_gates = gate_vectors(model, images), device_gates(rec, images, names)
-                for how in COMBINES:  # the fitted default first; the other on the same distances
-                    st = {**stats, "combine": how}
-                    f_id, f_ood = gate_score(float_id_gates, st), gate_score(f_gates, st)
-                    d_id, d_ood = score(dev_id_gates, st), score(d_gates, st)
-                    f_auc, d_auc = auroc(f_id, f_ood), auroc(d_id, d_ood)
-                    lo, hi = gap_ci(f_id, f_ood, d_id, d_ood, seed=args.seed)
-                    records.append({**env, "kind": "auroc", "format": fmt, "dtype": "int8", "ood": name,
-                                    "combine": how, "fitted_combine": how == stats["combine"],
-                                    "float_auroc": f_auc, "device_auroc": d_auc, "gap": d_auc - f_auc,
-                                    "gap_ci95": [lo, hi], "id_images": len(test.images), "ood_images": len(images)})
-                    _log(f"{fmt} int8 {name} {how}: float {f_auc:.4f} device {d_auc:.4f}")
+            for policy in policies:
+                rec = scored[(fmt, "int8", "concat", policy)]
+                own = fit(dict(zip(names, device_gates(rec, train.images, names), strict=True)), seed=args.seed,
+                          source=f"{DATA}/train: the {fmt} int8 artifact's gate outputs (--gate-fit)")
+                dev_id_gates = device_gates(rec, test.images, names)
+                for name, images in sets.items():
+                    d_gates = device_gates(rec, images, names)
+                    for fitted_on, dev_stats in (("float model", stats), ("artifact (--gate-fit)", own)):
+                        for how in COMBINES:  # the fitted default first; the other on the same distances
+                            st, dst = {**stats, "combine": how}, {**dev_stats, "combine": how}
+                            f_id, f_ood = gate_score(float_id_gates, st), gate_score(float_ood_gates[name], st)
+                            d_id, d_ood = score(dev_id_gates, dst), score(d_gates, dst)
+                            f_auc, d_auc = auroc(f_id, f_ood), auroc(d_id, d_ood)
+                            lo, hi = gap_ci(f_id, f_ood, d_id, d_ood, seed=args.seed)
+                            records.append({**env, "kind": "auroc", "format": fmt, "dtype": "int8", "ood": name,
+                                            "policy": policy, "stats_fitted_on": fitted_on,
+                                            "combine": how, "fitted_combine": how == stats["combine"],
+                                            "float_auroc": f_auc, "device_auroc": d_auc, "gap": d_auc - f_auc,
+                                            "gap_ci95": [lo, hi], "id_images": len(test.images),
+                                            "ood_images": len(images)})
+                            _log(f"{fmt} int8 {policy} {name} {how} stats on {fitted_on}: "
+                                 f"float {f_auc:.4f} device {d_auc:.4f}")
     write_text(args.out_dir / "anomaly_device.jsonl", "".join(json.dumps(r, default=str) + "\n"
                                                                       for r in records))
     md = render(records)
@@ -320,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
 _LATENCY_COLUMNS = (
     Column("format", "format"), Column("dtype", "dtype"), Column("px", "latency_resolution", "d", "right"),
+    Column("int8 policy", lambda r: r.get("policy") or "-"),
     Column("runner", lambda r: r.get("runner", "python")),
     Column("gate layout", lambda r: f"{r['layout']} ({r['outputs']} outputs)"),
     Column("plain p50 ms", "plain_p50_ms", ".4f", "right"), Column("gated p50 ms", "gated_p50_ms", ".4f", "right"),
@@ -328,7 +367,8 @@ _LATENCY_COLUMNS = (
     Column("blocks x runs", lambda r: f"{r['blocks']} x {r['runs']}", align="right"),
 )
 _AUROC_COLUMNS = (
-    Column("format", "format"), Column("OOD set", "ood"),
+    Column("format", "format"), Column("int8 policy", lambda r: r.get("policy", "ptq")),
+    Column("stats fitted on", lambda r: r.get("stats_fitted_on", "float model")), Column("OOD set", "ood"),
     Column("combine", lambda r: r.get("combine", "sum-z") + (" (fitted)" if r.get("fitted_combine", True) else "")),
     Column("float AUROC", "float_auroc", ".4f", "right"),
     Column("on-device int8 AUROC", "device_auroc", ".4f", "right"), Column("gap", "gap", "+.4f", "right"),
@@ -356,26 +396,37 @@ def render(records: list[dict[str, Any]]) -> str:
              table(_LATENCY_COLUMNS, lat),
              "", "## AUROC: gate score from the int8 artifact's gate outputs (in its runtime) vs the float model",
              "", table(_AUROC_COLUMNS, auc)]
+    lines += ["", f"Targets: int8 on-device AUROC within {TARGET_AUROC_GAP} of float (the fitted combination; a "
+              "positive gap is int8 scoring better), per int8 policy and where the shipped statistics were fitted:",
+              ""]
     fitted = [r for r in auc if r.get("fitted_combine", True)]  # the score the artifact ships with is judged
-    worst_gap = max((abs(r["gap"]) for r in fitted), default=float("nan"))
-    worst_loss = min((r["gap"] for r in fitted), default=float("nan"))
-    lines += ["", f"Targets: int8 on-device AUROC within {TARGET_AUROC_GAP} of float (the fitted combination): "
-              f"{'met' if worst_gap <= TARGET_AUROC_GAP else 'NOT met'} (worst |gap| {worst_gap:.4f}; worst loss "
-              f"{worst_loss:+.4f}, a positive gap is int8 scoring better).", "",
-              f"Gate outputs cost <= {100 * TARGET_LATENCY_COST:.0f}% latency, in the runtime a device runs (.pte "
-              "in the native runner, .tflite in LiteRT), per layout over every format, dtype and size above:", ""]
+    for key in dict.fromkeys((r.get("policy", "ptq"), r.get("stats_fitted_on", "float model")) for r in fitted):
+        rows = [r for r in fitted if (r.get("policy", "ptq"), r.get("stats_fitted_on", "float model")) == key]
+        worst_gap = max(abs(r["gap"]) for r in rows)
+        worst_loss = min(r["gap"] for r in rows)
+        verdict = "met" if worst_gap <= TARGET_AUROC_GAP else "NOT met"
+        lines.append(f"- `{key[0]}`, statistics of the {key[1]}: {verdict} (worst |gap| {worst_gap:.4f}; "
+                     f"worst loss {worst_loss:+.4f}).")
+    lines += ["", f"Gate outputs cost <= {100 * TARGET_LATENCY_COST:.0f}% latency, in the runtime a device runs (.pte "
+              "in the native runner, .tflite in LiteRT), per layout and int8 policy over every format, dtype and "
+              "size above (fp32 rows count for every policy):", ""]
+    int8_policies = list(dict.fromkeys(r["policy"] for r in lat if r.get("policy"))) or ["ptq"]
     for layout in dict.fromkeys(r.get("layout", "concat") for r in lat):
-        shipped = [r for r in lat if r.get("layout", "concat") == layout
-                   and r.get("runner", "python") == ("native" if r["format"] == "pte" else "python")]
-        worst = max(shipped, key=lambda r: r["cost"])
-        verdict = "met" if worst["cost"] <= TARGET_LATENCY_COST else "NOT met"
-        where = f"{worst['format']} {worst['dtype']} at {worst['latency_resolution']} px"
-        lines.append(f"- `{layout}`{' (the default)' if layout == 'concat' else ''}: {verdict} (worst "
-                     f"{100 * worst['cost']:+.2f}%, {where}).")
+        for policy in int8_policies:
+            shipped = [r for r in lat if r.get("layout", "concat") == layout and r.get("policy") in (None, policy)
+                       and r.get("runner", "python") == ("native" if r["format"] == "pte" else "python")]
+            if not any(r.get("policy") == policy for r in shipped):
+                continue
+            worst = max(shipped, key=lambda r: r["cost"])
+            verdict = "met" if worst["cost"] <= TARGET_LATENCY_COST else "NOT met"
+            where = f"{worst['format']} {worst['dtype']} at {worst['latency_resolution']} px"
+            lines.append(f"- `{layout}`{' (the default)' if layout == 'concat' else ''}, int8 `{policy}`: {verdict} "
+                         f"(worst {100 * worst['cost']:+.2f}%, {where}).")
     return "\n".join(lines + [""])
 
 
-__all__ = ["device_gates", "device_scores", "export_all", "gap_ci", "main", "render", "time_interleaved", "time_native"]
+__all__ = ["device_gates", "device_scores", "export_all", "export_policies", "gap_ci", "main", "render",
+           "time_interleaved", "time_native"]
 
 if __name__ == "__main__":
     sys.exit(main())

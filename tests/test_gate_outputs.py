@@ -176,6 +176,37 @@ def test_concatenated_gates_equal_separate_outputs_with_the_logits_untouched(tmp
 
 @pytest.mark.slow
 @pytest.mark.export
+def test_gates_on_one_grid_pack_into_one_int8_output(tmp_path):
+    """``gate-fixed`` int8 ``.pte``: every gate on 1/256, so ``concat`` is one int8 concatenate, read with its scale.
+
+    With per-gate grids (``ptq``) XNNPACK's int8 concatenate refuses to initialise, so ``concat``
+    there stays a float ``cat`` of the dequantised gates (the test above reads it without a scale).
+    """
+    from device_bench.gate_score import gate_arrays
+    from export import backends
+
+    fixed = {"policy": ("gate-fixed",), "gate_outputs": True}
+    packed = _registry_export(tmp_path / "concat", "pte", "int8", **fixed)
+    separate = _registry_export(tmp_path / "separate", "pte", "int8", gate_layout="separate", **fixed)
+    mp, ms = read_manifest(packed["path"]), read_manifest(separate["path"])
+    assert len(mp.outputs) == 2 and mp.outputs[1].dtype == "int8", mp.outputs
+    assert (mp.outputs[1].scale, mp.outputs[1].zero_point) == (pytest.approx(1 / 256), -128)
+    d = mp["delegation"]
+    assert d["partitions"] == 1 and not any(d["non_delegated_ops"].values()), d
+    xs, _ = parity_inputs(32, None, seed=5)
+    backend = backends.get("pte")
+    for rp, rs in zip(backend.run_all(packed["path"], xs[:3]), backend.run_all(separate["path"], xs[:3]), strict=True):
+        assert np.array_equal(rp[0], rs[0])  # logits untouched
+        assert rp[1].dtype == np.int8
+        gp = gate_arrays(rp, mp["gate_outputs"]["blocks"], quant=mp.output_quant)
+        gs = gate_arrays(rs, ms["gate_outputs"]["blocks"])
+        for name in gs:
+            # the concatenate copies the integers; separate's convert is (q - zp) * scale in float32
+            assert np.abs(gs[name] - gp[name]).max() <= 1e-6, name
+
+
+@pytest.mark.slow
+@pytest.mark.export
 @pytest.mark.parametrize("fmt", ["pte", "tflite"])
 def test_quantized_layout_returns_the_int8_gates_themselves(tmp_path, fmt):
     """``quantized``: one int8 output per SE block, read with the manifest's scale: the gates ``separate`` gives."""
