@@ -26,6 +26,7 @@ from typing import Any
 from contract.errors import first_line
 from contract.formats import artifact_name, manifest_path
 from contract.measure import MeasureSpec
+from device_bench.transports import emulated
 from edge_se.errors import EdgeSeError, StageError
 from edge_se.latency_key import Kernel
 from edge_se.specs import ArchSpec
@@ -39,11 +40,6 @@ process); an artifact's value is the median of its passes. One pass of the 94 ar
 default table takes about a minute here, and the machine's speed moves by up to 10-15% over
 minutes to hours (the same fp32 network re-timed an hour apart: 3.67 vs 3.18-3.40 ms): the passes
 spread every artifact over the whole timing window, so a drift falls on all of them alike."""
-
-
-def emulated(device: str) -> bool:
-    """Whether ``device`` is emulated (``qemu-*``): its figures are instructions per inference, not ms."""
-    return device.startswith("qemu")
 
 
 def default_passes(device: str, given: int | None = None) -> int:
@@ -215,5 +211,5 @@ def _value(path: Path, rec: dict[str, Any]) -> tuple[float, str, dict[str, Any]]
     return float(value), unit, rec
 
 
-__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "default_passes", "emulated", "export_all",
+__all__ = ["CALIB_IMAGES", "TABLE_MEASURE", "TABLE_PASSES", "Target", "default_passes", "export_all",
            "network_name", "probe_name", "time_all"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from device_bench.transports import emulated
 from edge_se.registry import NOSE_SUFFIX
 from pipeline.config import ModelCfg, RunConfig
 
@@ -93,7 +94,7 @@ def plan_cells(cfg: RunConfig) -> list[Cell]:
             cells += exports
             for exp in exports:
                 for device in m.devices or cfg.devices:
-                    if device.startswith("qemu") and exp.param("dtype") not in cfg.emulated_dtypes:
+                    if emulated(device) and exp.param("dtype") not in cfg.emulated_dtypes:
                         continue
                     cells.append(Cell("bench", name, exp.params + (("device", device),), (exp.id,), meta=common))
             for device in cfg.baseline_devices:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from contract.files import sha256_file
+from device_bench.transports import emulated
 from edge_se.errors import EdgeSeError, first_line
 from pipeline.cells import Cell
 from pipeline.config import EXECUTORS, RunConfig
@@ -66,7 +67,7 @@ def times_on_host(device: str) -> bool:
     time on their own hardware; any other name (``local``, the ``cpu``/``cuda`` baselines, an
     inventory name) is taken to time here: running it alone is slower but never wrong.
     """
-    return not (device.startswith("qemu") or "://" in device)
+    return not (emulated(device) or "://" in device)
 
 
 def exclusive(cell: Cell) -> bool:

@@ -279,6 +279,11 @@ def unit_qspec(top: float = 1.0) -> Any:
                                         quant_min=-128, quant_max=127, qscheme=torch.per_tensor_affine)
 
 
+def activation_spec(config: Any) -> Any:
+    """The observed activation spec of a stock ``QuantizationConfig`` (its output's, else its input's)."""
+    return config.output_activation or config.input_activation
+
+
 def _annotated_output(node: Node) -> bool:
     ann = node.meta.get(ANNOTATION_KEY)
     return ann is not None and ann.output_qspec is not None
@@ -333,7 +338,7 @@ def annotate_int8_ops(gm: GraphModule, config: Any, *, hardswish: bool, fuse_cla
     from torchao.quantization.pt2e import MinMaxObserver
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
 
-    act = config.output_activation or config.input_activation
+    act = activation_spec(config)
     const_spec = dataclasses.replace(act, observer_or_fake_quant_ctr=MinMaxObserver)
     targets = {_aten.sigmoid.default, _aten.mul.Tensor, _aten.add.Tensor, _aten.hardtanh.default, _aten.mean.dim}
     if hardswish:
@@ -415,6 +420,7 @@ __all__ = [
     "TARGET_REWRITES",
     "UNIT_SCALE",
     "UNIT_ZERO_POINT",
+    "activation_spec",
     "annotate_int8_ops",
     "apply_rewrites",
     "check_flag",

@@ -37,7 +37,15 @@ import torch
 from torch.fx import GraphModule, Node
 
 from contract.formats import FORMATS
-from quantize.int8_ops import ANNOTATION_KEY, REWRITES, annotate_int8_ops, apply_rewrites, check_rewrites, unit_qspec
+from quantize.int8_ops import (
+    ANNOTATION_KEY,
+    REWRITES,
+    activation_spec,
+    annotate_int8_ops,
+    apply_rewrites,
+    check_rewrites,
+    unit_qspec,
+)
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
@@ -207,8 +215,7 @@ def _policy_class(base: type) -> type:
                 n = annotate_int8_ops(model, self.global_config, hardswish=how is not None and how.int8_hardswish,
                                       fuse_clamp=how is not None and how.fuse_clamp)
                 self.edge_se_applied = [*self.edge_se_applied, f"int8-ops: {n} nodes ({REWRITES['int8-ops']})"]
-            config = self.global_config
-            _apply_post_edits(model, self.edge_se_edits, config.output_activation or config.input_activation)
+            _apply_post_edits(model, self.edge_se_edits, activation_spec(self.global_config))
             return model
 
     PolicyQuantizer.__name__ = PolicyQuantizer.__qualname__ = f"EdgeSe{base.__name__}"

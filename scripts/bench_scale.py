@@ -31,10 +31,11 @@ from typing import Any
 from contract.files import write_text
 from contract.measure import MeasureSpec
 from device_bench.sysinfo import system_line, system_record
+from device_bench.transports import emulated
 from edge_se.accounting import count
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, refit, variant
-from latency.measure import TABLE_MEASURE, Target, default_passes, emulated
+from latency.measure import TABLE_MEASURE, Target, default_passes
 from latency.table import save
 
 TOLERANCE_PCT = 10.0  # the issue's target: 95% of held-out networks within +-10%
@@ -153,6 +154,11 @@ def run_scale(args: argparse.Namespace, table: Path, work: Path) -> dict[str, An
     return {"kind": "scale", "command": command, "wall_s": round(wall, 1), "exit": proc.returncode} | doc
 
 
+def _has_control(rows: list[dict[str, Any]]) -> bool:
+    """Whether the rows carry a control fit's predictions (``--control-without``)."""
+    return any("error_pct_control" in r for r in rows)
+
+
 def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
     """Per (format, dtype): held-out count, share within the tolerance, median and worst |error|.
 
@@ -169,7 +175,7 @@ def summary_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
                f"{statistics.median(errs):.1f}%", f"{max(errs):.1f}%",
                "met" if within >= 0.95 * len(held) else "**not met**", str(first["table_entries"]),
                f"{first['table_s']:.0f} s", _assembly(first.get("assembly"), first["unit"])]
-        if any("error_pct_control" in r for r in rows):
+        if _has_control(rows):
             ctrl = [abs(r["error_pct_control"]) for r in held if "error_pct_control" in r]
             row.append(f"{sum(e <= TOLERANCE_PCT for e in ctrl)}/{len(ctrl)}, median {statistics.median(ctrl):.1f}%, "
                        f"worst {max(ctrl):.1f}% (build {','.join(held[0]['control_build'])})" if ctrl else "-")
@@ -210,7 +216,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         markdown_table(["format dtype", "held out", f"within +-{TOLERANCE_PCT:g}%", "median abs error",
                         "worst abs error", "target", "table entries", "build + time (s)", "assembly (fitted)"]
                        + (["control: the same measurements refitted on a smaller build set"]
-                          if any("error_pct_control" in r for r in rows) else []),
+                          if _has_control(rows) else []),
                        summary_rows(rows)),
         "",
     ]

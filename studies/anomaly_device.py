@@ -124,6 +124,13 @@ def export_policies(model: Any, stats: dict[str, Any], policies: list[str], *, r
     return arts
 
 
+def _sha256(rec: dict) -> str:
+    """The artifact's SHA-256 (its bytes): pairs timed twice under different labels are found by it."""
+    import hashlib
+
+    return hashlib.sha256(Path(rec["path"]).read_bytes()).hexdigest()
+
+
 def _paired_cost(plain_p50s: list[float], gated_p50s: list[float]) -> dict[str, Any]:
     """The cost figures of paired p50s (ms): medians, median paired ratio - 1 and its quartiles - 1."""
     ratios = [g / p for p, g in zip(plain_p50s, gated_p50s, strict=True)]
@@ -310,7 +317,8 @@ def main(argv: list[str] | None = None) -> int:
                 bn = ("trained" if res == args.resolution else
                       f"re-estimated on 64 digits at {res} px (latency only)")
                 row = {**env, "kind": "latency", "format": fmt, "dtype": dtype, "latency_resolution": res,
-                       "layout": layout, "policy": policy, "batchnorm": bn}
+                       "layout": layout, "policy": policy, "batchnorm": bn,
+                       "plain_sha256": _sha256(plain), "gated_sha256": _sha256(gated)}
                 records.append({**row, "runner": "python", **t})
                 if fmt == "pte":
                     n = t["outputs"]
@@ -319,6 +327,9 @@ def main(argv: list[str] | None = None) -> int:
                     records.append({**row, **t, "outputs": n})
             if res == args.resolution:
                 scored = arts
+                records += [{**env, "kind": "fidelity", "format": fmt, "dtype": dtype, "policy": policy,
+                             "layout": layout, **(rec.get("fidelity") or {}), "artifact_sha256": _sha256(rec)}
+                            for (fmt, dtype, layout, policy), rec in arts.items() if dtype == "int8" and layout is None]
         if args.resolution not in args.latency_resolutions:
             scored = export_policies(model, stats, policies, resolution=args.resolution, out=Path(tmp),
                                      seed=args.seed, layouts=("concat",))
@@ -377,6 +388,36 @@ _AUROC_COLUMNS = (
 )
 
 
+_FIDELITY_COLUMNS = (
+    Column("format", "format"), Column("int8 policy", "policy"),
+    Column("logits SQNR dB", "sqnr_db", ".2f", "right"), Column("worst image dB", "sqnr_db_worst", ".2f", "right"),
+    Column("top-1 agreement", "top1_agreement", ".4f", "right"), Column("accuracy", "accuracy", ".4f", "right"),
+    Column("float accuracy", "float_accuracy", ".4f", "right"),
+    Column("gate SQNR min dB", "gate_sqnr_db_min", ".2f", "right"), Column("images", "images", "d", "right"),
+    Column("artifact sha256", lambda r: r["artifact_sha256"][:12]),
+)
+
+
+def _repeats(lat: list[dict[str, Any]]) -> list[str]:
+    """Lines on pairs timed twice (the same plain and gated bytes under two labels): the run's noise floor."""
+    seen: dict[tuple, list[dict[str, Any]]] = {}
+    for r in lat:
+        if "gated_sha256" in r:
+            seen.setdefault((r["runner"], r["latency_resolution"], r["plain_sha256"], r["gated_sha256"]), []).append(r)
+    lines = []
+    for rows in seen.values():
+        if len(rows) > 1:
+            costs = ", ".join(f"{100 * r['cost']:+.2f}% ({r.get('policy') or '-'})" for r in rows)
+            first = rows[0]
+            lines.append(f"- {first['format']} {first['dtype']} {first['latency_resolution']} px {first['layout']}, "
+                         f"{first['runner']} runner: {costs}")
+    if not lines:
+        return []
+    return ["", "The same plain and gated bytes timed twice under two policy labels (the int8 policies give "
+            "byte-identical artifacts there): the difference is this run's noise floor for one cost figure.", "",
+            *lines]
+
+
 def render(records: list[dict[str, Any]]) -> str:
     """``results/anomaly_device.md``: settings, the latency table, the AUROC table, the targets."""
     first = records[0]
@@ -394,6 +435,9 @@ def render(records: list[dict[str, Any]]) -> str:
              "Rows at a resolution other than the training one time the same graph with BatchNorm statistics "
              "re-estimated there (`batchnorm` in the .jsonl): latency only; their AUROC is not measured.", "",
              table(_LATENCY_COLUMNS, lat),
+             *_repeats(lat),
+             "", "## Fidelity of each plain int8 artifact (manifest `fidelity`: held-out digits, in its runtime)", "",
+             table(_FIDELITY_COLUMNS, [r for r in records if r["kind"] == "fidelity"]),
              "", "## AUROC: gate score from the int8 artifact's gate outputs (in its runtime) vs the float model",
              "", table(_AUROC_COLUMNS, auc)]
     lines += ["", f"Targets: int8 on-device AUROC within {TARGET_AUROC_GAP} of float (the fitted combination; a "

@@ -193,6 +193,40 @@ def test_gap_interval_is_zero_for_identical_scores_and_covers_a_known_gap():
     assert lo <= gap <= hi < 0.0
 
 
+def test_device_study_verdicts_per_policy_and_the_repeat_noise_floor():
+    """render(): targets judged per (layout, int8 policy) and per statistics; byte-identical repeats listed."""
+    from studies.anomaly_device import render
+
+    env = {"model": "m", "data": "digits", "resolution": 32, "epochs": 1, "seed": 0, "init": "recipe",
+           "commit": "c", "versions": {}, "cpu": "X; flags: avx2"}
+
+    def lat(policy, cost, gated="g1", fmt="pte", runner="native"):
+        return {**env, "kind": "latency", "format": fmt, "dtype": "int8", "latency_resolution": 32,
+                "layout": "concat", "policy": policy, "runner": runner, "outputs": 2, "plain_p50_ms": 1.0,
+                "gated_p50_ms": 1.0 + cost, "cost": cost, "cost_q1": cost, "cost_q3": cost, "blocks": 3, "runs": 5,
+                "plain_sha256": "p", "gated_sha256": gated}
+
+    def auc(policy, on, gap):
+        return {**env, "kind": "auroc", "format": "pte", "dtype": "int8", "ood": "blurred", "policy": policy,
+                "stats_fitted_on": on, "combine": "max-z", "fitted_combine": True, "float_auroc": 0.9,
+                "device_auroc": 0.9 + gap, "gap": gap, "gap_ci95": [gap, gap]}
+
+    fid = {**env, "kind": "fidelity", "format": "pte", "dtype": "int8", "policy": "ptq", "layout": None,
+           "sqnr_db": 25.0, "sqnr_db_worst": 8.0, "top1_agreement": 1.0, "accuracy": 0.97, "float_accuracy": 0.97,
+           "gate_sqnr_db_min": 30.0, "images": 360, "artifact_sha256": "ab" * 32}
+    md = render([lat("ptq", 0.04), lat("gate-fixed", 0.02, gated="g2"), lat("ptq", 0.01, "t", "tflite", "python"),
+                 lat("gate-fixed", 0.025, "t", "tflite", "python"), fid,
+                 auc("ptq", "float model", 0.014), auc("ptq", "artifact (--gate-fit)", -0.009)])
+    # ptq: the pte's +4% fails; gate-fixed: its own pte (+2%) and the shared tflite (+2.5%) pass.
+    assert "`concat` (the default), int8 `ptq`: NOT met (worst +4.00%, pte int8 at 32 px)" in md
+    assert "`concat` (the default), int8 `gate-fixed`: met (worst +2.50%, tflite int8 at 32 px)" in md
+    assert "- tflite int8 32 px concat, python runner: +1.00% (ptq), +2.50% (gate-fixed)" in md
+    assert "native runner: +4.00%" not in md, "different gated bytes are no repeat"
+    assert "`ptq`, statistics of the float model: NOT met (worst |gap| 0.0140" in md
+    assert "`ptq`, statistics of the artifact (--gate-fit): met (worst |gap| 0.0090" in md
+    assert "abababababab" in md  # the fidelity table names the artifact it measured
+
+
 def test_gate_arrays_read_concatenated_and_separate_layouts():
     from device_bench.gate_score import gate_arrays
 

@@ -14,6 +14,12 @@ if TYPE_CHECKING:  # inventory imports transports.base: a runtime import here wo
     from device_bench.inventory import Device
 
 SCHEMES = ("local", "qemu-aarch64", "ssh://", "adb://")
+EMULATED_PREFIX = "qemu"
+
+
+def emulated(device: str) -> bool:
+    """Whether ``--device`` names an emulated device (``qemu-*``): it counts instructions per inference, not ms."""
+    return device.startswith(EMULATED_PREFIX)
 
 
 def from_url(url: str, *, name: str | None = None, options: dict[str, Any] | None = None) -> Transport:
