@@ -206,11 +206,18 @@ def gate_nodes(gated: GraphModule) -> list[Any]:
     """The graph nodes of the gates, one per block, whatever the layout (the ``cat``'s inputs for ``concat``)."""
     out = next(n for n in gated.graph.nodes if n.op == "output")
     nodes = list(out.args[0])[1:]
-    if len(nodes) == 1 and "quantize_per_tensor" in str(getattr(nodes[0], "target", "")):
-        nodes = [nodes[0].args[0]]  # packed int8 (_packed_int8): quantize(cat(...))
+    if packed(gated):  # quantize(cat(...)): the cat's inputs are the gates
+        nodes = [nodes[0].args[0]]
     if len(nodes) == 1 and "cat" in str(getattr(nodes[0], "target", "")):
         return list(nodes[0].args[0])
     return nodes
+
+
+def packed(gated: GraphModule) -> bool:
+    """Whether ``gated``'s gate output is the packed int8 concatenation (:func:`_packed_int8`)."""
+    result = list(next(n for n in gated.graph.nodes if n.op == "output").args[0])[1:]
+    return (len(result) == 1 and "quantize_per_tensor" in str(getattr(result[0], "target", ""))
+            and "cat" in str(getattr(result[0].args[0], "target", "")))
 
 
 def gate_quant(gated: GraphModule) -> dict[int, tuple[float, int]]:
@@ -250,4 +257,4 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
 
 
 __all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "manifest_block",
-           "se_blocks", "shared_grid", "with_gate_outputs"]
+           "packed", "se_blocks", "shared_grid", "with_gate_outputs"]

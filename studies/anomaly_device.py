@@ -407,15 +407,16 @@ def _repeats(lat: list[dict[str, Any]]) -> list[str]:
     lines = []
     for rows in seen.values():
         if len(rows) > 1:
-            costs = ", ".join(f"{100 * r['cost']:+.2f}% ({r.get('policy') or '-'})" for r in rows)
+            costs = ", ".join(f"{100 * r['cost']:+.2f}% ({r['layout']}{', ' + r['policy'] if r.get('policy') else ''})"
+                              for r in rows)
             first = rows[0]
-            lines.append(f"- {first['format']} {first['dtype']} {first['latency_resolution']} px {first['layout']}, "
+            lines.append(f"- {first['format']} {first['dtype']} {first['latency_resolution']} px, "
                          f"{first['runner']} runner: {costs}")
     if not lines:
         return []
-    return ["", "The same plain and gated bytes timed twice under two policy labels (the int8 policies give "
-            "byte-identical artifacts there): the difference is this run's noise floor for one cost figure.", "",
-            *lines]
+    return ["", "The same plain and gated bytes timed twice in this run under two labels (fp32 `quantized` is "
+            "`separate`; `.tflite` int8 is the same graph under both policies): the difference between the two "
+            "figures is the run's noise for one cost figure.", "", *lines]
 
 
 def render(records: list[dict[str, Any]]) -> str:

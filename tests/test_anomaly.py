@@ -220,7 +220,7 @@ def test_device_study_verdicts_per_policy_and_the_repeat_noise_floor():
     # ptq: the pte's +4% fails; gate-fixed: its own pte (+2%) and the shared tflite (+2.5%) pass.
     assert "`concat` (the default), int8 `ptq`: NOT met (worst +4.00%, pte int8 at 32 px)" in md
     assert "`concat` (the default), int8 `gate-fixed`: met (worst +2.50%, tflite int8 at 32 px)" in md
-    assert "- tflite int8 32 px concat, python runner: +1.00% (ptq), +2.50% (gate-fixed)" in md
+    assert "- tflite int8 32 px, python runner: +1.00% (concat, ptq), +2.50% (concat, gate-fixed)" in md
     assert "native runner: +4.00%" not in md, "different gated bytes are no repeat"
     assert "`ptq`, statistics of the float model: NOT met (worst |gap| 0.0140" in md
     assert "`ptq`, statistics of the artifact (--gate-fit): met (worst |gap| 0.0090" in md
