@@ -122,19 +122,25 @@ def with_gate_outputs(gm: GraphModule, blocks: Sequence[SEBlock], *, layout: str
     return gm
 
 
-def shared_grid(sources: Sequence[Any]) -> tuple[Any, ...] | None:
-    """The quantisation parameters ``(scale, zero point, qmin, qmax, dtype)`` every gate shares, else None.
+def gate_grids(sources: Sequence[Any]) -> set[tuple[Any, ...]] | None:
+    """The distinct quantisation grids ``(scale, zero point, qmin, qmax, dtype)`` of the gates.
 
     ``sources`` are the gates' nodes as the multiplies take them: dequantize nodes in an int8 graph.
-    None when one is not a dequantize (fp32, an SE block kept in fp32) or the grids differ (``ptq``
-    on ``.pte`` observes each gate's own range; ``gate-fixed`` puts them all on 1/256).
+    None when one is not a dequantize (fp32, an SE block kept in fp32). ``ptq`` on ``.pte`` observes
+    each gate's own range (several grids); ``gate-fixed`` puts them all on 1/256 (one).
     """
     grids = set()
     for src in sources:
         if "dequantize_per_tensor" not in str(getattr(src, "target", "")) or len(src.args) < 6:
             return None
         grids.add(tuple(src.args[1:6]))
-    return grids.pop() if len(grids) == 1 else None
+    return grids
+
+
+def shared_grid(sources: Sequence[Any]) -> tuple[Any, ...] | None:
+    """The one grid every gate is on (:func:`gate_grids`), else None."""
+    grids = gate_grids(sources)
+    return next(iter(grids)) if grids is not None and len(grids) == 1 else None
 
 
 def _packed_int8(graph: Any, sources: Sequence[Any]) -> Any | None:
@@ -202,10 +208,14 @@ def manifest_block(blocks: Sequence[SEBlock], stats: Mapping[str, Any] | None, *
     }
 
 
+def _gate_results(gated: GraphModule) -> list[Any]:
+    """The graph's outputs after the logits (output 1 onwards): what ``with_gate_outputs`` appended."""
+    return list(next(n for n in gated.graph.nodes if n.op == "output").args[0])[1:]
+
+
 def gate_nodes(gated: GraphModule) -> list[Any]:
     """The graph nodes of the gates, one per block, whatever the layout (the ``cat``'s inputs for ``concat``)."""
-    out = next(n for n in gated.graph.nodes if n.op == "output")
-    nodes = list(out.args[0])[1:]
+    nodes = _gate_results(gated)
     if packed(gated):  # quantize(cat(...)): the cat's inputs are the gates
         nodes = [nodes[0].args[0]]
     if len(nodes) == 1 and "cat" in str(getattr(nodes[0], "target", "")):
@@ -215,7 +225,7 @@ def gate_nodes(gated: GraphModule) -> list[Any]:
 
 def packed(gated: GraphModule) -> bool:
     """Whether ``gated``'s gate output is the packed int8 concatenation (:func:`_packed_int8`)."""
-    result = list(next(n for n in gated.graph.nodes if n.op == "output").args[0])[1:]
+    result = _gate_results(gated)
     return (len(result) == 1 and "quantize_per_tensor" in str(getattr(result[0], "target", ""))
             and "cat" in str(getattr(result[0].args[0], "target", "")))
 
@@ -226,9 +236,8 @@ def gate_quant(gated: GraphModule) -> dict[int, tuple[float, int]]:
     Read from the quantize node each such output is (``quantized``: one per gate; ``concat`` on one
     shared grid: the packed output); empty for float gate outputs.
     """
-    result = next(n for n in gated.graph.nodes if n.op == "output").args[0]
     out: dict[int, tuple[float, int]] = {}
-    for i, node in enumerate(list(result)[1:], start=1):
+    for i, node in enumerate(_gate_results(gated), start=1):
         target = str(getattr(node, "target", ""))
         if "quantize_per_tensor" in target and "dequantize" not in target:
             scale, zero = node.args[1], node.args[2]
@@ -256,5 +265,5 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
     return scales
 
 
-__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "manifest_block",
-           "packed", "se_blocks", "shared_grid", "with_gate_outputs"]
+__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "gate_grids",
+           "manifest_block", "packed", "se_blocks", "shared_grid", "with_gate_outputs"]

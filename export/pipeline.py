@@ -244,9 +244,8 @@ def _add_gate_outputs(program: _Program, opts: ExportOptions, *, quantized_outpu
     program.gate_blocks = blocks
     program.gate_stats = opts.gate_stats
     program.gated = go.with_gate_outputs(base, blocks, layout=opts.gate_layout, quantized_outputs=quantized_outputs)
-    sources = go.gate_nodes(program.gated)
-    if (program.quantized is not None and quantized_outputs and opts.gate_layout == "concat"
-            and not go.packed(program.gated) and all("dequantize" in str(n.target) for n in sources)):
+    grids = go.gate_grids(go.gate_nodes(program.gated))  # None: a gate in float
+    if quantized_outputs and opts.gate_layout == "concat" and grids is not None and len(grids) > 1:
         _log(f"note: the {len(blocks)} gates have their own int8 grids, so output 1 is a float cat of "
              f"{len(blocks)} dequantised gates; --policy gate-fixed puts them on one grid and packs them into one "
              "int8 output (cheaper: docs/export.md)")

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.files import write_text
+from contract.files import sha256_file, write_text
 from device_bench.gate_score import COMBINES
 from device_bench.sysinfo import cpu_flags, cpu_model
 from edge_se.tables import Column, table
@@ -119,16 +119,10 @@ def export_policies(model: Any, stats: dict[str, Any], policies: list[str], *, r
         got = export_all(model, stats, resolution=resolution, out=out, seed=seed,
                          layouts=layouts if i == 0 else ("concat",), batchnorm_here=batchnorm_here, policy=policy,
                          dtypes=("fp32", "int8") if i == 0 else ("int8",))
-        arts |= {(fmt, dtype, layout, policy if dtype == "int8" else None): rec
+        # Each artifact's hash, read once: pairs timed twice under different labels are found by it.
+        arts |= {(fmt, dtype, layout, policy if dtype == "int8" else None): {**rec, "sha256": sha256_file(rec["path"])}
                  for (fmt, dtype, layout), rec in got.items()}
     return arts
-
-
-def _sha256(rec: dict) -> str:
-    """The artifact's SHA-256 (its bytes): pairs timed twice under different labels are found by it."""
-    import hashlib
-
-    return hashlib.sha256(Path(rec["path"]).read_bytes()).hexdigest()
 
 
 def _paired_cost(plain_p50s: list[float], gated_p50s: list[float]) -> dict[str, Any]:
@@ -318,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"re-estimated on 64 digits at {res} px (latency only)")
                 row = {**env, "kind": "latency", "format": fmt, "dtype": dtype, "latency_resolution": res,
                        "layout": layout, "policy": policy, "batchnorm": bn,
-                       "plain_sha256": _sha256(plain), "gated_sha256": _sha256(gated)}
+                       "plain_sha256": plain["sha256"], "gated_sha256": gated["sha256"]}
                 records.append({**row, "runner": "python", **t})
                 if fmt == "pte":
                     n = t["outputs"]
@@ -328,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             if res == args.resolution:
                 scored = arts
                 records += [{**env, "kind": "fidelity", "format": fmt, "dtype": dtype, "policy": policy,
-                             "layout": layout, **(rec.get("fidelity") or {}), "artifact_sha256": _sha256(rec)}
+                             "layout": layout, **(rec.get("fidelity") or {}), "artifact_sha256": rec["sha256"]}
                             for (fmt, dtype, layout, policy), rec in arts.items() if dtype == "int8" and layout is None]
         if args.resolution not in args.latency_resolutions:
             scored = export_policies(model, stats, policies, resolution=args.resolution, out=Path(tmp),
@@ -445,8 +439,12 @@ def render(records: list[dict[str, Any]]) -> str:
               "positive gap is int8 scoring better), per int8 policy and where the shipped statistics were fitted:",
               ""]
     fitted = [r for r in auc if r.get("fitted_combine", True)]  # the score the artifact ships with is judged
-    for key in dict.fromkeys((r.get("policy", "ptq"), r.get("stats_fitted_on", "float model")) for r in fitted):
-        rows = [r for r in fitted if (r.get("policy", "ptq"), r.get("stats_fitted_on", "float model")) == key]
+
+    def shipped_as(r: dict[str, Any]) -> tuple[str, str]:  # records before the policies: ptq, float statistics
+        return r.get("policy", "ptq"), r.get("stats_fitted_on", "float model")
+
+    for key in dict.fromkeys(shipped_as(r) for r in fitted):
+        rows = [r for r in fitted if shipped_as(r) == key]
         worst_gap = max(abs(r["gap"]) for r in rows)
         worst_loss = min(r["gap"] for r in rows)
         verdict = "met" if worst_gap <= TARGET_AUROC_GAP else "NOT met"
