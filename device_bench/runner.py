@@ -29,6 +29,16 @@ artifact's alone.
 The record gets ``op_profile`` (source, where, how many runs), or ``op_profile.error`` when the
 runtime here has no profiler; the timed figures stand either way. The host reads the trace
 (:mod:`device_bench.op_profile`).
+
+``--paired-with B --paired-manifest MB``: a second artifact taking the same inputs (a plain twin, say)
+is loaded and warmed up beside the first and timed in alternation with it: in every repeat each
+artifact runs its block of ``--runs`` inferences (``--min-seconds``, ``--max-runs``), and which goes
+first alternates, so drift of a shared machine (frequency, other jobs) falls on both alike. The
+record stays the first artifact's; ``paired`` holds B's name, sha256 and latency figures (the same
+keys, its repeats paired with the record's by index), and :func:`device_bench.stats.paired_ratio`
+gives the first one's cost over B from them. A cost of a few % on a 0.07 ms inference is below what
+separate processes can resolve here (byte-identical artifacts timed in separate processes differed
+by up to 1.2 points); one process times both under one memory map and one warm CPU.
 """
 
 from __future__ import annotations
@@ -122,6 +132,31 @@ def _set_affinity(cpus: str | None) -> list[int] | None:
     return sorted(os.sched_getaffinity(0))
 
 
+def _same_inputs(manifest: Any, other: Any, other_path: str, path: str) -> None:
+    """--paired-with: ``other`` must take ``manifest``'s inputs (it runs on the same arrays)."""
+    def key(m: Any) -> list[tuple[Any, ...]]:
+        return [(t.shape, t.dtype, t.scale, t.zero_point) for t in m.inputs]
+    if key(manifest) != key(other):
+        raise ManifestError(f"{other_path}: inputs differ from {path}'s; "
+                            "--paired-with times two artifacts on the same inputs")
+
+
+def _block(session: Any, spec: measure_spec.MeasureSpec) -> tuple[list[float], float]:
+    """One repeat's timed inferences (ms) and their total (s): at least ``runs`` and ``min_seconds``."""
+    clock = time.perf_counter_ns
+    samples: list[float] = []
+    spent_ns = 0
+    while len(samples) < spec.runs or spent_ns < spec.min_seconds * 1e9:
+        t = clock()
+        session.run()
+        dt = clock() - t
+        spent_ns += dt
+        samples.append(dt / 1e6)
+        if spec.max_runs and len(samples) >= spec.max_runs:
+            break
+    return samples, spent_ns / 1e9
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run the benchmark described by the parsed arguments; return the result object.
 
@@ -131,6 +166,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     spec = measure_spec.from_namespace(args)
     manifest = load_manifest(args.manifest)
     digest = verify_artifact(args.artifact, manifest)
+    paired = None
+    if args.paired_with:
+        paired_manifest = load_manifest(args.paired_manifest)
+        paired = (paired_manifest, verify_artifact(args.paired_with, paired_manifest))
+        _same_inputs(manifest, paired_manifest, args.paired_manifest, args.manifest)
     affinity = _set_affinity(spec.affinity)
     if args.input_file:
         if len(args.input_file) != len(manifest.inputs):
@@ -162,24 +202,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         return {"schema": RESULT_SCHEMA, "runner": "python", "count_only": True, "runs": spec.runs,
                 "output_checksum": output_summary(first)["output_checksum"]}
 
-    repeats: list[list[float]] = []
-    seconds: list[float] = []
-    clock = time.perf_counter_ns
+    other = None
+    if paired is not None:  # loaded after the first artifact's load was timed; warmed up the same way
+        other = open_session(paired[0].format, args.paired_with, paired[0].inputs, spec.threads)
+        other.set_inputs(inputs)
+        for _ in range(spec.warmup + 1):
+            other.run()
+    timed: dict[str, tuple[list[list[float]], list[float]]] = {"main": ([], []), "paired": ([], [])}
     for r in range(spec.repeats):
         if r:
             time.sleep(spec.cooldown_s)
-        samples: list[float] = []
-        spent_ns = 0
-        while len(samples) < spec.runs or spent_ns < spec.min_seconds * 1e9:
-            t = clock()
-            session.run()
-            dt = clock() - t
-            spent_ns += dt
-            samples.append(dt / 1e6)
-            if spec.max_runs and len(samples) >= spec.max_runs:
-                break
-        repeats.append(samples)
-        seconds.append(spent_ns / 1e9)
+        order = [("main", session)] + ([("paired", other)] if other is not None else [])
+        for which, sess in order[::-1] if r % 2 else order:  # which goes first alternates
+            samples, spent = _block(sess, spec)
+            timed[which][0].append(samples)
+            timed[which][1].append(spent)
+    repeats, seconds = timed["main"]
     last = session.outputs()
     gate = gate_score_record(manifest, last)
     summary = output_summary(first)
@@ -206,6 +244,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     }
     if gate is not None:
         result["gate_score"] = gate
+    if paired is not None:  # native/runner.cpp: the same object
+        result["paired"] = {"artifact": os.path.basename(args.paired_with), "manifest_sha256": paired[1],
+                            "order": "alternating",
+                            **stats.combine_repeats(timed["paired"][0], seconds=timed["paired"][1],
+                                                  unstable_pct=spec.unstable_pct)}
     if args.etdump:
         try:
             result["op_profile"] = session.write_op_profile(args.etdump, runs=args.profile_runs,
@@ -230,6 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-runs", type=int, default=20, help="inferences in the --etdump trace")
     p.add_argument("--count-only", action="store_true",
                    help="run exactly --runs inferences untimed and print only the checksum (instruction counting)")
+    p.add_argument("--paired-with", default=None, metavar="ARTIFACT",
+                   help="a second artifact on the same inputs, timed in alternating blocks with the first "
+                        "(the record's 'paired'; device_bench.stats.paired_ratio)")
+    p.add_argument("--paired-manifest", default=None, metavar="FILE", help="--paired-with's manifest")
     return p
 
 
@@ -239,6 +286,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.profile_runs < 1:
             raise ContractError(f"--profile-runs must be >= 1, got {args.profile_runs}")
+        if (args.paired_with is None) != (args.paired_manifest is None):
+            raise ContractError("--paired-with and --paired-manifest go together")
+        if args.paired_with and (args.count_only or args.etdump):
+            raise ContractError("--paired-with times two artifacts; it takes neither --count-only nor --etdump")
         result = measure(args)
         if not args.count_only:  # a counted process does no more than it must (count-only: 4 fixed keys)
             # What it prints is a valid record, with every key a runner of this checkout writes.

@@ -27,7 +27,7 @@ Definitions (every figure in ms unless its name says ``_pct`` or is a ratio):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from contract.measure import DEFAULT
@@ -237,3 +237,29 @@ def combine_summaries(
         **_stability(pooled, sp, unstable_pct),
         "percentiles_pooled": False,
     }
+
+
+def paired_ratio(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record's artifact against its ``paired`` twin (the runners' ``--paired-with``), repeat by repeat.
+
+    Each repeat timed both artifacts back to back, so the ratio of their two repeat medians is
+    one paired observation, free of the drift between repeats. Returns ``ratio`` (the median over
+    repeats of p50 / paired p50), ``ratio_q1`` and ``ratio_q3`` (:func:`percentile` 25 and 75 of
+    those ratios), ``ratios`` (each repeat's), ``repeats``, and the median of each artifact's
+    repeat medians, ``p50_ms`` and ``paired_p50_ms`` (ms).
+
+    Raises:
+        ValueError: the record has no ``paired`` object, or its repeats do not pair up.
+    """
+    twin = record.get("paired")
+    if not isinstance(twin, Mapping):
+        raise ValueError("the record has no 'paired' object (time it with --paired-with)")
+    mine = [float(r["p50_ms"]) for r in record.get("repeats") or []]
+    theirs = [float(r["p50_ms"]) for r in twin.get("repeats") or []]
+    if not mine or len(mine) != len(theirs):
+        raise ValueError(f"paired record: {len(mine)} repeats against {len(theirs)}; they must pair up")
+    ratios = [m / t for m, t in zip(mine, theirs, strict=True)]
+    ordered = sorted(ratios)
+    return {"ratio": percentile(ordered, 50.0), "ratio_q1": percentile(ordered, 25.0),
+            "ratio_q3": percentile(ordered, 75.0), "ratios": ratios, "repeats": len(ratios),
+            "p50_ms": percentile(sorted(mine), 50.0), "paired_p50_ms": percentile(sorted(theirs), 50.0)}

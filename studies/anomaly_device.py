@@ -6,8 +6,9 @@ fits the gate statistics on the training split, and exports it plain and with ``
 ``QuantizedModel``, so both carry the same quantisation. Then:
 
 * **latency**: plain and gated artifacts (every gate layout: one output per SE block, the
-  default, every gate in one concatenated output, and one int8 output per block) are timed in the on-device runner's own
-  sessions, one thread, in alternating blocks in one process (:func:`time_interleaved`); the cost
+  default, every gate in one concatenated output, and one int8 output per block) are timed by the
+  on-device runner (Python, and for ``.pte`` also native), one thread, in alternating blocks in one
+  process (:func:`time_paired`); the cost
   is the median over blocks of the paired ratio gated / plain - 1. At the study's resolution and
   at 224 px (the deployment size; the weights are resolution-agnostic), since a fixed per-output
   cost weighs differently on a 0.1 ms and a 5 ms inference.
@@ -33,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -125,84 +125,43 @@ def export_policies(model: Any, stats: dict[str, Any], policies: list[str], *, r
     return arts
 
 
-def _paired_cost(plain_p50s: list[float], gated_p50s: list[float]) -> dict[str, Any]:
-    """The cost figures of paired p50s (ms): medians, median paired ratio - 1 and its quartiles - 1."""
-    ratios = [g / p for p, g in zip(plain_p50s, gated_p50s, strict=True)]
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
-    return {"plain_p50_ms": statistics.median(plain_p50s), "gated_p50_ms": statistics.median(gated_p50s),
-            "cost": statistics.median(ratios) - 1.0, "cost_q1": q1 - 1.0, "cost_q3": q3 - 1.0,
-            "plain_p50s": plain_p50s, "gated_p50s": gated_p50s}
+def time_paired(gated: dict, plain: dict, *, runner: str, blocks: int, runs: int, seed: int = 0) -> dict[str, Any]:
+    """The gated artifact's latency cost over its plain twin, timed paired in one on-device runner process.
 
-
-def time_interleaved(plain: dict, gated: dict, *, blocks: int, runs: int, seed: int = 0) -> dict[str, Any]:
-    """The gated artifact's latency cost over the plain one, measured paired in one process.
-
-    Both artifacts are loaded in the on-device runner's own sessions
-    (:func:`device_bench.runtimes.open_session`, 1 thread, the runner's seeded inputs) and timed
-    in ``blocks`` alternating blocks of ``runs`` inferences (which goes first alternates). Each
-    block gives each artifact's median; the cost is the median over blocks of the paired ratio
-    gated / plain - 1, so drift of this shared machine (other jobs, frequency) cancels within a
-    pair. ``cost_q1`` / ``cost_q3`` are the quartiles of the paired ratios - 1. The runner itself
-    (:func:`device_bench.runner.measure`) then scores the gated artifact once, for
-    ``runner_gate_score``.
-    """
-    from device_bench import runner
-    from device_bench.manifest import load_manifest, make_inputs
-    from device_bench.runtimes import open_session
-
-    sessions = {}
-    for key, rec in (("plain", plain), ("gated", gated)):
-        manifest = load_manifest(rec["manifest"])
-        session = open_session(manifest.format, rec["path"], manifest.inputs, 1)
-        session.set_inputs(make_inputs(manifest, seed))
-        for _ in range(max(20, runs // 4)):  # warm-up
-            session.run()
-        sessions[key] = session
-    clock = time.perf_counter_ns
-    medians: dict[str, list[float]] = {"plain": [], "gated": []}
-    for b in range(blocks):
-        for key in ("plain", "gated") if b % 2 == 0 else ("gated", "plain"):
-            run = sessions[key].run
-            samples = []
-            for _ in range(runs):
-                t = clock()
-                run()
-                samples.append(clock() - t)
-            medians[key].append(statistics.median(samples) / 1e6)
-    args = runner.build_parser().parse_args([gated["path"], "--manifest", gated["manifest"], "--runs", "5",
-                                             "--warmup", "1", "--min-seconds", "0", "--repeats", "1",
-                                             "--threads", "1"])
-    return {**_paired_cost(medians["plain"], medians["gated"]), "blocks": blocks, "runs": runs,
-            "method": "paired alternating blocks in one process", "outputs": len(sessions["gated"].outputs()),
-            "runner": "python",
-            "runner_gate_score": runner.measure(args).get("gate_score")}
-
-
-def time_native(plain: dict, gated: dict, *, rounds: int, runs: int, seed: int = 0) -> dict[str, Any]:
-    """The gated ``.pte``'s latency cost in the native C++ runner (what a board runs), paired over rounds.
-
-    Each round runs the native runner (:mod:`device_bench.native_build`, 1 thread) once on each
-    artifact, alternating which goes first: ``runs`` timed inferences after a warm-up, one repeat.
-    The Python runtime hands every output back through its bindings (a per-output cost a board
-    does not pay); the native runner keeps them as runtime values. The cost is the median over
-    rounds of the paired p50 ratio - 1, as in :func:`time_interleaved`.
+    ``runner``: ``"python"`` (``python -m device_bench.runner``: the artifact's Python runtime) or
+    ``"native"`` (the C++ runner of :mod:`device_bench.native_build`, ``.pte`` only: what a board
+    runs; the Python bindings hand every output back as an array, a per-output cost a board does not
+    pay). Either loads both artifacts and times them with ``--paired-with`` on the same seeded inputs,
+    1 thread: ``blocks`` repeats, each one block of ``runs`` inferences per artifact, which goes first
+    alternating, no cool-down. The cost is :func:`device_bench.stats.paired_ratio`'s median over blocks
+    of gated p50 / plain p50 - 1 (its quartiles - 1 beside it), so drift of this shared machine cancels
+    within a pair and no process-to-process difference (memory layout, a cold start) enters.
+    ``runner_gate_score``: the runner's score of the gated artifact's last timed inference.
     """
     import subprocess
 
-    from device_bench.native_build import build
+    from device_bench.stats import paired_ratio
 
-    binary = build("host")
-    p50: dict[str, list[float]] = {"plain": [], "gated": []}
-    for r in range(rounds):
-        for key in ("plain", "gated") if r % 2 == 0 else ("gated", "plain"):
-            rec = plain if key == "plain" else gated
-            out = subprocess.run([str(binary), rec["path"], "--manifest", rec["manifest"], "--runs", str(runs),
-                                  "--warmup", str(max(20, runs // 10)), "--min-seconds", "0", "--repeats", "1",
-                                  "--threads", "1", "--seed", str(seed)],
-                                 capture_output=True, text=True, check=True, timeout=600)
-            p50[key].append(float(json.loads(out.stdout)["p50_ms"]))
-    return {**_paired_cost(p50["plain"], p50["gated"]), "blocks": rounds, "runs": runs,
-            "method": "native runner, paired alternating rounds", "runner": "native"}
+    if runner == "native":
+        from device_bench.native_build import build
+
+        cmd = [str(build("host"))]
+    else:
+        cmd = [sys.executable, "-m", "device_bench.runner"]
+    cmd += [gated["path"], "--manifest", gated["manifest"], "--paired-with", plain["path"],
+            "--paired-manifest", plain["manifest"], "--runs", str(runs), "--warmup", str(max(20, runs // 10)),
+            "--min-seconds", "0", "--repeats", str(blocks), "--cooldown", "0", "--threads", "1", "--seed", str(seed)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+    if out.returncode:
+        raise RuntimeError(f"{runner} runner --paired-with failed: {out.stderr.strip()[-300:]}")
+    rec = json.loads(out.stdout)
+    pr = paired_ratio(rec)
+    return {"plain_p50_ms": pr["paired_p50_ms"], "gated_p50_ms": pr["p50_ms"], "cost": pr["ratio"] - 1.0,
+            "cost_q1": pr["ratio_q1"] - 1.0, "cost_q3": pr["ratio_q3"] - 1.0,
+            "plain_p50s": [r["p50_ms"] for r in rec["paired"]["repeats"]],
+            "gated_p50s": [r["p50_ms"] for r in rec["repeats"]], "blocks": blocks, "runs": runs,
+            "method": "paired alternating blocks in one runner process (--paired-with)", "runner": runner,
+            "outputs": len(rec["outputs"]), "runner_gate_score": rec.get("gate_score")}
 
 
 def gap_ci(float_id: np.ndarray, float_ood: np.ndarray, dev_id: np.ndarray, dev_ood: np.ndarray, *,
@@ -276,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--int8-policies", default="ptq,gate-fixed",
                    help="int8 policies: the first with every layout (and the fp32 artifacts), each other one "
                         "int8 with the default layout only")
-    p.add_argument("--native-rounds", type=int, default=41,
-                   help="alternating native-runner rounds per .pte pair")
+    p.add_argument("--native-blocks", type=int, default=61,
+                   help="alternating native-runner blocks per .pte pair, of 5 x --runs inferences (scaled as --runs)")
     p.add_argument("--latency-resolutions", type=int, nargs="+", default=[32, 224],
                    help="resolutions the latency cost is measured at (the weights are resolution-agnostic)")
     p.add_argument("--cache", type=Path, default=CACHE)
@@ -306,19 +265,18 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 plain = arts[(fmt, dtype, None, policy)]
                 _log(f"timing {fmt} {dtype} {res} px {policy or ''} {layout}")
-                t = time_interleaved(plain, gated, blocks=args.blocks,
-                                     runs=max(10, int(args.runs * (32 / res) ** 2)), seed=args.seed)
+                t = time_paired(gated, plain, runner="python", blocks=args.blocks,
+                                runs=max(10, int(args.runs * (32 / res) ** 2)), seed=args.seed)
                 bn = ("trained" if res == args.resolution else
                       f"re-estimated on 64 digits at {res} px (latency only)")
                 row = {**env, "kind": "latency", "format": fmt, "dtype": dtype, "latency_resolution": res,
                        "layout": layout, "policy": policy, "batchnorm": bn,
                        "plain_sha256": plain["sha256"], "gated_sha256": gated["sha256"]}
-                records.append({**row, "runner": "python", **t})
+                records.append({**row, **t})
                 if fmt == "pte":
-                    n = t["outputs"]
-                    t = time_native(plain, gated, rounds=args.native_rounds,
-                                    runs=max(50, int(20 * args.runs * (32 / res) ** 2)), seed=args.seed)
-                    records.append({**row, **t, "outputs": n})
+                    t = time_paired(gated, plain, runner="native", blocks=args.native_blocks,
+                                    runs=max(50, int(5 * args.runs * (32 / res) ** 2)), seed=args.seed)
+                    records.append({**row, **t})
             if res == args.resolution:
                 scored = arts
                 records += [{**env, "kind": "fidelity", "format": fmt, "dtype": dtype, "policy": policy,
@@ -469,7 +427,7 @@ def render(records: list[dict[str, Any]]) -> str:
 
 
 __all__ = ["device_gates", "device_scores", "export_all", "export_policies", "gap_ci", "main", "render",
-           "time_interleaved", "time_native"]
+           "time_paired"]
 
 if __name__ == "__main__":
     sys.exit(main())

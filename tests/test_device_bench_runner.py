@@ -193,3 +193,61 @@ def test_system_record_and_its_header_line():
     line = system_line({"cpu_model": "AMD EPYC", "machine": "x86_64", "cpu_count": 2, "cpu_flags": "avx2 fma"})
     assert line == "AMD EPYC (x86_64, 2 logical CPUs); flags: avx2 fma"
     assert system_line(None) == "not recorded"
+
+
+@pytest.mark.export
+def test_paired_timing_in_both_runners(artifacts, native, tmp_path):  # noqa: F811
+    # --paired-with: B is timed in the same process, one block per repeat beside each of A's; the
+    # record stays A's (its outputs), 'paired' holds B's figures with as many repeats, each of --runs.
+    a, b = artifacts["tiny_se_xnnpack_int8.pte"], artifacts["tiny_se_xnnpack_fp32.pte"]
+    pair = ["--paired-with", str(b), "--paired-manifest", f"{b}.json", *FAST]
+    py = run_python(a, *pair)
+    nat = subprocess.run([str(native), str(a), "--manifest", f"{a}.json", *pair],
+                         capture_output=True, text=True, timeout=300)
+    alone = run_python(a, *FAST)
+    assert py.returncode == 0 and nat.returncode == 0, (py.stderr[-1000:], nat.stderr[-1000:])
+    b_sha = json.loads(Path(f"{b}.json").read_text())["sha256"]
+    for res in (json.loads(py.stdout), json.loads(nat.stdout)):
+        validate(res, "paired record", fresh=True)
+        check_result(res, runs=5, repeats=2)
+        twin = res["paired"]
+        assert (twin["artifact"], twin["manifest_sha256"], twin["order"]) == (b.name, b_sha, "alternating")
+        assert [r["samples"] for r in twin["repeats"]] == [5, 5]
+        assert res["output_checksum"] == json.loads(alone.stdout)["output_checksum"]  # A's outputs, not B's
+        got = stats.paired_ratio(res)
+        ratios = [r["p50_ms"] / t["p50_ms"] for r, t in zip(res["repeats"], twin["repeats"], strict=True)]
+        assert got["ratios"] == ratios and min(ratios) <= got["ratio"] <= max(ratios) and got["repeats"] == 2
+    assert set(json.loads(py.stdout)["paired"]) == set(json.loads(nat.stdout)["paired"])
+
+
+@pytest.mark.export
+def test_paired_timing_refuses_bad_pairs(artifacts, native, tmp_path):  # noqa: F811
+    a = artifacts["tiny_se_xnnpack_fp32.pte"]
+    # A twin with other inputs (here: another shape) cannot run on A's arrays: one line naming its manifest.
+    doc = json.loads(Path(f"{a}.json").read_text())
+    doc["inputs"][0]["shape"] = [1, *doc["inputs"][0]["shape"][1:-1], doc["inputs"][0]["shape"][-1] + 1]
+    other = tmp_path / a.name
+    other.write_bytes(a.read_bytes())
+    Path(f"{other}.json").write_text(json.dumps(doc))
+    for cmd in ([sys.executable, "-m", "device_bench.runner"], [str(native)]):
+        base = [*cmd, str(a), "--manifest", f"{a}.json", *FAST]
+        bad = subprocess.run([*base, "--paired-with", str(other), "--paired-manifest", f"{other}.json"],
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
+        assert bad.returncode == 2 and f"{other}.json: inputs differ" in bad.stderr, bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+        half = subprocess.run([*base, "--paired-with", str(other)], capture_output=True, text=True, cwd=REPO)
+        assert half.returncode == 2 and "--paired-with and --paired-manifest go together" in half.stderr
+
+
+def test_paired_ratio_is_the_median_of_per_repeat_ratios():
+    # Hand-made figures with a known answer: ratios 1.0, 2.0, 3.0 -> median 2.0, quartiles 1.5 and 2.5
+    # (linear interpolation, stats.percentile); exact, as every figure is a small binary fraction.
+    rec = {"repeats": [{"p50_ms": 1.0}, {"p50_ms": 4.0}, {"p50_ms": 1.5}],
+           "paired": {"repeats": [{"p50_ms": 1.0}, {"p50_ms": 2.0}, {"p50_ms": 0.5}]}}
+    got = stats.paired_ratio(rec)
+    assert (got["ratio"], got["ratio_q1"], got["ratio_q3"]) == (2.0, 1.5, 2.5)
+    assert (got["p50_ms"], got["paired_p50_ms"], got["ratios"]) == (1.5, 1.0, [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="no 'paired'"):
+        stats.paired_ratio({"repeats": [{"p50_ms": 1.0}]})
+    with pytest.raises(ValueError, match="pair up"):
+        stats.paired_ratio({"repeats": [{"p50_ms": 1.0}], "paired": {"repeats": []}})

@@ -62,6 +62,7 @@ struct Error : std::runtime_error {
 
 struct Args {
   std::string artifact, manifest, affinity, dump_outputs, etdump;
+  std::string paired_with, paired_manifest;  // --paired-with B --paired-manifest MB: B timed in alternation
   std::vector<std::string> input_files;
   // contract/measure.py's defaults (every caller passes MeasureSpec.to_argv(), so every flag, explicitly).
   long warmup = 10, runs = 50, max_runs = 0, repeats = 3, threads = 1;
@@ -104,6 +105,8 @@ Args parse_args(int argc, char** argv) {
       else if (k == "--etdump") a.etdump = need(i);
       else if (k == "--profile-runs") a.profile_runs = std::stol(need(i));
       else if (k == "--count-only") a.count_only = true;
+      else if (k == "--paired-with") a.paired_with = need(i);
+      else if (k == "--paired-manifest") a.paired_manifest = need(i);
       else if (!k.empty() && k[0] == '-') throw Error("unknown option " + k);
       else if (a.artifact.empty()) a.artifact = k;
       else throw Error("unexpected argument " + k);
@@ -117,6 +120,10 @@ Args parse_args(int argc, char** argv) {
 #ifndef EDGE_SE_ETDUMP
   if (!a.etdump.empty()) throw Error("--etdump: this runner was built without libexecutorch_etdump");
 #endif
+  if (a.paired_with.empty() != a.paired_manifest.empty())
+    throw Error("--paired-with and --paired-manifest go together");
+  if (!a.paired_with.empty() && (a.count_only || !a.etdump.empty()))
+    throw Error("--paired-with times two artifacts; it takes neither --count-only nor --etdump");
   if (a.warmup < 0 || a.max_runs < 0 || a.min_seconds < 0 || a.cooldown < 0 || a.unstable_pct < 0)
     throw Error("negative option value");
   return a;
@@ -323,12 +330,12 @@ std::optional<Gate> read_gate(const mini_json::Value& doc, const std::string& ma
   return gate;
 }
 
-std::vector<InputSpec> read_manifest(const Args& a, std::string* sha, std::optional<Gate>* gate,
+std::vector<InputSpec> read_manifest(const std::string& manifest, std::string* sha, std::optional<Gate>* gate,
                                      std::vector<OutputQuant>* quant) {
-  const std::string where = a.manifest;
+  const std::string where = manifest;
   mini_json::Value doc;
   try {
-    doc = mini_json::parse(read_file(a.manifest));
+    doc = mini_json::parse(read_file(manifest));
   } catch (const std::runtime_error& e) {
     throw Error(where + ": " + e.what());
   }
@@ -576,16 +583,83 @@ std::string write_etdump(const Args& a, const std::vector<EValue>& inputs) {
 }
 #endif
 
-int run(const Args& a) {
-  std::string expected_sha;
+// One artifact checked against its manifest (sha256) and, once loaded, its forward on bound inputs.
+struct Loaded {
+  std::string artifact, manifest, digest;
+  std::vector<InputSpec> specs;
   std::optional<Gate> gate;
   std::vector<OutputQuant> quant;
-  auto specs = read_manifest(a, &expected_sha, &gate, &quant);
-  std::string digest = sha256::file_hexdigest(a.artifact);
-  if (digest.empty()) throw Error(a.artifact + ": cannot read artifact");
-  if (digest != expected_sha)
-    throw Error(a.artifact + ": sha256 " + digest.substr(0, 16) + "... does not match manifest sha256 " +
+  std::unique_ptr<Module> module;
+  std::vector<executorch::extension::TensorPtr> tensors;
+  std::vector<EValue> inputs;
+
+  std::vector<EValue> forward() {
+    auto r = module->forward(inputs);
+    if (!r.ok()) throw Error(artifact + ": forward failed with ExecuTorch error " + std::to_string(static_cast<int>(r.error())));
+    return std::move(*r);
+  }
+};
+
+Loaded check_artifact(const std::string& artifact, const std::string& manifest) {
+  Loaded m;
+  m.artifact = artifact;
+  m.manifest = manifest;
+  std::string expected_sha;
+  m.specs = read_manifest(manifest, &expected_sha, &m.gate, &m.quant);
+  m.digest = sha256::file_hexdigest(artifact);
+  if (m.digest.empty()) throw Error(artifact + ": cannot read artifact");
+  if (m.digest != expected_sha)
+    throw Error(artifact + ": sha256 " + m.digest.substr(0, 16) + "... does not match manifest sha256 " +
                 expected_sha.substr(0, 16) + "...; the artifact was modified or the manifest belongs to another file");
+  return m;
+}
+
+// Load the program and bind `buffers` (one per input, outliving the module) as its inputs.
+void load_artifact(Loaded& m, std::vector<std::vector<uint8_t>>& buffers) {
+  m.module = std::make_unique<Module>(m.artifact, Module::LoadMode::File);
+  if (m.module->load() != executorch::runtime::Error::Ok) throw Error(m.artifact + ": ExecuTorch could not load the program");
+  if (m.module->load_method("forward") != executorch::runtime::Error::Ok)
+    throw Error(m.artifact + ": ExecuTorch could not load method 'forward' (missing kernels or backend?)");
+  auto meta = m.module->method_meta("forward");
+  if (!meta.ok()) throw Error(m.artifact + ": no method 'forward'");
+  if (meta->num_inputs() != m.specs.size())
+    throw Error(m.manifest + ": lists " + std::to_string(m.specs.size()) + " inputs, the program takes " +
+                std::to_string(meta->num_inputs()));
+  for (size_t i = 0; i < m.specs.size(); ++i) {
+    auto info = meta->input_tensor_meta(i);
+    if (!info.ok()) throw Error("inputs[" + std::to_string(i) + "]: not a tensor input");
+    auto sizes = info->sizes();
+    std::vector<int32_t> got(sizes.begin(), sizes.end());
+    if (got != m.specs[i].shape) throw Error(m.manifest + ": inputs[" + std::to_string(i) + "]: shape differs from the program's");
+    m.tensors.push_back(executorch::extension::make_tensor_ptr(
+        std::vector<executorch::aten::SizesType>(m.specs[i].shape.begin(), m.specs[i].shape.end()),
+        buffers[i].data(), scalar_type(m.specs[i].dtype)));
+    m.inputs.emplace_back(*m.tensors.back());
+  }
+}
+
+// --paired-with: the second artifact must take the same inputs (it runs on the first one's buffers).
+void check_same_inputs(const Loaded& a, const Loaded& b) {
+  bool same = a.specs.size() == b.specs.size();
+  for (size_t i = 0; same && i < a.specs.size(); ++i)
+    same = a.specs[i].shape == b.specs[i].shape && a.specs[i].dtype == b.specs[i].dtype &&
+           a.specs[i].quantized == b.specs[i].quantized && a.specs[i].scale == b.specs[i].scale &&
+           a.specs[i].zero_point == b.specs[i].zero_point;
+  if (!same)
+    throw Error(b.manifest + ": inputs differ from " + a.manifest + "'s; --paired-with times two artifacts on the same inputs");
+}
+
+int run(const Args& a) {
+  Loaded main_art = check_artifact(a.artifact, a.manifest);
+  const auto& specs = main_art.specs;
+  const auto& gate = main_art.gate;
+  const auto& quant = main_art.quant;
+  const std::string& digest = main_art.digest;
+  std::optional<Loaded> other;
+  if (!a.paired_with.empty()) {
+    other = check_artifact(a.paired_with, a.paired_manifest);
+    check_same_inputs(main_art, *other);
+  }
   std::string affinity = "null";
   if (!a.affinity.empty()) {
     cpu_set_t set;
@@ -618,35 +692,10 @@ int run(const Args& a) {
   auto t0 = clock::now();
   auto* pool = executorch::extension::threadpool::get_threadpool();
   pool->_unsafe_reset_threadpool(static_cast<uint32_t>(a.threads));
-  Module module(a.artifact, Module::LoadMode::File);
-  if (module.load() != executorch::runtime::Error::Ok) throw Error(a.artifact + ": ExecuTorch could not load the program");
-  if (module.load_method("forward") != executorch::runtime::Error::Ok)
-    throw Error(a.artifact + ": ExecuTorch could not load method 'forward' (missing kernels or backend?)");
-  auto meta = module.method_meta("forward");
-  if (!meta.ok()) throw Error(a.artifact + ": no method 'forward'");
-  if (meta->num_inputs() != specs.size())
-    throw Error("manifest lists " + std::to_string(specs.size()) + " inputs, the program takes " +
-                std::to_string(meta->num_inputs()));
-  std::vector<executorch::extension::TensorPtr> tensors;
-  std::vector<EValue> inputs;
-  for (size_t i = 0; i < specs.size(); ++i) {
-    auto info = meta->input_tensor_meta(i);
-    if (!info.ok()) throw Error("inputs[" + std::to_string(i) + "]: not a tensor input");
-    auto sizes = info->sizes();
-    std::vector<int32_t> got(sizes.begin(), sizes.end());
-    if (got != specs[i].shape) throw Error("inputs[" + std::to_string(i) + "]: manifest shape differs from the program's");
-    tensors.push_back(executorch::extension::make_tensor_ptr(
-        std::vector<executorch::aten::SizesType>(specs[i].shape.begin(), specs[i].shape.end()),
-        buffers[i].data(), scalar_type(specs[i].dtype)));
-    inputs.emplace_back(*tensors.back());
-  }
+  load_artifact(main_art, buffers);
   double load_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
-
-  auto forward = [&]() {
-    auto r = module.forward(inputs);
-    if (!r.ok()) throw Error(a.artifact + ": forward failed with ExecuTorch error " + std::to_string(static_cast<int>(r.error())));
-    return std::move(*r);
-  };
+  const auto& inputs = main_art.inputs;
+  auto forward = [&]() { return main_art.forward(); };
   t0 = clock::now();
   auto first_out = forward();
   double first_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
@@ -662,27 +711,38 @@ int run(const Args& a) {
                 "\"output_checksum\": %s}\n", a.runs, mini_json::quote(first.checksum).c_str());
     return 0;
   }
+  if (other) {  // loaded after the first artifact's load was timed; warmed up the same way
+    load_artifact(*other, buffers);
+    for (long i = 0; i <= a.warmup; ++i) other->forward();
+  }
 
   // The slots against the real outputs before timing (a bad manifest fails at once, not after the runs).
   if (gate) gate_score_json(first_out, *gate, quant, a.manifest);
 
-  std::vector<std::vector<double>> repeats;
-  std::vector<double> seconds;
+  // One repeat's timed block of one artifact: at least --runs inferences and --min-seconds (at most --max-runs).
   std::vector<EValue> last_out;
-  for (long r = 0; r < a.repeats; ++r) {
-    if (r) std::this_thread::sleep_for(std::chrono::duration<double>(a.cooldown));
+  auto block = [&](Loaded& m, std::vector<std::vector<double>>* reps, std::vector<double>* secs) {
     std::vector<double> samples;
     double spent = 0;
     while (static_cast<long>(samples.size()) < a.runs || spent < a.min_seconds) {
       auto t = clock::now();
-      last_out = forward();
+      auto out = m.forward();
       double dt = std::chrono::duration<double>(clock::now() - t).count();
+      if (&m == &main_art) last_out = std::move(out);
       spent += dt;
       samples.push_back(dt * 1e3);
       if (a.max_runs && static_cast<long>(samples.size()) >= a.max_runs) break;
     }
-    repeats.push_back(samples);
-    seconds.push_back(spent);
+    reps->push_back(std::move(samples));
+    secs->push_back(spent);
+  };
+  std::vector<std::vector<double>> repeats, other_repeats;
+  std::vector<double> seconds, other_seconds;
+  for (long r = 0; r < a.repeats; ++r) {
+    if (r) std::this_thread::sleep_for(std::chrono::duration<double>(a.cooldown));
+    if (other && r % 2 == 1) block(*other, &other_repeats, &other_seconds);  // which goes first alternates
+    block(main_art, &repeats, &seconds);
+    if (other && r % 2 == 0) block(*other, &other_repeats, &other_seconds);
   }
   OutputSummary last = summarize_outputs(last_out);
   std::string gate_score;  // after timing, outside the timed loop: the latency is the artifact's alone
@@ -738,6 +798,11 @@ int run(const Args& a) {
   kv("llc_bytes", std::to_string(llc_bytes()));
   if (gate) kv("gate_score", gate_score);
   if (!op_profile.empty()) kv("op_profile", op_profile);
+  if (other)  // device_bench/runner.py: the same object; device_bench.stats.paired_ratio reads it
+    kv("paired", "{\"artifact\": " + mini_json::quote(a.paired_with.substr(a.paired_with.find_last_of('/') + 1)) +
+                     ", \"manifest_sha256\": " + mini_json::quote(other->digest) +
+                     ", \"order\": \"alternating\", " +
+                     latency_stats::combine_repeats(other_repeats, other_seconds, a.unstable_pct) + "}");
   std::printf("%s}\n", j.c_str());
   return 0;
 }
