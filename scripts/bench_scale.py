@@ -120,13 +120,9 @@ def _passes(args: argparse.Namespace) -> int:
     return default_passes(args.device, args.passes)
 
 
-def _emulated(args: argparse.Namespace) -> bool:
-    return emulated(args.device)
-
-
 def _measure(args: argparse.Namespace) -> MeasureSpec:
     """The table's spec; emulated: one timed run (its wall time is not used, the instruction count is)."""
-    if _emulated(args):
+    if emulated(args.device):
         return TABLE_MEASURE.replace(warmup=0, runs=1, min_seconds=0.0, repeats=1)
     return TABLE_MEASURE
 
@@ -200,7 +196,7 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         f"CPU: {system_line(system)}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
         "`.tflite` by LiteRT's Python interpreter; "
         + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
-           "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if _emulated(args) else
+           "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if emulated(args.device) else
            "every value the median over passes of the p50 of the table's measurement spec "
            "(latency.measure.TABLE_MEASURE: 5 warm-up, >= 20 runs and >= 0.2 s per repeat, 3 repeats); "
            f"{_passes(args)} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "

@@ -294,23 +294,28 @@ def main(argv: list[str] | None = None) -> int:
                 own = fit(dict(zip(names, device_gates(rec, train.images, names), strict=True)), seed=args.seed,
                           source=f"{DATA}/train: the {fmt} int8 artifact's gate outputs (--gate-fit)")
                 dev_id_gates = device_gates(rec, test.images, names)
+                # (where the device's statistics were fitted, combine) -> float and device statistics; the
+                # fitted combination first, the other on the same distances. In-distribution scores once each.
+                variants = {(fitted_on, how): ({**stats, "combine": how}, {**dev_stats, "combine": how})
+                            for fitted_on, dev_stats in (("float model", stats), ("artifact (--gate-fit)", own))
+                            for how in COMBINES}
+                id_scores = {key: (gate_score(float_id_gates, st), score(dev_id_gates, dst))
+                             for key, (st, dst) in variants.items()}
                 for name, images in sets.items():
                     d_gates = device_gates(rec, images, names)
-                    for fitted_on, dev_stats in (("float model", stats), ("artifact (--gate-fit)", own)):
-                        for how in COMBINES:  # the fitted default first; the other on the same distances
-                            st, dst = {**stats, "combine": how}, {**dev_stats, "combine": how}
-                            f_id, f_ood = gate_score(float_id_gates, st), gate_score(float_ood_gates[name], st)
-                            d_id, d_ood = score(dev_id_gates, dst), score(d_gates, dst)
-                            f_auc, d_auc = auroc(f_id, f_ood), auroc(d_id, d_ood)
-                            lo, hi = gap_ci(f_id, f_ood, d_id, d_ood, seed=args.seed)
-                            records.append({**env, "kind": "auroc", "format": fmt, "dtype": "int8", "ood": name,
-                                            "policy": policy, "stats_fitted_on": fitted_on,
-                                            "combine": how, "fitted_combine": how == stats["combine"],
-                                            "float_auroc": f_auc, "device_auroc": d_auc, "gap": d_auc - f_auc,
-                                            "gap_ci95": [lo, hi], "id_images": len(test.images),
-                                            "ood_images": len(images)})
-                            _log(f"{fmt} int8 {policy} {name} {how} stats on {fitted_on}: "
-                                 f"float {f_auc:.4f} device {d_auc:.4f}")
+                    for (fitted_on, how), (st, dst) in variants.items():
+                        f_id, d_id = id_scores[(fitted_on, how)]
+                        f_ood, d_ood = gate_score(float_ood_gates[name], st), score(d_gates, dst)
+                        f_auc, d_auc = auroc(f_id, f_ood), auroc(d_id, d_ood)
+                        lo, hi = gap_ci(f_id, f_ood, d_id, d_ood, seed=args.seed)
+                        records.append({**env, "kind": "auroc", "format": fmt, "dtype": "int8", "ood": name,
+                                        "policy": policy, "stats_fitted_on": fitted_on,
+                                        "combine": how, "fitted_combine": how == stats["combine"],
+                                        "float_auroc": f_auc, "device_auroc": d_auc, "gap": d_auc - f_auc,
+                                        "gap_ci95": [lo, hi], "id_images": len(test.images),
+                                        "ood_images": len(images)})
+                        _log(f"{fmt} int8 {policy} {name} {how} stats on {fitted_on}: "
+                             f"float {f_auc:.4f} device {d_auc:.4f}")
     write_text(args.out_dir / "anomaly_device.jsonl", "".join(json.dumps(r, default=str) + "\n"
                                                                       for r in records))
     md = render(records)
