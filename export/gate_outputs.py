@@ -246,30 +246,6 @@ def gate_quant(gated: GraphModule) -> dict[int, tuple[float, int]]:
     return out
 
 
-GATE_MAX_SLOPE: dict[str, float] = {"sigmoid": 0.25, "hardsigmoid": 1.0 / 6.0}
-"""The largest slope of each gate function: one step of its input moves the gate by at most that times the step."""
-
-
-def gate_input_steps(graph: GraphModule, blocks: Sequence[SEBlock]) -> list[float | None]:
-    """Per block, how far one step of its gate's input grid can move the gate (gate units, e.g. 0.0174).
-
-    The input grid is the quantize that follows ``fc2`` in the quantised graph; the figure is its
-    scale times :data:`GATE_MAX_SLOPE` of the block's gate function. ``None`` where ``fc2``'s output
-    is not quantised (a block a policy keeps in fp32) or the gate is another function (softmax).
-    Where a rewrite folds the hard-sigmoid's 1/6 into ``fc2`` the slope is 1, and this figure is 6x
-    too small: the check it widens (:func:`export.parity.gate_parity`) is then stricter, never looser.
-    """
-    nodes = {n.name: n for n in graph.graph.nodes}
-    steps: list[float | None] = []
-    for b in blocks:
-        fc2, slope = nodes.get(b.fc2), GATE_MAX_SLOPE.get(b.gate_op)
-        grid = [u.args[1] for u in (fc2.users if fc2 is not None else ())
-                if "quantize_per_tensor" in str(u.target) and "dequantize" not in str(u.target)]
-        steps.append(float(grid[0]) * slope if slope is not None and grid and isinstance(grid[0], (int, float))
-                     else None)
-    return steps
-
-
 def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
                 outputs: Sequence[Mapping[str, Any]], *, layout: str = "concat") -> list[float | None]:
     """Each gate's quantisation step: its output's own (int8 ``.tflite``), else the graph's dequantize.
@@ -289,5 +265,5 @@ def gate_scales(gated: GraphModule, blocks: Sequence[SEBlock],
     return scales
 
 
-__all__ = ["GATE_MAX_SLOPE", "LAYOUTS", "check_stats", "gate_input_steps", "gate_nodes", "gate_quant", "gate_scales",
-           "gate_slots", "gate_grids", "manifest_block", "packed", "se_blocks", "shared_grid", "with_gate_outputs"]
+__all__ = ["LAYOUTS", "check_stats", "gate_nodes", "gate_quant", "gate_scales", "gate_slots", "gate_grids",
+           "manifest_block", "packed", "se_blocks", "shared_grid", "with_gate_outputs"]

@@ -339,11 +339,9 @@ def _gate_figures(program: _Program, described: _Described, runs: list[list[np.n
     flt = _torch_outputs_all(program.float_gated, xs) if program.float_gated is not None else None
     scales = (go.gate_scales(program.gated, blocks, described.outputs, layout=opts.gate_layout) if dtype == "int8"
               else [None] * len(blocks))
-    input_steps = (go.gate_input_steps(program.quantized.graph, blocks) if program.quantized is not None
-                   else None)
     return par.gate_parity(
         per_block(runs), per_block(ref), None if flt is None else per_block(flt),
-        names=[b.name for b in blocks], scales=scales, dtype=dtype, input_steps=input_steps,
+        names=[b.name for b in blocks], scales=scales, dtype=dtype,
     )
 
 
@@ -563,9 +561,9 @@ def _summary(figures: dict[str, Any]) -> str:
         gates = ""
         if "gate_outputs" in figures.get("failed_checks", []):  # the int8 gate check: its worst block
             g = figures["gate_outputs"]
-            worst = max(g["blocks"], key=lambda b: float(b.get("max_error_step_units") or 0.0))
-            gates = (f"; gates: SE block {worst['block']} {worst['max_error_step_units']:.1f} steps of "
-                     f"{worst['step']:.4g} > {g['max_steps']:g}")
+            worst = min(g["blocks"], key=lambda b: float(b.get("sqnr_db") or 0.0))
+            gates = (f"; gates: SE block {worst['block']} {worst.get('max_error_steps', 0.0):.1f} steps > "
+                     f"{g['max_steps']:g} and SQNR {worst.get('sqnr_db', 0.0):.1f} dB < {g['min_sqnr_db']:g}")
         return (f"failed {', '.join(figures['failed_checks'])}; vs quantized: {vq['max_error_steps']:.2f} steps, "
                 f"cosine {vq['cosine']:.4f}, SQNR {vq['sqnr_db']} dB; "
                 f"vs float: cosine {vf['cosine']:.4f}, SQNR {vf['sqnr_db']} dB, top-1 {vf['top1_agreement']:.2f}"

@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
                     t = time_paired(gated, plain, runner="native", blocks=args.native_blocks,
                                     runs=max(50, int(5 * args.runs * (32 / res) ** 2)), seed=args.seed)
                     records.append({**row, **t})
+                _log("  cost " + ", ".join(f"{r['runner']} {100 * r['cost']:+.2f}% (IQR {100 * r['cost_q1']:+.1f}.."
+                                           f"{100 * r['cost_q3']:+.1f}%)" for r in records[-(1 + (fmt == "pte")):]))
             if res == args.resolution:
                 scored = arts
                 records += [{**env, "kind": "fidelity", "format": fmt, "dtype": dtype, "policy": policy,
