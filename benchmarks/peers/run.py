@@ -174,9 +174,9 @@ def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple
     write_text(jsonl, "\n".join(lines) + "\n")
     header = [
         "# Peer benchmark: edge-se int8 vs the standard recipes (issue 6)", "",
-        f"Run {meta['started']} to {meta['finished']}, commit {meta['commit']}, {meta['machine']['cpu_model']} "
-        f"({meta['machine']['cpu_count']} logical CPUs). Batch 1, {meta['resolution']}x{meta['resolution']}, random "
-        "weights with randomised BatchNorm, generated calibration images.",
+        f"Run {meta['started']} to {meta['finished']}, commit {meta['commit']}, {_machine_line(meta['machine'])}. "
+        f"Batch 1, {meta['resolution']}x{meta['resolution']}, random weights with randomised BatchNorm, generated "
+        "calibration images.",
         f"Timing: `device_bench.runner`, {meta['rounds']} rounds, every artifact once per round and thread count "
         f"in the same order (A B C A B C ...), {meta['runner']['runs']}+ runs and >= {meta['runner']['min_seconds']} s "
         f"per timing after {meta['runner']['warmup']} warm-up runs; figure = median of round medians.",
@@ -191,6 +191,13 @@ def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple
     md = results / "bench_peers.md"
     write_text(md, table.markdown(comparisons, arts, findings, header=header))
     return jsonl, md
+
+
+def _machine_line(machine: dict[str, Any]) -> str:
+    """The header's machine line; runs recorded before ``cpu_flags`` was kept say the flags were not recorded."""
+    from device_bench.sysinfo import system_line
+
+    return system_line({"cpu_flags": "not recorded"} | machine)
 
 
 def rerender(results: Path) -> tuple[Path, Path]:
@@ -241,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     archs = list(args.arch or ARCHS)
     out, results = Path(args.out), Path(args.results)
     if args.render_only:
+        if not (results / "bench_peers.jsonl").is_file():
+            p.error(f"--render-only: {results / 'bench_peers.jsonl'} does not exist (run without --render-only first)")
         _, md = rerender(results)
         sys.stdout.write(md.read_text())
         return 0
@@ -253,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     _log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
     timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, spec=spec)
-    from device_bench.sysinfo import describe
+    from device_bench.sysinfo import system_record
 
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-            "commit": git_commit(short=True), "machine": describe(), "loadavg_start": list(load_start),
+            "commit": git_commit(short=True), "machine": system_record(), "loadavg_start": list(load_start),
             "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
             "threads": args.threads, "runner": spec.to_dict()}  # runner: the MeasureSpec (threads: per timing)
     jsonl, md = write_results(results, arts, timings, args.threads, meta)
