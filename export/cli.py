@@ -167,6 +167,7 @@ def run_export(args: argparse.Namespace) -> int:
         engine=args.engine,
         seed=args.seed,
         int8_rewrites=check_flag(args.int8_rewrites),
+        float_prefix=args.float_prefix,
         gate_outputs=gate_outputs,
         gate_stats=gate_stats,
         gate_stats_file=args.gate_stats,

@@ -54,7 +54,11 @@ def add_quantization(parser: Any, *, applies: str = "") -> tuple[argparse.Action
         "--int8-rewrites", default=DEFAULT_INT8_REWRITES, metavar="default|none|NAME[,NAME]",
         help="int8 graph rewrites that keep activations and SE gates in int8 (quantize.int8_ops); "
         "none: the stock quantizer and partitioner")
-    return p, e, r
+    f = parser.add_argument(
+        "--float-prefix", type=number("--float-prefix", int, minimum=0), default=0, metavar="N",
+        help="keep the network's first N execution units (stem, blocks.0, ...) fp32 in int8: on CPUs without "
+        "int8 dot products their int8 kernels are slower (quantize.float_prefix); 0: none")
+    return p, e, r, f
 
 
 def _add_quantize_options(p: argparse.ArgumentParser, *, eval_size: int, eval_help: str,
@@ -129,7 +133,7 @@ def _quantize_from_args(args: argparse.Namespace, command: str) -> _Quantized:
     start = time.perf_counter()
     qm = quantize_model(model, (pool[:1],), cal.batches, target=args.format, policy=args.policy,
                         engine=args.engine, seed=args.seed, calib_size=cal.size, calib_source=cal.source,
-                        rewrites=args.int8_rewrites)
+                        rewrites=args.int8_rewrites, float_prefix=args.float_prefix)
     return _Quantized(qm, cal, images, labels, resolution, time.perf_counter() - start)
 
 
@@ -152,7 +156,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         "resolution": resolution, "weights": args.weights, "calibration": qm.calibration,
         "eval": {"source": cal.source, "split": "test", "images": int(images.shape[0])},
         "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
-        "rewrites": qm.rewrites, "auto_steps": qm.steps,
+        "float_prefix": qm.float_prefix, "rewrites": qm.rewrites, "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,
     }
     print(json.dumps(record))

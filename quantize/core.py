@@ -27,6 +27,7 @@ from torch.fx import GraphModule
 from edge_se.errors import EdgeSeError, first_line
 from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
 from quantize.capture import run_graph
+from quantize.float_prefix import float_prefix as make_float_prefix
 from quantize.int8_ops import resolve_rewrites
 from quantize.metrics import gate_error, logits_report
 from quantize.policies import ENGINES, PolicyPlan, resolve_policy
@@ -85,6 +86,7 @@ class QuantizedModel:
         steps: for ``auto``: one record per step (blocks in fp32, figures reached).
         int8_rewrites: the :mod:`quantize.int8_ops` rewrite names requested (``rewrites`` says
             which matched, and on how many nodes).
+        float_prefix: the units kept fp32 before the int8 part (:meth:`FloatPrefix.record`), or None.
     """
 
     graph: GraphModule
@@ -98,6 +100,7 @@ class QuantizedModel:
     reference: GraphModule | None = None
     steps: list[dict] = field(default_factory=list)
     int8_rewrites: tuple[str, ...] = ()
+    float_prefix: dict | None = None
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -193,6 +196,7 @@ def quantize_model(
     calib_size: int | None = None,
     calib_source: str = "unknown",
     rewrites: str | Sequence[str] | None = None,
+    float_prefix: int = 0,
 ) -> QuantizedModel:
     """Quantise ``model`` to int8 with PT2E for ``target`` under ``policy``.
 
@@ -208,9 +212,12 @@ def quantize_model(
         calib_source: where the pool came from, for the record (``digits``, a folder, ...).
         rewrites: int8 rewrites (:mod:`quantize.int8_ops`): ``None``/``"default"`` for the
             target's default set, ``"none"`` for the stock quantizer alone, or names.
+        float_prefix: the network's first N execution units (``stem``, ``blocks.0``, ...) stay
+            fp32 (:mod:`quantize.float_prefix`; 0: none).
 
     Raises:
-        EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size.
+        EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size, a
+            float prefix < 0 or covering the whole network.
     """
     if target not in TARGETS:
         raise EdgeSeError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
@@ -224,6 +231,7 @@ def quantize_model(
     pool = pool_images(calib)
     size = check_size(calib_size, pool.shape[0])
     exported = export_graph(model, example_inputs)
+    prefix = make_float_prefix(exported, float_prefix)
     blocks = find_se_blocks(exported)
     if plan.island != "none" and not blocks:
         raise EdgeSeError(f"policy {plan.island!r} needs SE blocks, and none were found in this model")
@@ -237,6 +245,9 @@ def quantize_model(
         p = recipe or plan
         edits = se_edits(exported, float_blocks=float_blocks, float_mul=p.island != "se-float",
                          fixed_gate=p.fixed_gate, own_squeeze=p.own_squeeze)
+        if prefix is not None:
+            edits = dataclasses.replace(edits, float_nodes=edits.float_nodes | frozenset(prefix.nodes),
+                                        float_before=prefix.boundary)
         return QuantizerOptions(act_observer=p.act_observer, edits=edits, rewrites=int8_rewrites)
 
     steps: list[dict] = []
@@ -254,9 +265,13 @@ def quantize_model(
     elif plan.bias_correction != "none":
         described.append(_correct_biases(graph, exported, quantizer, subset, plan.bias_correction))
     applied = list(getattr(quantizer, "edge_se_applied", []))
+    if prefix is not None:
+        described.append(f"float prefix: {', '.join(prefix.units)} in fp32 ({len(prefix.nodes)} operators; "
+                         f"int8 from {prefix.boundary})")
     return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
                           se_blocks=blocks, calibration=calibration, rewrites=described + applied, reference=exported,
-                          steps=steps, int8_rewrites=int8_rewrites)
+                          steps=steps, int8_rewrites=int8_rewrites,
+                          float_prefix=prefix.record() if prefix is not None else None)
 
 
 def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed):  # noqa: ANN001, ANN202

@@ -37,6 +37,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from contract.formats import FORMATS
+from quantize.float_prefix import prefix_nodes
 from quantize.int8_ops import (
     ANNOTATION_KEY,
     REWRITES,
@@ -61,12 +62,16 @@ class AnnotationEdits:
         fixed_gate: node names of SE gates to quantise with fixed [0, 1] parameters.
         fixed_gate_muls: ``{mul node name: gate node name}`` for the multiplies consuming them.
         own_squeeze: node names of SE squeezes (pools) to quantise on their own observed grid.
+        float_before: name of a node before which every operator stays fp32, nodes the stock
+            quantizer's own transform adds included (a float prefix, :mod:`quantize.float_prefix`);
+            None: no prefix.
     """
 
     float_nodes: frozenset[str] = frozenset()
     fixed_gate: frozenset[str] = frozenset()
     fixed_gate_muls: tuple[tuple[str, str], ...] = ()
     own_squeeze: frozenset[str] = frozenset()
+    float_before: str | None = None
 
 
 @dataclass
@@ -123,6 +128,9 @@ def _apply_pre_edits(model: GraphModule, edits: AnnotationEdits) -> None:
 
     for node in model.graph.nodes:
         if node.name in edits.float_nodes:
+            node.meta[ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
+    if edits.float_before is not None:
+        for node in prefix_nodes(model, edits.float_before):
             node.meta[ANNOTATION_KEY] = QuantizationAnnotation(_annotated=True)
 
 
