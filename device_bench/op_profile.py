@@ -333,6 +333,86 @@ def profile_from_run(manifest: Mapping[str, Any], result: Mapping[str, Any]) -> 
             "threads": meta.get("threads", result.get("threads"))}
 
 
+#: XNNPACK operators that do a layer's arithmetic: one per convolution or linear layer of the graph.
+COMPUTE_OPS = ("Fully Connected", "Convolution")
+
+
+def trace_of(result: Mapping[str, Any]) -> Trace:
+    """The trace a runner result's ``op_profile`` names (``edge-se bench --profile``'s bench record).
+
+    Raises:
+        EdgeSeError: the result holds no readable trace.
+    """
+    meta = result.get("op_profile")
+    if not isinstance(meta, dict) or "path" not in meta:
+        raise EdgeSeError(f"{result.get('artifact', 'bench record')}: no op_profile (run edge-se bench --profile)")
+    source = str(meta.get("source", "executorch-etdump"))
+    if source not in TRACE_SOURCES:
+        raise EdgeSeError(f"runner op_profile source {source!r} unknown; valid: {', '.join(TRACE_SOURCES)}")
+    return TRACE_SOURCES[source].read(meta)
+
+
+def unit_times(trace: Trace, compute_units: Sequence[str]) -> dict[str, float]:
+    """Measured ms per execution unit: each operator charged to the unit of the last compute operator before it.
+
+    Args:
+        trace: a profiled artifact.
+        compute_units: the unit (``blocks.3``) of every convolution and linear layer, in graph order
+            (:func:`quantize.float_prefix.compute_units`); the k-th compute operator of the trace
+            (:data:`COMPUTE_OPS`) is the k-th layer. Operators before the first one (an input
+            conversion or transpose) go to the first layer's unit.
+
+    Raises:
+        EdgeSeError: the trace's compute operators do not match the layers one to one.
+    """
+    ops = trace.ops
+    count = sum(1 for o in ops if o.name.startswith(COMPUTE_OPS))
+    if count != len(compute_units) or not compute_units:
+        raise EdgeSeError(f"the profile has {count} convolution/fully-connected operators and the network "
+                          f"{len(compute_units)} convolution/linear layers: cannot align them per unit")
+    out = dict.fromkeys(compute_units, 0.0)
+    k = -1
+    for o in ops:
+        if o.name.startswith(COMPUTE_OPS):
+            k += 1
+        out[compute_units[max(k, 0)]] += o.ms
+    return out
+
+
+def prefix_gain(int8: Mapping[str, float], fp32: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Predicted latency (ms) of the int8 artifact with its first N units in fp32, for every N.
+
+    Pure arithmetic on two measured profiles of one network (the same units, in the same
+    execution order): ``sum(int8) - sum(int8[:N]) + sum(fp32[:N])``. The quantize of the
+    activation at the boundary is not in it (one pass over one feature map; the int8 artifact's
+    input quantize, which the prefix removes, is of the same order).
+
+    Returns:
+        One row per N = 0 .. len - 1: ``{"n", "last_unit", "predicted_ms", "saved_ms"}``.
+    """
+    order = list(int8)
+    if list(fp32) != order:
+        raise EdgeSeError("prefix_gain: the int8 and fp32 profiles have different units")
+    total = sum(int8.values())
+    rows = [{"n": 0, "last_unit": None, "predicted_ms": total, "saved_ms": 0.0}]
+    saved = 0.0
+    for n, unit in enumerate(order[:-1], start=1):
+        saved += int8[unit] - fp32[unit]
+        rows.append({"n": n, "last_unit": unit, "predicted_ms": total - saved, "saved_ms": saved})
+    return rows
+
+
+def best_prefix(rows: Sequence[Mapping[str, Any]], *, min_gain: float = 0.02) -> Mapping[str, Any]:
+    """The row of :func:`prefix_gain` with the lowest predicted latency; N = 0 unless it saves ``min_gain`` of it.
+
+    ``min_gain`` is a fraction of the int8 artifact's summed operator time: a smaller predicted
+    saving is within the profile's noise and truncation (whole microseconds per operator).
+    """
+    best = min(rows, key=lambda r: (r["predicted_ms"], r["n"]))
+    base = rows[0]["predicted_ms"]
+    return best if base > 0 and best["saved_ms"] >= min_gain * base else rows[0]
+
+
 def profile_path(out: Path) -> Path:
     """Where ``edge-se bench --out OUT`` appends its profiles: ``OUT``'s stem + ``.profile.jsonl`` beside it."""
     return out.with_name(out.stem + ".profile.jsonl")

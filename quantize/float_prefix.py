@@ -56,6 +56,25 @@ def units(gm: GraphModule) -> list[str]:
     return out
 
 
+def compute_units(gm: GraphModule) -> list[str]:
+    """The unit of every convolution and linear layer of ``gm``, in graph order (one per XNNPACK compute operator).
+
+    Raises:
+        EdgeSeError: a layer without a module stack (its unit unknown).
+    """
+    import torch
+
+    layers = (torch.ops.aten.conv2d.default, torch.ops.aten.linear.default)
+    out = []
+    for node in gm.graph.nodes:
+        if node.op == "call_function" and node.target in layers:
+            unit = node_unit(node)
+            if unit is None:
+                raise EdgeSeError(f"layer {node.name} has no module stack: its unit is unknown")
+            out.append(unit)
+    return out
+
+
 @dataclass(frozen=True)
 class FloatPrefix:
     """The first ``len(units)`` execution units of a graph, kept fp32.

@@ -269,11 +269,19 @@ def test_results_round_trip_through_jsonl(tmp_path):
     arts = [_art(arch, "edge-se", "pte", "int8", partitions=rep), _art(arch, "executorch", "pte", "int8"),
             _art(arch, "edge-se", "pte", "fp32", error="edge-se export exit 1: parity check failed")]
     ms = {f"{arch}/edge-se/pte/int8": 3.0, f"{arch}/executorch/pte/int8": 2.0}
-    meta = {"started": "t0", "finished": "t1", "commit": None, "machine": {"cpu_model": "x", "cpu_count": 2},
+    meta = {"started": "t0", "finished": "t1", "commit": None,
+            "machine": {"cpu_model": "x", "machine": "x86_64", "cpu_count": 2, "cpu_flags": "avx avx2 fma"},
             "loadavg_start": [1.0, 1.0, 1.0], "loadavg_end": [2.0, 2.0, 2.0], "resolution": 224, "rounds": 1,
-            "threads": [1], "runner": {"runs": 5, "warmup": 1, "min_seconds": 0.1}}
+            "threads": [1], "runner": {"runs": 5, "warmup": 1, "min_seconds": 0.1},
+            "float_prefix": {f"{arch}/pte": {"n": 3, "last_unit": "blocks.1", "predicted_ms": 7.7, "int8_ms": 8.3,
+                                             "fp32_ms": 8.2, "rebuilt": True},
+                             f"{arch}/tflite": {"n": 0}}}
     _, md = run.write_results(tmp_path, arts, _timings(ms), [1], meta)
     first = md.read_text()
+    # The CPU flags decide int8 speed, and the float prefix chosen on them: both in the header.
+    assert "x (x86_64, 2 logical CPUs); flags: avx avx2 fma" in first
+    assert ("efficientnet_b0/pte: first 3 units fp32 (through blocks.1; predicted 7.70 vs 8.30 ms all-int8, "
+            "fp32 8.20 ms); efficientnet_b0/tflite: all int8.") in first
     cells = _squeeze(first)  # tabulate pads cells to the column width
     assert "| 1.50x | **+50%** |" in cells and "build failed: edge-se export exit 1" in cells
     assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in cells

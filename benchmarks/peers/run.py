@@ -184,6 +184,10 @@ def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple
         f"{meta['loadavg_end'][0]:.1f} at the end, on {meta['machine']['cpu_count']} CPUs): absolute figures are "
         "inflated; `spread_pct` per artifact is in the jsonl.",
     ]
+    if meta.get("float_prefix"):
+        from benchmarks.peers.float_prefix import header_line
+
+        header.insert(-1, header_line(meta["float_prefix"]))
     spreads = sorted(float(t["spread_pct"]) for t in timings.values() if t.get("spread_pct") is not None)
     if spreads:
         header[-1] += (f" Round medians of one artifact differed by {spreads[len(spreads) // 2]:.0f}% (median over "
@@ -242,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of weights, BatchNorm and calibration images")
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                    help="keep artifacts already built (default: rebuild everything in this run)")
+    p.add_argument("--float-prefix", choices=("auto", "none"), default="auto",
+                   help="auto: keep edge-se int8's first layers fp32 where this CPU's profiles say they are faster "
+                   "(benchmarks/peers/float_prefix.py); none: all int8")
     p.add_argument("--render-only", action="store_true",
                    help="only rewrite bench_peers.md (and .jsonl) from the existing bench_peers.jsonl")
     args = p.parse_args(argv)
@@ -256,6 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now().isoformat(timespec="seconds")
     arts = expected_artifacts(out, archs)
     errors = build(out, archs, peers_python=args.peers_python, seed=args.seed, reuse=args.reuse, arts=arts)
+    chosen: dict[str, Any] = {}
+    if args.float_prefix == "auto":
+        from benchmarks.peers import float_prefix
+
+        chosen = float_prefix.apply(out, archs, list(RECIPES["edge-se"]), seed=args.seed, resolution=224)
     collect(arts, errors)
     timed = {a["key"]: (a["artifact"], a["manifest"]) for a in arts if a["build_error"] is None}
     spec = timing.PEER_MEASURE.replace(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
@@ -267,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "commit": git_commit(short=True), "machine": system_record(), "loadavg_start": list(load_start),
             "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
-            "threads": args.threads, "runner": spec.to_dict()}  # runner: the MeasureSpec (threads: per timing)
+            "threads": args.threads, "runner": spec.to_dict(),  # runner: the MeasureSpec (threads: per timing)
+            "float_prefix": chosen}
     jsonl, md = write_results(results, arts, timings, args.threads, meta)
     _log(f"wrote {jsonl} and {md}")
     sys.stdout.write(md.read_text())

@@ -1,0 +1,134 @@
+"""Choose edge-se's int8 float prefix for this CPU from measured profiles, and rebuild the int8 artifact with it.
+
+For each (architecture, format): ``edge-se bench --profile`` on edge-se's own all-int8 and fp32
+artifacts (1 thread, this machine), both profiles summed per execution unit
+(:func:`device_bench.op_profile.unit_times`), the prefix with the lowest predicted latency
+(:func:`device_bench.op_profile.prefix_gain`, :func:`~device_bench.op_profile.best_prefix`:
+none unless it saves at least ``min_gain``), then ``edge-se export --dtype int8 --float-prefix N``
+over the all-int8 artifact. The choice is a property of the CPU: on one with VNNI the int8
+kernels win everywhere and nothing is rebuilt; on an AVX2-only one the early layers stay fp32
+(``quantize/float_prefix.py``). The timing that follows measures the rebuilt artifact itself.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from contract.formats import artifact_name
+
+PROFILE_MEASURE = ["--threads", "1", "--runs", "50", "--warmup", "10", "--repeats", "1", "--cooldown", "0",
+                   "--min-seconds", "1"]
+"""``edge-se bench`` flags of the profiling run: 1 thread (the choice is made for one core)."""
+MIN_GAIN = 0.03
+"""Rebuild only for a predicted saving of at least 3% of the all-int8 operator time."""
+
+
+def _log(msg: str) -> None:
+    print(f"bench-peers: float prefix: {msg}", file=sys.stderr, flush=True)
+
+
+def _compute_units(arch: str, resolution: int) -> list[str]:
+    import torch
+
+    from edge_se.registry import build_model
+    from quantize.core import export_graph
+    from quantize.float_prefix import compute_units
+
+    model = build_model(arch).eval()
+    return compute_units(export_graph(model, (torch.zeros(1, 3, resolution, resolution),)))
+
+
+def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float = MIN_GAIN) -> dict[str, Any]:
+    """Profile edge-se's int8 and fp32 ``fmt`` artifacts of ``arch`` here; return the choice (``n``: 0 for none).
+
+    Returns:
+        ``{"n", "last_unit", "predicted_ms", "int8_ms", "fp32_ms", "rows", "profile"}`` (operator
+        sums in ms), or ``{"n": 0, "error": ...}`` where a step failed.
+    """
+    from device_bench.op_profile import best_prefix, prefix_gain, trace_of, unit_times
+    from edge_se.errors import EdgeSeError
+
+    edge = out / "edge_se"
+    arts = [edge / artifact_name(arch, fmt, dtype) for dtype in ("int8", "fp32")]
+    manifest = arts[0].with_name(arts[0].name + ".json")
+    if not manifest.exists() or not arts[1].exists():
+        return {"n": 0, "error": "edge-se's int8 or fp32 artifact was not built"}
+    kept = (json.loads(manifest.read_text()).get("quantization") or {}).get("float_prefix")
+    if kept:  # --reuse of a run that already chose: profiling it again would take the prefix for all-int8
+        return {"n": 0, "error": f"the int8 artifact already keeps {kept['count']} units fp32 (--reuse): "
+                                 "not chosen again"}
+    bench_out = out / "float_prefix" / f"{arch}_{fmt}.jsonl"
+    bench_out.parent.mkdir(parents=True, exist_ok=True)
+    bench_out.unlink(missing_ok=True)  # edge-se bench appends
+    cli = str(Path(sys.executable).with_name("edge-se"))
+    cmd = [cli, "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE, "--profile", "--out", str(bench_out)]
+    _log(" ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"n": 0, "error": f"edge-se bench --profile exit {proc.returncode}: "
+                                 f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
+    records = {r["dtype"]: r for r in map(json.loads, bench_out.read_text().splitlines()) if r.get("status") == "ok"}
+    try:
+        units = _compute_units(arch, resolution)
+        per_unit = {d: unit_times(trace_of(records[d]), units) for d in ("int8", "fp32")}
+    except (EdgeSeError, KeyError) as exc:
+        return {"n": 0, "error": f"profiles not usable: {exc}"}
+    rows = prefix_gain(per_unit["int8"], per_unit["fp32"])
+    best = best_prefix(rows, min_gain=min_gain)
+    return {"n": best["n"], "last_unit": best["last_unit"], "predicted_ms": best["predicted_ms"],
+            "int8_ms": rows[0]["predicted_ms"], "fp32_ms": sum(per_unit["fp32"].values()), "min_gain": min_gain,
+            "rows": rows, "profile": str(bench_out)}
+
+
+def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int) -> str | None:
+    """``edge-se export`` the int8 ``fmt`` artifact again with ``--float-prefix n``; the error line, or None."""
+    cli = str(Path(sys.executable).with_name("edge-se"))
+    cmd = [cli, "export", arch, "--format", fmt, "--dtype", "int8", "--calib", "random", "--out", str(out / "edge_se"),
+           "--weights", str(weights), "--seed", str(seed), "--float-prefix", str(n)]
+    _log(" ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode == 0:
+        return None
+    last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
+    return f"edge-se export --float-prefix {n} exit {proc.returncode}: {last}"
+
+
+def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolution: int) -> dict[str, Any]:
+    """Choose and rebuild for every (arch, format); the record the run's meta keeps under ``float_prefix``."""
+    chosen: dict[str, Any] = {}
+    for arch in archs:
+        for fmt in formats:
+            choice = choose(out, arch, fmt, resolution=resolution)
+            if choice["n"]:
+                err = rebuild(out, arch, fmt, choice["n"], weights=out / "weights" / f"{arch}_random_bn.pt", seed=seed)
+                choice["rebuilt"] = err is None
+                if err:
+                    choice["error"] = err  # the all-int8 artifact stays, and the table says which one was timed
+            _log(f"{arch} .{fmt}: " + (f"N={choice['n']} (through {choice['last_unit']}): predicted "
+                                        f"{choice['predicted_ms']:.2f} ms vs all-int8 {choice['int8_ms']:.2f} ms"
+                                        if choice["n"] else choice.get("error", "none (predicted saving below "
+                                                                                 f"{100 * MIN_GAIN:.0f}%)")))
+            chosen[f"{arch}/{fmt}"] = choice
+    return chosen
+
+
+def header_line(chosen: dict[str, Any]) -> str:
+    """One markdown line on what was chosen, for the table's header."""
+    parts = []
+    for key, c in chosen.items():
+        if c.get("n"):
+            what = (f"{key}: first {c['n']} units fp32 (through {c['last_unit']}; predicted {c['predicted_ms']:.2f} vs "
+                    f"{c['int8_ms']:.2f} ms all-int8, fp32 {c['fp32_ms']:.2f} ms)")
+            if not c.get("rebuilt", True):
+                what += f", rebuild failed: {c.get('error')}"
+        elif c.get("error"):
+            what = f"{key}: not chosen ({c['error']})"
+        else:
+            what = f"{key}: all int8"
+        parts.append(what)
+    return ("edge-se int8 float prefix, chosen on this CPU from 1-thread per-operator profiles of edge-se's own "
+            f"all-int8 and fp32 artifacts (`benchmarks/peers/float_prefix.py`): {'; '.join(parts)}.")
