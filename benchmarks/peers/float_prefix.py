@@ -58,19 +58,23 @@ def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float =
     if not manifest.exists() or not arts[1].exists():
         return {"n": 0, "error": "edge-se's int8 or fp32 artifact was not built"}
     kept = (json.loads(manifest.read_text()).get("quantization") or {}).get("float_prefix")
-    if kept:  # --reuse of a run that already chose: profiling it again would take the prefix for all-int8
-        return {"n": 0, "error": f"the int8 artifact already keeps {kept['count']} units fp32 (--reuse): "
-                                 "not chosen again"}
     bench_out = out / "float_prefix" / f"{arch}_{fmt}.jsonl"
-    bench_out.parent.mkdir(parents=True, exist_ok=True)
-    bench_out.unlink(missing_ok=True)  # edge-se bench appends
-    cli = str(Path(sys.executable).with_name("edge-se"))
-    cmd = [cli, "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE, "--profile", "--out", str(bench_out)]
-    _log(" ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        return {"n": 0, "error": f"edge-se bench --profile exit {proc.returncode}: "
-                                 f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
+    # --reuse of a run that already chose: read the profiles it chose from (of the all-int8 artifact)
+    # again; profiling the rebuilt artifact would take its prefix for all-int8.
+    if kept and not bench_out.exists():
+        return {"n": 0, "error": f"the int8 artifact already keeps {kept['count']} units fp32 (--reuse) and the "
+                                 f"profiles it was chosen from are gone ({bench_out})"}
+    if not kept:
+        bench_out.parent.mkdir(parents=True, exist_ok=True)
+        bench_out.unlink(missing_ok=True)  # edge-se bench appends
+        cli = str(Path(sys.executable).with_name("edge-se"))
+        cmd = [cli, "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE, "--profile",
+               "--out", str(bench_out)]
+        _log(" ".join(cmd))
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            return {"n": 0, "error": f"edge-se bench --profile exit {proc.returncode}: "
+                                     f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
     records = {r["dtype"]: r for r in map(json.loads, bench_out.read_text().splitlines()) if r.get("status") == "ok"}
     try:
         units = _compute_units(arch, resolution)
@@ -79,9 +83,15 @@ def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float =
         return {"n": 0, "error": f"profiles not usable: {exc}"}
     rows = prefix_gain(per_unit["int8"], per_unit["fp32"])
     best = best_prefix(rows, min_gain=min_gain)
-    return {"n": best["n"], "last_unit": best["last_unit"], "predicted_ms": best["predicted_ms"],
-            "int8_ms": rows[0]["predicted_ms"], "fp32_ms": sum(per_unit["fp32"].values()), "min_gain": min_gain,
-            "rows": rows, "profile": str(bench_out)}
+    choice = {"n": best["n"], "last_unit": best["last_unit"], "predicted_ms": best["predicted_ms"],
+              "int8_ms": rows[0]["predicted_ms"], "fp32_ms": sum(per_unit["fp32"].values()), "min_gain": min_gain,
+              "rows": rows, "profile": str(bench_out)}
+    if kept:
+        if int(kept["count"]) != best["n"]:
+            return {"n": 0, "error": f"the int8 artifact keeps {kept['count']} units fp32, its profiles say "
+                                     f"{best['n']} (--reuse of another run's artifact)"}
+        choice.update(reused=True, rebuilt=True)
+    return choice
 
 
 def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int) -> str | None:
@@ -103,7 +113,7 @@ def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolut
     for arch in archs:
         for fmt in formats:
             choice = choose(out, arch, fmt, resolution=resolution)
-            if choice["n"]:
+            if choice["n"] and not choice.get("reused"):
                 err = rebuild(out, arch, fmt, choice["n"], weights=out / "weights" / f"{arch}_random_bn.pt", seed=seed)
                 choice["rebuilt"] = err is None
                 if err:
