@@ -9,8 +9,9 @@ first depthwise convolutions 1.1-1.7x, while the late 1x1 convolutions (hundreds
 channels) are up to 4x faster in int8. Every value an int8 GEMM writes is requantised (int32 ->
 float -> rounded int8); with K = 16 inputs per value that fixed cost dominates, and AVX2's
 ``vpmaddwd`` path has no throughput to spare. Keeping the layers before a boundary in fp32 costs
-one quantize of the activation at the boundary and buys their fp32 speed; it can only improve
-fidelity (fewer quantised tensors). Where the boundary pays off is a property of the CPU: measure
+one quantize of the activation at the boundary and buys their fp32 speed. Fewer tensors are
+quantised, but the layers after the boundary are calibrated on other inputs: fidelity moves by
+about a decibel either way (tests/test_float_prefix.py). Where the boundary pays off is a property of the CPU: measure
 with ``edge-se bench --profile`` on both artifacts (:func:`device_bench.op_profile.prefix_gain`).
 
 The units of the prefix are the network's execution units in graph order, read from

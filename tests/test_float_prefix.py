@@ -23,6 +23,7 @@ RES = 32  # pixels: the smallest side every family accepts
 
 @pytest.fixture(scope="module")
 def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)  # a module fixture is built under whatever RNG state the suite has reached
     return randomize_batchnorm(edge_se.build_model("mobilenetv3_small_050", num_classes=10)).eval()
 
 
@@ -75,14 +76,16 @@ def test_prefix_stays_float_and_the_rest_int8(small_model, target):
     assert first_int8 >= 2 and not any(weight_is_dequantized(c) for c in convs[:first_int8])
     assert all(weight_is_dequantized(c) for c in convs[first_int8:])
     assert not any("dequantize" in str(getattr(a, "target", "")) for a in convs[0].args[:1])
-    # Fewer quantised tensors can only bring the graph closer to float: no worse than all-int8
-    # beyond the calibration noise of one draw (0.5 dB).
+    # Fewer quantised tensors, but not always a closer graph: the layers after the boundary are
+    # calibrated on other inputs, and their ranges move. Measured (8 random images): seeded 31.47 vs
+    # 31.41 dB all-int8 (pte), 31.44 vs 31.51 (tflite); another weight draw 28.98 vs 29.52 (tflite).
+    # 1.5 dB allows that; a prefix that breaks the graph (a wrong boundary scale) costs > 10 dB.
     from quantize.metrics import sqnr_db
 
     full = quantize_model(small_model, (x[:1],), [x[:16]], target=target, policy="ptq")
     with torch.no_grad():
         ref = small_model(x[16:])
-        assert sqnr_db(ref, qm.graph(x[16:])) >= sqnr_db(ref, full.graph(x[16:])) - 0.5
+        assert sqnr_db(ref, qm.graph(x[16:])) >= sqnr_db(ref, full.graph(x[16:])) - 1.5
 
 
 @pytest.mark.slow
