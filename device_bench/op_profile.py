@@ -312,44 +312,47 @@ def se_block_names(manifest: Mapping[str, Any]) -> list[str] | None:
     return [r.name.rsplit(".", 1)[0] for r in rows if r.se and r.kind == "gate"]
 
 
-def profile_from_run(manifest: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
-    """The profile of one runner result whose ``op_profile`` names an ETDump (see :func:`build_profile`).
+def trace_of(result: Mapping[str, Any]) -> Trace:
+    """The trace a runner result's ``op_profile`` names (an ETDump, or LiteRT's profile as JSON).
 
     Raises:
-        EdgeSeError: the result names no ETDump, or it cannot be read.
+        EdgeSeError: the runner could not profile, the result names no trace, or it cannot be read.
     """
     meta = result.get("op_profile")
     if isinstance(meta, dict) and meta.get("error"):
         raise EdgeSeError(f"the runner could not profile: {meta['error']}")
     if not isinstance(meta, dict) or "path" not in meta:
         raise EdgeSeError("runner result has no op_profile: run it with --etdump")
+    return _trace_source(meta).read(meta)
+
+
+def _trace_source(meta: Mapping[str, Any]) -> TraceSource:
     source = str(meta.get("source", "executorch-etdump"))
     if source not in TRACE_SOURCES:
         raise EdgeSeError(f"runner op_profile source {source!r} unknown; valid: {', '.join(TRACE_SOURCES)}")
-    trace = TRACE_SOURCES[source].read(meta)
+    return TRACE_SOURCES[source]
+
+
+def profile_from_run(manifest: Mapping[str, Any], result: Mapping[str, Any]) -> dict[str, Any]:
+    """The profile of one runner result whose ``op_profile`` names an ETDump (see :func:`build_profile`).
+
+    Raises:
+        EdgeSeError: the result names no ETDump, or it cannot be read.
+    """
+    trace = trace_of(result)
+    meta = result["op_profile"]
     prof = build_profile(trace, macs=manifest.get("macs"), se_macs=manifest.get("se_macs"),
                          se_names=se_block_names(manifest), bench_p50_ms=result.get("p50_ms"))
-    return {**prof, "source": TRACE_SOURCES[source].what, "etdump": meta["path"], "warmup": meta.get("warmup"),
+    return {**prof, "source": _trace_source(meta).what, "etdump": meta["path"], "warmup": meta.get("warmup"),
             "threads": meta.get("threads", result.get("threads"))}
 
 
 #: XNNPACK operators that do a layer's arithmetic: one per convolution or linear layer of the graph.
 COMPUTE_OPS = ("Fully Connected", "Convolution")
-
-
-def trace_of(result: Mapping[str, Any]) -> Trace:
-    """The trace a runner result's ``op_profile`` names (``edge-se bench --profile``'s bench record).
-
-    Raises:
-        EdgeSeError: the result holds no readable trace.
-    """
-    meta = result.get("op_profile")
-    if not isinstance(meta, dict) or "path" not in meta:
-        raise EdgeSeError(f"{result.get('artifact', 'bench record')}: no op_profile (run edge-se bench --profile)")
-    source = str(meta.get("source", "executorch-etdump"))
-    if source not in TRACE_SOURCES:
-        raise EdgeSeError(f"runner op_profile source {source!r} unknown; valid: {', '.join(TRACE_SOURCES)}")
-    return TRACE_SOURCES[source].read(meta)
+#: A float prefix is worth building only for a predicted saving of at least this fraction of the
+#: int8 artifact's summed operator time: less is within the profile's noise and its truncation
+#: (whole microseconds per operator).
+PREFIX_MIN_GAIN = 0.03
 
 
 def unit_times(trace: Trace, compute_units: Sequence[str]) -> dict[str, float]:
@@ -365,14 +368,13 @@ def unit_times(trace: Trace, compute_units: Sequence[str]) -> dict[str, float]:
     Raises:
         EdgeSeError: the trace's compute operators do not match the layers one to one.
     """
-    ops = trace.ops
-    count = sum(1 for o in ops if o.name.startswith(COMPUTE_OPS))
+    count = sum(1 for o in trace.ops if o.name.startswith(COMPUTE_OPS))
     if count != len(compute_units) or not compute_units:
         raise EdgeSeError(f"the profile has {count} convolution/fully-connected operators and the network "
                           f"{len(compute_units)} convolution/linear layers: cannot align them per unit")
     out = dict.fromkeys(compute_units, 0.0)
     k = -1
-    for o in ops:
+    for o in trace.ops:
         if o.name.startswith(COMPUTE_OPS):
             k += 1
         out[compute_units[max(k, 0)]] += o.ms
@@ -402,11 +404,10 @@ def prefix_gain(int8: Mapping[str, float], fp32: Mapping[str, float]) -> list[di
     return rows
 
 
-def best_prefix(rows: Sequence[Mapping[str, Any]], *, min_gain: float = 0.02) -> Mapping[str, Any]:
+def best_prefix(rows: Sequence[Mapping[str, Any]], *, min_gain: float = PREFIX_MIN_GAIN) -> Mapping[str, Any]:
     """The row of :func:`prefix_gain` with the lowest predicted latency; N = 0 unless it saves ``min_gain`` of it.
 
-    ``min_gain`` is a fraction of the int8 artifact's summed operator time: a smaller predicted
-    saving is within the profile's noise and truncation (whole microseconds per operator).
+    ``min_gain`` is a fraction of the int8 artifact's summed operator time (:data:`PREFIX_MIN_GAIN`).
     """
     best = min(rows, key=lambda r: (r["predicted_ms"], r["n"]))
     base = rows[0]["predicted_ms"]

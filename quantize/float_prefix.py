@@ -11,8 +11,9 @@ float -> rounded int8); with K = 16 inputs per value that fixed cost dominates, 
 ``vpmaddwd`` path has no throughput to spare. Keeping the layers before a boundary in fp32 costs
 one quantize of the activation at the boundary and buys their fp32 speed. Fewer tensors are
 quantised, but the layers after the boundary are calibrated on other inputs: fidelity moves by
-about a decibel either way (tests/test_float_prefix.py). Where the boundary pays off is a property of the CPU: measure
-with ``edge-se bench --profile`` on both artifacts (:func:`device_bench.op_profile.prefix_gain`).
+about a decibel either way (tests/test_float_prefix.py). Where the boundary pays off is a property
+of the CPU: measure with ``edge-se bench --profile`` on both artifacts
+(:func:`device_bench.op_profile.prefix_gain`).
 
 The units of the prefix are the network's execution units in graph order, read from
 ``torch.export``'s ``nn_module_stack``: for each node, the outermost module that is not a container
@@ -125,7 +126,11 @@ def float_prefix(gm: GraphModule, n: int) -> FloatPrefix | None:
 
 
 def prefix_nodes(gm: GraphModule, boundary: str) -> list[Node]:
-    """The operator nodes of ``gm`` before the node named ``boundary`` (all of them if it is absent)."""
+    """The operator nodes of ``gm`` before the node named ``boundary``.
+
+    Raises:
+        EdgeSeError: no node of that name (a rewrite renamed it): the prefix cannot be placed.
+    """
     out: list[Node] = []
     for node in gm.graph.nodes:
         if node.name == boundary:

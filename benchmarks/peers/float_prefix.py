@@ -13,22 +13,17 @@ kernels win everywhere and nothing is rebuilt; on an AVX2-only one the early lay
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers.proc import edge_se_cli, log, run_logged
 from contract.formats import artifact_name
+from device_bench.op_profile import PREFIX_MIN_GAIN, best_prefix, prefix_gain, trace_of, unit_times
+from edge_se.errors import EdgeSeError
 
 PROFILE_MEASURE = ["--threads", "1", "--runs", "50", "--warmup", "10", "--repeats", "1", "--cooldown", "0",
                    "--min-seconds", "1"]
 """``edge-se bench`` flags of the profiling run: 1 thread (the choice is made for one core)."""
-MIN_GAIN = 0.03
-"""Rebuild only for a predicted saving of at least 3% of the all-int8 operator time."""
-
-
-def _log(msg: str) -> None:
-    print(f"bench-peers: float prefix: {msg}", file=sys.stderr, flush=True)
 
 
 def _compute_units(arch: str, resolution: int) -> list[str]:
@@ -42,16 +37,15 @@ def _compute_units(arch: str, resolution: int) -> list[str]:
     return compute_units(export_graph(model, (torch.zeros(1, 3, resolution, resolution),)))
 
 
-def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float = MIN_GAIN) -> dict[str, Any]:
+def choose(out: Path, arch: str, fmt: str, units: list[str], *, min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
     """Profile edge-se's int8 and fp32 ``fmt`` artifacts of ``arch`` here; return the choice (``n``: 0 for none).
+
+    ``units``: the unit of every convolution and linear layer of ``arch`` (:func:`_compute_units`).
 
     Returns:
         ``{"n", "last_unit", "predicted_ms", "int8_ms", "fp32_ms", "rows", "profile"}`` (operator
         sums in ms), or ``{"n": 0, "error": ...}`` where a step failed.
     """
-    from device_bench.op_profile import best_prefix, prefix_gain, trace_of, unit_times
-    from edge_se.errors import EdgeSeError
-
     edge = out / "edge_se"
     arts = [edge / artifact_name(arch, fmt, dtype) for dtype in ("int8", "fp32")]
     manifest = arts[0].with_name(arts[0].name + ".json")
@@ -67,17 +61,12 @@ def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float =
     if not kept:
         bench_out.parent.mkdir(parents=True, exist_ok=True)
         bench_out.unlink(missing_ok=True)  # edge-se bench appends
-        cli = str(Path(sys.executable).with_name("edge-se"))
-        cmd = [cli, "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE, "--profile",
-               "--out", str(bench_out)]
-        _log(" ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            return {"n": 0, "error": f"edge-se bench --profile exit {proc.returncode}: "
-                                     f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}"}
+        rc, _, last = run_logged([edge_se_cli(), "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE,
+                                  "--profile", "--out", str(bench_out)], f"float prefix: profile {arch} .{fmt}")
+        if rc != 0:
+            return {"n": 0, "error": f"edge-se bench --profile exit {rc}: {last}"}
     records = {r["dtype"]: r for r in map(json.loads, bench_out.read_text().splitlines()) if r.get("status") == "ok"}
     try:
-        units = _compute_units(arch, resolution)
         per_unit = {d: unit_times(trace_of(records[d]), units) for d in ("int8", "fp32")}
     except (EdgeSeError, KeyError) as exc:
         return {"n": 0, "error": f"profiles not usable: {exc}"}
@@ -96,32 +85,32 @@ def choose(out: Path, arch: str, fmt: str, *, resolution: int, min_gain: float =
 
 def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int) -> str | None:
     """``edge-se export`` the int8 ``fmt`` artifact again with ``--float-prefix n``; the error line, or None."""
-    cli = str(Path(sys.executable).with_name("edge-se"))
-    cmd = [cli, "export", arch, "--format", fmt, "--dtype", "int8", "--calib", "random", "--out", str(out / "edge_se"),
-           "--weights", str(weights), "--seed", str(seed), "--float-prefix", str(n)]
-    _log(" ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode == 0:
-        return None
-    last = (proc.stderr.strip().splitlines() or [""])[-1][:200]
-    return f"edge-se export --float-prefix {n} exit {proc.returncode}: {last}"
+    rc, _, last = run_logged([edge_se_cli(), "export", arch, "--format", fmt, "--dtype", "int8", "--calib", "random",
+                              "--out", str(out / "edge_se"), "--weights", str(weights), "--seed", str(seed),
+                              "--float-prefix", str(n)], f"float prefix: rebuild {arch} .{fmt}")
+    return None if rc == 0 else f"edge-se export --float-prefix {n} exit {rc}: {last}"
 
 
 def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolution: int) -> dict[str, Any]:
     """Choose and rebuild for every (arch, format); the record the run's meta keeps under ``float_prefix``."""
     chosen: dict[str, Any] = {}
     for arch in archs:
+        failed = "the network has no convolution or linear layer"
+        try:
+            units = _compute_units(arch, resolution)  # one graph export per architecture, for every format
+        except EdgeSeError as exc:
+            units, failed = [], f"profiles not usable: {exc}"
         for fmt in formats:
-            choice = choose(out, arch, fmt, resolution=resolution)
+            choice = choose(out, arch, fmt, units) if units else {"n": 0, "error": failed}
             if choice["n"] and not choice.get("reused"):
                 err = rebuild(out, arch, fmt, choice["n"], weights=out / "weights" / f"{arch}_random_bn.pt", seed=seed)
                 choice["rebuilt"] = err is None
                 if err:
                     choice["error"] = err  # the all-int8 artifact stays, and the table says which one was timed
-            _log(f"{arch} .{fmt}: " + (f"N={choice['n']} (through {choice['last_unit']}): predicted "
-                                        f"{choice['predicted_ms']:.2f} ms vs all-int8 {choice['int8_ms']:.2f} ms"
-                                        if choice["n"] else choice.get("error", "none (predicted saving below "
-                                                                                 f"{100 * MIN_GAIN:.0f}%)")))
+            said = (f"N={choice['n']} (through {choice['last_unit']}): predicted {choice['predicted_ms']:.2f} ms "
+                    f"vs all-int8 {choice['int8_ms']:.2f} ms" if choice["n"] else
+                    choice.get("error", f"none (predicted saving below {100 * PREFIX_MIN_GAIN:.0f}%)"))
+            log(f"float prefix: {arch} .{fmt}: {said}")
             chosen[f"{arch}/{fmt}"] = choice
     return chosen
 

@@ -20,13 +20,13 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks.peers import table, timing
 from benchmarks.peers.manifests import ARCHS, RECIPES, peer_artifact_name
+from benchmarks.peers.proc import edge_se_cli, log, run_logged
 from contract.formats import artifact_name
 from contract.provenance import git_commit
 
@@ -46,29 +46,6 @@ def expected_artifacts(out: Path, archs: list[str]) -> list[dict[str, Any]]:
                                  "recipe": recipe, "format": fmt, "dtype": dtype, "artifact": str(path),
                                  "manifest": str(path.with_name(path.name + ".json"))})
     return arts
-
-
-def _log(msg: str) -> None:
-    print(f"bench-peers: {msg}", file=sys.stderr, flush=True)
-
-
-def _run(cmd: list[str], what: str) -> tuple[int, list[dict[str, Any]], str]:
-    """Run a builder; stream its stderr; return (exit status, JSON lines of stdout, last stderr line)."""
-    _log(f"{what}: {' '.join(cmd)}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = proc.communicate()
-    records = []
-    for line in out.splitlines():
-        if line.startswith("{"):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    last = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-    if proc.returncode != 0:
-        _log(f"{what}: exit {proc.returncode}: {last[:300]}")
-    return proc.returncode, records, last[:300]
 
 
 def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: bool,
@@ -96,7 +73,7 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
                    "--seed", str(seed), "--edge-se-weights", str(weights)]
             if not need_torch:
                 cmd.append("--skip-peers")
-            rc, recs, last = _run(cmd, f"torchvision peers {arch}")
+            rc, recs, last = run_logged(cmd, f"torchvision peers {arch}")
             for r in recs:
                 if "error" in r:
                     errors[table.artifact_key(arch, r["recipe"], r["format"], r["dtype"])] = r["error"]
@@ -111,7 +88,7 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
                     if a["arch"] == arch and a["recipe"] == "tf-converter":
                         errors[a["key"]] = msg
             else:
-                rc, recs, last = _run([peers_python, "-m", "benchmarks.peers.keras_peers", "--out",
+                rc, recs, last = run_logged([peers_python, "-m", "benchmarks.peers.keras_peers", "--out",
                                        str(out / "peers"), "--arch", arch, "--seed", str(seed)], f"Keras peers {arch}")
                 for r in recs:
                     if "error" in r:
@@ -121,9 +98,9 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
                         if a["arch"] == arch and a["recipe"] == "tf-converter":
                             errors[a["key"]] = f"builder failed: {last}"
         if need_edge:
-            edge_cli = str(Path(py).with_name("edge-se"))
             # --calib random: the peers calibrate on seeded noise too (the same inputs for every recipe).
-            rc, recs, last = _run([edge_cli, "export", arch, "--format", "all", "--dtype", "all", "--calib", "random",
+            rc, recs, last = run_logged([edge_se_cli(), "export", arch, "--format", "all", "--dtype", "all",
+                                         "--calib", "random",
                                    "--out", str(out / "edge_se"), "--weights", str(wfile), "--seed", str(seed)],
                                   f"edge-se export {arch}")
             if rc != 0:
@@ -272,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     timed = {a["key"]: (a["artifact"], a["manifest"]) for a in arts if a["build_error"] is None}
     spec = timing.PEER_MEASURE.replace(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
     load_start = os.getloadavg()
-    _log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
+    log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
     timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, spec=spec)
     from device_bench.sysinfo import system_record
 
@@ -282,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "threads": args.threads, "runner": spec.to_dict(),  # runner: the MeasureSpec (threads: per timing)
             "float_prefix": chosen}
     jsonl, md = write_results(results, arts, timings, args.threads, meta)
-    _log(f"wrote {jsonl} and {md}")
+    log(f"wrote {jsonl} and {md}")
     sys.stdout.write(md.read_text())
     return 0
 
