@@ -57,8 +57,13 @@ def publish(path: str | os.PathLike[str], data: bytes) -> Path:
 
 
 @contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` + ``.lock`` (POSIX ``flock``; elsewhere no lock)."""
+def exclusive(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` + ``.lock`` (POSIX ``flock``; elsewhere no lock).
+
+    For one writer at a time across processes: appending to a results file, building a binary or a
+    cached artifact that other processes (pytest-xdist workers, two ``make`` runs) may build too.
+    """
+    path = Path(path)
     try:
         import fcntl
     except ImportError:  # not POSIX: one writer at a time is then the caller's affair
@@ -83,7 +88,7 @@ def append_line(path: str | os.PathLike[str], line: str) -> Path:
     its copy into place.
     """
     final = Path(path)
-    with _exclusive(final):
+    with exclusive(final):
         old = final.read_bytes() if final.exists() else b""
         if old and not old.endswith(b"\n"):
             old += b"\n"

@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from contract.files import atomic_path, exclusive, write_text
+
 NATIVE_DIR = Path(__file__).resolve().parent / "native"
 SOURCES = ("runner.cpp", "latency_stats.h", "mini_json.h", "sha256.h")
 #: The statistics alone (``latency_stats.h``) behind a stdin/stdout driver, for checking them against
@@ -91,20 +93,27 @@ def command(target: str, et_root: Path, out: Path) -> list[str]:
 
 
 def _compile(cmd: list[str], out: Path, sources: tuple[str, ...], what: str) -> bool:
-    """Run ``cmd`` unless ``out`` is newer than ``sources`` and was made by the same command; True if it ran."""
+    """Run ``cmd`` unless ``out`` is newer than ``sources`` and was made by the same command; True if it ran.
+
+    One build at a time per output (a lock beside it), into a temporary file renamed onto ``out``:
+    a process running the old binary, or a second build of the same one (two pytest-xdist workers),
+    never sees a half-written file.
+    """
     stamp = out.with_name(out.name + ".cmd")
     line = shlex.join(cmd)
     newest_src = max((NATIVE_DIR / s).stat().st_mtime for s in sources)
-    if out.exists() and stamp.exists() and stamp.read_text() == line and out.stat().st_mtime >= newest_src:
-        return False
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise BuildError(f"{cmd[0]} not found; install it (Debian: g++ / g++-aarch64-linux-gnu)") from None
-    if proc.returncode != 0:
-        raise BuildError(f"compiling {what} failed:\n{proc.stderr[-4000:]}")
-    stamp.write_text(line)
+    with exclusive(out):
+        if out.exists() and stamp.exists() and stamp.read_text() == line and out.stat().st_mtime >= newest_src:
+            return False
+        with atomic_path(out, mode=0o755) as tmp:
+            run = [str(tmp) if i > 0 and cmd[i - 1] == "-o" else c for i, c in enumerate(cmd)]
+            try:
+                proc = subprocess.run(run, capture_output=True, text=True)
+            except FileNotFoundError:
+                raise BuildError(f"{cmd[0]} not found; install it (Debian: g++ / g++-aarch64-linux-gnu)") from None
+            if proc.returncode != 0:
+                raise BuildError(f"compiling {what} failed:\n{proc.stderr[-4000:]}")
+        write_text(stamp, line)
     return True
 
 

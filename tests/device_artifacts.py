@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contract.files import exclusive
 from contract.manifest import write_manifest as contract_write_manifest
 
 RESOLUTION = 16
@@ -155,12 +156,17 @@ def write_manifest(artifact: Path, *, fmt: str, dtype: str, inputs: list[dict], 
 
 def build_artifacts(folder: Path) -> dict[str, Path]:
     """Build the four artifacts and manifests into ``folder`` unless already there; return name -> path."""
-    import torch
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = {n: folder / n for n in NAMES}
-    if all(p.exists() and p.with_name(p.name + ".json").exists() for p in paths.values()):
-        return paths
+    with exclusive(folder / "build"):  # pytest-xdist workers share the cache: one builds, the others wait
+        if not all(p.exists() and p.with_name(p.name + ".json").exists() for p in paths.values()):
+            _build(paths)
+    return paths
+
+
+def _build(paths: dict[str, Path]) -> None:
+    import torch
+
     model = _model()
     example = torch.zeros(1, 3, RESOLUTION, RESOLUTION)
     f32_in = [{"name": "x", "shape": [1, 3, RESOLUTION, RESOLUTION], "dtype": "float32", "layout": "NCHW",
@@ -175,7 +181,6 @@ def build_artifacts(folder: Path) -> dict[str, Path]:
             _export_tflite(model, example, path, int8)
             ins, outs = _io_from_tflite(path)
             write_manifest(path, fmt="tflite", dtype="int8" if int8 else "fp32", inputs=ins, outputs=outs)
-    return paths
 
 
 def _cache_key() -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from tolerances import PROFILE_SUM_REL
 
+from contract.files import exclusive
 from device_bench import op_profile
 from edge_se.cli import main
 from edge_se.errors import EdgeSeError
@@ -32,9 +33,10 @@ def _exported(request, tmp_path_factory, fmt: str, name: str, key: str, dists: t
     base = Path(cache.mkdir("profile_artifacts")) if cache else tmp_path_factory.mktemp("profile")
     folder = base / h.hexdigest()[:16]
     path = folder / name
-    if not (path.exists() and path.with_name(name + ".json").exists()):
-        assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", fmt, "--dtype", "fp32",
-                     "--calib", "random", "--no-check", "--out", str(folder)]) == 0
+    with exclusive(folder / "build"):  # pytest-xdist workers share the cache: one exports, the others wait
+        if not (path.exists() and path.with_name(name + ".json").exists()):
+            assert main(["export", MODEL, "--resolution", str(RESOLUTION), "--format", fmt, "--dtype", "fp32",
+                         "--calib", "random", "--no-check", "--out", str(folder)]) == 0
     return path
 
 

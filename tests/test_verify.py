@@ -17,7 +17,8 @@ from contract.files import sha256_bytes
 from contract.formats import manifest_path
 from edge_se.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.export]
+# test_export's group: under pytest-xdist the exports cached in this process (test_export_cache) serve both modules.
+pytestmark = [pytest.mark.slow, pytest.mark.export, pytest.mark.xdist_group("test_export")]
 
 EDGE_SE = Path(sys.executable).with_name("edge-se")
 
