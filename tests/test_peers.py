@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import sys
 from pathlib import Path
 
@@ -85,6 +86,47 @@ def test_runner_command_passes_every_flag():
     assert (timing.PEER_MEASURE.runs, timing.PEER_MEASURE.warmup, timing.PEER_MEASURE.min_seconds,
             timing.PEER_MEASURE.repeats) == (20, 5, 1.0, 1)
     assert MeasureSpec.from_argv(timing.runner_command("py", "a", "a.json", 1)[6:]) == timing.PEER_MEASURE
+    pair = timing.pair_command("py", ("a.pte", "a.json"), ("b.pte", "b.json"), 2)
+    assert pair[-4:] == ["--paired-with", "b.pte", "--paired-manifest", "b.json"]
+    assert MeasureSpec.from_argv(pair[6:-4]) == timing.PAIRED_MEASURE.replace(threads=2)
+    assert timing.PAIRED_MEASURE.repeats % 2 == 0  # each artifact goes first in half the repeats
+
+
+def _paired_record(mine: list[float], theirs: list[float]) -> dict:
+    return {"p50_ms": statistics.median(mine), "repeats": [{"p50_ms": x} for x in mine],
+            "paired": {"repeats": [{"p50_ms": x} for x in theirs]}}
+
+
+def test_pooled_ratio_pools_every_repeat_over_rounds():
+    # Round 2 ran 2x slower throughout (drift): its round medians would double, its ratios do not move.
+    r1 = _paired_record([1.0, 1.0, 1.0, 1.0], [2.0, 1.0, 0.5, 1.0])  # ratios 0.5, 1, 2, 1
+    r2 = _paired_record([2.0, 2.0, 2.0, 2.0], [4.0, 2.0, 2.5, 2.0])  # ratios 0.5, 1, 0.8, 1
+    pooled = timing.pooled_ratio([r1, r2])
+    assert pooled["repeats"] == 8 and pooled["rounds"] == 2
+    # sorted ratios 0.5 0.5 0.8 1 1 1 1 2: median 1.0; quartiles by linear interpolation 0.725 and 1.0
+    assert pooled["ratio"] == pytest.approx(1.0, abs=EXACT)
+    assert (pooled["ratio_q1"], pooled["ratio_q3"]) == pytest.approx((0.725, 1.0), abs=EXACT)
+    assert pooled["round_ratio"] == pytest.approx([1.0, 0.9], abs=EXACT)
+    # each side: the median of the rounds' repeat medians, (1 + 2) / 2 and (1 + 2.25) / 2
+    assert (pooled["p50_ms"], pooled["paired_p50_ms"]) == pytest.approx((1.5, 1.625), abs=EXACT)
+    with pytest.raises(ValueError, match="no paired"):
+        timing.pooled_ratio([])
+    with pytest.raises(ValueError, match="must pair up"):
+        timing.pooled_ratio([_paired_record([1.0, 1.0], [1.0])])
+
+
+@pytest.mark.export
+def test_time_paired_runs_both_artifacts_in_one_process(artifacts):  # noqa: F811 - pytest fixture
+    int8, fp32 = (artifacts[f"tiny_se_xnnpack_{d}.pte"] for d in ("int8", "fp32"))
+    pair = ((str(int8), f"{int8}.json"), (str(fp32), f"{fp32}.json"))
+    spec = timing.PAIRED_MEASURE.replace(runs=3, warmup=1, min_seconds=0.0)
+    out = timing.time_paired({"p": pair, "bad": (pair[0], (str(int8), f"{fp32}.json"))}, threads=[1], rounds=2,
+                             spec=spec, log=lambda s: None)
+    got = out[("p", 1)]
+    assert got["errors"] == [] and got["rounds"] == 2 and got["repeats"] == 2 * spec.repeats
+    assert got["ratio_q1"] <= got["ratio"] <= got["ratio_q3"] and got["ratio"] > 0
+    # An artifact that does not match its manifest fails in the runner: recorded, twice, never pooled.
+    assert "ratio" not in out[("bad", 1)] and len(out[("bad", 1)]["errors"]) == 2
 
 
 # --- table ----------------------------------------------------------------------------------------
@@ -126,6 +168,47 @@ def test_compare_met_and_unmeasured():
     assert met["recipes"]["edge-se"]["int8_faster_than_fp32"] is None  # fp32 not timed
     missing = table.compare(arts, _timings({f"{arch}/executorch/pte/int8": 2.5}), [1])[0]
     assert missing["ratio"] is None and missing["target_met"] is None
+
+
+def _paired(pairs: dict[tuple[str, str], tuple[float, float, float]], threads: int = 1) -> dict:
+    return {(table.pair_key(a, b), threads): {"ratio": r, "ratio_q1": q1, "ratio_q3": q3, "errors": []}
+            for (a, b), (r, q1, q3) in pairs.items()}
+
+
+def test_paired_ratios_decide_the_targets_where_measured():
+    arch = "mobilenetv3_large_100"
+    arts = [_art(arch, r, "tflite", d) for r in ("edge-se", "litert-torch", "tf-converter") for d in ("int8", "fp32")]
+    key = {(r, d): table.artifact_key(arch, r, "tflite", d) for r in ("edge-se", "litert-torch", "tf-converter")
+           for d in ("int8", "fp32")}
+    others = (("edge-se", "fp32"), ("litert-torch", "int8"), ("tf-converter", "int8"))
+    assert set(table.pairs(arts).values()) == {(key["edge-se", "int8"], key[o]) for o in others}
+    # Round medians: int8 4.85 vs fp32 4.80 ms (0.99x, slower) and 1.01x the best peer: both missed.
+    ms = {key["edge-se", "int8"]: 4.85, key["edge-se", "fp32"]: 4.80, key["litert-torch", "int8"]: 6.0,
+          key["tf-converter", "int8"]: 4.8}
+    unpaired = table.compare(arts, _timings(ms), [1])[0]
+    assert unpaired["target_met"] is False and unpaired["recipes"]["edge-se"]["int8_faster_than_fp32"] is False
+    # Paired: int8 / fp32 = 0.8 (speed-up 1.25x, quartiles 1/0.9 .. 1/0.7); vs the peers 0.7 and 0.95.
+    paired = _paired({(key["edge-se", "int8"], key["edge-se", "fp32"]): (0.8, 0.7, 0.9),
+                      (key["edge-se", "int8"], key["litert-torch", "int8"]): (0.7, 0.6, 0.8),
+                      (key["edge-se", "int8"], key["tf-converter", "int8"]): (0.95, 0.9, 1.02)})
+    (c,) = table.compare(arts, _timings(ms), [1], paired)
+    edge = c["recipes"]["edge-se"]
+    assert edge["paired_speedup"] == pytest.approx(1.25, abs=EXACT) and edge["int8_faster_than_fp32"] is True
+    assert (edge["paired_speedup_q1"], edge["paired_speedup_q3"]) == pytest.approx((1 / 0.9, 1 / 0.7), abs=EXACT)
+    # judged against the peer edge-se is closest to losing to, paired: tf-converter at 0.95x
+    assert (c["ratio_paired"], c["ratio_paired_peer"], c["target_met"]) == (0.95, "tf-converter", True)
+    assert c["ratio"] == pytest.approx(4.85 / 4.8, abs=EXACT)  # the round medians stay in the record
+    by = {f["target"]: f for f in table.target_findings([c], arts)}
+    assert by["int8 faster than fp32"]["detail"].startswith("paired: fp32 / int8 1.25x (quartiles 1.11-1.43x)")
+    assert "round medians: int8 4.85 ms vs fp32 4.80 ms (0.99x)" in by["int8 faster than fp32"]["detail"]
+    assert by["int8 <= 1.00x best peer"]["detail"] == ("0.95x tf-converter, paired "
+                                                       "(round medians: 1.01x best peer, tf-converter)")
+    # a paired loss is a loss, whatever the round medians say
+    slow = _paired({(key["edge-se", "int8"], key["edge-se", "fp32"]): (1.04, 1.0, 1.1)})
+    (c,) = table.compare(arts, _timings({**ms, key["edge-se", "fp32"]: 5.5}), [1], slow)
+    assert c["recipes"]["edge-se"]["int8_faster_than_fp32"] is False
+    md = _squeeze(table.markdown([c], arts, table.target_findings([c], arts)))
+    assert "| 1.13x | 0.96x (0.91-1.00) | **no** |" in md
 
 
 def test_target_findings_say_by_how_much_and_why():
@@ -276,14 +359,17 @@ def test_results_round_trip_through_jsonl(tmp_path):
             "float_prefix": {f"{arch}/pte": {"n": 3, "last_unit": "blocks.1", "predicted_ms": 7.7, "int8_ms": 8.3,
                                              "fp32_ms": 8.2, "rebuilt": True},
                              f"{arch}/tflite": {"n": 0}}}
-    _, md = run.write_results(tmp_path, arts, _timings(ms), [1], meta)
+    meta["paired_runner"] = timing.PAIRED_MEASURE.to_dict()
+    pair = (f"{arch}/edge-se/pte/int8", f"{arch}/executorch/pte/int8")
+    _, md = run.write_results(tmp_path, arts, _timings(ms), [1], meta, _paired({pair: (1.4, 1.3, 1.5)}))
     first = md.read_text()
+    assert "Paired: edge-se int8 against its fp32 and each peer's int8" in first
     # The CPU flags decide int8 speed, and the float prefix chosen on them: both in the header.
     assert "x (x86_64, 2 logical CPUs); flags: avx avx2 fma" in first
     assert ("efficientnet_b0/pte: first 3 units fp32 (through blocks.1; predicted 7.70 vs 8.30 ms all-int8, "
             "fp32 8.20 ms); efficientnet_b0/tflite: all int8.") in first
     cells = _squeeze(first)  # tabulate pads cells to the column width
-    assert "| 1.50x | **+50%** |" in cells and "build failed: edge-se export exit 1" in cells
+    assert "| 1.50x | executorch 1.40x | **+40%** |" in cells and "build failed: edge-se export exit 1" in cells
     assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in cells
     run.rerender(tmp_path)
     assert md.read_text() == first

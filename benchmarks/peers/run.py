@@ -9,7 +9,8 @@ Steps: (1) torchvision peers through ExecuTorch and litert-torch, edge-se random
 same BatchNorm scheme (:mod:`benchmarks.peers.torch_peers`); (2) Keras peers through TensorFlow's
 converter (:mod:`benchmarks.peers.keras_peers`, in ``.venv-peers``); (3) ``edge-se export ARCH
 --format all --dtype all --weights ...``; (4) a partition report read from every artifact;
-(5) every artifact timed with ``device_bench.runner``, alternating, per round and thread count;
+(5) every artifact timed with ``device_bench.runner``, alternating, per round and thread count,
+then edge-se int8 timed paired (``--paired-with``) against its fp32 and each peer's int8;
 (6) ``results/bench_peers.jsonl`` and ``results/bench_peers.md``. A failed build is recorded in the
 table and the run goes on. This is a benchmark, not a test: it asserts nothing.
 """
@@ -134,17 +135,20 @@ def collect(arts: list[dict[str, Any]], errors: dict[str, str]) -> list[dict[str
 
 
 def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple[str, int], dict[str, Any]],
-                  threads: list[int], meta: dict[str, Any]) -> tuple[Path, Path]:
-    """Write ``bench_peers.jsonl`` (artifact, comparison and target records) and ``bench_peers.md``."""
+                  threads: list[int], meta: dict[str, Any],
+                  paired: dict[tuple[str, int], dict[str, Any]] | None = None) -> tuple[Path, Path]:
+    """Write ``bench_peers.jsonl`` (artifact, paired, comparison and target records) and ``bench_peers.md``."""
     from contract.files import write_text
 
-    comparisons = table.compare(arts, timings, threads)
+    paired = paired or {}
+    comparisons = table.compare(arts, timings, threads, paired)
     findings = table.target_findings(comparisons, arts)
     lines = [json.dumps({"kind": "meta", **meta})]
     for a in arts:
         for t in threads:
             lines.append(json.dumps({"kind": "artifact", **{k: v for k, v in a.items() if k != "manifest"},
                                      "threads": t, **timings.get((a["key"], t), {})}))
+    lines += [json.dumps({"kind": "paired", "pair": key, "threads": t, **v}) for (key, t), v in paired.items()]
     lines += [json.dumps({"kind": "comparison", **c}) for c in comparisons]
     lines += [json.dumps({"kind": "target", **f}) for f in findings]
     jsonl = results / "bench_peers.jsonl"
@@ -156,7 +160,8 @@ def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple
         "calibration images.",
         f"Timing: `device_bench.runner`, {meta['rounds']} rounds, every artifact once per round and thread count "
         f"in the same order (A B C A B C ...), {meta['runner']['runs']}+ runs and >= {meta['runner']['min_seconds']} s "
-        f"per timing after {meta['runner']['warmup']} warm-up runs; figure = median of round medians.",
+        f"per timing after {meta['runner']['warmup']} warm-up runs; figure = median of round medians."
+        + (_paired_line(meta["paired_runner"]) if meta.get("paired_runner") else ""),
         f"**Noise:** this machine is shared (load average {meta['loadavg_start'][0]:.1f} at the start, "
         f"{meta['loadavg_end'][0]:.1f} at the end, on {meta['machine']['cpu_count']} CPUs): absolute figures are "
         "inflated; `spread_pct` per artifact is in the jsonl.",
@@ -174,6 +179,13 @@ def write_results(results: Path, arts: list[dict[str, Any]], timings: dict[tuple
     return jsonl, md
 
 
+def _paired_line(spec: dict[str, Any]) -> str:
+    """The header's sentence on the paired timings (``spec``: their MeasureSpec as a dict)."""
+    return (" Paired: edge-se int8 against its fp32 and each peer's int8 in one runner process per round "
+            f"(`--paired-with`), {spec['repeats']} repeats of >= {spec['min_seconds']} s each, which goes first "
+            "alternating; the targets are judged on the median of the repeats' ratios.")
+
+
 def _machine_line(machine: dict[str, Any]) -> str:
     """The header's machine line; runs recorded before ``cpu_flags`` was kept say the flags were not recorded."""
     from device_bench.sysinfo import system_line
@@ -188,12 +200,16 @@ def rerender(results: Path) -> tuple[Path, Path]:
     fields = ("key", "arch", "recipe", "format", "dtype", "artifact", "size_bytes", "partitions", "build_error")
     arts: dict[str, dict[str, Any]] = {}
     timings: dict[tuple[str, int], dict[str, Any]] = {}
+    paired: dict[tuple[str, int], dict[str, Any]] = {}
     for r in records:
         if r["kind"] == "artifact":
             arts.setdefault(r["key"], {k: r.get(k) for k in fields})
             timings[(r["key"], int(r["threads"]))] = {k: v for k, v in r.items() if k not in fields
                                                        and k not in ("kind", "threads")}
-    return write_results(results, list(arts.values()), timings, list(meta["threads"]), meta)
+        elif r["kind"] == "paired":
+            paired[(r["pair"], int(r["threads"]))] = {k: v for k, v in r.items()
+                                                       if k not in ("kind", "pair", "threads")}
+    return write_results(results, list(arts.values()), timings, list(meta["threads"]), meta, paired)
 
 
 def _threads(text: str) -> list[int]:
@@ -251,14 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     load_start = os.getloadavg()
     log(f"timing {len(timed)} artifacts x threads {args.threads} x {args.rounds} rounds")
     timings = timing.time_alternating(timed, threads=args.threads, rounds=args.rounds, spec=spec)
+    pairs = table.pairs(arts)
+    paired_spec = timing.PAIRED_MEASURE.replace(warmup=args.warmup)
+    log(f"timing {len(pairs)} pairs x threads {args.threads} x {args.rounds} rounds, paired")
+    paired = timing.time_paired({k: (timed[a], timed[b]) for k, (a, b) in pairs.items()}, threads=args.threads,
+                                rounds=args.rounds, spec=paired_spec)
     from device_bench.sysinfo import system_record
 
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "commit": git_commit(short=True), "machine": system_record(), "loadavg_start": list(load_start),
             "loadavg_end": list(os.getloadavg()), "resolution": 224, "rounds": args.rounds,
             "threads": args.threads, "runner": spec.to_dict(),  # runner: the MeasureSpec (threads: per timing)
-            "float_prefix": chosen}
-    jsonl, md = write_results(results, arts, timings, args.threads, meta)
+            "paired_runner": paired_spec.to_dict(), "float_prefix": chosen}
+    jsonl, md = write_results(results, arts, timings, args.threads, meta, paired)
     log(f"wrote {jsonl} and {md}")
     sys.stdout.write(md.read_text())
     return 0

@@ -6,6 +6,11 @@ alike. Each timing is one runner process; its result is one JSON object on stdou
 per artifact and thread count is the median over rounds of each round's median (and p90).
 Every timing is measured by :data:`PEER_MEASURE` (a :class:`contract.measure.MeasureSpec`) and
 read back through :func:`contract.bench.read_record`.
+
+Ratios between two artifacts are also measured paired (:func:`time_paired`): one runner process
+loads both and times them back to back, which goes first alternating, repeat by repeat
+(``--paired-with``), so the drift between rounds that moves round medians apart cancels out of
+each repeat's ratio (:func:`device_bench.stats.paired_ratio`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from contract.measure import MeasureSpec
 PEER_MEASURE = MeasureSpec(runs=20, warmup=5, min_seconds=1.0, repeats=1)
 """How every peer timing is measured: the method of the committed peer numbers (one repeat per
 runner process; the rounds are the repeats). Threads are set per timing."""
+
+PAIRED_MEASURE = PEER_MEASURE.replace(runs=10, min_seconds=0.5, repeats=4, cooldown_s=0.0)
+"""How every paired timing is measured: 4 repeats per runner process (an even count, so each artifact
+goes first in half of them), >= 0.5 s of each artifact per repeat."""
 
 TIMEOUT_S = 300.0
 """Wall-clock limit of one runner process, seconds."""
@@ -102,10 +111,14 @@ def runner_command(python: str, artifact: str, manifest: str, threads: int,
             *spec.replace(threads=threads).to_argv()]
 
 
-def time_once(python: str, artifact: str, manifest: str, threads: int, spec: MeasureSpec = PEER_MEASURE, *,
-              timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
-    """Run the runner once; return its result, or ``{"error": ...}`` when it failed."""
-    cmd = runner_command(python, artifact, manifest, threads, spec)
+def pair_command(python: str, first: tuple[str, str], second: tuple[str, str], threads: int,
+                 spec: MeasureSpec = PAIRED_MEASURE) -> list[str]:
+    """The argv of one paired runner process: ``first`` timed against ``second`` (each ``(artifact, manifest)``)."""
+    return [*runner_command(python, *first, threads, spec), "--paired-with", second[0], "--paired-manifest", second[1]]
+
+
+def _run(cmd: list[str], timeout_s: float) -> dict[str, Any]:
+    """Run one runner process; return its result, or ``{"error": ...}`` when it failed."""
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
@@ -117,6 +130,60 @@ def time_once(python: str, artifact: str, manifest: str, threads: int, spec: Mea
         return parse_runner_output(proc.stdout)
     except ValueError as exc:
         return {"error": str(exc)}
+
+
+def time_once(python: str, artifact: str, manifest: str, threads: int, spec: MeasureSpec = PEER_MEASURE, *,
+              timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
+    """Run the runner once; return its result, or ``{"error": ...}`` when it failed."""
+    return _run(runner_command(python, artifact, manifest, threads, spec), timeout_s)
+
+
+def pooled_ratio(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Combine one pair's paired runner results (one per round, at one thread count).
+
+    Args:
+        records: runner results with a ``paired`` object.
+
+    Returns:
+        ``ratio`` (first / second: the median of every repeat's ratio of medians, over all
+        rounds), ``ratio_q1`` and ``ratio_q3`` (their 25th and 75th percentiles), ``round_ratio``
+        (each round's median ratio), ``repeats`` (ratios pooled), ``rounds``, and the medians of
+        each side's repeat medians, ``p50_ms`` and ``paired_p50_ms`` (ms).
+
+    Raises:
+        ValueError: no records, or a record whose repeats do not pair up.
+    """
+    if not records:
+        raise ValueError("no paired runner results to pool")
+    from device_bench.stats import paired_ratio, percentile
+
+    per = [paired_ratio(r) for r in records]
+    ratios = sorted(x for p in per for x in p["ratios"])
+    return {"ratio": percentile(ratios, 50.0), "ratio_q1": percentile(ratios, 25.0),
+            "ratio_q3": percentile(ratios, 75.0), "round_ratio": [p["ratio"] for p in per],
+            "repeats": len(ratios), "rounds": len(per),
+            "p50_ms": statistics.median(p["p50_ms"] for p in per),
+            "paired_p50_ms": statistics.median(p["paired_p50_ms"] for p in per)}
+
+
+def _alternate(keys: Sequence[str], threads: Sequence[int], rounds: int, run_one: Callable[[str, int], dict[str, Any]],
+               log: Callable[[str], None], done: Callable[[dict[str, Any]], str]) -> tuple[
+                   dict[tuple[str, int], list[dict[str, Any]]], dict[tuple[str, int], list[str]]]:
+    """Run ``run_one(key, threads)`` over :func:`schedule`; return the results and the errors per ``(key, threads)``."""
+    per: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    errors: dict[tuple[str, int], list[str]] = {}
+    plan = schedule(list(keys), threads, rounds)
+    for i, (r, t, key) in enumerate(plan):
+        if len(errors.get((key, t), [])) >= 2 and not per.get((key, t)):
+            continue  # failed twice and never ran: not worth more rounds
+        res = run_one(key, t)
+        if "error" in res:
+            errors.setdefault((key, t), []).append(res["error"])
+            log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {res['error']}")
+            continue
+        per.setdefault((key, t), []).append(res)
+        log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {done(res)}")
+    return per, errors
 
 
 def time_alternating(
@@ -144,23 +211,53 @@ def time_alternating(
         ``(key, threads)`` -> :func:`aggregate` of its rounds plus ``errors`` (a list; an artifact
         that never ran has only ``errors``).
     """
-    per: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    errors: dict[tuple[str, int], list[str]] = {}
-    plan = schedule(list(artifacts), threads, rounds)
-    for i, (r, t, key) in enumerate(plan):
-        if len(errors.get((key, t), [])) >= 2 and not per.get((key, t)):
-            continue  # failed twice and never ran: not worth more rounds
-        path, manifest = artifacts[key]
-        res = time_once(python, path, manifest, t, spec, timeout_s=timeout_s)
-        if "error" in res:
-            errors.setdefault((key, t), []).append(res["error"])
-            log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {res['error']}")
-            continue
-        per.setdefault((key, t), []).append(res)
-        log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: p50 {res['p50_ms']:.2f} ms")
+    per, errors = _alternate(list(artifacts), threads, rounds,
+                             lambda key, t: time_once(python, *artifacts[key], t, spec, timeout_s=timeout_s),
+                             log, lambda res: f"p50 {res['p50_ms']:.2f} ms")
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for key in artifacts:
         for t in threads:
             runs = per.get((key, t), [])
             out[(key, t)] = {**(aggregate(runs) if runs else {}), "errors": errors.get((key, t), [])}
     return out
+
+
+def time_paired(
+    pairs: dict[str, tuple[tuple[str, str], tuple[str, str]]],
+    *,
+    threads: Sequence[int],
+    rounds: int,
+    spec: MeasureSpec = PAIRED_MEASURE,
+    timeout_s: float = TIMEOUT_S,
+    python: str = sys.executable,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> dict[tuple[str, int], dict[str, Any]]:
+    """Time every pair ``rounds`` times at each thread count, one paired runner process per timing.
+
+    Args:
+        pairs: key -> (first, second), each ``(artifact path, manifest path)``; the ratio is first / second.
+        threads: thread counts.
+        rounds: rounds (each pair timed once per round and thread count).
+        spec: how each paired timing is measured (repeats: the paired observations per process).
+        timeout_s: wall-clock limit of one runner process.
+        python: the interpreter that runs ``device_bench.runner``.
+        log: progress sink (stderr).
+
+    Returns:
+        ``(key, threads)`` -> :func:`pooled_ratio` of its rounds plus ``errors``.
+    """
+    def once(key: str, t: int) -> dict[str, Any]:
+        res = _run(pair_command(python, *pairs[key], t, spec), timeout_s)
+        if "error" in res:
+            return res
+        try:
+            pooled_ratio([res])
+        except (ValueError, KeyError, TypeError) as exc:
+            return {"error": f"no paired timing in the runner's result: {exc}"}
+        return res
+
+    per, errors = _alternate(list(pairs), threads, rounds, once, log,
+                             lambda res: f"ratio {pooled_ratio([res])['ratio']:.3f}")
+    return {(key, t): {**(pooled_ratio(per[(key, t)]) if per.get((key, t)) else {}),
+                       "errors": errors.get((key, t), [])}
+            for key in pairs for t in threads}
