@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from test_export_cache import SHARED_ENV
 
 
 @pytest.fixture(autouse=True)
@@ -24,30 +25,26 @@ def prevent_leaking_rng():
 
 #: The modules that take longest (seconds on the 2-core AVX2 CI machine, from ``--durations``), in
 #: that order. ``make test`` runs the suite on two pytest-xdist workers, one module to a worker at
-#: a time (``--dist loadgroup``); sending these first keeps a long module from starting last and
-#: running alone while the other worker idles.
-LONGEST_FIRST = ("test_export", "test_gate_outputs", "test_latency", "test_fidelity", "test_float_prefix",
-                 "test_quantize", "test_peers", "test_device_bench_profile")
+#: a time (``--dist loadfile``: a module's tests share its fixtures); sending these first keeps a
+#: long module from starting last and running alone while the other worker idles.
+LONGEST_FIRST = ("test_export", "test_gate_outputs", "test_latency", "test_int8_ops", "test_native_gate_score",
+                 "test_device_bench_qemu", "test_float_prefix", "test_quantize_lowering", "test_fidelity")
 
 
-def _group(item: pytest.Item) -> str:
-    mark = item.get_closest_marker("xdist_group")
-    return str(mark.args[0] if mark.args else mark.kwargs.get("name", "default")) if mark else item.path.stem
-
-
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """One xdist group per module unless a test names its own, and the longest groups first.
-
-    A module's tests share module fixtures and cached exports (test_export_cache), so splitting
-    one module over two workers would build them twice. A test that reuses another module's
-    cache names that module's group (tests/test_verify.py). Runs before xdist reads the groups.
-    """
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    """The longest modules first; each module keeps its own order (xdist then schedules in this order)."""
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda it: rank.get(_group(it), len(rank)))  # stable: each module keeps its order
+    items.sort(key=lambda it: rank.get(it.path.stem, len(rank)))  # stable
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _shared_folder(tmp_path_factory):
+    """A folder every pytest-xdist worker of this run sees, for exports one worker makes for all
+    (tests/test_export_cache.py): the run's base temporary folder, which pytest prunes itself."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    os.environ[SHARED_ENV] = str(folder)
+    yield folder
 
 
 @pytest.fixture(autouse=True, scope="session")

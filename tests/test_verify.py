@@ -17,8 +17,7 @@ from contract.files import sha256_bytes
 from contract.formats import manifest_path
 from edge_se.cli import main
 
-# test_export's group: under pytest-xdist the exports cached in this process (test_export_cache) serve both modules.
-pytestmark = [pytest.mark.slow, pytest.mark.export, pytest.mark.xdist_group("test_export")]
+pytestmark = [pytest.mark.slow, pytest.mark.export]
 
 EDGE_SE = Path(sys.executable).with_name("edge-se")
 
