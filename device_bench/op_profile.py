@@ -404,14 +404,35 @@ def prefix_gain(int8: Mapping[str, float], fp32: Mapping[str, float]) -> list[di
     return rows
 
 
-def best_prefix(rows: Sequence[Mapping[str, Any]], *, min_gain: float = PREFIX_MIN_GAIN) -> Mapping[str, Any]:
-    """The row of :func:`prefix_gain` with the lowest predicted latency; N = 0 unless it saves ``min_gain`` of it.
+def best_prefix(*tables: Sequence[Mapping[str, Any]], min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
+    """The float prefix to build: the N whose predicted latency, relative to all-int8, is lowest on average.
 
-    ``min_gain`` is a fraction of the int8 artifact's summed operator time (:data:`PREFIX_MIN_GAIN`).
+    Args:
+        tables: one :func:`prefix_gain` table per condition the artifact will run under (thread
+            counts: one artifact serves them all), over the same units.
+        min_gain: N = 0 unless the mean relative saving is at least this fraction
+            (:data:`PREFIX_MIN_GAIN`). With one table: the row with the lowest predicted latency.
+
+    Returns:
+        The chosen N's row of the first table, plus ``relative`` (mean over tables of predicted /
+        all-int8 ms) and ``predicted_each_ms`` (its predicted ms in every table).
+
+    Raises:
+        EdgeSeError: no table, or tables of different lengths.
     """
-    best = min(rows, key=lambda r: (r["predicted_ms"], r["n"]))
-    base = rows[0]["predicted_ms"]
-    return best if base > 0 and best["saved_ms"] >= min_gain * base else rows[0]
+    if not tables or len({len(t) for t in tables}) != 1:
+        raise EdgeSeError(f"best_prefix: needs tables of the same units, got lengths {[len(t) for t in tables]}")
+    base = [t[0]["predicted_ms"] for t in tables]
+    if min(base) <= 0:
+        return {**tables[0][0], "relative": 1.0, "predicted_each_ms": base}
+
+    def relative(n: int) -> float:
+        return sum(t[n]["predicted_ms"] / b for t, b in zip(tables, base, strict=True)) / len(tables)
+
+    n = min(range(len(tables[0])), key=lambda i: (relative(i), i))
+    if 1.0 - relative(n) < min_gain:
+        n = 0
+    return {**tables[0][n], "relative": relative(n), "predicted_each_ms": [t[n]["predicted_ms"] for t in tables]}
 
 
 def profile_path(out: Path) -> Path:

@@ -366,8 +366,18 @@ def test_results_round_trip_through_jsonl(tmp_path):
     assert "Paired: edge-se int8 against its fp32 and each peer's int8" in first
     # The CPU flags decide int8 speed, and the float prefix chosen on them: both in the header.
     assert "x (x86_64, 2 logical CPUs); flags: avx avx2 fma" in first
-    assert ("efficientnet_b0/pte: first 3 units fp32 (through blocks.1; predicted 7.70 vs 8.30 ms all-int8, "
+    # a record from before the choice covered several thread counts: it was made at 1 thread
+    assert ("at 1 thread(s) of edge-se's own all-int8 and fp32 artifacts" in first
+            and "efficientnet_b0/pte: first 3 units fp32 (through blocks.1; predicted 7.70 vs 8.30 ms all-int8 (1T); "
             "fp32 8.20 ms); efficientnet_b0/tflite: all int8.") in first
+    from benchmarks.peers.float_prefix import header_line
+
+    both = {"n": 2, "last_unit": "blocks.0", "threads": [1, 2], "fp32_ms": 8.0,
+            "by_threads": {"1": {"predicted_ms": 7.0, "int8_ms": 8.0}, "2": {"predicted_ms": 4.5, "int8_ms": 4.6}}}
+    assert header_line({"m/pte": both}).endswith(
+        "at 1 and 2 thread(s) of edge-se's own all-int8 and fp32 artifacts, the lowest mean predicted latency "
+        "relative to all-int8 (`benchmarks/peers/float_prefix.py`): m/pte: first 2 units fp32 (through blocks.0; "
+        "predicted 7.00 vs 8.00 ms all-int8 (1T), 4.50 vs 4.60 ms all-int8 (2T)).")
     cells = _squeeze(first)  # tabulate pads cells to the column width
     assert "| 1.50x | executorch 1.40x | **+40%** |" in cells and "build failed: edge-se export exit 1" in cells
     assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in cells

@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.float_prefix == "auto":
         from benchmarks.peers import float_prefix
 
-        chosen = float_prefix.apply(out, archs, list(RECIPES["edge-se"]), seed=args.seed, resolution=224)
+        chosen = float_prefix.apply(out, archs, list(RECIPES["edge-se"]), seed=args.seed, resolution=224,
+                                    threads=args.threads)
     collect(arts, errors)
     timed = {a["key"]: (a["artifact"], a["manifest"]) for a in arts if a["build_error"] is None}
     spec = timing.PEER_MEASURE.replace(runs=args.runs, warmup=args.warmup, min_seconds=args.min_seconds)
