@@ -30,15 +30,17 @@ The record gets ``op_profile`` (source, where, how many runs), or ``op_profile.e
 runtime here has no profiler; the timed figures stand either way. The host reads the trace
 (:mod:`device_bench.op_profile`).
 
-``--paired-with B --paired-manifest MB``: a second artifact taking the same inputs (a plain twin, say)
-is loaded and warmed up beside the first and timed in alternation with it: in every repeat each
+``--paired-with B --paired-manifest MB``: a second artifact taking inputs of the same shapes (a plain
+twin, say) is loaded and warmed up beside the first and timed in alternation with it: in every repeat each
 artifact runs its block of ``--runs`` inferences (``--min-seconds``, ``--max-runs``), and which goes
 first alternates, so drift of a shared machine (frequency, other jobs) falls on both alike. The
 record stays the first artifact's; ``paired`` holds B's name, sha256 and latency figures (the same
 keys, its repeats paired with the record's by index), and :func:`device_bench.stats.paired_ratio`
 gives the first one's cost over B from them. A cost of a few % on a 0.07 ms inference is below what
 separate processes can resolve here (byte-identical artifacts timed in separate processes differed
-by up to 1.2 points); one process times both under one memory map and one warm CPU.
+by up to 1.2 points); one process times both under one memory map and one warm CPU. Where B's
+manifest gives its inputs another dtype or scale (an int8-input ``.tflite`` beside its fp32 twin), B
+runs on the seeded inputs its own manifest describes (the same draws, quantised; ``paired.inputs``).
 """
 
 from __future__ import annotations
@@ -132,13 +134,24 @@ def _set_affinity(cpus: str | None) -> list[int] | None:
     return sorted(os.sched_getaffinity(0))
 
 
-def _same_inputs(manifest: Any, other: Any, other_path: str, path: str) -> None:
-    """--paired-with: ``other`` must take ``manifest``'s inputs (it runs on the same arrays)."""
+def _same_inputs(manifest: Any, other: Any, other_path: str, path: str, *, files: bool) -> bool:
+    """--paired-with: whether ``other`` takes ``manifest``'s input tensors exactly (then it runs on the same arrays).
+
+    Otherwise it runs on the seeded inputs its own manifest describes: the same uniform draws in
+    its own range, quantised as it says (an int8-input ``.tflite`` beside its fp32 twin). The shapes must match
+    either way, and with ``--input-file`` the tensors too (the files are the first artifact's).
+    """
+    if [t.shape for t in manifest.inputs] != [t.shape for t in other.inputs]:
+        raise ManifestError(f"{other_path}: input shapes differ from {path}'s; "
+                            "--paired-with times two artifacts on the same images")
+
     def key(m: Any) -> list[tuple[Any, ...]]:
         return [(t.shape, t.dtype, t.scale, t.zero_point) for t in m.inputs]
-    if key(manifest) != key(other):
-        raise ManifestError(f"{other_path}: inputs differ from {path}'s; "
-                            "--paired-with times two artifacts on the same inputs")
+    same = key(manifest) == key(other)
+    if files and not same:
+        raise ManifestError(f"{other_path}: inputs differ from {path}'s (dtype, scale or zero point); "
+                            "with --input-file --paired-with needs an artifact taking the same tensors")
+    return same
 
 
 def _block(session: Any, spec: measure_spec.MeasureSpec) -> tuple[list[float], float]:
@@ -166,11 +179,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     spec = measure_spec.from_namespace(args)
     manifest = load_manifest(args.manifest)
     digest = verify_artifact(args.artifact, manifest)
-    paired = None
+    paired, same_inputs = None, True
     if args.paired_with:
         paired_manifest = load_manifest(args.paired_manifest)
         paired = (paired_manifest, verify_artifact(args.paired_with, paired_manifest))
-        _same_inputs(manifest, paired_manifest, args.paired_manifest, args.manifest)
+        same_inputs = _same_inputs(manifest, paired_manifest, args.paired_manifest, args.manifest,
+                                   files=bool(args.input_file))
     affinity = _set_affinity(spec.affinity)
     if args.input_file:
         if len(args.input_file) != len(manifest.inputs):
@@ -205,7 +219,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     other = None
     if paired is not None:  # loaded after the first artifact's load was timed; warmed up the same way
         other = open_session(paired[0].format, args.paired_with, paired[0].inputs, spec.threads)
-        other.set_inputs(inputs)
+        other.set_inputs(inputs if same_inputs else make_inputs(paired[0], spec.seed))
         for _ in range(spec.warmup + 1):
             other.run()
     timed: dict[str, tuple[list[list[float]], list[float]]] = {"main": ([], []), "paired": ([], [])}
@@ -247,6 +261,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if paired is not None:  # native/runner.cpp: the same object
         result["paired"] = {"artifact": os.path.basename(args.paired_with), "manifest_sha256": paired[1],
                             "order": "alternating",
+                            "inputs": "shared" if same_inputs else "own",
                             **stats.combine_repeats(timed["paired"][0], seconds=timed["paired"][1],
                                                   unstable_pct=spec.unstable_pct)}
     if args.etdump:

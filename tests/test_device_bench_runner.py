@@ -212,6 +212,7 @@ def test_paired_timing_in_both_runners(artifacts, native, tmp_path):  # noqa: F8
         check_result(res, runs=5, repeats=2)
         twin = res["paired"]
         assert (twin["artifact"], twin["manifest_sha256"], twin["order"]) == (b.name, b_sha, "alternating")
+        assert twin["inputs"] == "shared"  # both take float32 [1, 3, H, W]: B runs on A's arrays
         assert [r["samples"] for r in twin["repeats"]] == [5, 5]
         assert res["output_checksum"] == json.loads(alone.stdout)["output_checksum"]  # A's outputs, not B's
         got = stats.paired_ratio(res)
@@ -233,10 +234,30 @@ def test_paired_timing_refuses_bad_pairs(artifacts, native, tmp_path):  # noqa: 
         base = [*cmd, str(a), "--manifest", f"{a}.json", *FAST]
         bad = subprocess.run([*base, "--paired-with", str(other), "--paired-manifest", f"{other}.json"],
                              capture_output=True, text=True, cwd=REPO, timeout=300)
-        assert bad.returncode == 2 and f"{other}.json: inputs differ" in bad.stderr, bad.stderr
+        assert bad.returncode == 2 and f"{other}.json: input shapes differ" in bad.stderr, bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
         half = subprocess.run([*base, "--paired-with", str(other)], capture_output=True, text=True, cwd=REPO)
         assert half.returncode == 2 and "--paired-with and --paired-manifest go together" in half.stderr
+
+
+@pytest.mark.export
+def test_paired_timing_of_an_int8_input_tflite_beside_its_fp32_twin(artifacts, tmp_path):  # noqa: F811
+    # The full-integer .tflite takes int8 (its scale), the fp32 one float32, of one shape: B runs on the
+    # seeded inputs of its own manifest (a float array handed to the int8 interpreter would be refused).
+    a, b = artifacts["tiny_se_litert_int8.tflite"], artifacts["tiny_se_litert_fp32.tflite"]
+    assert mf.load_manifest(f"{a}.json").inputs[0].dtype != mf.load_manifest(f"{b}.json").inputs[0].dtype
+    pair = ["--paired-with", str(b), "--paired-manifest", f"{b}.json"]
+    proc = run_python(a, *FAST, *pair)
+    assert proc.returncode == 0, proc.stderr[-1000:]
+    res = json.loads(proc.stdout)
+    assert res["paired"]["inputs"] == "own" and len(res["paired"]["repeats"]) == 2
+    assert res["output_checksum"] == json.loads(run_python(a, *FAST).stdout)["output_checksum"]  # A's own inputs
+    # Input files are the first artifact's tensors: the twin would need the same ones.
+    spec = mf.load_manifest(f"{a}.json").inputs[0]
+    np.save(tmp_path / "x.npy", np.full(spec.shape, 3, dtype=np.int8))
+    bad = run_python(a, *FAST, *pair, "--input-file", str(tmp_path / "x.npy"))
+    assert bad.returncode == 2 and f"{b}.json: inputs differ" in bad.stderr and "--input-file" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_paired_ratio_is_the_median_of_per_repeat_ratios():

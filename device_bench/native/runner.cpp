@@ -638,15 +638,22 @@ void load_artifact(Loaded& m, std::vector<std::vector<uint8_t>>& buffers) {
   }
 }
 
-// --paired-with: the second artifact must take the same inputs (it runs on the first one's buffers).
-void check_same_inputs(const Loaded& a, const Loaded& b) {
-  bool same = a.specs.size() == b.specs.size();
+// --paired-with: whether the second artifact takes the first one's input tensors exactly (then it runs on
+// its buffers); otherwise on the seeded inputs its own manifest describes (the same uniform draws in its own
+// range, quantised as it says). Shapes must match either way, and with --input-file the tensors too. device_bench/runner.py: the same.
+bool check_same_inputs(const Loaded& a, const Loaded& b, bool files) {
+  bool shapes = a.specs.size() == b.specs.size();
+  for (size_t i = 0; shapes && i < a.specs.size(); ++i) shapes = a.specs[i].shape == b.specs[i].shape;
+  if (!shapes)
+    throw Error(b.manifest + ": input shapes differ from " + a.manifest + "'s; --paired-with times two artifacts on the same images");
+  bool same = true;
   for (size_t i = 0; same && i < a.specs.size(); ++i)
-    same = a.specs[i].shape == b.specs[i].shape && a.specs[i].dtype == b.specs[i].dtype &&
-           a.specs[i].quantized == b.specs[i].quantized && a.specs[i].scale == b.specs[i].scale &&
-           a.specs[i].zero_point == b.specs[i].zero_point;
-  if (!same)
-    throw Error(b.manifest + ": inputs differ from " + a.manifest + "'s; --paired-with times two artifacts on the same inputs");
+    same = a.specs[i].dtype == b.specs[i].dtype && a.specs[i].quantized == b.specs[i].quantized &&
+           a.specs[i].scale == b.specs[i].scale && a.specs[i].zero_point == b.specs[i].zero_point;
+  if (files && !same)
+    throw Error(b.manifest + ": inputs differ from " + a.manifest + "'s (dtype, scale or zero point); with --input-file "
+                "--paired-with needs an artifact taking the same tensors");
+  return same;
 }
 
 int run(const Args& a) {
@@ -656,9 +663,10 @@ int run(const Args& a) {
   const auto& quant = main_art.quant;
   const std::string& digest = main_art.digest;
   std::optional<Loaded> other;
+  bool same_inputs = true;
   if (!a.paired_with.empty()) {
     other = check_artifact(a.paired_with, a.paired_manifest);
-    check_same_inputs(main_art, *other);
+    same_inputs = check_same_inputs(main_art, *other, !a.input_files.empty());
   }
   std::string affinity = "null";
   if (!a.affinity.empty()) {
@@ -711,8 +719,11 @@ int run(const Args& a) {
                 "\"output_checksum\": %s}\n", a.runs, mini_json::quote(first.checksum).c_str());
     return 0;
   }
+  std::vector<std::vector<uint8_t>> other_buffers;  // its own seeded inputs, where it takes other tensors
+  if (other && !same_inputs)
+    for (size_t i = 0; i < other->specs.size(); ++i) other_buffers.push_back(make_input(other->specs[i], a.seed + i));
   if (other) {  // loaded after the first artifact's load was timed; warmed up the same way
-    load_artifact(*other, buffers);
+    load_artifact(*other, same_inputs ? buffers : other_buffers);
     for (long i = 0; i <= a.warmup; ++i) other->forward();
   }
 
@@ -801,7 +812,7 @@ int run(const Args& a) {
   if (other)  // device_bench/runner.py: the same object; device_bench.stats.paired_ratio reads it
     kv("paired", "{\"artifact\": " + mini_json::quote(a.paired_with.substr(a.paired_with.find_last_of('/') + 1)) +
                      ", \"manifest_sha256\": " + mini_json::quote(other->digest) +
-                     ", \"order\": \"alternating\", " +
+                     ", \"order\": \"alternating\", \"inputs\": " + (same_inputs ? "\"shared\"" : "\"own\"") + ", " +
                      latency_stats::combine_repeats(other_repeats, other_seconds, a.unstable_pct) + "}");
   std::printf("%s}\n", j.c_str());
   return 0;
