@@ -102,10 +102,11 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
         also ``paired_speedup``, fp32 / int8 from the paired timing, with ``paired_speedup_q1`` and
         ``q3``; each peer's row ``paired_ratio``, edge-se int8 / that peer's int8, paired),
         ``best_peer_int8`` {recipe, ms} or ``None``, ``ratio`` (edge-se int8 / best peer int8,
-        round medians), ``ratio_paired`` (the largest paired ratio against any peer: the peer
-        edge-se is closest to losing to), ``target_met`` (``ratio_paired``, else ``ratio``, <=
-        :data:`TARGET_RATIO`; ``None`` when not measurable) and ``over_target_pct``.
-        ``int8_faster_than_fp32`` is judged on ``paired_speedup`` where measured.
+        round medians), ``judged`` {recipe, ratio, paired}: the peer edge-se is closest to losing
+        to, each peer's ratio paired where measured, else from round medians (a peer whose inputs
+        differ in shape, NHWC Keras against NCHW, cannot be paired), ``target_met``
+        (``judged.ratio`` <= :data:`TARGET_RATIO`; ``None`` when not measurable) and
+        ``over_target_pct``. ``int8_faster_than_fp32`` is judged on ``paired_speedup`` where measured.
     """
     present = {(a["arch"], a["format"]) for a in artifacts}
     out = []
@@ -137,16 +138,21 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
                     recipes[recipe] = row
                 best = best_peer({r: v["int8_ms"] for r, v in recipes.items() if r != "edge-se"})
                 rr = ratio(recipes["edge-se"]["int8_ms"], best[1] if best else None)
-                by_peer = {r: v["paired_ratio"] for r, v in recipes.items()
-                           if r != "edge-se" and v.get("paired_ratio") is not None}
-                closest = max(by_peer.items(), key=lambda kv: kv[1]) if by_peer else None
-                judged = closest[1] if closest else rr
+                by_peer = []
+                for r, v in recipes.items():
+                    if r == "edge-se":
+                        continue
+                    if v.get("paired_ratio") is not None:
+                        by_peer.append({"recipe": r, "ratio": v["paired_ratio"], "paired": True})
+                    elif (x := ratio(recipes["edge-se"]["int8_ms"], v["int8_ms"])) is not None:
+                        by_peer.append({"recipe": r, "ratio": x, "paired": False})
+                closest = max(by_peer, key=lambda p: p["ratio"]) if by_peer else None
+                judged = None if closest is None else closest["ratio"]
                 out.append({
                     "arch": arch, "format": fmt, "threads": t, "recipes": recipes,
                     "best_peer_int8": None if best is None else {"recipe": best[0], "ms": best[1]},
                     "ratio": rr,
-                    "ratio_paired": None if closest is None else closest[1],
-                    "ratio_paired_peer": None if closest is None else closest[0],
+                    "judged": closest,
                     "target_ratio": TARGET_RATIO,
                     "target_met": None if judged is None else judged <= TARGET_RATIO,
                     "over_target_pct": None if judged is None else max(0.0, 100.0 * (judged / TARGET_RATIO - 1.0)),
@@ -182,14 +188,17 @@ def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[d
         art = by_key.get(key, {})
         why = art.get("build_error") or operator_profile(art.get("partitions"))
         where = f"{c['arch']} .{c['format']} {c['threads']}T"
-        paired = c.get("ratio_paired")
-        if c["ratio"] is None and paired is None:
+        judged = c.get("judged")
+        if judged is None:
             detail = "not measured: " + (why if edge["int8_ms"] is None else "no peer int8 measured")
         else:
-            peer = c["ratio_paired_peer"] if paired is not None else c["best_peer_int8"]["recipe"]
-            figures = (f"{paired:.2f}x {peer}, paired" + (f" (round medians: {c['ratio']:.2f}x best peer, "
-                                                         f"{c['best_peer_int8']['recipe']})" if c["ratio"] else "")
-                       if paired is not None else f"{c['ratio']:.2f}x best peer ({peer})")
+            peer = judged["recipe"]
+            if judged["paired"]:
+                figures = f"{judged['ratio']:.2f}x {peer}, paired" + (
+                    f" (round medians: {c['ratio']:.2f}x best peer, {c['best_peer_int8']['recipe']})"
+                    if c["ratio"] is not None else "")
+            else:
+                figures = f"{judged['ratio']:.2f}x {peer} (round medians; not paired)"
             if c["target_met"]:
                 detail = figures
             else:
