@@ -139,13 +139,13 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
                 best = best_peer({r: v["int8_ms"] for r, v in recipes.items() if r != "edge-se"})
                 rr = ratio(recipes["edge-se"]["int8_ms"], best[1] if best else None)
                 by_peer = []
-                for r, v in recipes.items():
-                    if r == "edge-se":
+                for peer, v in recipes.items():
+                    if peer == "edge-se":
                         continue
                     if v.get("paired_ratio") is not None:
-                        by_peer.append({"recipe": r, "ratio": v["paired_ratio"], "paired": True})
+                        by_peer.append({"recipe": peer, "ratio": v["paired_ratio"], "paired": True})
                     elif (x := ratio(recipes["edge-se"]["int8_ms"], v["int8_ms"])) is not None:
-                        by_peer.append({"recipe": r, "ratio": x, "paired": False})
+                        by_peer.append({"recipe": peer, "ratio": x, "paired": False})
                 closest = max(by_peer, key=lambda p: p["ratio"]) if by_peer else None
                 judged = None if closest is None else closest["ratio"]
                 out.append({
@@ -216,12 +216,12 @@ def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[d
                     f"{edge['paired_speedup_q3']:.2f}x)" + (f"; round medians: {rounds}" if rounds else ""))
         else:
             text = rounds or "not measured"
-        judged = ps if ps is not None else sp
+        speedup = ps if ps is not None else sp
         findings.append({
             "target": "int8 faster than fp32", "where": where,
             "met": edge["int8_faster_than_fp32"],
-            "detail": text + ("" if judged is None or judged > 1.0
-                              else f": int8 {100.0 * (1.0 / judged - 1.0):.0f}% slower; {why}"),
+            "detail": text + ("" if speedup is None or speedup > 1.0
+                              else f": int8 {100.0 * (1.0 / speedup - 1.0):.0f}% slower; {why}"),
         })
     for arch, fmt in SINGLE_PARTITION_TARGETS:
         art = by_key.get(artifact_key(arch, "edge-se", fmt, "int8"))

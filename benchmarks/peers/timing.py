@@ -167,9 +167,14 @@ def pooled_ratio(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _alternate(keys: Sequence[str], threads: Sequence[int], rounds: int, run_one: Callable[[str, int], dict[str, Any]],
-               log: Callable[[str], None], done: Callable[[dict[str, Any]], str]) -> tuple[
-                   dict[tuple[str, int], list[dict[str, Any]]], dict[tuple[str, int], list[str]]]:
-    """Run ``run_one(key, threads)`` over :func:`schedule`; return the results and the errors per ``(key, threads)``."""
+               combine: Callable[[list[dict[str, Any]]], dict[str, Any]], log: Callable[[str], None],
+               done: Callable[[dict[str, Any]], str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """Run ``run_one(key, threads)`` over :func:`schedule`; combine each ``(key, threads)``'s results.
+
+    Returns:
+        ``(key, threads)`` -> ``combine`` of its results plus ``errors`` (a list; a key that never
+        ran has only ``errors``).
+    """
     per: dict[tuple[str, int], list[dict[str, Any]]] = {}
     errors: dict[tuple[str, int], list[str]] = {}
     plan = schedule(list(keys), threads, rounds)
@@ -183,7 +188,8 @@ def _alternate(keys: Sequence[str], threads: Sequence[int], rounds: int, run_one
             continue
         per.setdefault((key, t), []).append(res)
         log(f"[{i + 1}/{len(plan)}] round {r} threads {t} {key}: {done(res)}")
-    return per, errors
+    return {(key, t): {**(combine(per[(key, t)]) if per.get((key, t)) else {}), "errors": errors.get((key, t), [])}
+            for key in keys for t in threads}
 
 
 def time_alternating(
@@ -211,15 +217,9 @@ def time_alternating(
         ``(key, threads)`` -> :func:`aggregate` of its rounds plus ``errors`` (a list; an artifact
         that never ran has only ``errors``).
     """
-    per, errors = _alternate(list(artifacts), threads, rounds,
-                             lambda key, t: time_once(python, *artifacts[key], t, spec, timeout_s=timeout_s),
-                             log, lambda res: f"p50 {res['p50_ms']:.2f} ms")
-    out: dict[tuple[str, int], dict[str, Any]] = {}
-    for key in artifacts:
-        for t in threads:
-            runs = per.get((key, t), [])
-            out[(key, t)] = {**(aggregate(runs) if runs else {}), "errors": errors.get((key, t), [])}
-    return out
+    return _alternate(list(artifacts), threads, rounds,
+                      lambda key, t: time_once(python, *artifacts[key], t, spec, timeout_s=timeout_s),
+                      aggregate, log, lambda res: f"p50 {res['p50_ms']:.2f} ms")
 
 
 def time_paired(
@@ -246,18 +246,17 @@ def time_paired(
     Returns:
         ``(key, threads)`` -> :func:`pooled_ratio` of its rounds plus ``errors``.
     """
+    from device_bench.stats import paired_ratio
+
     def once(key: str, t: int) -> dict[str, Any]:
         res = _run(pair_command(python, *pairs[key], t, spec), timeout_s)
         if "error" in res:
             return res
         try:
-            pooled_ratio([res])
+            paired_ratio(res)  # a paired object whose repeats pair up
         except (ValueError, KeyError, TypeError) as exc:
             return {"error": f"no paired timing in the runner's result: {exc}"}
         return res
 
-    per, errors = _alternate(list(pairs), threads, rounds, once, log,
-                             lambda res: f"ratio {pooled_ratio([res])['ratio']:.3f}")
-    return {(key, t): {**(pooled_ratio(per[(key, t)]) if per.get((key, t)) else {}),
-                       "errors": errors.get((key, t), [])}
-            for key in pairs for t in threads}
+    return _alternate(list(pairs), threads, rounds, once, pooled_ratio, log,
+                      lambda res: f"ratio {paired_ratio(res)['ratio']:.3f}")
