@@ -396,7 +396,7 @@ def prefix_gain(int8: Mapping[str, float], fp32: Mapping[str, float]) -> list[di
     if list(fp32) != order:
         raise EdgeSeError("prefix_gain: the int8 and fp32 profiles have different units")
     total = sum(int8.values())
-    rows = [{"n": 0, "last_unit": None, "predicted_ms": total, "saved_ms": 0.0}]
+    rows: list[dict[str, Any]] = [{"n": 0, "last_unit": None, "predicted_ms": total, "saved_ms": 0.0}]
     saved = 0.0
     for n, unit in enumerate(order[:-1], start=1):
         saved += int8[unit] - fp32[unit]
@@ -404,35 +404,52 @@ def prefix_gain(int8: Mapping[str, float], fp32: Mapping[str, float]) -> list[di
     return rows
 
 
-def best_prefix(*tables: Sequence[Mapping[str, Any]], min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
-    """The float prefix to build: the N whose predicted latency, relative to all-int8, is lowest on average.
+def ranked_prefixes(*tables: Sequence[Mapping[str, Any]],
+                    min_gain: float = PREFIX_MIN_GAIN) -> list[dict[str, Any]]:
+    """Every float prefix worth building, best first: lowest predicted latency relative to all-int8, on average.
 
     Args:
         tables: one :func:`prefix_gain` table per condition the artifact will run under (thread
             counts: one artifact serves them all), over the same units.
-        min_gain: N = 0 unless the mean relative saving is at least this fraction
-            (:data:`PREFIX_MIN_GAIN`). With one table: the row with the lowest predicted latency.
+        min_gain: only N whose mean relative saving is at least this fraction (:data:`PREFIX_MIN_GAIN`).
 
     Returns:
-        The chosen N's row of the first table, plus ``relative`` (mean over tables of predicted /
-        all-int8 ms) and ``predicted_each_ms`` (its predicted ms in every table).
+        For each such N > 0, its row of the first table plus ``relative`` (mean over tables of
+        predicted / all-int8 ms) and ``predicted_each_ms`` (its predicted ms in every table);
+        ties go to the shorter prefix. Empty when none saves enough (or all-int8 sums to 0 ms).
 
     Raises:
         EdgeSeError: no table, or tables of different lengths.
     """
     if not tables or len({len(t) for t in tables}) != 1:
-        raise EdgeSeError(f"best_prefix: needs tables of the same units, got lengths {[len(t) for t in tables]}")
+        raise EdgeSeError(f"ranked_prefixes: needs tables of the same units, got lengths {[len(t) for t in tables]}")
     base = [t[0]["predicted_ms"] for t in tables]
     if min(base) <= 0:
-        return {**tables[0][0], "relative": 1.0, "predicted_each_ms": base}
+        return []
 
-    def relative(n: int) -> float:
-        return sum(t[n]["predicted_ms"] / b for t, b in zip(tables, base, strict=True)) / len(tables)
+    def row(n: int) -> dict[str, Any]:
+        rel = sum(t[n]["predicted_ms"] / b for t, b in zip(tables, base, strict=True)) / len(tables)
+        return {**tables[0][n], "relative": rel, "predicted_each_ms": [t[n]["predicted_ms"] for t in tables]}
 
-    n = min(range(len(tables[0])), key=lambda i: (relative(i), i))
-    if 1.0 - relative(n) < min_gain:
-        n = 0
-    return {**tables[0][n], "relative": relative(n), "predicted_each_ms": [t[n]["predicted_ms"] for t in tables]}
+    rows = sorted((row(n) for n in range(1, len(tables[0]))), key=lambda r: (r["relative"], r["n"]))
+    return [r for r in rows if 1.0 - r["relative"] >= min_gain]
+
+
+def best_prefix(*tables: Sequence[Mapping[str, Any]], min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
+    """The float prefix to build: the first of :func:`ranked_prefixes`, else N = 0 (all int8).
+
+    With one table: the row with the lowest predicted latency, if it saves at least ``min_gain``.
+
+    Returns:
+        The chosen N's row of the first table, plus ``relative`` and ``predicted_each_ms``.
+
+    Raises:
+        EdgeSeError: no table, or tables of different lengths.
+    """
+    ranked = ranked_prefixes(*tables, min_gain=min_gain)
+    if ranked:
+        return ranked[0]
+    return {**tables[0][0], "relative": 1.0, "predicted_each_ms": [t[0]["predicted_ms"] for t in tables]}
 
 
 def profile_path(out: Path) -> Path:

@@ -11,7 +11,7 @@ import torch
 import edge_se
 from contract.formats import artifact_name
 from contract.manifest import read_manifest
-from device_bench.op_profile import OpEvent, Trace, best_prefix, prefix_gain, unit_times
+from device_bench.op_profile import OpEvent, Trace, best_prefix, prefix_gain, ranked_prefixes, unit_times
 from edge_se.errors import EdgeSeError
 from edge_se.init import randomize_batchnorm
 from quantize import quantize_model
@@ -139,6 +139,12 @@ def test_prefix_gain_from_two_profiles_has_the_known_optimum():
     assert (joint["n"], joint["last_unit"]) == (1, "stem")
     assert joint["relative"] == pytest.approx((1.7 / 2.1 + 1.0) / 2)
     assert joint["predicted_each_ms"] == pytest.approx([1.7, 1.0])
+    # Every prefix worth building, best first (the candidates a run builds and times against all-int8):
+    # N=1 (0.905) then N=2 (0.957); N=3 (1.055) is slower than all-int8 and never a candidate.
+    ranked = ranked_prefixes(rows, two)
+    assert [r["n"] for r in ranked] == [1, 2]
+    assert ranked[1]["relative"] == pytest.approx((1.5 / 2.1 + 1.2) / 2)
+    assert [r["n"] for r in ranked_prefixes(rows, two, min_gain=0.05)] == [1]
     with pytest.raises(EdgeSeError, match="same units"):
         best_prefix(rows, two[:2])
     with pytest.raises(EdgeSeError, match="5 convolution/fully-connected operators and the network 4"):

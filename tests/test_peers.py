@@ -400,3 +400,126 @@ def test_op_diff_names_what_one_graph_has_more_of():
     assert partitions.op_diff(ours, ours) == "the same operators"
     pte = {"kind": "pte", "delegated_nodes": {"XNNConv2d": 3}, "ops_outside_delegate": {"aten.add.out": 1}}
     assert partitions.op_histogram(pte) == {"XNNConv2d": 3, "aten.add.out": 1}
+
+
+# --- float prefix: predicted, then measured --------------------------------------------------------
+
+
+def _pooled(ratio: float) -> dict:
+    return {"ratio": ratio, "ratio_q1": ratio - 0.01, "ratio_q3": ratio + 0.01, "repeats": 12, "errors": []}
+
+
+def test_verdict_adopts_only_what_is_faster_at_every_thread_count():
+    from benchmarks.peers.float_prefix import verdict
+
+    assert verdict({"1": _pooled(0.95), "2": _pooled(0.97)}) == (True, "measured 0.950x (1T), 0.970x (2T) of all-int8")
+    # faster on average (0.965) but slower at 2 threads: the one artifact serves both, so not adopted
+    adopt, why = verdict({"1": _pooled(0.92), "2": _pooled(1.01)})
+    assert not adopt and why.endswith("not faster at 2 thread(s)")
+    # faster at both but by 0.5% on average: within a paired timing's quartiles here
+    adopt, why = verdict({"1": _pooled(0.994), "2": _pooled(0.996)})
+    assert not adopt and "mean saving 0.5% < 1%" in why
+    adopt, why = verdict({"1": _pooled(0.9), "2": {"errors": ["runner exit 1: boom"]}})
+    assert not adopt and why == "paired timing failed at 2 thread(s): runner exit 1: boom"
+    assert verdict({}) == (False, "not timed")
+
+
+def test_candidates_are_spaced_best_predicted_first():
+    from benchmarks.peers.float_prefix import candidates
+
+    ranked = [{"n": n, "last_unit": f"blocks.{n}", "relative": rel, "predicted_each_ms": [rel]}
+              for n, rel in [(14, 0.90), (13, 0.91), (15, 0.92), (8, 0.95), (2, 0.96)]]
+    # 13 and 15 are within 3 units of 14: the second try tests another depth
+    assert [c["n"] for c in candidates(ranked)] == [14, 8]
+    assert [c["n"] for c in candidates(ranked, limit=3)] == [14, 8, 2]
+    assert candidates([]) == []
+
+
+def _prefix_run(tmp_path):
+    """An artifacts folder with a (fake) all-int8 .pte, its fp32 twin, and a prediction of two candidates."""
+    from contract.formats import artifact_name
+
+    edge = tmp_path / "edge_se"
+    edge.mkdir()
+    target = edge / artifact_name("m", "pte", "int8")
+    for suffix, text in (("", "all-int8"), (".parity.npz", "all-int8 parity"), (".json", "{}")):
+        target.with_name(target.name + suffix).write_text(text)
+    (edge / artifact_name("m", "pte", "fp32")).write_text("fp32")
+    by = {t: {"int8_ms": 10.0 / int(t), "fp32_ms": 11.0 / int(t)} for t in ("1", "2")}
+    choice = {"n": 0, "threads": [1, 2], "by_threads": by, "int8_ms": 10.0, "fp32_ms": 11.0, "min_gain": 0.03,
+              "candidates": [{"n": 14, "last_unit": "blocks.12", "relative": 0.9, "predicted_each_ms": [9.0, 4.5]},
+                             {"n": 8, "last_unit": "blocks.6", "relative": 0.95, "predicted_each_ms": [9.5, 4.75]}]}
+    return target, choice
+
+
+def test_settle_adopts_the_first_candidate_measured_faster(tmp_path):
+    from benchmarks.peers.float_prefix import header_line, settle
+
+    target, choice = _prefix_run(tmp_path)
+    ratios = {14: (1.02, 0.95), 8: (0.97, 0.96)}  # the best predicted loses at 1 thread, the second wins
+    built, timed = [], []
+
+    def build(n, folder):
+        built.append(n)
+        folder.mkdir(parents=True)
+        for suffix in ("", ".parity.npz", ".json"):
+            (folder / (target.name + suffix)).write_text(f"N={n}{suffix}")
+        return None
+
+    def measure(cand, base):
+        timed.append((cand.parent.name, base))
+        n = int(cand.parent.name.rsplit("_n", 1)[1])
+        return {"1": _pooled(ratios[n][0]), "2": _pooled(ratios[n][1])}
+
+    got = settle(tmp_path, "m", "pte", choice, build=build, measure=measure)
+    assert built == [14, 8] and timed == [("m_pte_n14", target), ("m_pte_n8", target)]
+    assert (got["n"], got["last_unit"], got["predicted_ms"]) == (8, "blocks.6", 9.5)
+    assert [(t["n"], t["adopted"]) for t in got["tried"]] == [(14, False), (8, True)]
+    assert got["tried"][0]["measured"]["1"]["ratio"] == 1.02 and "not faster at 1" in got["tried"][0]["why"]
+    assert got["by_threads"]["2"]["predicted_ms"] == 4.75
+    # the adopted candidate replaced the all-int8 artifact, parity data and manifest; no candidate is left
+    assert [target.with_name(target.name + s).read_text() for s in ("", ".parity.npz", ".json")] == [
+        "N=8", "N=8.parity.npz", "N=8.json"]
+    assert not any((tmp_path / "float_prefix" / "candidates").iterdir())
+    line = header_line({"m/pte": got})
+    assert "then each candidate built and timed paired against all-int8" in line
+    assert "m/pte: first 8 units fp32 (through blocks.6; predicted 9.50 vs 10.00 ms all-int8 (1T), 4.75 vs 5.00 ms " \
+           "all-int8 (2T)), measured 0.970x (1T), 0.960x (2T) of all-int8." in line
+
+
+def test_settle_keeps_all_int8_when_no_candidate_wins(tmp_path):
+    from benchmarks.peers.float_prefix import header_line, settle
+
+    target, choice = _prefix_run(tmp_path)
+
+    def build(n, folder):
+        if n == 8:
+            return "edge-se export --float-prefix 8 exit 1: parity check failed"
+        folder.mkdir(parents=True)
+        for suffix in ("", ".parity.npz", ".json"):
+            (folder / (target.name + suffix)).write_text("candidate")
+        return None
+
+    got = settle(tmp_path, "m", "pte", choice, build=build,
+                 measure=lambda cand, base: {"1": _pooled(0.99), "2": _pooled(1.04)})
+    assert got["n"] == 0 and got["last_unit"] is None
+    assert [t["why"] for t in got["tried"]] == [
+        "measured 0.990x (1T), 1.040x (2T) of all-int8: not faster at 2 thread(s)",
+        "edge-se export --float-prefix 8 exit 1: parity check failed"]
+    assert target.read_text() == "all-int8"  # untouched
+    assert header_line({"m/pte": got}).endswith(
+        "m/pte: all int8 (N=14 predicted 0.900x, measured 0.990x (1T), 1.040x (2T) of all-int8: not faster at 2 "
+        "thread(s); N=8 predicted 0.950x, edge-se export --float-prefix 8 exit 1: parity check failed).")
+
+
+def test_reuse_reads_the_record_of_the_run_that_adopted(tmp_path):
+    from benchmarks.peers.float_prefix import choice_path, choose
+
+    target, _ = _prefix_run(tmp_path)
+    target.with_name(target.name + ".json").write_text(json.dumps({"quantization": {"float_prefix": {"count": 8}}}))
+    got = choose(tmp_path, "m", "pte", ["stem"], threads=[1, 2])
+    assert got["n"] == 0 and "the record of the run that adopted them" in got["error"] and "says None" in got["error"]
+    choice_path(tmp_path, "m", "pte").parent.mkdir(parents=True)
+    choice_path(tmp_path, "m", "pte").write_text(json.dumps({"n": 8, "last_unit": "blocks.6", "tried": []}))
+    assert choose(tmp_path, "m", "pte", ["stem"], threads=[1, 2]) == {
+        "n": 8, "last_unit": "blocks.6", "tried": [], "reused": True}

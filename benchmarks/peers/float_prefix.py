@@ -1,30 +1,59 @@
-"""Choose edge-se's int8 float prefix for this CPU from measured profiles, and rebuild the int8 artifact with it.
+"""Choose edge-se's int8 float prefix for this CPU: predicted from profiles, then measured before it is adopted.
 
 For each (architecture, format): ``edge-se bench --profile`` on edge-se's own all-int8 and fp32
 artifacts, on this machine, at every thread count the run times (one artifact serves them all),
-both profiles summed per execution unit (:func:`device_bench.op_profile.unit_times`), the prefix
+both profiles summed per execution unit (:func:`device_bench.op_profile.unit_times`); the prefixes
 whose predicted latency relative to all-int8 is lowest on average over the thread counts
-(:func:`device_bench.op_profile.prefix_gain`, :func:`~device_bench.op_profile.best_prefix`: none
-unless it saves at least ``min_gain``), then ``edge-se export --dtype int8 --float-prefix N`` over
-the all-int8 artifact. The choice is a property of the CPU: on one with VNNI the int8
-kernels win everywhere and nothing is rebuilt; on an AVX2-only one the early layers stay fp32
-(``quantize/float_prefix.py``). The timing that follows measures the rebuilt artifact itself.
+(:func:`device_bench.op_profile.prefix_gain`, :func:`~device_bench.op_profile.ranked_prefixes`:
+none unless it saves at least ``min_gain``) are the candidates. Each candidate, best predicted
+first, is built (``edge-se export --dtype int8 --float-prefix N``, into a folder of its own) and
+timed paired against the all-int8 artifact at every thread count (:func:`benchmarks.peers.timing.time_paired`);
+it replaces the all-int8 artifact only if it is faster at every thread count and by at least
+:data:`MEASURED_MIN_GAIN` on average (:func:`verdict`). Predicted first, then measured, as
+``edge-se scale`` chooses a variant: the profiles that predict are noisy on a shared machine
+(their sums moved by a third between sessions), a paired timing of the two artifacts is not.
+
+The choice is a property of the CPU: on one with VNNI the int8 kernels win everywhere and nothing
+is rebuilt; on an AVX2-only one the early layers may stay fp32 (``quantize/float_prefix.py``).
+The timing that follows measures the adopted artifact itself.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import os
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.peers import timing
 from benchmarks.peers.proc import edge_se_cli, log, run_logged
+from contract.files import write_text
 from contract.formats import artifact_name
-from device_bench.op_profile import PREFIX_MIN_GAIN, best_prefix, prefix_gain, trace_of, unit_times
+from device_bench.op_profile import PREFIX_MIN_GAIN, prefix_gain, ranked_prefixes, trace_of, unit_times
 from edge_se.errors import EdgeSeError
 
 PROFILE_MEASURE = ["--runs", "50", "--warmup", "10", "--repeats", "1", "--cooldown", "0", "--min-seconds", "1"]
 """``edge-se bench`` flags of a profiling run (``--threads`` is added per run)."""
+
+MAX_CANDIDATES = 2
+"""Prefixes built and timed at most per (architecture, format), best predicted first; the second is
+tried only if the first lost."""
+
+CANDIDATE_SPACING = 3
+"""A further candidate differs from every earlier one by at least this many units: neighbouring
+prefixes predict nearly the same, and the second try is meant to test another depth."""
+
+MEASURED_MIN_GAIN = 0.01
+"""A candidate is adopted only if its paired time relative to all-int8 is below 1 at every thread
+count and at most ``1 - MEASURED_MIN_GAIN`` on average: a smaller gain is within a paired timing's
+quartiles on this machine and not worth a different artifact."""
+
+VERIFY_ROUNDS = 3
+"""Paired runner processes per thread count that time a candidate against all-int8 (each
+:data:`benchmarks.peers.timing.PAIRED_MEASURE`: 4 paired repeats)."""
 
 
 def _compute_units(arch: str, resolution: int) -> list[str]:
@@ -40,15 +69,17 @@ def _compute_units(arch: str, resolution: int) -> list[str]:
 
 def choose(out: Path, arch: str, fmt: str, units: list[str], *, threads: Sequence[int] = (1,),
            min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
-    """Profile edge-se's int8 and fp32 ``fmt`` artifacts of ``arch`` here; return the choice (``n``: 0 for none).
+    """Profile edge-se's all-int8 and fp32 ``fmt`` artifacts of ``arch`` here; return the prediction.
 
     ``units``: the unit of every convolution and linear layer of ``arch`` (:func:`_compute_units`);
     ``threads``: the thread counts profiled (those the run times the artifact at).
 
     Returns:
-        ``{"n", "last_unit", "predicted_ms", "int8_ms", "fp32_ms", "threads", "by_threads", ...}``
-        (operator sums in ms; the top-level figures are the first thread count's, ``by_threads``
-        has every count's), or ``{"n": 0, "error": ...}`` where a step failed.
+        ``{"n": 0, "candidates", "int8_ms", "fp32_ms", "threads", "by_threads", "min_gain"}``:
+        ``candidates`` (:func:`candidates`) are to be built and measured (:func:`settle` sets
+        ``n``); operator sums in ms, the top-level figures the first thread count's,
+        ``by_threads`` every count's. ``{"n": 0, "error": ...}`` where a step failed. With
+        ``--reuse`` of a run whose artifact keeps a prefix, that run's record (``reused``).
     """
     edge = out / "edge_se"
     arts = [edge / artifact_name(arch, fmt, dtype) for dtype in ("int8", "fp32")]
@@ -56,22 +87,25 @@ def choose(out: Path, arch: str, fmt: str, units: list[str], *, threads: Sequenc
     if not manifest.exists() or not arts[1].exists():
         return {"n": 0, "error": "edge-se's int8 or fp32 artifact was not built"}
     kept = (json.loads(manifest.read_text()).get("quantization") or {}).get("float_prefix")
+    if kept:
+        # --reuse of a run that already adopted a prefix: its all-int8 artifact is gone, so neither
+        # the profiles nor the paired timing can be taken again; its record says what was measured.
+        record = choice_path(out, arch, fmt)
+        done = json.loads(record.read_text()) if record.exists() else {}
+        if done.get("n") != int(kept["count"]):
+            return {"n": 0, "error": f"the int8 artifact keeps {kept['count']} units fp32 (--reuse) and the record "
+                                     f"of the run that adopted them ({record}) says {done.get('n')}"}
+        return {**done, "reused": True}
     tables, by_threads = [], {}
     for t in threads:
         bench_out = out / "float_prefix" / f"{arch}_{fmt}_{t}t.jsonl"
-        # --reuse of a run that already chose: read the profiles it chose from (of the all-int8 artifact)
-        # again; profiling the rebuilt artifact would take its prefix for all-int8.
-        if kept and not bench_out.exists():
-            return {"n": 0, "error": f"the int8 artifact already keeps {kept['count']} units fp32 (--reuse) and the "
-                                     f"profiles it was chosen from are gone ({bench_out})"}
-        if not kept:
-            bench_out.parent.mkdir(parents=True, exist_ok=True)
-            bench_out.unlink(missing_ok=True)  # edge-se bench appends
-            rc, _, last = run_logged([edge_se_cli(), "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE,
-                                      "--threads", str(t), "--profile", "--out", str(bench_out)],
-                                     f"float prefix: profile {arch} .{fmt} at {t} thread(s)")
-            if rc != 0:
-                return {"n": 0, "error": f"edge-se bench --profile (threads {t}) exit {rc}: {last}"}
+        bench_out.parent.mkdir(parents=True, exist_ok=True)
+        bench_out.unlink(missing_ok=True)  # edge-se bench appends
+        rc, _, last = run_logged([edge_se_cli(), "bench", *map(str, arts), "--device", "local", *PROFILE_MEASURE,
+                                  "--threads", str(t), "--profile", "--out", str(bench_out)],
+                                 f"float prefix: profile {arch} .{fmt} at {t} thread(s)")
+        if rc != 0:
+            return {"n": 0, "error": f"edge-se bench --profile (threads {t}) exit {rc}: {last}"}
         records = {r["dtype"]: r for r in map(json.loads, bench_out.read_text().splitlines())
                    if r.get("status") == "ok"}
         try:
@@ -82,32 +116,129 @@ def choose(out: Path, arch: str, fmt: str, units: list[str], *, threads: Sequenc
         tables.append(rows)
         by_threads[str(t)] = {"int8_ms": rows[0]["predicted_ms"], "fp32_ms": sum(per_unit["fp32"].values()),
                               "rows": rows, "profile": str(bench_out)}
-    best = best_prefix(*tables, min_gain=min_gain)
-    for t, predicted in zip(threads, best["predicted_each_ms"], strict=True):
-        by_threads[str(t)]["predicted_ms"] = predicted
     first = by_threads[str(threads[0])]
-    choice = {"n": best["n"], "last_unit": best["last_unit"], "predicted_ms": first["predicted_ms"],
-              "int8_ms": first["int8_ms"], "fp32_ms": first["fp32_ms"], "relative": best["relative"],
-              "min_gain": min_gain, "threads": list(threads), "by_threads": by_threads}
-    if kept:
-        if int(kept["count"]) != best["n"]:
-            return {"n": 0, "error": f"the int8 artifact keeps {kept['count']} units fp32, its profiles say "
-                                     f"{best['n']} (--reuse of another run's artifact)"}
-        choice.update(reused=True, rebuilt=True)
-    return choice
+    return {"n": 0, "candidates": candidates(ranked_prefixes(*tables, min_gain=min_gain)),
+            "int8_ms": first["int8_ms"], "fp32_ms": first["fp32_ms"], "min_gain": min_gain,
+            "threads": list(threads), "by_threads": by_threads}
 
 
-def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int) -> str | None:
-    """``edge-se export`` the int8 ``fmt`` artifact again with ``--float-prefix n``; the error line, or None."""
+def candidates(ranked: Sequence[dict[str, Any]], *, limit: int = MAX_CANDIDATES,
+               spacing: int = CANDIDATE_SPACING) -> list[dict[str, Any]]:
+    """The prefixes to build and time, best predicted first: at most ``limit``, ``spacing`` units apart.
+
+    ``ranked``: :func:`device_bench.op_profile.ranked_prefixes`. Each candidate keeps ``n``,
+    ``last_unit``, ``relative`` and ``predicted_each_ms`` (ms per thread count).
+    """
+    picked: list[dict[str, Any]] = []
+    for row in ranked:
+        if len(picked) == limit:
+            break
+        if all(abs(row["n"] - c["n"]) >= spacing for c in picked):
+            picked.append({k: row[k] for k in ("n", "last_unit", "relative", "predicted_each_ms")})
+    return picked
+
+
+def verdict(measured: dict[str, dict[str, Any]], *, min_gain: float = MEASURED_MIN_GAIN) -> tuple[bool, str]:
+    """Whether a candidate measured faster than all-int8: ``(adopt, why)``.
+
+    Args:
+        measured: thread count -> :func:`benchmarks.peers.timing.pooled_ratio` of the candidate
+            against all-int8 (``ratio``: candidate / all-int8 time; below 1 is faster), or a
+            record with ``errors`` only where the pair never ran.
+        min_gain: the least mean saving adopted (:data:`MEASURED_MIN_GAIN`).
+
+    Adopted only if every thread count was measured, each ratio is below 1, and their mean is at
+    most ``1 - min_gain``.
+    """
+    if not measured:
+        return False, "not timed"
+    missing = [t for t, m in measured.items() if "ratio" not in m]
+    if missing:
+        errs = [e for t in missing for e in measured[t].get("errors", [])][:1]
+        return False, f"paired timing failed at {', '.join(missing)} thread(s): {errs[0] if errs else 'no result'}"
+    ratios = {t: float(m["ratio"]) for t, m in measured.items()}
+    said = ", ".join(f"{r:.3f}x ({t}T)" for t, r in ratios.items())
+    slower = [t for t, r in ratios.items() if r >= 1.0]
+    if slower:
+        return False, f"measured {said} of all-int8: not faster at {', '.join(slower)} thread(s)"
+    mean = statistics.fmean(ratios.values())
+    if 1.0 - mean < min_gain:
+        return False, f"measured {said} of all-int8: mean saving {100 * (1 - mean):.1f}% < {100 * min_gain:.0f}%"
+    return True, f"measured {said} of all-int8"
+
+
+def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int, dest: Path) -> str | None:
+    """``edge-se export`` the int8 ``fmt`` artifact with ``--float-prefix n`` into ``dest``; the error line, or None."""
     rc, _, last = run_logged([edge_se_cli(), "export", arch, "--format", fmt, "--dtype", "int8", "--calib", "random",
-                              "--out", str(out / "edge_se"), "--weights", str(weights), "--seed", str(seed),
-                              "--float-prefix", str(n)], f"float prefix: rebuild {arch} .{fmt}")
+                              "--out", str(dest), "--weights", str(weights), "--seed", str(seed),
+                              "--float-prefix", str(n)], f"float prefix: build {arch} .{fmt} with N={n}")
     return None if rc == 0 else f"edge-se export --float-prefix {n} exit {rc}: {last}"
+
+
+def choice_path(out: Path, arch: str, fmt: str) -> Path:
+    """Where a run records what it chose for ``(arch, fmt)`` (read back by ``--reuse``)."""
+    return out / "float_prefix" / f"{arch}_{fmt}.choice.json"
+
+
+def _install(candidate: Path, target: Path) -> None:
+    """Move a candidate artifact, its parity data and its manifest over the all-int8 ones (renamed; manifest last)."""
+    for suffix in (".parity.npz", "", ".json"):
+        os.replace(candidate.with_name(candidate.name + suffix), target.with_name(target.name + suffix))
+
+
+Build = Callable[[int, Path], "str | None"]
+Measure = Callable[[Path, Path], dict[str, dict[str, Any]]]
+
+
+def settle(out: Path, arch: str, fmt: str, choice: dict[str, Any], *, build: Build, measure: Measure) -> dict[str, Any]:
+    """Build and time ``choice``'s candidates in order; adopt the first that measures faster than all-int8.
+
+    Args:
+        out: the run's artifacts folder (``edge_se/`` holds the all-int8 artifact).
+        arch: architecture name.
+        fmt: ``pte`` or ``tflite``.
+        choice: :func:`choose`'s prediction.
+        build: ``(n, folder)`` -> builds the candidate into ``folder``; the error line, or None.
+        measure: ``(candidate, all_int8)`` artifact paths -> thread count -> paired pooled ratio
+            (:func:`verdict`'s input).
+
+    Returns:
+        ``choice`` with ``n`` and ``last_unit`` of the adopted prefix (0 and None: the all-int8
+        artifact stays), ``predicted_ms`` per thread count under ``by_threads``, and ``tried``: per
+        candidate its prediction, ``measured`` ratios, ``adopted`` and ``why``. A candidate that is
+        not adopted is removed; the adopted one replaces the all-int8 artifact (:func:`_install`).
+    """
+    target = out / "edge_se" / artifact_name(arch, fmt, "int8")
+    tried = []
+    for cand in choice.get("candidates", []):
+        folder = out / "float_prefix" / "candidates" / f"{arch}_{fmt}_n{cand['n']}"
+        shutil.rmtree(folder, ignore_errors=True)
+        err = build(cand["n"], folder)
+        if err:
+            tried.append({**cand, "adopted": False, "why": err})
+            log(f"float prefix: {arch} .{fmt}: N={cand['n']} not built: {err}")
+            continue
+        measured = measure(folder / target.name, target)
+        adopt, why = verdict(measured)
+        tried.append({**cand, "measured": {t: {k: m[k] for k in ("ratio", "ratio_q1", "ratio_q3", "repeats")}
+                                           for t, m in measured.items() if "ratio" in m},
+                      "adopted": adopt, "why": why})
+        log(f"float prefix: {arch} .{fmt}: N={cand['n']} (through {cand['last_unit']}, predicted "
+            f"{cand['relative']:.3f}x of all-int8): {why}: {'adopted' if adopt else 'not adopted'}")
+        if adopt:
+            _install(folder / target.name, target)
+        shutil.rmtree(folder, ignore_errors=True)
+        if adopt:
+            for t, ms in zip(choice["threads"], cand["predicted_each_ms"], strict=True):
+                choice["by_threads"][str(t)]["predicted_ms"] = ms
+            return {**choice, "n": cand["n"], "last_unit": cand["last_unit"], "relative": cand["relative"],
+                    "predicted_ms": cand["predicted_each_ms"][0], "tried": tried}
+    return {**choice, "n": 0, "last_unit": None, "tried": tried}
 
 
 def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolution: int,
           threads: Sequence[int] = (1,)) -> dict[str, Any]:
-    """Choose and rebuild for every (arch, format); the record the run's meta keeps under ``float_prefix``."""
+    """Predict, build, measure and adopt for every (arch, format); the run's meta keeps it under ``float_prefix``."""
     chosen: dict[str, Any] = {}
     for arch in archs:
         failed = "the network has no convolution or linear layer"
@@ -115,19 +246,40 @@ def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolut
             units = _compute_units(arch, resolution)  # one graph export per architecture, for every format
         except EdgeSeError as exc:
             units, failed = [], f"profiles not usable: {exc}"
+        weights = out / "weights" / f"{arch}_random_bn.pt"
         for fmt in formats:
             choice = choose(out, arch, fmt, units, threads=threads) if units else {"n": 0, "error": failed}
-            if choice["n"] and not choice.get("reused"):
-                err = rebuild(out, arch, fmt, choice["n"], weights=out / "weights" / f"{arch}_random_bn.pt", seed=seed)
-                choice["rebuilt"] = err is None
-                if err:
-                    choice["error"] = err  # the all-int8 artifact stays, and the table says which one was timed
-            said = (f"N={choice['n']} (through {choice['last_unit']}): predicted {_per_threads(choice)}"
-                    if choice["n"] else
-                    choice.get("error", f"none (predicted saving below {100 * PREFIX_MIN_GAIN:.0f}%)"))
-            log(f"float prefix: {arch} .{fmt}: {said}")
+            if "candidates" in choice and not choice.get("reused"):
+                def build(n: int, dest: Path, a: str = arch, f: str = fmt, w: Path = weights) -> str | None:
+                    return rebuild(out, a, f, n, weights=w, seed=seed, dest=dest)
+
+                choice = settle(out, arch, fmt, choice, build=build,
+                                measure=lambda cand, base: _measure(cand, base, threads))
+                write_text(choice_path(out, arch, fmt), json.dumps(choice, indent=1) + "\n")
+            log(f"float prefix: {arch} .{fmt}: {_said(choice)}")
             chosen[f"{arch}/{fmt}"] = choice
     return chosen
+
+
+def _measure(candidate: Path, base: Path, threads: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """The candidate timed paired against all-int8 (:data:`VERIFY_ROUNDS` rounds) at every thread count."""
+    pair = ((str(candidate), f"{candidate}.json"), (str(base), f"{base}.json"))
+    got = timing.time_paired({"candidate": pair}, threads=threads, rounds=VERIFY_ROUNDS, log=log)
+    return {str(t): got[("candidate", t)] for t in threads}
+
+
+def _said(c: dict[str, Any]) -> str:
+    """One line on a choice: the adopted prefix, or why none."""
+    tried = c.get("tried")
+    if c.get("n"):
+        what = f"N={c['n']} (through {c['last_unit']}): predicted {_per_threads(c)}"
+        adopted = [t for t in tried or [] if t.get("adopted")]
+        return what + (f"; {adopted[0]['why']}" if adopted else "")
+    if c.get("error"):
+        return str(c["error"])
+    if tried:
+        return "all int8: " + "; ".join(f"N={t['n']} (predicted {t['relative']:.3f}x) {t['why']}" for t in tried)
+    return f"all int8 (no prefix predicted to save {100 * c.get('min_gain', PREFIX_MIN_GAIN):.0f}%)"
 
 
 def _per_threads(c: dict[str, Any]) -> str:
@@ -143,19 +295,30 @@ def header_line(chosen: dict[str, Any]) -> str:
     """One markdown line on what was chosen, for the table's header."""
     parts = []
     counts: set[str] = set()
+    measured_any = any("tried" in c for c in chosen.values())
     for key, c in chosen.items():
         counts.update(str(t) for t in c.get("threads", [1]))
         if c.get("n"):
             what = f"{key}: first {c['n']} units fp32 (through {c['last_unit']}; predicted {_per_threads(c)}"
             what += f"; fp32 {c['fp32_ms']:.2f} ms)" if "by_threads" not in c else ")"
+            adopted = [t for t in c.get("tried", []) if t.get("adopted")]
+            if adopted:
+                what += f", {adopted[0]['why']}"
             if not c.get("rebuilt", True):
                 what += f", rebuild failed: {c.get('error')}"
         elif c.get("error"):
             what = f"{key}: not chosen ({c['error']})"
+        elif c.get("tried"):
+            what = f"{key}: all int8 (" + "; ".join(f"N={t['n']} predicted {t['relative']:.3f}x, {t['why']}"
+                                                     for t in c["tried"]) + ")"
         else:
             what = f"{key}: all int8"
         parts.append(what)
     at = " and ".join(sorted(counts, key=int)) or "1"
-    return (f"edge-se int8 float prefix, chosen on this CPU from per-operator profiles at {at} thread(s) of "
-            "edge-se's own all-int8 and fp32 artifacts, the lowest mean predicted latency relative to all-int8 "
-            f"(`benchmarks/peers/float_prefix.py`): {'; '.join(parts)}.")
+    how = ("predicted from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 artifacts "
+           "(the lowest mean predicted latency relative to all-int8), then each candidate built and timed paired "
+           "against all-int8 at every thread count, adopted only if faster at each"
+           if measured_any else
+           "chosen on this CPU from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 "
+           "artifacts, the lowest mean predicted latency relative to all-int8").format(at=at)
+    return f"edge-se int8 float prefix, {how} (`benchmarks/peers/float_prefix.py`): {'; '.join(parts)}."

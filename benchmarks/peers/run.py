@@ -240,8 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=False,
                    help="keep artifacts already built (default: rebuild everything in this run)")
     p.add_argument("--float-prefix", choices=("auto", "none"), default="auto",
-                   help="auto: keep edge-se int8's first layers fp32 where this CPU's profiles say they are faster "
-                   "(benchmarks/peers/float_prefix.py); none: all int8")
+                   help="auto: keep edge-se int8's first layers fp32 where this CPU's profiles predict they are faster "
+                   "and a paired timing against all-int8 confirms it (benchmarks/peers/float_prefix.py); "
+                   "none: all int8")
     p.add_argument("--render-only", action="store_true",
                    help="only rewrite bench_peers.md (and .jsonl) from the existing bench_peers.jsonl")
     args = p.parse_args(argv)
