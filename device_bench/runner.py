@@ -30,7 +30,7 @@ The record gets ``op_profile`` (source, where, how many runs), or ``op_profile.e
 runtime here has no profiler; the timed figures stand either way. The host reads the trace
 (:mod:`device_bench.op_profile`).
 
-``--paired-with B --paired-manifest MB``: a second artifact taking inputs of the same shapes (a plain
+``--paired-with B --paired-manifest MB``: a second artifact taking inputs of the same size (a plain
 twin, say) is loaded and warmed up beside the first and timed in alternation with it: in every repeat each
 artifact runs its block of ``--runs`` inferences (``--min-seconds``, ``--max-runs``), and which goes
 first alternates, so drift of a shared machine (frequency, other jobs) falls on both alike. The
@@ -39,8 +39,9 @@ keys, its repeats paired with the record's by index), and :func:`device_bench.st
 gives the first one's cost over B from them. A cost of a few % on a 0.07 ms inference is below what
 separate processes can resolve here (byte-identical artifacts timed in separate processes differed
 by up to 1.2 points); one process times both under one memory map and one warm CPU. Where B's
-manifest gives its inputs another dtype or scale (an int8-input ``.tflite`` beside its fp32 twin), B
-runs on the seeded inputs its own manifest describes (the same draws, quantised; ``paired.inputs``).
+manifest gives its inputs another dtype or scale (an int8-input ``.tflite`` beside its fp32 twin) or
+another dimension order (an NHWC ``.tflite`` beside an NCHW one), B runs on the seeded inputs its own
+manifest describes (the same draws, quantised or laid out as it says; ``paired.inputs``).
 """
 
 from __future__ import annotations
@@ -138,18 +139,22 @@ def _same_inputs(manifest: Any, other: Any, other_path: str, path: str, *, files
     """--paired-with: whether ``other`` takes ``manifest``'s input tensors exactly (then it runs on the same arrays).
 
     Otherwise it runs on the seeded inputs its own manifest describes: the same uniform draws in
-    its own range, quantised as it says (an int8-input ``.tflite`` beside its fp32 twin). The shapes must match
-    either way, and with ``--input-file`` the tensors too (the files are the first artifact's).
+    its own range, quantised as it says (an int8-input ``.tflite`` beside its fp32 twin), in its own
+    layout (Keras' NHWC ``.tflite`` beside an NCHW one: the same dimensions in another order). The
+    shapes must match up to that order, and with ``--input-file`` the tensors must match exactly
+    (the files are the first artifact's).
     """
-    if [t.shape for t in manifest.inputs] != [t.shape for t in other.inputs]:
-        raise ManifestError(f"{other_path}: input shapes differ from {path}'s; "
-                            "--paired-with times two artifacts on the same images")
+    if len(manifest.inputs) != len(other.inputs) or any(
+            sorted(a.shape) != sorted(b.shape) for a, b in zip(manifest.inputs, other.inputs, strict=False)):
+        raise ManifestError(f"{other_path}: input shapes {[list(t.shape) for t in other.inputs]} are not "
+                            f"{path}'s {[list(t.shape) for t in manifest.inputs]} (in any dimension order); "
+                            "--paired-with times two artifacts on inputs of the same size")
 
     def key(m: Any) -> list[tuple[Any, ...]]:
-        return [(t.shape, t.dtype, t.scale, t.zero_point) for t in m.inputs]
+        return [(tuple(t.shape), t.dtype, t.scale, t.zero_point) for t in m.inputs]
     same = key(manifest) == key(other)
     if files and not same:
-        raise ManifestError(f"{other_path}: inputs differ from {path}'s (dtype, scale or zero point); "
+        raise ManifestError(f"{other_path}: inputs differ from {path}'s (shape, dtype, scale or zero point); "
                             "with --input-file --paired-with needs an artifact taking the same tensors")
     return same
 

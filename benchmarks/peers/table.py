@@ -103,8 +103,8 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
         ``q3``; each peer's row ``paired_ratio``, edge-se int8 / that peer's int8, paired),
         ``best_peer_int8`` {recipe, ms} or ``None``, ``ratio`` (edge-se int8 / best peer int8,
         round medians), ``judged`` {recipe, ratio, paired}: the peer edge-se is closest to losing
-        to, each peer's ratio paired where measured, else from round medians (a peer whose inputs
-        differ in shape, NHWC Keras against NCHW, cannot be paired), ``target_met``
+        to, each peer's ratio paired where measured, else from round medians (a pair whose runner
+        process failed), ``target_met``
         (``judged.ratio`` <= :data:`TARGET_RATIO`; ``None`` when not measurable) and
         ``over_target_pct``. ``int8_faster_than_fp32`` is judged on ``paired_speedup`` where measured.
     """

@@ -640,19 +640,36 @@ void load_artifact(Loaded& m, std::vector<std::vector<uint8_t>>& buffers) {
 
 // --paired-with: whether the second artifact takes the first one's input tensors exactly (then it runs on
 // its buffers); otherwise on the seeded inputs its own manifest describes (the same uniform draws in its own
-// range, quantised as it says). Shapes must match either way, and with --input-file the tensors too. device_bench/runner.py: the same.
+// range, quantised as it says, in its own dimension order: an NHWC .tflite beside an NCHW one). Shapes must
+// match up to that order, and with --input-file the tensors exactly. device_bench/runner.py: the same.
 bool check_same_inputs(const Loaded& a, const Loaded& b, bool files) {
-  bool shapes = a.specs.size() == b.specs.size();
-  for (size_t i = 0; shapes && i < a.specs.size(); ++i) shapes = a.specs[i].shape == b.specs[i].shape;
-  if (!shapes)
-    throw Error(b.manifest + ": input shapes differ from " + a.manifest + "'s; --paired-with times two artifacts on the same images");
+  auto shape_text = [](const Loaded& l) {
+    std::string s = "[";
+    for (size_t i = 0; i < l.specs.size(); ++i) {
+      s += i ? ", [" : "[";
+      for (size_t d = 0; d < l.specs[i].shape.size(); ++d) s += (d ? ", " : "") + std::to_string(l.specs[i].shape[d]);
+      s += "]";
+    }
+    return s + "]";
+  };
+  bool sizes = a.specs.size() == b.specs.size();
+  for (size_t i = 0; sizes && i < a.specs.size(); ++i) {
+    auto x = a.specs[i].shape, y = b.specs[i].shape;
+    std::sort(x.begin(), x.end());
+    std::sort(y.begin(), y.end());
+    sizes = x == y;
+  }
+  if (!sizes)
+    throw Error(b.manifest + ": input shapes " + shape_text(b) + " are not " + a.manifest + "'s " + shape_text(a) +
+                " (in any dimension order); --paired-with times two artifacts on inputs of the same size");
   bool same = true;
   for (size_t i = 0; same && i < a.specs.size(); ++i)
-    same = a.specs[i].dtype == b.specs[i].dtype && a.specs[i].quantized == b.specs[i].quantized &&
-           a.specs[i].scale == b.specs[i].scale && a.specs[i].zero_point == b.specs[i].zero_point;
+    same = a.specs[i].shape == b.specs[i].shape && a.specs[i].dtype == b.specs[i].dtype &&
+           a.specs[i].quantized == b.specs[i].quantized && a.specs[i].scale == b.specs[i].scale &&
+           a.specs[i].zero_point == b.specs[i].zero_point;
   if (files && !same)
-    throw Error(b.manifest + ": inputs differ from " + a.manifest + "'s (dtype, scale or zero point); with --input-file "
-                "--paired-with needs an artifact taking the same tensors");
+    throw Error(b.manifest + ": inputs differ from " + a.manifest + "'s (shape, dtype, scale or zero point); with "
+                "--input-file --paired-with needs an artifact taking the same tensors");
   return same;
 }
 
