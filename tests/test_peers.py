@@ -447,8 +447,12 @@ def _prefix_run(tmp_path):
     (edge / artifact_name("m", "pte", "fp32")).write_text("fp32")
     by = {t: {"int8_ms": 10.0 / int(t), "fp32_ms": 11.0 / int(t)} for t in ("1", "2")}
     choice = {"n": 0, "threads": [1, 2], "by_threads": by, "int8_ms": 10.0, "fp32_ms": 11.0, "min_gain": 0.03,
-              "candidates": [{"n": 14, "last_unit": "blocks.12", "relative": 0.9, "predicted_each_ms": [9.0, 4.5]},
-                             {"n": 8, "last_unit": "blocks.6", "relative": 0.95, "predicted_each_ms": [9.5, 4.75]}]}
+              "max_fp32_mac_share": 0.5,
+              "over_share": {"n": 17, "last_unit": "head", "relative": 0.85, "fp32_mac_share": 0.988},
+              "candidates": [{"n": 14, "last_unit": "blocks.12", "relative": 0.9, "predicted_each_ms": [9.0, 4.5],
+                              "fp32_mac_share": 0.45},
+                             {"n": 8, "last_unit": "blocks.6", "relative": 0.95, "predicted_each_ms": [9.5, 4.75],
+                              "fp32_mac_share": 0.12}]}
     return target, choice
 
 
@@ -483,8 +487,10 @@ def test_settle_adopts_the_first_candidate_measured_faster(tmp_path):
     assert not any((tmp_path / "float_prefix" / "candidates").iterdir())
     line = header_line({"m/pte": got})
     assert "then each candidate built and timed paired against all-int8" in line
+    assert "adopted only if faster at each (a prefix keeps at most 50% of the MACs fp32)" in line
     assert "m/pte: first 8 units fp32 (through blocks.6; predicted 9.50 vs 10.00 ms all-int8 (1T), 4.75 vs 5.00 ms " \
-           "all-int8 (2T)), measured 0.970x (1T), 0.960x (2T) of all-int8." in line
+           "all-int8 (2T)), 12.0% of MACs fp32, measured 0.970x (1T), 0.960x (2T) of all-int8 [best predicted N=17 " \
+           "(through head, 0.850x) not built: 98.8% of MACs fp32, over the 50% cap]." in line
 
 
 def test_settle_keeps_all_int8_when_no_candidate_wins(tmp_path):
@@ -507,7 +513,7 @@ def test_settle_keeps_all_int8_when_no_candidate_wins(tmp_path):
         "measured 0.990x (1T), 1.040x (2T) of all-int8: not faster at 2 thread(s)",
         "edge-se export --float-prefix 8 exit 1: parity check failed"]
     assert target.read_text() == "all-int8"  # untouched
-    assert header_line({"m/pte": got}).endswith(
+    assert header_line({"m/pte": {k: v for k, v in got.items() if k != "over_share"}}).endswith(
         "m/pte: all int8 (N=14 predicted 0.900x, measured 0.990x (1T), 1.040x (2T) of all-int8: not faster at 2 "
         "thread(s); N=8 predicted 0.950x, edge-se export --float-prefix 8 exit 1: parity check failed).")
 
@@ -523,3 +529,33 @@ def test_reuse_reads_the_record_of_the_run_that_adopted(tmp_path):
     choice_path(tmp_path, "m", "pte").write_text(json.dumps({"n": 8, "last_unit": "blocks.6", "tried": []}))
     assert choose(tmp_path, "m", "pte", ["stem"], threads=[1, 2]) == {
         "n": 8, "last_unit": "blocks.6", "tried": [], "reused": True}
+
+
+def test_mac_shares_per_prefix_from_the_accounting_rows():
+    from benchmarks.peers.float_prefix import mac_shares
+
+    rows = [("stem.conv", 10), ("stem.bn", 0), ("blocks.0.dw.conv", 20), ("blocks.0.se.fc1", 5),
+            ("blocks.1.project.conv", 40), ("pool", 0), ("head", 25)]
+    # total 100; "blocks.1" must not take "blocks.10"'s layers (prefix match on a whole path component)
+    assert mac_shares(rows + [("blocks.10.conv", 0)], ["stem", "blocks.0", "blocks.1", "blocks.10", "head"]) == \
+        pytest.approx([0.0, 0.10, 0.35, 0.75, 0.75], abs=EXACT)
+    assert mac_shares([], ["stem"]) == [0.0]
+
+
+def test_predict_never_builds_a_prefix_over_the_mac_cap():
+    from benchmarks.peers.float_prefix import predict
+    from device_bench.op_profile import prefix_gain
+
+    # fp32 faster on every unit but the last: the longest prefix predicts best (an fp32 network, int8 tail)
+    int8 = {"stem": 2.0, "b0": 2.0, "b1": 2.0, "b2": 2.0, "head": 1.0}
+    fp32 = {"stem": 1.5, "b0": 1.6, "b1": 1.7, "b2": 1.8, "head": 2.0}
+    tables = [prefix_gain(int8, fp32)]
+    shares = [0.0, 0.1, 0.3, 0.6, 0.95]  # the MAC share of the first N units
+    got = predict(tables, shares=shares)
+    # predicted 9.0, 8.5, 8.1, 7.8, 7.6 ms for N = 0..4: N=4 and N=3 are over 50% of the MACs; N=1 is
+    # within 3 units of N=2
+    assert [(c["n"], c["fp32_mac_share"]) for c in got["candidates"]] == [(2, 0.3)]
+    assert got["over_share"] == {"n": 4, "last_unit": "b2", "relative": pytest.approx(7.6 / 9.0),
+                                 "fp32_mac_share": 0.95}
+    assert [c["n"] for c in predict(tables, shares=shares, max_share=1.0)["candidates"]] == [4, 1]
+    assert "over_share" not in predict(tables, shares=None)

@@ -51,6 +51,13 @@ MEASURED_MIN_GAIN = 0.01
 count and at most ``1 - MEASURED_MIN_GAIN`` on average: a smaller gain is within a paired timing's
 quartiles on this machine and not worth a different artifact."""
 
+MAX_FLOAT_MAC_SHARE = 0.5
+"""A float prefix keeps at most this share of the network's MACs (``edge_se.accounting``) fp32.
+Beyond it the "int8" artifact is an fp32 network with an int8 tail, and "int8 faster than fp32"
+says nothing about int8: on the AVX2-only EPYC the profiles predicted MobileNetV3-Large ``.pte``
+fastest with 17 of its 18 compute units fp32 (all but its two classifier layers: 98.8% of its
+MACs), and a paired timing confirmed it by 3% / 1% (``results/peers_earlier/41167a9_*``)."""
+
 VERIFY_ROUNDS = 3
 """Paired runner processes per thread count that time a candidate against all-int8 (each
 :data:`benchmarks.peers.timing.PAIRED_MEASURE`: 4 paired repeats)."""
@@ -67,12 +74,43 @@ def _compute_units(arch: str, resolution: int) -> list[str]:
     return compute_units(export_graph(model, (torch.zeros(1, 3, resolution, resolution),)))
 
 
+def mac_shares(rows: Sequence[tuple[str, int]], order: Sequence[str]) -> list[float]:
+    """Share of the network's MACs in its first N units, for N = 0 .. len(order) - 1 (pure).
+
+    Args:
+        rows: ``(module path, MACs)`` of every layer (``edge_se.accounting`` rows: ``blocks.3.dw.conv``).
+        order: the units in execution order (``stem``, ``blocks.0``, ...; the profile's, the
+            rows of :func:`device_bench.op_profile.prefix_gain`); a layer belongs to the unit its
+            path starts with. Layers of no unit (a global pool) count in the total only.
+    """
+    total = sum(m for _, m in rows)
+    per = dict.fromkeys(order, 0)
+    for name, m in rows:
+        unit = next((u for u in order if name == u or name.startswith(u + ".")), None)
+        if unit is not None:
+            per[unit] += m
+    out, acc = [], 0
+    for unit in order:
+        out.append(acc / total if total else 0.0)
+        acc += per[unit]
+    return out
+
+
+def _mac_shares(arch: str, resolution: int, units: Sequence[str]) -> list[float]:
+    from edge_se.accounting import count
+    from edge_se.registry import get_spec
+
+    return mac_shares([(r.name, r.macs) for r in count(get_spec(arch), resolution).rows], list(dict.fromkeys(units)))
+
+
 def choose(out: Path, arch: str, fmt: str, units: list[str], *, threads: Sequence[int] = (1,),
-           min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
+           min_gain: float = PREFIX_MIN_GAIN, shares: Sequence[float] | None = None,
+           max_share: float = MAX_FLOAT_MAC_SHARE) -> dict[str, Any]:
     """Profile edge-se's all-int8 and fp32 ``fmt`` artifacts of ``arch`` here; return the prediction.
 
     ``units``: the unit of every convolution and linear layer of ``arch`` (:func:`_compute_units`);
-    ``threads``: the thread counts profiled (those the run times the artifact at).
+    ``threads``: the thread counts profiled (those the run times the artifact at); ``shares``: the
+    MAC share of each prefix (:func:`mac_shares`): only prefixes within ``max_share`` are candidates.
 
     Returns:
         ``{"n": 0, "candidates", "int8_ms", "fp32_ms", "threads", "by_threads", "min_gain"}``:
@@ -117,9 +155,29 @@ def choose(out: Path, arch: str, fmt: str, units: list[str], *, threads: Sequenc
         by_threads[str(t)] = {"int8_ms": rows[0]["predicted_ms"], "fp32_ms": sum(per_unit["fp32"].values()),
                               "rows": rows, "profile": str(bench_out)}
     first = by_threads[str(threads[0])]
-    return {"n": 0, "candidates": candidates(ranked_prefixes(*tables, min_gain=min_gain)),
-            "int8_ms": first["int8_ms"], "fp32_ms": first["fp32_ms"], "min_gain": min_gain,
-            "threads": list(threads), "by_threads": by_threads}
+    return {"n": 0, **predict(tables, shares=shares, min_gain=min_gain, max_share=max_share),
+            "int8_ms": first["int8_ms"], "fp32_ms": first["fp32_ms"], "threads": list(threads),
+            "by_threads": by_threads}
+
+
+def predict(tables: Sequence[Sequence[dict[str, Any]]], *, shares: Sequence[float] | None,
+            min_gain: float = PREFIX_MIN_GAIN, max_share: float = MAX_FLOAT_MAC_SHARE) -> dict[str, Any]:
+    """The candidates of one (architecture, format) from its :func:`~device_bench.op_profile.prefix_gain` tables (pure).
+
+    Returns:
+        ``candidates`` (:func:`candidates` of the prefixes within ``max_share`` of the MACs, each
+        with its ``fp32_mac_share``), ``min_gain``, ``max_fp32_mac_share``, and ``over_share``
+        (``n``, ``last_unit``, ``relative``, ``fp32_mac_share``) where the best predicted prefix
+        is over the cap and so never built.
+    """
+    ranked = ranked_prefixes(*tables, min_gain=min_gain)
+    if shares is not None:
+        ranked = [{**r, "fp32_mac_share": shares[r["n"]]} for r in ranked]
+    within = [r for r in ranked if r.get("fp32_mac_share", 0.0) <= max_share]
+    out: dict[str, Any] = {"candidates": candidates(within), "min_gain": min_gain, "max_fp32_mac_share": max_share}
+    if ranked and ranked[0].get("fp32_mac_share", 0.0) > max_share:
+        out["over_share"] = {k: ranked[0][k] for k in ("n", "last_unit", "relative", "fp32_mac_share")}
+    return out
 
 
 def candidates(ranked: Sequence[dict[str, Any]], *, limit: int = MAX_CANDIDATES,
@@ -127,14 +185,16 @@ def candidates(ranked: Sequence[dict[str, Any]], *, limit: int = MAX_CANDIDATES,
     """The prefixes to build and time, best predicted first: at most ``limit``, ``spacing`` units apart.
 
     ``ranked``: :func:`device_bench.op_profile.ranked_prefixes`. Each candidate keeps ``n``,
-    ``last_unit``, ``relative`` and ``predicted_each_ms`` (ms per thread count).
+    ``last_unit``, ``relative``, ``predicted_each_ms`` (ms per thread count) and, where given,
+    ``fp32_mac_share``.
     """
     picked: list[dict[str, Any]] = []
     for row in ranked:
         if len(picked) == limit:
             break
         if all(abs(row["n"] - c["n"]) >= spacing for c in picked):
-            picked.append({k: row[k] for k in ("n", "last_unit", "relative", "predicted_each_ms")})
+            picked.append({k: row[k] for k in ("n", "last_unit", "relative", "predicted_each_ms", "fp32_mac_share")
+                           if k in row})
     return picked
 
 
@@ -232,7 +292,8 @@ def settle(out: Path, arch: str, fmt: str, choice: dict[str, Any], *, build: Bui
             for t, ms in zip(choice["threads"], cand["predicted_each_ms"], strict=True):
                 choice["by_threads"][str(t)]["predicted_ms"] = ms
             return {**choice, "n": cand["n"], "last_unit": cand["last_unit"], "relative": cand["relative"],
-                    "predicted_ms": cand["predicted_each_ms"][0], "tried": tried}
+                    "predicted_ms": cand["predicted_each_ms"][0], "fp32_mac_share": cand.get("fp32_mac_share"),
+                    "tried": tried}
     return {**choice, "n": 0, "last_unit": None, "tried": tried}
 
 
@@ -248,7 +309,8 @@ def apply(out: Path, archs: list[str], formats: list[str], *, seed: int, resolut
             units, failed = [], f"profiles not usable: {exc}"
         weights = out / "weights" / f"{arch}_random_bn.pt"
         for fmt in formats:
-            choice = choose(out, arch, fmt, units, threads=threads) if units else {"n": 0, "error": failed}
+            choice = (choose(out, arch, fmt, units, threads=threads, shares=_mac_shares(arch, resolution, units))
+                      if units else {"n": 0, "error": failed})
             if "candidates" in choice and not choice.get("reused"):
                 def build(n: int, dest: Path, a: str = arch, f: str = fmt, w: Path = weights) -> str | None:
                     return rebuild(out, a, f, n, weights=w, seed=seed, dest=dest)
@@ -273,6 +335,8 @@ def _said(c: dict[str, Any]) -> str:
     tried = c.get("tried")
     if c.get("n"):
         what = f"N={c['n']} (through {c['last_unit']}): predicted {_per_threads(c)}"
+        if c.get("fp32_mac_share") is not None:
+            what += f", {100 * c['fp32_mac_share']:.1f}% of MACs fp32"
         adopted = [t for t in tried or [] if t.get("adopted")]
         return what + (f"; {adopted[0]['why']}" if adopted else "")
     if c.get("error"):
@@ -301,6 +365,8 @@ def header_line(chosen: dict[str, Any]) -> str:
         if c.get("n"):
             what = f"{key}: first {c['n']} units fp32 (through {c['last_unit']}; predicted {_per_threads(c)}"
             what += f"; fp32 {c['fp32_ms']:.2f} ms)" if "by_threads" not in c else ")"
+            if c.get("fp32_mac_share") is not None:
+                what += f", {100 * c['fp32_mac_share']:.1f}% of MACs fp32"
             adopted = [t for t in c.get("tried", []) if t.get("adopted")]
             if adopted:
                 what += f", {adopted[0]['why']}"
@@ -313,12 +379,19 @@ def header_line(chosen: dict[str, Any]) -> str:
                                                      for t in c["tried"]) + ")"
         else:
             what = f"{key}: all int8"
+        if c.get("over_share"):
+            o = c["over_share"]
+            what += (f" [best predicted N={o['n']} (through {o['last_unit']}, {o['relative']:.3f}x) not built: "
+                     f"{100 * o['fp32_mac_share']:.1f}% of MACs fp32, over the {100 * c['max_fp32_mac_share']:.0f}% "
+                     "cap]")
         parts.append(what)
     at = " and ".join(sorted(counts, key=int)) or "1"
-    how = ("predicted from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 artifacts "
+    caps = sorted({c["max_fp32_mac_share"] for c in chosen.values() if c.get("max_fp32_mac_share") is not None})
+    cap = f" (a prefix keeps at most {', '.join(f'{100 * x:.0f}%' for x in caps)} of the MACs fp32)" if caps else ""
+    how = (f"predicted from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 artifacts "
            "(the lowest mean predicted latency relative to all-int8), then each candidate built and timed paired "
-           "against all-int8 at every thread count, adopted only if faster at each"
+           f"against all-int8 at every thread count, adopted only if faster at each{cap}"
            if measured_any else
-           "chosen on this CPU from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 "
-           "artifacts, the lowest mean predicted latency relative to all-int8").format(at=at)
+           f"chosen on this CPU from per-operator profiles at {at} thread(s) of edge-se's own all-int8 and fp32 "
+           "artifacts, the lowest mean predicted latency relative to all-int8")
     return f"edge-se int8 float prefix, {how} (`benchmarks/peers/float_prefix.py`): {'; '.join(parts)}."
