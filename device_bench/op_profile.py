@@ -435,23 +435,6 @@ def ranked_prefixes(*tables: Sequence[Mapping[str, Any]],
     return [r for r in rows if 1.0 - r["relative"] >= min_gain]
 
 
-def best_prefix(*tables: Sequence[Mapping[str, Any]], min_gain: float = PREFIX_MIN_GAIN) -> dict[str, Any]:
-    """The float prefix to build: the first of :func:`ranked_prefixes`, else N = 0 (all int8).
-
-    With one table: the row with the lowest predicted latency, if it saves at least ``min_gain``.
-
-    Returns:
-        The chosen N's row of the first table, plus ``relative`` and ``predicted_each_ms``.
-
-    Raises:
-        EdgeSeError: no table, or tables of different lengths.
-    """
-    ranked = ranked_prefixes(*tables, min_gain=min_gain)
-    if ranked:
-        return ranked[0]
-    return {**tables[0][0], "relative": 1.0, "predicted_each_ms": [t[0]["predicted_ms"] for t in tables]}
-
-
 def profile_path(out: Path) -> Path:
     """Where ``edge-se bench --out OUT`` appends its profiles: ``OUT``'s stem + ``.profile.jsonl`` beside it."""
     return out.with_name(out.stem + ".profile.jsonl")

@@ -11,7 +11,7 @@ import torch
 import edge_se
 from contract.formats import artifact_name
 from contract.manifest import read_manifest
-from device_bench.op_profile import OpEvent, Trace, best_prefix, prefix_gain, ranked_prefixes, unit_times
+from device_bench.op_profile import OpEvent, Trace, prefix_gain, ranked_prefixes, unit_times
 from edge_se.errors import EdgeSeError
 from edge_se.init import randomize_batchnorm
 from quantize import quantize_model
@@ -125,17 +125,18 @@ def test_prefix_gain_from_two_profiles_has_the_known_optimum():
     rows = prefix_gain(a, b)
     assert [r["n"] for r in rows] == [0, 1, 2, 3]
     assert [r["predicted_ms"] for r in rows] == pytest.approx([2.1, 1.7, 1.5, 1.7])
-    assert best_prefix(rows)["n"] == 2 and best_prefix(rows)["last_unit"] == "b0"
+    best = ranked_prefixes(rows)[0]
+    assert best["n"] == 2 and best["last_unit"] == "b0"
     # A saving under min_gain is noise: no prefix.
-    assert best_prefix(rows, min_gain=0.5)["n"] == 0
+    assert ranked_prefixes(rows, min_gain=0.5) == []
     # One artifact serves every thread count: at 2 threads (int8 scales better) the same prefixes
     # predict 1.0, 1.0, 1.2, 1.3 ms. Relative to all-int8 the means are 1, 0.905, 0.957, 1.055:
     # the stem alone, which neither table chooses by itself (1 thread: N=2; 2 threads: N=0).
     two = prefix_gain({"stem": 0.3, "b0": 0.4, "b1": 0.2, "head": 0.1},
                       {"stem": 0.3, "b0": 0.6, "b1": 0.3, "head": 0.3})
     assert [r["predicted_ms"] for r in two] == pytest.approx([1.0, 1.0, 1.2, 1.3])
-    assert best_prefix(two)["n"] == 0
-    joint = best_prefix(rows, two)
+    assert ranked_prefixes(two) == []
+    joint = ranked_prefixes(rows, two)[0]
     assert (joint["n"], joint["last_unit"]) == (1, "stem")
     assert joint["relative"] == pytest.approx((1.7 / 2.1 + 1.0) / 2)
     assert joint["predicted_each_ms"] == pytest.approx([1.7, 1.0])
@@ -146,6 +147,6 @@ def test_prefix_gain_from_two_profiles_has_the_known_optimum():
     assert ranked[1]["relative"] == pytest.approx((1.5 / 2.1 + 1.2) / 2)
     assert [r["n"] for r in ranked_prefixes(rows, two, min_gain=0.05)] == [1]
     with pytest.raises(EdgeSeError, match="same units"):
-        best_prefix(rows, two[:2])
+        ranked_prefixes(rows, two[:2])
     with pytest.raises(EdgeSeError, match="5 convolution/fully-connected operators and the network 4"):
         unit_times(int8, layers[:4])
