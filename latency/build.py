@@ -28,7 +28,7 @@ from latency.table import LatencyTable, build_table
 FAMILIES = ("efficientnet",)
 """Families with compound scaling, the ones a table and ``edge-se scale`` cover."""
 
-DEFAULT_BUILD = "-2@128,-1@192,0@160,0@256,1@224,2@288"
+DEFAULT_BUILD = "-2@128,-1@192,0@160,0@256,1@224,2@288,-1@96"
 """Build set of ``edge-se latency-table``: ``phi@resolution`` points spanning phi -2..2 and 128..288 px."""
 
 VERSIONS = ("torch", "executorch", "ai-edge-litert", "litert-torch", "torchao")

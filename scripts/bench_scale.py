@@ -251,9 +251,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--combos", default="pte:int8,pte:fp32,tflite:int8,tflite:fp32")
     p.add_argument("--build", default=DEFAULT_BUILD)
     p.add_argument("--heldout", type=int, default=20)
-    p.add_argument("--seed", type=int, default=3,
+    p.add_argument("--seed", type=int, default=5,
                    help="seed of the held-out draw (the draws of seeds 0-2 were looked at while the assembly's "
-                        "weight terms were designed; 3 is the first draw the streamed-weight term was checked on)")
+                        "weight terms were designed; 3 checked the streamed-weight term, 4 checked adding -1@96 "
+                        "to the build set; 5 is the first draw with -1@96 in every table)")
     p.add_argument("--phi-lo", type=float, default=-2.0)
     p.add_argument("--phi-hi", type=float, default=1.5)
     p.add_argument("--res-lo", type=int, default=96)
