@@ -7,13 +7,17 @@ Python and native runners feed identical bytes for the same seed on any machine.
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from contract.errors import ContractError
-from contract.files import sha256_file
+from contract.files import sha256_bytes, sha256_file
 from contract.manifest import Manifest, TensorSpec
 from contract.manifest import load as load_manifest
 
@@ -104,12 +108,45 @@ def load_input_file(path: str | os.PathLike[str], spec: TensorSpec) -> np.ndarra
     return np.ascontiguousarray(arr.reshape(spec.shape).astype(dtype))
 
 
+def load_golden(artifact: str | os.PathLike[str], manifest: Manifest | Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The artifact's parity data (``parity.golden`` of its manifest: inputs and reference outputs), checked.
+
+    Arrays: ``inputs`` (``[samples, *input shape]``, the artifact's layout), ``reference`` (what the
+    export compared the runtime with: the eager model for fp32, the quantised graph for int8),
+    ``real`` (per sample, a real image) and, for int8, ``float_reference`` (the float model's logits).
+
+    Raises:
+        ManifestError: no ``parity.golden`` (exported with ``--no-check``), a missing, altered
+            (sha256) or unreadable file, or a missing array; the message names the file.
+    """
+    golden = (manifest.get("parity") or {}).get("golden")
+    if not isinstance(golden, dict) or "file" not in golden:
+        raise ManifestError(f"manifest of {str(artifact)!r} has no parity.golden (exported with --no-check?)")
+    path = Path(artifact).parent / str(golden["file"])
+    if not path.is_file():
+        raise ManifestError(f"parity data {str(path)!r} is missing")
+    data = path.read_bytes()
+    if sha256_bytes(data) != golden.get("sha256"):
+        raise ManifestError(f"parity data {str(path)!r} does not match the sha256 in its manifest")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise ManifestError(f"parity data {str(path)!r} is unreadable: {exc}") from None
+    needed = ["inputs", "reference", "real"] + (["float_reference"] if manifest.get("dtype") == "int8" else [])
+    missing = [k for k in needed if k not in arrays]
+    if missing:
+        raise ManifestError(f"parity data {str(path)!r} lacks array(s): {', '.join(missing)}")
+    return arrays
+
+
 __all__ = [
     "DEFAULT_FLOAT_RANGE",
     "Manifest",
     "ManifestError",
     "TensorSpec",
     "input_range",
+    "load_golden",
     "load_input_file",
     "load_manifest",
     "make_input",

@@ -50,6 +50,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from device_bench.parity import finite, sqnr_db
+
 FP32_RTOL = 1e-3
 """fp32 runtime vs eager: max |a - r| / max |r| (float sums reordered; see the module docstring)."""
 
@@ -102,26 +104,10 @@ def cosine(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> flo
     return worst
 
 
-def sqnr_db(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
-    """Signal-to-quantisation-noise ratio ``10 log10(sum r^2 / sum (a - r)^2)`` in dB (inf if exact)."""
-    signal = sum(float(np.sum(_flat(r) ** 2)) for r in reference)
-    noise = sum(float(np.sum((_flat(a) - _flat(r)) ** 2)) for a, r in zip(actual, reference, strict=True))
-    if noise == 0.0:
-        return math.inf
-    if signal == 0.0:
-        return -math.inf
-    return 10.0 * math.log10(signal / noise)
-
-
 def top1_agreement(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Share of samples (0..1) whose arg-max class is the same."""
     same = [int(np.argmax(_flat(a))) == int(np.argmax(_flat(r))) for a, r in zip(actual, reference, strict=True)]
     return sum(same) / len(same)
-
-
-def _finite(x: float) -> float | str:
-    # JSON has no inf/nan; keep them readable in the manifest.
-    return x if math.isfinite(x) else str(x)
 
 
 def fp32_parity(
@@ -153,8 +139,8 @@ def fp32_parity(
         "max_abs_error": err,
         "mean_abs_error": mean_abs_error(act, ref),
         "reference_max_abs": scale,
-        "max_rel_error": _finite(rel),
-        "max_rel_error_all_samples": _finite(all_err / all_scale if all_scale > 0.0 else 0.0),
+        "max_rel_error": finite(rel),
+        "max_rel_error_all_samples": finite(all_err / all_scale if all_scale > 0.0 else 0.0),
         "rtol": FP32_RTOL,
         "top1_agreement": top1_agreement(actual, reference),
         "passed": bool(rel <= FP32_RTOL),
@@ -226,18 +212,18 @@ def int8_parity(
             "output_scale": output_scale,
             "max_error_steps": steps,
             "cosine": ref_cos,
-            "sqnr_db": _finite(ref_sqnr),
+            "sqnr_db": finite(ref_sqnr),
             "min_cosine": INT8_REF_MIN_COSINE,
-            "min_sqnr_db": _finite(min_ref_sqnr),
-            "reference_vs_float_sqnr_db": _finite(quant_sqnr),
+            "min_sqnr_db": finite(min_ref_sqnr),
+            "reference_vs_float_sqnr_db": finite(quant_sqnr),
         },
         "vs_float": {
             "max_abs_error": max_abs_error(actual, float_reference),
             "gated_on": "real_images" if real else "all_samples",
             "cosine": f_cos,
-            "sqnr_db": _finite(f_sqnr),
+            "sqnr_db": finite(f_sqnr),
             "cosine_all_samples": cosine(actual, float_reference),
-            "sqnr_db_all_samples": _finite(sqnr_db(actual, float_reference)),
+            "sqnr_db_all_samples": finite(sqnr_db(actual, float_reference)),
             "top1_agreement": top1_all,
             "top1_agreement_real": top1_real,
             "min_cosine": INT8_MIN_COSINE,
@@ -322,13 +308,13 @@ def gate_parity(
         if dtype == "int8" and scale:
             steps = err / scale
             sqnr = sqnr_db(actual[i], reference[i])
-            row |= {"scale": scale, "max_error_steps": steps, "sqnr_db": _finite(sqnr)}
+            row |= {"scale": scale, "max_error_steps": steps, "sqnr_db": finite(sqnr)}
             ok &= steps <= GATE_INT8_MAX_STEPS or sqnr >= GATE_INT8_MIN_SQNR_DB
         else:
             ok &= err <= GATE_FP32_ATOL or (cos >= GATE_FP32_MIN_COSINE and err <= GATE_FP32_MAX_ABS)
         if float_reference is not None:
             row["vs_float_max_abs_error"] = max_abs_error(actual[i], float_reference[i])
-            row["vs_float_sqnr_db"] = _finite(sqnr_db(actual[i], float_reference[i]))
+            row["vs_float_sqnr_db"] = finite(sqnr_db(actual[i], float_reference[i]))
         rows.append(row)
     steps_all = [float(r["max_error_steps"]) for r in rows if "max_error_steps" in r]  # type: ignore[arg-type]
     return {

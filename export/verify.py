@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import io
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from contract.errors import ContractError
 from contract.files import sha256_bytes, sha256_file
 from contract.manifest import Manifest, read_manifest
+from device_bench.manifest import load_golden
 from edge_se.errors import EdgeSeError
 from export import backends
 from export import parity as par
@@ -40,25 +41,10 @@ def _check_io(kind: str, runtime: list[dict[str, object]], manifest: list[dict[s
 
 
 def _load_golden(artifact: Path, manifest: Manifest) -> dict[str, np.ndarray]:
-    golden = (manifest.get("parity") or {}).get("golden")
-    if not isinstance(golden, dict) or "file" not in golden:
-        raise EdgeSeError(f"manifest of {str(artifact)!r} has no parity.golden (exported with --no-check?)")
-    path = artifact.parent / str(golden["file"])
-    if not path.is_file():
-        raise EdgeSeError(f"parity data {str(path)!r} is missing")
-    data = path.read_bytes()
-    if sha256_bytes(data) != golden.get("sha256"):
-        raise EdgeSeError(f"parity data {str(path)!r} does not match the sha256 in its manifest")
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise EdgeSeError(f"parity data {str(path)!r} is unreadable: {exc}") from None
-    needed = ["inputs", "reference", "real"] + (["float_reference"] if manifest.get("dtype") == "int8" else [])
-    missing = [k for k in needed if k not in arrays]
-    if missing:
-        raise EdgeSeError(f"parity data {str(path)!r} lacks array(s): {', '.join(missing)}")
-    return arrays
+        return load_golden(artifact, manifest)
+    except ContractError as exc:
+        raise EdgeSeError(str(exc)) from None
 
 
 def verify_artifact(artifact: str | os.PathLike[str]) -> dict[str, Any]:

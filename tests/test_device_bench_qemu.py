@@ -17,7 +17,7 @@ from device_artifacts import artifacts  # noqa: F401  (session fixture)
 
 from contract.measure import MeasureSpec
 from device_bench import emu, parity
-from device_bench.manifest import load_manifest
+from device_bench.manifest import load_golden, load_manifest
 from device_bench.transports.base import DeviceError, RunOptions, stage_runner
 from device_bench.transports.qemu import QemuTransport
 from edge_se.cli import main
@@ -86,6 +86,24 @@ def test_qemu_fp32_within_tolerance(emu_env, artifacts):  # noqa: F811
     assert p["max_abs_diff"] <= parity.FP32_ATOL, f"max abs diff {p['max_abs_diff']}, mean {p['mean_abs_diff']}"
     assert "instructions_per_inference" not in res
 
+
+@pytest.mark.export
+def test_qemu_golden_parity_runs_the_golden_inputs(emu_env, artifacts):  # noqa: F811
+    """The int8 fallback rule, driven directly: host and device on each golden input, then the SQNRs.
+
+    The tiny int8 .pte is bit-identical under emulated Neoverse-N1 (the test above), so device vs
+    host is exact; host vs float is the artifact's own int8 error, finite.
+    """
+    art = artifacts["tiny_se_xnnpack_int8.pte"]
+    man = Path(f"{art}.json")
+    with tempfile.TemporaryDirectory(prefix="edge-se-qemu-") as tmp:
+        stage = stage_runner(Path(tmp))
+        g = QemuTransport(count=False)._golden(art, man, FAST, "pte", stage, RunOptions(runner="native"))
+    golden = load_golden(art, load_manifest(man))
+    assert g["samples"] == len(golden["inputs"]) >= 4
+    assert g["passed"] and g["bit_identical"] and g["sqnr_db_device_vs_host"] == "inf", g
+    assert isinstance(g["sqnr_db_host_vs_float"], float) and g["sqnr_db_host_vs_float"] > 0.0, g
+    assert g["sqnr_db_device_vs_float"] == g["sqnr_db_host_vs_float"]
 
 def test_parity_rules_can_fail():
     import numpy as np

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import platform
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +66,18 @@ class LocalTransport:
         return [*base, str(artifact), "--manifest", str(manifest), *opts.argv(**override)]
 
     def run(self, artifact: Path, manifest: Path, opts: RunOptions, *, fmt: str = "",
-            dump_outputs: Path | None = None, etdump: Path | None = None, **override: Any) -> dict[str, Any]:
+            dump_outputs: Path | None = None, etdump: Path | None = None, input_files: Sequence[Path] = (),
+            **override: Any) -> dict[str, Any]:
         """Run one artifact here; ``override`` replaces run options (e.g. ``runs=1``).
 
         ``etdump``: also write the runtime's per-operator trace of profiled inferences there (``.pte``:
         an ETDump, either runner; ``.tflite``: LiteRT's profile as JSON, the Python runner).
+        ``input_files``: one raw little-endian file per input tensor instead of the seeded inputs.
         """
         fmt = fmt or ("tflite" if artifact.suffix == ".tflite" else "pte")
         cmd = self.command(artifact, manifest, opts, fmt, **override)
+        for f in input_files:
+            cmd += ["--input-file", str(f)]
         if dump_outputs is not None:
             cmd += ["--dump-outputs", str(dump_outputs)]
         if etdump is not None:
