@@ -553,9 +553,27 @@ def test_predict_never_builds_a_prefix_over_the_mac_cap():
     shares = [0.0, 0.1, 0.3, 0.6, 0.95]  # the MAC share of the first N units
     got = predict(tables, shares=shares)
     # predicted 9.0, 8.5, 8.1, 7.8, 7.6 ms for N = 0..4: N=4 and N=3 are over 50% of the MACs; N=1 is
-    # within 3 units of N=2
-    assert [(c["n"], c["fp32_mac_share"]) for c in got["candidates"]] == [(2, 0.3)]
+    # within 3 units of N=2, and tried after it as the stem (always tried when predicted faster)
+    assert [(c["n"], c["fp32_mac_share"]) for c in got["candidates"]] == [(2, 0.3), (1, 0.1)]
+    assert [c.get("always_tried", False) for c in got["candidates"]] == [False, True]
     assert got["over_share"] == {"n": 4, "last_unit": "b2", "relative": pytest.approx(7.6 / 9.0),
                                  "fp32_mac_share": 0.95}
     assert [c["n"] for c in predict(tables, shares=shares, max_share=1.0)["candidates"]] == [4, 1]
     assert "over_share" not in predict(tables, shares=None)
+
+
+def test_predict_tries_the_stem_below_min_gain_but_not_when_predicted_slower():
+    from benchmarks.peers.float_prefix import predict
+    from device_bench.op_profile import prefix_gain
+
+    int8 = {"stem": 1.0, "b0": 2.0, "b1": 2.0, "b2": 2.0, "head": 1.0}
+    # the stem saves 0.1 of 8 ms (1.25%, under the 3% min_gain); b1 alone saves 0.5 ms
+    fp32 = {"stem": 0.9, "b0": 2.0, "b1": 1.5, "b2": 2.5, "head": 1.0}
+    got = predict([prefix_gain(int8, fp32)], shares=None)
+    assert [c["n"] for c in got["candidates"]] == [3, 1], "N=3 (through b1) predicted best, then the stem"
+    assert got["candidates"][1]["relative"] == pytest.approx(7.9 / 8.0)
+    slower = {**fp32, "stem": 1.2}
+    assert [c["n"] for c in predict([prefix_gain(int8, slower)], shares=None)["candidates"]] == [3], \
+        "a stem predicted slower in fp32 is not built"
+    capped = predict([prefix_gain(int8, fp32)], shares=[0.0, 0.6, 0.6, 0.7, 0.8])
+    assert capped["candidates"] == [], "the stem too stays within the MAC cap"

@@ -21,6 +21,7 @@ The timing that follows measures the adopted artifact itself.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import statistics
@@ -45,6 +46,15 @@ tried only if the first lost."""
 CANDIDATE_SPACING = 3
 """A further candidate differs from every earlier one by at least this many units: neighbouring
 prefixes predict nearly the same, and the second try is meant to test another depth."""
+
+ALWAYS_TRIED = (1,)
+"""Prefixes built and timed after the predicted candidates whenever the profiles predict them faster
+than all-int8 at all (no ``min_gain``, no spacing), within the MAC cap: the stem alone. The stem's
+convolution reads the 3-channel image: a 27-long dot product per output, the shape int8 kernels
+without VNNI handle worst, and in a sum over 18-30 units its predicted saving sits inside the
+profiles' noise. Seen: on the AVX2-only EPYC, B0 ``.tflite`` with N=1 measured 0.959x / 0.967x of
+all-int8 (1 / 2 threads, ``results/peers_earlier/41167a9_*``) while the next run built only its two
+best predictions (N=5, N=9), which measured 0.989x-1.073x."""
 
 MEASURED_MIN_GAIN = 0.01
 """A candidate is adopted only if its paired time relative to all-int8 is below 1 at every thread
@@ -166,15 +176,22 @@ def predict(tables: Sequence[Sequence[dict[str, Any]]], *, shares: Sequence[floa
 
     Returns:
         ``candidates`` (:func:`candidates` of the prefixes within ``max_share`` of the MACs, each
-        with its ``fp32_mac_share``), ``min_gain``, ``max_fp32_mac_share``, and ``over_share``
-        (``n``, ``last_unit``, ``relative``, ``fp32_mac_share``) where the best predicted prefix
-        is over the cap and so never built.
+        with its ``fp32_mac_share``, then those of :data:`ALWAYS_TRIED` predicted faster than
+        all-int8 and not yet among them, marked ``always_tried``), ``min_gain``,
+        ``max_fp32_mac_share``, and ``over_share`` (``n``, ``last_unit``, ``relative``,
+        ``fp32_mac_share``) where the best predicted prefix is over the cap and so never built.
     """
-    ranked = ranked_prefixes(*tables, min_gain=min_gain)
+    every = ranked_prefixes(*tables, min_gain=-math.inf)
     if shares is not None:
-        ranked = [{**r, "fp32_mac_share": shares[r["n"]]} for r in ranked]
+        every = [{**r, "fp32_mac_share": shares[r["n"]]} for r in every]
+    ranked = [r for r in every if 1.0 - r["relative"] >= min_gain]
     within = [r for r in ranked if r.get("fp32_mac_share", 0.0) <= max_share]
-    out: dict[str, Any] = {"candidates": candidates(within), "min_gain": min_gain, "max_fp32_mac_share": max_share}
+    picked = candidates(within)
+    for r in every:
+        if (r["n"] in ALWAYS_TRIED and r["relative"] < 1.0 and r.get("fp32_mac_share", 0.0) <= max_share
+                and all(c["n"] != r["n"] for c in picked)):
+            picked.append({**_candidate(r), "always_tried": True})
+    out: dict[str, Any] = {"candidates": picked, "min_gain": min_gain, "max_fp32_mac_share": max_share}
     if ranked and ranked[0].get("fp32_mac_share", 0.0) > max_share:
         out["over_share"] = {k: ranked[0][k] for k in ("n", "last_unit", "relative", "fp32_mac_share")}
     return out
@@ -193,9 +210,12 @@ def candidates(ranked: Sequence[dict[str, Any]], *, limit: int = MAX_CANDIDATES,
         if len(picked) == limit:
             break
         if all(abs(row["n"] - c["n"]) >= spacing for c in picked):
-            picked.append({k: row[k] for k in ("n", "last_unit", "relative", "predicted_each_ms", "fp32_mac_share")
-                           if k in row})
+            picked.append(_candidate(row))
     return picked
+
+
+def _candidate(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: row[k] for k in ("n", "last_unit", "relative", "predicted_each_ms", "fp32_mac_share") if k in row}
 
 
 def verdict(measured: dict[str, dict[str, Any]], *, min_gain: float = MEASURED_MIN_GAIN) -> tuple[bool, str]:
@@ -348,7 +368,8 @@ def _said(c: dict[str, Any]) -> str:
 
 def _tried(tried: Sequence[dict[str, Any]]) -> str:
     """``N=14 predicted 0.900x, measured ...: not faster at 2 thread(s); N=8 ...``: each candidate and why."""
-    return "; ".join(f"N={t['n']} predicted {t['relative']:.3f}x, {t['why']}" for t in tried)
+    return "; ".join(f"N={t['n']}{' (always tried)' if t.get('always_tried') else ''} predicted "
+                     f"{t['relative']:.3f}x, {t['why']}" for t in tried)
 
 
 def _per_threads(c: dict[str, Any]) -> str:
