@@ -31,12 +31,15 @@ from device_bench.transports.local import LocalTransport
 #: Runs in the shorter of the two counted processes, and how many more a pilot count does.
 COUNT_BASE_RUNS = 2
 COUNT_EXTRA_RUNS = 8
-#: The two counted processes must differ by at least this many instructions. Counting runs
-#: use the runners' ``--count-only`` mode (no clock reads, no statistics); what still varies
-#: between two such processes is their start-up: about 1e4 instructions for the native runner,
-#: up to about 1e5 for the Python runner (seen: 9.7e4 in a CI checkout, which moved a count
-#: over 1e8 by 1.03e-3). Over 4e8 that stays under 2.5e-4 of the figure.
-COUNT_MIN_DELTA = 4e8
+#: The two counted processes must differ by at least this many instructions, per format (runner).
+#: Counting runs use the runners' ``--count-only`` mode (no clock reads, no statistics); what still
+#: varies between two such processes is their start-up: about 1e4 instructions for the native
+#: runner (``.pte``), up to about 1e5 for the Python runner (``.tflite``; seen: 9.7e4 in a CI
+#: checkout, which moved a count over 1e8 by 1.03e-3). 4e7 and 4e8 keep both under 2.5e-4 of the
+#: figure. The native floor is the lower one because small probes need ``floor / per`` inferences
+#: to reach it: a 2.6e6-instruction latency probe ran 150 of them at 4e8 (a 2026-12-06 emulated table: 129
+#: artifacts at about one a minute).
+COUNT_MIN_DELTA = {"pte": 4e7, "tflite": 4e8}
 #: One inference, no warm-up: the runs whose outputs parity compares.
 _ONCE: dict[str, Any] = {"warmup": 0, "runs": 1, "max_runs": 1, "min_seconds": 0.0, "repeats": 1, "cooldown_s": 0.0}
 
@@ -69,7 +72,7 @@ class QemuTransport:
         """Count instructions for two run lengths; return the per-inference figure and its inputs.
 
         A pilot pair (``n0``, ``n0 + 8``) estimates the figure; when its difference is under
-        :data:`COUNT_MIN_DELTA` (a small model), a third process runs enough inferences to reach it.
+        :data:`COUNT_MIN_DELTA` for ``fmt`` (a small model), a third process runs enough inferences to reach it.
         """
 
         def count(n: int) -> int:
@@ -88,8 +91,9 @@ class QemuTransport:
         per = (counts[1] - counts[0]) / COUNT_EXTRA_RUNS
         if per <= 0:
             raise DeviceError(f"{self.name}: instruction counts {counts} do not grow with the run count")
-        if counts[1] - counts[0] < COUNT_MIN_DELTA:
-            extra = math.ceil(COUNT_MIN_DELTA / per)
+        floor = COUNT_MIN_DELTA[fmt]
+        if counts[1] - counts[0] < floor:
+            extra = math.ceil(floor / per)
             runs[1] = COUNT_BASE_RUNS + extra
             counts[1] = count(runs[1])
             per = (counts[1] - counts[0]) / extra
