@@ -116,7 +116,8 @@ def test_qemu_golden_parity_runs_the_golden_inputs(emu_env, artifacts, tmp_path)
     man.write_text(json.dumps(doc))
     with tempfile.TemporaryDirectory(prefix="edge-se-qemu-") as tmp:
         stage = stage_runner(Path(tmp))
-        g = QemuTransport(count=False)._golden(art, man, FAST, "pte", stage, RunOptions(runner="native"))
+        g = QemuTransport(count=False)._golden(emu_env, load_manifest(man), art, man, FAST, "pte", stage,
+                                               RunOptions(runner="native"))
     assert g["samples"] == 4
     assert g["passed"] and g["bit_identical"] and g["sqnr_db_device_vs_host"] == "inf", g
     assert isinstance(g["sqnr_db_host_vs_float"], float), g

@@ -24,7 +24,7 @@ import numpy as np
 
 from contract.measure import MeasureSpec
 from device_bench import emu, parity
-from device_bench.manifest import load_golden, load_manifest
+from device_bench.manifest import Manifest, load_golden, load_manifest
 from device_bench.transports.base import DeviceError, RunOptions, parse_result, run_checked, stage_runner
 from device_bench.transports.local import LocalTransport
 
@@ -117,10 +117,10 @@ class QemuTransport:
             if self.count:
                 result.update(self.instructions_per_inference(env, fmt, artifact, manifest, opts, stage))
             if opts.parity:
-                result["parity"] = self._parity(artifact, manifest, opts, fmt, dump, result, stage)
+                result["parity"] = self._parity(env, artifact, manifest, opts, fmt, dump, result, stage)
         return result
 
-    def _parity(self, artifact: Path, manifest: Path, opts: RunOptions, fmt: str, dump: Path,
+    def _parity(self, env: emu.EmuEnv, artifact: Path, manifest: Path, opts: RunOptions, fmt: str, dump: Path,
                 arm: dict[str, Any], stage: Path) -> dict[str, Any]:
         host_dump = stage / "host-outputs.bin"
         host_opts = RunOptions(MeasureSpec(seed=opts.measure.seed), runner="native" if fmt == "pte" else "python",
@@ -133,18 +133,16 @@ class QemuTransport:
         res["reference"] = f"local {host['machine']} {host['runtime']['name']} {host['runtime']['version']}"
         res["reference_checksum"] = host["output_checksum"]
         if not res["passed"] and doc.dtype == "int8" and (doc.get("parity") or {}).get("golden"):
-            golden = self._golden(artifact, manifest, opts, fmt, stage, host_opts)
+            golden = self._golden(env, doc, artifact, manifest, opts, fmt, stage, host_opts)
             res["golden"] = golden
             res["passed"] = golden["passed"]
             res["rule"] = f"{res['rule']}; failing that, {golden['rule']}"
         return res
 
-    def _golden(self, artifact: Path, manifest: Path, opts: RunOptions, fmt: str, stage: Path,
-                host_opts: RunOptions) -> dict[str, Any]:
+    def _golden(self, env: emu.EmuEnv, doc: Manifest, artifact: Path, manifest: Path, opts: RunOptions, fmt: str,
+                stage: Path, host_opts: RunOptions) -> dict[str, Any]:
         """Run host and device on each of the artifact's golden inputs; :func:`parity.golden_compare` on the logits."""
-        doc = load_manifest(manifest)
         data = load_golden(artifact, doc)
-        env = emu.find(self.base, need=("python",) + (("native_runner",) if fmt == "pte" else ()))
         if len(doc.inputs) != 1:
             raise DeviceError(f"{artifact}: golden parity needs a one-input artifact, it has {len(doc.inputs)}")
         spec = doc.inputs[0]
