@@ -65,7 +65,8 @@ GOLDEN_RULE = ("int8 on the artifact's golden inputs: SQNR(device vs host) >= SQ
                + " (the device departs from the host by no more than int8 departs from float)")
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
+def flat64(x: np.ndarray) -> np.ndarray:
+    """``x`` as one float64 vector (the form every parity figure is computed on)."""
     return np.asarray(x, dtype=np.float64).ravel()
 
 
@@ -75,8 +76,8 @@ def sqnr_db(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> fl
     The one definition for numpy arrays (``export.parity`` uses it); pairs are summed over every
     array, so a batch of samples gives one figure.
     """
-    signal = sum(float(np.sum(_flat(r) ** 2)) for r in reference)
-    noise = sum(float(np.sum((_flat(a) - _flat(r)) ** 2)) for a, r in zip(actual, reference, strict=True))
+    signal = sum(float(np.sum(flat64(r) ** 2)) for r in reference)
+    noise = sum(float(np.sum((flat64(a) - flat64(r)) ** 2)) for a, r in zip(actual, reference, strict=True))
     if noise == 0.0:
         return math.inf
     if signal == 0.0:
@@ -109,7 +110,7 @@ def golden_compare(host: Sequence[np.ndarray], device: Sequence[np.ndarray],
     host_float = sqnr_db(host, float_reference)
     dev_float = sqnr_db(device, float_reference)
     identical = all(np.array_equal(h, d) for h, d in zip(host, device, strict=True))
-    max_abs = max(float(np.max(np.abs(_flat(h) - _flat(d)), initial=0.0)) for h, d in zip(host, device, strict=True))
+    max_abs = max(float(np.max(np.abs(flat64(h) - flat64(d)), initial=0.0)) for h, d in zip(host, device, strict=True))
     return {"passed": bool(identical or dev_host >= host_float - GOLDEN_MARGIN_DB), "rule": GOLDEN_RULE,
             "samples": len(host), "bit_identical": identical, "max_abs_diff": max_abs,
             "sqnr_db_device_vs_host": finite(dev_host), "sqnr_db_host_vs_float": finite(host_float),

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from device_bench.parity import finite, sqnr_db
+from device_bench.parity import finite, flat64, sqnr_db
 
 FP32_RTOL = 1e-3
 """fp32 runtime vs eager: max |a - r| / max |r| (float sums reordered; see the module docstring)."""
@@ -71,31 +71,27 @@ INT8_MIN_TOP1_AGREEMENT = 0.5
 """int8 runtime vs float model: share of real images with the same top-1 class."""
 
 
-def _flat(x: np.ndarray) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64).reshape(-1)
-
-
 def max_abs_error(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Largest ``|actual - reference|`` over all samples (same units as the outputs)."""
-    return max(float(np.max(np.abs(_flat(a) - _flat(r)))) for a, r in zip(actual, reference, strict=True))
+    return max(float(np.max(np.abs(flat64(a) - flat64(r)))) for a, r in zip(actual, reference, strict=True))
 
 
 def mean_abs_error(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Mean ``|actual - reference|`` over all elements of all samples."""
-    diffs = np.concatenate([np.abs(_flat(a) - _flat(r)) for a, r in zip(actual, reference, strict=True)])
+    diffs = np.concatenate([np.abs(flat64(a) - flat64(r)) for a, r in zip(actual, reference, strict=True)])
     return float(diffs.mean())
 
 
 def max_abs(values: Sequence[np.ndarray]) -> float:
     """Largest magnitude over all samples."""
-    return max(float(np.max(np.abs(_flat(v)))) for v in values)
+    return max(float(np.max(np.abs(flat64(v)))) for v in values)
 
 
 def cosine(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Smallest per-sample cosine similarity (1 = same direction); 1.0 when both are all zero."""
     worst = 1.0
     for a, r in zip(actual, reference, strict=True):
-        fa, fr = _flat(a), _flat(r)
+        fa, fr = flat64(a), flat64(r)
         na, nr = float(np.linalg.norm(fa)), float(np.linalg.norm(fr))
         if na == 0.0 and nr == 0.0:
             continue
@@ -106,7 +102,7 @@ def cosine(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> flo
 
 def top1_agreement(actual: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Share of samples (0..1) whose arg-max class is the same."""
-    same = [int(np.argmax(_flat(a))) == int(np.argmax(_flat(r))) for a, r in zip(actual, reference, strict=True)]
+    same = [int(np.argmax(flat64(a))) == int(np.argmax(flat64(r))) for a, r in zip(actual, reference, strict=True)]
     return sum(same) / len(same)
 
 
@@ -179,8 +175,8 @@ def int8_parity(
     """
     err = max_abs_error(actual, quantized_reference)
     if output_scale is None or output_scale <= 0.0:
-        lo = min(float(np.min(_flat(r))) for r in quantized_reference)
-        hi = max(float(np.max(_flat(r))) for r in quantized_reference)
+        lo = min(float(np.min(flat64(r))) for r in quantized_reference)
+        hi = max(float(np.max(flat64(r))) for r in quantized_reference)
         output_scale = (hi - lo) / 255.0 or 1e-12
     steps = err / output_scale
     ref_cos = cosine(actual, quantized_reference)
