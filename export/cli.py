@@ -149,7 +149,7 @@ def run_export(args: argparse.Namespace) -> int:
     from export.pipeline import ExportOptions, ParityFailure, export_one
     from export.sources import load_calibration, prepare_model
     from quantize.int8_ops import check_flag
-    from quantize.policies import parse_policy
+    from quantize.policies import float_layers_for, parse_policy
 
     spec = get_spec(args.model)  # validates the name before anything heavy
     resolution = check_resolution(args.resolution if args.resolution is not None else spec.resolution)
@@ -168,6 +168,7 @@ def run_export(args: argparse.Namespace) -> int:
         seed=args.seed,
         int8_rewrites=check_flag(args.int8_rewrites),
         float_prefix=args.float_prefix,
+        float_layers=float_layers_for(policy, args.float_layers),
         gate_outputs=gate_outputs,
         gate_stats=gate_stats,
         gate_stats_file=args.gate_stats,

@@ -80,6 +80,8 @@ class ExportOptions:
             random weights, which must still match their quantised graph.
         float_prefix: the network's first N execution units stay fp32 in an int8 artifact
             (:mod:`quantize.float_prefix`; manifest ``quantization.float_prefix``); 0: none.
+        float_layers: with policy ``float-sensitive``, the int8 tensors kept fp32
+            (:mod:`quantize.mixed_precision`; manifest ``quantization.float_layers``); None: the default.
     """
 
     resolution: int
@@ -97,6 +99,7 @@ class ExportOptions:
     gate_fit: str | None = None
     int8_float_gate: bool = True
     float_prefix: int = 0
+    float_layers: int | None = None
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int,
@@ -146,7 +149,8 @@ def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...
     policy: str | list[str] = opts.policy[0] if len(opts.policy) == 1 else list(opts.policy)
     return quantize_model(model, example, calib.batches, target=fmt, policy=policy,  # type: ignore[arg-type]
                           engine=opts.engine, seed=opts.seed, calib_source=calib.source,  # type: ignore[arg-type]
-                          calib_size=calib.size, rewrites=opts.int8_rewrites, float_prefix=opts.float_prefix)
+                          calib_size=calib.size, rewrites=opts.int8_rewrites, float_prefix=opts.float_prefix,
+                          float_layers=opts.float_layers)
 
 
 def _write_golden(path: Path, inputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
@@ -364,6 +368,7 @@ def _quantization(backend: Backend, program: _Program, described: _Described) ->
         "rewrites": list(q.rewrites),
         "int8_rewrites": list(q.int8_rewrites),
         "float_prefix": _jsonable(q.float_prefix),
+        "float_layers": _jsonable(q.float_layers),
         # `auto`: every recipe and SE-block set it measured, the chosen one marked (quantize.core._auto).
         "auto_steps": _jsonable(q.steps),
         "input": {"scale": ins[0]["scale"], "zero_point": ins[0]["zero_point"]},

@@ -95,6 +95,7 @@ DEFAULT_POLICIES = (
     "act-outlier,bias-correction",
     "auto",
     "se-float-mul",
+    "float-sensitive",
 )
 
 

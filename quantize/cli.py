@@ -45,7 +45,7 @@ def add_quantization(parser: Any, *, applies: str = "") -> tuple[argparse.Action
     Here, not in :mod:`edge_se.cliargs`: the policy table is this layer's (``export.cli`` takes it
     from here). ``quantize.policies`` is data only (no torch), so building the parser stays cheap.
     """
-    from quantize.policies import DEFAULT_INT8_REWRITES, DEFAULT_POLICY, ENGINES, POLICIES
+    from quantize.policies import DEFAULT_FLOAT_LAYERS, DEFAULT_INT8_REWRITES, DEFAULT_POLICY, ENGINES, POLICIES
 
     p = parser.add_argument("--policy", default=",".join(DEFAULT_POLICY), metavar="NAME[,NAME]",
                             help=f"int8 quantisation policy{applies}, from: {', '.join(POLICIES)}")
@@ -58,7 +58,11 @@ def add_quantization(parser: Any, *, applies: str = "") -> tuple[argparse.Action
         "--float-prefix", type=number("--float-prefix", int, minimum=0), default=0, metavar="N",
         help="keep the network's first N execution units (stem, blocks.0, ...) fp32 in int8: on CPUs without "
         "int8 dot products their int8 kernels are slower (quantize.float_prefix); 0: none")
-    return p, e, r, f
+    k = parser.add_argument(
+        "--float-layers", type=number("--float-layers", int), default=None, metavar="K",
+        help="with --policy float-sensitive: how many int8 tensors (lowest isolated SQNR) to keep fp32, with their "
+        f"producer and readers (quantize.mixed_precision; default {DEFAULT_FLOAT_LAYERS})")
+    return p, e, r, f, k
 
 
 def _add_quantize_options(p: argparse.ArgumentParser, *, eval_size: int, eval_help: str,
@@ -133,7 +137,8 @@ def _quantize_from_args(args: argparse.Namespace, command: str) -> _Quantized:
     start = time.perf_counter()
     qm = quantize_model(model, (pool[:1],), cal.batches, target=args.format, policy=args.policy,
                         engine=args.engine, seed=args.seed, calib_size=cal.size, calib_source=cal.source,
-                        rewrites=args.int8_rewrites, float_prefix=args.float_prefix)
+                        rewrites=args.int8_rewrites, float_prefix=args.float_prefix,
+                        float_layers=args.float_layers)
     return _Quantized(qm, cal, images, labels, resolution, time.perf_counter() - start)
 
 
@@ -156,7 +161,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         "resolution": resolution, "weights": args.weights, "calibration": qm.calibration,
         "eval": {"source": cal.source, "split": "test", "images": int(images.shape[0])},
         "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
-        "float_prefix": qm.float_prefix, "rewrites": qm.rewrites, "auto_steps": qm.steps,
+        "float_prefix": qm.float_prefix, "float_layers": qm.float_layers, "rewrites": qm.rewrites,
+        "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,
     }
     print(json.dumps(record))

@@ -30,7 +30,8 @@ from quantize.capture import run_graph
 from quantize.float_prefix import float_prefix as make_float_prefix
 from quantize.int8_ops import resolve_rewrites
 from quantize.metrics import gate_error, logits_report
-from quantize.policies import ENGINES, PolicyPlan, resolve_policy
+from quantize.mixed_precision import FloatLayers, choose
+from quantize.policies import ENGINES, PolicyPlan, float_layers_for, resolve_policy
 from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
 from quantize.se_pattern import SEBlock, find_se_blocks
 
@@ -87,6 +88,7 @@ class QuantizedModel:
         int8_rewrites: the :mod:`quantize.int8_ops` rewrite names requested (``rewrites`` says
             which matched, and on how many nodes).
         float_prefix: the units kept fp32 before the int8 part (:meth:`FloatPrefix.record`), or None.
+        float_layers: the tensors ``float-sensitive`` kept fp32 (:meth:`FloatLayers.record`), or None.
     """
 
     graph: GraphModule
@@ -101,6 +103,7 @@ class QuantizedModel:
     steps: list[dict] = field(default_factory=list)
     int8_rewrites: tuple[str, ...] = ()
     float_prefix: dict | None = None
+    float_layers: dict | None = None
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -197,6 +200,7 @@ def quantize_model(
     calib_source: str = "unknown",
     rewrites: str | Sequence[str] | None = None,
     float_prefix: int = 0,
+    float_layers: int | None = None,
 ) -> QuantizedModel:
     """Quantise ``model`` to int8 with PT2E for ``target`` under ``policy``.
 
@@ -214,16 +218,21 @@ def quantize_model(
             target's default set, ``"none"`` for the stock quantizer alone, or names.
         float_prefix: the network's first N execution units (``stem``, ``blocks.0``, ...) stay
             fp32 (:mod:`quantize.float_prefix`; 0: none).
+        float_layers: with policy ``float-sensitive``, how many int8 tensors to keep fp32 (None:
+            :data:`quantize.policies.DEFAULT_FLOAT_LAYERS`); ranked on ``auto``'s held-back
+            images (:mod:`quantize.mixed_precision`).
 
     Raises:
         EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size, a
-            float prefix < 0 or covering the whole network.
+            float prefix < 0 or covering the whole network, ``float_layers`` without policy
+            ``float-sensitive`` or < 1.
     """
     if target not in TARGETS:
         raise EdgeSeError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
     if engine not in ENGINES:
         raise EdgeSeError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     plan = resolve_policy(policy)
+    float_layers = float_layers_for(plan.names, float_layers)
     try:
         int8_rewrites = resolve_rewrites(rewrites, target)
     except ValueError as exc:
@@ -240,11 +249,14 @@ def quantize_model(
     calibration = {"policy": list(plan.names), "source": calib_source, "size": len(indices),
                    "pool": int(pool.shape[0]), "seed": seed, "selection": selection, "indices": indices}
 
-    def options(float_blocks: set[str] | None, recipe: PolicyPlan | None = None) -> QuantizerOptions:
+    def options(float_blocks: set[str] | None, recipe: PolicyPlan | None = None,
+                float_nodes: Sequence[str] = ()) -> QuantizerOptions:
         """The quantizer's options for ``plan`` (or ``auto``'s ``recipe`` of it) with ``float_blocks`` in fp32."""
         p = recipe or plan
         edits = se_edits(exported, float_blocks=float_blocks, float_mul=p.island != "se-float",
                          fixed_gate=p.fixed_gate, own_squeeze=p.own_squeeze)
+        if float_nodes:
+            edits = dataclasses.replace(edits, float_nodes=edits.float_nodes | frozenset(float_nodes))
         if prefix is not None:
             edits = dataclasses.replace(edits, float_nodes=edits.float_nodes | frozenset(prefix.nodes),
                                         float_before=prefix.boundary)
@@ -259,7 +271,20 @@ def quantize_model(
         float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks))
+    kept = None
+    if float_layers is not None:  # set exactly when the policy is float-sensitive
+        probe = QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
+                               se_blocks=blocks, calibration=calibration, rewrites=[], reference=exported)
+        kept = _sensitive(probe, pool, float_layers, seed)
+        graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
+                                          options=options(float_blocks, plan, kept.nodes))
+        if plan.bias_correction != "none" and plan.island == "auto":  # auto corrected its own graph, not this one
+            _correct_biases(graph, exported, quantizer, subset, plan.bias_correction)
     described = _describe(plan, blocks, float_blocks, engine, selection)
+    if kept is not None:
+        described.append(f"float-sensitive: {len(kept.tensors)} int8 tensors kept fp32 "
+                         f"({', '.join(f'{n} {s:.1f} dB' for n, s, _ in kept.tensors)} isolated), "
+                         f"{len(kept.nodes)} operators fp32")
     if plan.bias_correction != "none" and plan.island == "auto":
         described.append(f"bias correction ({plan.bias_correction}) on the recipe auto chose")
     elif plan.bias_correction != "none":
@@ -271,7 +296,16 @@ def quantize_model(
     return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
                           se_blocks=blocks, calibration=calibration, rewrites=described + applied, reference=exported,
                           steps=steps, int8_rewrites=int8_rewrites,
-                          float_prefix=prefix.record() if prefix is not None else None)
+                          float_prefix=prefix.record() if prefix is not None else None,
+                          float_layers=kept.record() if kept is not None else None)
+
+
+def _sensitive(probe: QuantizedModel, pool: torch.Tensor, k: int, seed: int) -> FloatLayers:
+    """``float-sensitive``'s choice: the ``k`` costliest tensors of ``probe`` on images held back like ``auto``'s."""
+    from quantize.diagnose import diagnose, float_graph
+
+    images = pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
+    return choose(diagnose(probe, images), float_graph(probe), k, images=int(images.shape[0]))
 
 
 def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed):  # noqa: ANN001, ANN202

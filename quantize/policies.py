@@ -24,6 +24,8 @@ POLICIES: dict[str, tuple[str, str]] = {
     "act-outlier": ("observer", "activation ranges over the images, outlier images (> 8x the median's peak) left out"),
     "bias-correction": ("bias", "biases corrected layer by layer: channel means match float (NNCF's full)"),
     "bias-correction-fast": ("bias", "biases corrected from one pass of the uncorrected graph (NNCF's fast)"),
+    "float-sensitive": ("mixed", "the --float-layers K (default 4) int8 tensors with the lowest isolated SQNR "
+                                 "kept fp32, with their producer and readers (mixed precision: a latency cost)"),
     "auto": ("island", "same-graph recipes (ranges, squeeze grid, bias correction) measured on held-back images, "
                        "one kept only if worse than ptq on no figure; then the worst-gate SE blocks moved to fp32 "
                        "one at a time while short of target"),
@@ -63,6 +65,8 @@ class PolicyPlan:
         island: ``none``, ``se-float``, ``se-float-mul`` or ``auto``.
         bias_correction: ``none``, ``full`` or ``fast`` (:mod:`quantize.bias_correction`).
         own_squeeze: SE squeezes quantised on their own observed grid (``se-squeeze-grid``).
+        float_sensitive: the costliest int8 tensors kept fp32 (``float-sensitive``,
+            :mod:`quantize.mixed_precision`).
     """
 
     names: tuple[str, ...]
@@ -72,6 +76,7 @@ class PolicyPlan:
     island: str = "none"
     bias_correction: str = "none"
     own_squeeze: bool = False
+    float_sensitive: bool = False
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -113,4 +118,27 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         island=taken.get("island", "none"),
         bias_correction={"bias-correction": "full", "bias-correction-fast": "fast"}.get(taken.get("bias", ""), "none"),
         own_squeeze="squeeze" in taken,
+        float_sensitive="mixed" in taken,
     )
+
+
+#: Tensors kept fp32 by ``float-sensitive`` when ``--float-layers`` is not given (:mod:`quantize.mixed_precision`).
+DEFAULT_FLOAT_LAYERS = 4
+
+
+def float_layers_for(policy: str | Sequence[str], k: int | None) -> int | None:
+    """How many tensors ``float-sensitive`` keeps fp32 under ``policy`` (None: the policy is not named).
+
+    Raises:
+        EdgeSeError: ``k`` given without policy ``float-sensitive``, or ``k < 1``.
+    """
+    named = "float-sensitive" in parse_policy(policy)
+    if k is not None and not named:
+        raise EdgeSeError(f"--float-layers {k} needs --policy float-sensitive (it says how many tensors that policy "
+                          "keeps fp32)")
+    if not named:
+        return None
+    k = DEFAULT_FLOAT_LAYERS if k is None else k
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise EdgeSeError(f"bad --float-layers {k!r}: need a count of tensors >= 1")
+    return k

@@ -91,15 +91,19 @@ def test_prefix_stays_float_and_the_rest_int8(small_model, target):
 @pytest.mark.slow
 @pytest.mark.export
 @pytest.mark.parametrize("fmt", ["pte", "tflite"])
-def test_float_prefix_artifact_is_one_partition_and_says_so(tmp_path, fmt):
+def test_float_prefix_and_float_layers_artifact_is_one_partition_and_says_so(tmp_path, fmt):
     from edge_se.cli import main
 
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()) as err:
         rc = main(["export", "mobilenetv3_small_050", "--format", fmt, "--dtype", "int8", "--out", str(tmp_path),
-                   "--resolution", str(RES), "--calib", "random", "--float-prefix", "3"])
+                   "--resolution", str(RES), "--calib", "random", "--float-prefix", "3",
+                   "--policy", "float-sensitive", "--float-layers", "2"])
     assert rc == 0, err.getvalue()[-2000:]
     m = read_manifest(tmp_path / artifact_name("mobilenetv3_small_050", fmt, "int8"))
     assert m["quantization"]["float_prefix"]["units"] == ["stem", "blocks.0", "blocks.1"]
+    # The mixed-precision islands (quantize.mixed_precision) say what they kept, in the same one partition.
+    kept = m["quantization"]["float_layers"]
+    assert kept["count"] == 2 and len(kept["tensors"]) == 2 and kept["fp32_nodes"], kept
     assert m["parity"]["passed"] is True
     # fp32 and int8 layers share one XNNPACK partition, nothing left outside it.
     assert m["partitions"]["partitions"] == 1 and not m["partitions"]["ops_outside_delegate"], m["partitions"]
