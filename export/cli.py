@@ -28,6 +28,7 @@ from edge_se.cliargs import (
 )
 from export import backends
 from quantize.cli import add_quantization
+from quantize.policies import DEFAULT_LATENCY_BUDGET_PCT
 
 FORMAT_CHOICES = (*backends.names(), "all")  # one backend module per format (export/backends), listed unimported
 DTYPE_CHOICES = ("fp32", "int8", "all")
@@ -50,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     add_calibration(p, uses="; real images also join the parity inputs")
     add_quantization(p, applies=" (--dtype int8)")
+    p.add_argument("--latency-budget-pct", type=float, default=None, metavar="P",
+                   help="with --policy auto: keep an fp32 island only if the artifact runs within P%% of plain int8's "
+                   "latency, both timed side by side in the target's runtime (export.latency_probe; "
+                   f"default {DEFAULT_LATENCY_BUDGET_PCT:g})")
     for flag, default, text in (
         ("--channels-last", False, "NHWC input for .tflite (recorded in the manifest; .pte stays NCHW)"),
         ("--check", True, "run each artifact in its runtime and compare with PyTorch before writing it"),
@@ -149,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
     from export.pipeline import ExportOptions, ParityFailure, export_one
     from export.sources import load_calibration, prepare_model
     from quantize.int8_ops import check_flag
-    from quantize.policies import float_layers_for, parse_policy
+    from quantize.policies import check_latency_budget, float_layers_for, parse_policy
 
     spec = get_spec(args.model)  # validates the name before anything heavy
     resolution = check_resolution(args.resolution if args.resolution is not None else spec.resolution)
@@ -169,6 +174,7 @@ def run_export(args: argparse.Namespace) -> int:
         int8_rewrites=check_flag(args.int8_rewrites),
         float_prefix=args.float_prefix,
         float_layers=float_layers_for(policy, args.float_layers),
+        latency_budget_pct=check_latency_budget(policy, args.latency_budget_pct),
         gate_outputs=gate_outputs,
         gate_stats=gate_stats,
         gate_stats_file=args.gate_stats,

@@ -82,6 +82,9 @@ class ExportOptions:
             (:mod:`quantize.float_prefix`; manifest ``quantization.float_prefix``); 0: none.
         float_layers: with policy ``float-sensitive``, the int8 tensors kept fp32
             (:mod:`quantize.mixed_precision`; manifest ``quantization.float_layers``); None: the default.
+        latency_budget_pct: with policy ``auto``: an fp32 island is kept only if the artifact with it
+            runs within this many percent of plain int8's, timed side by side
+            (:mod:`export.latency_probe`); None: ``quantize.core.AUTO_LATENCY_BUDGET_PCT``.
     """
 
     resolution: int
@@ -100,6 +103,7 @@ class ExportOptions:
     int8_float_gate: bool = True
     float_prefix: int = 0
     float_layers: int | None = None
+    latency_budget_pct: float | None = None
 
 
 def parity_inputs(resolution: int, calib: Calibration | None, *, seed: int,
@@ -147,10 +151,17 @@ def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...
     if calib is None:
         raise EdgeSeError("int8 export needs calibration data: pass --calib digits|DIR|random")
     policy: str | list[str] = opts.policy[0] if len(opts.policy) == 1 else list(opts.policy)
+    probe = None
+    if "auto" in opts.policy:  # auto's fp32 islands are kept only within a measured latency budget
+        from export.latency_probe import LatencyProbe
+
+        backend = backends.get(fmt)
+        probe = LatencyProbe(backend, example, backend.layout(opts.channels_last))
     return quantize_model(model, example, calib.batches, target=fmt, policy=policy,  # type: ignore[arg-type]
                           engine=opts.engine, seed=opts.seed, calib_source=calib.source,  # type: ignore[arg-type]
                           calib_size=calib.size, rewrites=opts.int8_rewrites, float_prefix=opts.float_prefix,
-                          float_layers=opts.float_layers)
+                          float_layers=opts.float_layers, latency_probe=probe,
+                          latency_budget_pct=opts.latency_budget_pct)
 
 
 def _write_golden(path: Path, inputs: Sequence[np.ndarray], reference: Sequence[np.ndarray],
@@ -369,6 +380,7 @@ def _quantization(backend: Backend, program: _Program, described: _Described) ->
         "int8_rewrites": list(q.int8_rewrites),
         "float_prefix": _jsonable(q.float_prefix),
         "float_layers": _jsonable(q.float_layers),
+        "latency_budget_pct": q.latency_budget_pct,
         # `auto`: every recipe and SE-block set it measured, the chosen one marked (quantize.core._auto).
         "auto_steps": _jsonable(q.steps),
         "input": {"scale": ins[0]["scale"], "zero_point": ins[0]["zero_point"]},

@@ -233,13 +233,15 @@ _COLUMNS = (
 
 
 def _auto_choice(r: Mapping[str, Any]) -> str:
-    """``auto``'s stage-1 recipe and the SE blocks it moved to fp32 (empty for other policies)."""
+    """``auto``'s stage-1 recipe, the SE blocks and the tensors it moved to fp32 (empty for other policies)."""
     steps = r.get("auto_steps") or []
     chosen = next((s for s in steps if s.get("chosen")), None)
     if chosen is None:
         return ""
     blocks = max((len(s["float_blocks"]) for s in steps if s.get("accepted")), default=0)
-    return chosen["recipe"] + (f" + {blocks} SE blocks fp32" if blocks else "")
+    tensors = max((len(s.get("float_tensors") or []) for s in steps if s.get("accepted")), default=0)
+    return (chosen["recipe"] + (f" + {blocks} SE blocks fp32" if blocks else "")
+            + (f" + {tensors} tensors fp32" if tensors else ""))
 
 
 def markdown_table(records: list[dict]) -> str:

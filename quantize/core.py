@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -31,7 +31,14 @@ from quantize.float_prefix import float_prefix as make_float_prefix
 from quantize.int8_ops import resolve_rewrites
 from quantize.metrics import gate_error, logits_report
 from quantize.mixed_precision import FloatLayers, choose
-from quantize.policies import ENGINES, PolicyPlan, float_layers_for, resolve_policy
+from quantize.policies import (
+    DEFAULT_LATENCY_BUDGET_PCT,
+    ENGINES,
+    PolicyPlan,
+    check_latency_budget,
+    float_layers_for,
+    resolve_policy,
+)
 from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
 from quantize.se_pattern import SEBlock, find_se_blocks
 
@@ -57,6 +64,11 @@ AUTO_EVAL_IMAGES = 256
 # Stage 2 keeps a block in fp32 only if it raised the logits SQNR by at least this much, or top-1
 # agreement by at least this fraction (0.5 points; on the 256 evaluation images, one image is 0.4).
 AUTO_MIN_GAIN_DB = 1.0
+# With a latency probe, an island (stage 2's SE blocks, stage 3's tensors) is kept only if the
+# artifact runs within this many percent of plain int8's, measured side by side; stage 3 keeps at most
+# this many tensors fp32.
+AUTO_LATENCY_BUDGET_PCT = DEFAULT_LATENCY_BUDGET_PCT
+AUTO_MAX_FLOAT_TENSORS = 4
 AUTO_MIN_GAIN_AGREEMENT = 0.005
 # Neither stage may buy that gain with a loss elsewhere: a step replaces the current choice only if
 # no figure of AUTO_FIGURES is worse than the current one's by more than AUTO_TOLERANCE_DB (the SQNRs)
@@ -65,6 +77,11 @@ AUTO_MIN_GAIN_AGREEMENT = 0.005
 # 12.9 to 2.2 dB, and on the held-out images agreement then fell too (95.6 -> 94.4%).
 AUTO_TOLERANCE_DB = 0.3
 AUTO_FIGURES: tuple[str, ...] = ("sqnr_db", "sqnr_db_median", "sqnr_db_worst", "gate_sqnr_db_min", "top1_agreement")
+
+
+LatencyProbe = Callable[["QuantizedModel", "QuantizedModel"], float]
+"""``probe(plain, candidate)``: ``candidate``'s artifact latency over ``plain``'s, measured side by side in the
+target's runtime (a ratio; ``export.latency_probe.make_probe``). quantize defines the hook, export supplies it."""
 
 
 @dataclass
@@ -88,7 +105,9 @@ class QuantizedModel:
         int8_rewrites: the :mod:`quantize.int8_ops` rewrite names requested (``rewrites`` says
             which matched, and on how many nodes).
         float_prefix: the units kept fp32 before the int8 part (:meth:`FloatPrefix.record`), or None.
-        float_layers: the tensors ``float-sensitive`` kept fp32 (:meth:`FloatLayers.record`), or None.
+        float_layers: the tensors ``float-sensitive`` (or ``auto``'s stage 3) kept fp32
+            (:meth:`FloatLayers.record`), or None.
+        latency_budget_pct: the budget ``auto``'s islands were measured against (None: no probe measured them).
     """
 
     graph: GraphModule
@@ -104,6 +123,7 @@ class QuantizedModel:
     int8_rewrites: tuple[str, ...] = ()
     float_prefix: dict | None = None
     float_layers: dict | None = None
+    latency_budget_pct: float | None = None
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -201,6 +221,8 @@ def quantize_model(
     rewrites: str | Sequence[str] | None = None,
     float_prefix: int = 0,
     float_layers: int | None = None,
+    latency_probe: LatencyProbe | None = None,
+    latency_budget_pct: float | None = None,
 ) -> QuantizedModel:
     """Quantise ``model`` to int8 with PT2E for ``target`` under ``policy``.
 
@@ -221,11 +243,16 @@ def quantize_model(
         float_layers: with policy ``float-sensitive``, how many int8 tensors to keep fp32 (None:
             :data:`quantize.policies.DEFAULT_FLOAT_LAYERS`); ranked on ``auto``'s held-back
             images (:mod:`quantize.mixed_precision`).
+        latency_probe: for ``auto``: measures an island's artifact against plain int8's
+            (:data:`LatencyProbe`; ``export.latency_probe`` times both in the target's runtime).
+            Without one, ``auto`` keeps SE islands on fidelity alone and tries no stage 3.
+        latency_budget_pct: for ``auto`` with a probe: an island is kept only if its artifact runs
+            within this many percent of plain int8's (None: :data:`AUTO_LATENCY_BUDGET_PCT`).
 
     Raises:
         EdgeSeError: an unknown target, engine or policy, empty calibration data, a bad size, a
             float prefix < 0 or covering the whole network, ``float_layers`` without policy
-            ``float-sensitive`` or < 1.
+            ``float-sensitive`` or < 1, a latency budget without ``auto`` or <= 0.
     """
     if target not in TARGETS:
         raise EdgeSeError(f"unknown target {target!r}; valid: {', '.join(TARGETS)}")
@@ -233,6 +260,7 @@ def quantize_model(
         raise EdgeSeError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
     plan = resolve_policy(policy)
     float_layers = float_layers_for(plan.names, float_layers)
+    check_latency_budget(plan.names, latency_budget_pct)
     try:
         int8_rewrites = resolve_rewrites(rewrites, target)
     except ValueError as exc:
@@ -262,27 +290,36 @@ def quantize_model(
                                         float_before=prefix.boundary)
         return QuantizerOptions(act_observer=p.act_observer, edits=edits, rewrites=int8_rewrites)
 
+    def as_model(graph: GraphModule, quantizer: object) -> QuantizedModel:
+        return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
+                              se_blocks=blocks, calibration=calibration, rewrites=[], reference=exported,
+                              int8_rewrites=int8_rewrites)
+
     steps: list[dict] = []
+    kept = None
+    budget = AUTO_LATENCY_BUDGET_PCT if latency_budget_pct is None else latency_budget_pct
     if plan.island == "auto":
-        graph, quantizer, float_blocks, steps, recipe = _auto(exported, blocks, pool, subset, target, engine, plan,
-                                                              options, seed)
+        graph, quantizer, float_blocks, steps, recipe, kept = _auto(
+            exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, latency_probe, budget)
         plan = _with_recipe(plan, recipe)
     else:
         float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks))
-    kept = None
     if float_layers is not None:  # set exactly when the policy is float-sensitive
-        probe = QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,
-                               se_blocks=blocks, calibration=calibration, rewrites=[], reference=exported)
-        kept = _sensitive(probe, pool, float_layers, seed)
+        chosen = _sensitive(as_model(graph, quantizer), pool, float_layers, seed)
+        if kept is not None:  # auto's stage 3 kept some already: the record holds both
+            chosen = FloatLayers(kept.tensors + chosen.tensors,
+                                 kept.nodes + tuple(n for n in chosen.nodes if n not in kept.nodes), chosen.images)
+        kept = chosen
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks, plan, kept.nodes))
         if plan.bias_correction != "none" and plan.island == "auto":  # auto corrected its own graph, not this one
             _correct_biases(graph, exported, quantizer, subset, plan.bias_correction)
     described = _describe(plan, blocks, float_blocks, engine, selection)
     if kept is not None:
-        described.append(f"float-sensitive: {len(kept.tensors)} int8 tensors kept fp32 "
+        described.append(f"{'float-sensitive' if plan.float_sensitive else 'auto'}: {len(kept.tensors)} int8 "
+                         "tensors kept fp32 "
                          f"({', '.join(f'{n} {s:.1f} dB' for n, s, _ in kept.tensors)} isolated), "
                          f"{len(kept.nodes)} operators fp32")
     if plan.bias_correction != "none" and plan.island == "auto":
@@ -297,7 +334,8 @@ def quantize_model(
                           se_blocks=blocks, calibration=calibration, rewrites=described + applied, reference=exported,
                           steps=steps, int8_rewrites=int8_rewrites,
                           float_prefix=prefix.record() if prefix is not None else None,
-                          float_layers=kept.record() if kept is not None else None)
+                          float_layers=kept.record() if kept is not None else None,
+                          latency_budget_pct=budget if plan.island == "auto" and latency_probe is not None else None)
 
 
 def _sensitive(probe: QuantizedModel, pool: torch.Tensor, k: int, seed: int) -> FloatLayers:
@@ -308,17 +346,23 @@ def _sensitive(probe: QuantizedModel, pool: torch.Tensor, k: int, seed: int) -> 
     return choose(diagnose(probe, images), float_graph(probe), k, images=int(images.shape[0]))
 
 
-def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed):  # noqa: ANN001, ANN202
-    """The two stages of ``auto`` (see :data:`AUTO_RECIPES`); returns graph, quantizer, float blocks, steps, recipe."""
+def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, probe,  # noqa: ANN001, ANN202
+          budget_pct):
+    """The stages of ``auto`` (see :data:`AUTO_RECIPES`).
+
+    Returns graph, quantizer, float blocks, steps, recipe and the tensors stage 3 kept fp32
+    (:class:`FloatLayers` or None).
+    """
     eval_images = pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
     ref_logits, ref_gates = run_graph(exported, eval_images, blocks)
     sizes = {b.name: 2 * b.channels * b.reduced + b.channels + b.reduced for b in blocks}
     steps: list[dict] = []
 
-    def attempt(recipe: str, float_blocks: set[str]) -> tuple[GraphModule, object]:
+    def attempt(recipe: str, float_blocks: set[str], float_nodes: Sequence[str] = (),
+                tensors: Sequence[str] = ()) -> tuple[GraphModule, object]:
         mixed = _with_recipe(plan, recipe)
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
-                                          options=options(float_blocks, mixed))
+                                          options=options(float_blocks, mixed, float_nodes))
         bias = mixed.bias_correction
         if bias != "none":
             _correct_biases(graph, exported, quantizer, subset, bias)
@@ -328,6 +372,7 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
         steps.append({
             "recipe": recipe,
             "float_blocks": sorted(float_blocks),
+            "float_tensors": list(tensors),
             "sqnr_db": report["sqnr_db"],
             "sqnr_db_median": report["sqnr_db_median"],
             "sqnr_db_worst": report["sqnr_db_worst"],
@@ -336,6 +381,7 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
             "gate_errors": {str(e["block"]): float(e["sqnr_db"]) for e in errors},
             # fp32 instead of int8 excitation weights: 3 more bytes per parameter.
             "extra_bytes": 3 * sum(sizes[b] for b in float_blocks),
+            "latency_ratio": None,
         })
         return graph, quantizer
 
@@ -362,10 +408,22 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
             steps[i]["not_chosen"] = (f"{recipe} beat it" if i == 0 else
                                       f"beat {steps[0]['recipe']}, but {recipe} ranked higher")
     graph, quantizer = results[recipe]
+    base = as_model(graph, quantizer)  # plain int8's graph: what every island's latency is measured against
+
+    def over_budget(step: dict, trial_graph: GraphModule, trial_quantizer: object) -> str:
+        """Why the island is over the latency budget ("" if within it, or if nothing measures latency)."""
+        if probe is None:
+            return ""
+        ratio = float(probe(base, as_model(trial_graph, trial_quantizer)))
+        step["latency_ratio"] = round(ratio, 4)
+        if ratio > 1.0 + budget_pct / 100.0:
+            return f"latency {ratio:.3f}x plain int8's, over the {budget_pct:g}% budget"
+        return ""
+
     # Stage 2 (latency cost): the worst-gate SE block to fp32, one at a time, while the targets are unmet
-    # and each block buys at least AUTO_MIN_GAIN_DB (or agreement) at no loss elsewhere; the first that
-    # does not is recorded as rejected and the search stops: an fp32 island is a latency cost, not to be
-    # paid for noise.
+    # and each block buys at least AUTO_MIN_GAIN_DB (or agreement) at no loss elsewhere, within the
+    # latency budget when a probe measures it; the first that does not is recorded as rejected and the
+    # search stops: an fp32 island is a latency cost, not to be paid for noise.
     float_blocks: set[str] = set()
     best = steps[chosen]
     while blocks and not met(best) and len(float_blocks) < AUTO_MAX_FLOAT_BLOCKS:
@@ -375,16 +433,37 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed): 
         trial = float_blocks | {min(candidates, key=candidates.get)}  # type: ignore[arg-type]
         trial_graph, trial_quantizer = attempt(recipe, trial)
         step = steps[-1]
-        why = _worse_than(step, best) or _no_gain(step, best)
+        why = _worse_than(step, best) or _no_gain(step, best) or over_budget(step, trial_graph, trial_quantizer)
         if why:
             step["rejected"] = why + ": not worth an fp32 island"
             break
         float_blocks, graph, quantizer, best = trial, trial_graph, trial_quantizer, step
         step["accepted"] = True
+    # Stage 3 (mixed precision, only under a measured budget): the tensor with the lowest isolated SQNR
+    # of the current graph leaves the int8 grid (quantize.mixed_precision), one at a time, on stage 2's rule.
+    kept: list[tuple[str, float, str]] = []
+    nodes: list[str] = []
+    while probe is not None and not met(best) and len(kept) < AUTO_MAX_FLOAT_TENSORS:
+        current = as_model(graph, quantizer)
+        from quantize.diagnose import diagnose, float_graph
+
+        pick = choose(diagnose(current, eval_images), float_graph(current), 1, images=int(eval_images.shape[0]))
+        trial_nodes = nodes + [n for n in pick.nodes if n not in nodes]
+        trial_graph, trial_quantizer = attempt(recipe, float_blocks, trial_nodes,
+                                               [t[0] for t in kept] + [pick.tensors[0][0]])
+        step = steps[-1]
+        why = _worse_than(step, best) or _no_gain(step, best) or over_budget(step, trial_graph, trial_quantizer)
+        if why:
+            step["rejected"] = why + ": not worth an fp32 tensor"
+            break
+        kept.append(pick.tensors[0])
+        nodes, graph, quantizer, best = trial_nodes, trial_graph, trial_quantizer, step
+        step["accepted"] = True
     for step in steps:
         step.pop("gate_errors")
     best["target_met"] = bool(met(best))
-    return graph, quantizer, float_blocks, steps, recipe
+    tensors = FloatLayers(tuple(kept), tuple(nodes), int(eval_images.shape[0])) if kept else None
+    return graph, quantizer, float_blocks, steps, recipe, tensors
 
 
 def _compatible(recipe: str, plan: PolicyPlan, engine: str) -> bool:

@@ -142,3 +142,23 @@ def float_layers_for(policy: str | Sequence[str], k: int | None) -> int | None:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise EdgeSeError(f"bad --float-layers {k!r}: need a count of tensors >= 1")
     return k
+
+
+#: ``auto`` keeps an fp32 island only if its artifact runs within this many percent of plain int8's
+#: (measured by ``export.latency_probe``; ``--latency-budget-pct``).
+DEFAULT_LATENCY_BUDGET_PCT = 5.0
+
+
+def check_latency_budget(policy: str | Sequence[str], pct: float | None) -> float | None:
+    """``pct`` if it is a valid ``--latency-budget-pct`` for ``policy`` (None stays None).
+
+    Raises:
+        EdgeSeError: a budget without policy ``auto``, or a budget <= 0 (or not finite).
+    """
+    if pct is None:
+        return None
+    if "auto" not in parse_policy(policy):
+        raise EdgeSeError(f"--latency-budget-pct {pct:g} needs --policy auto (it bounds auto's fp32 islands)")
+    if not pct > 0 or pct == float("inf"):
+        raise EdgeSeError(f"bad --latency-budget-pct {pct:g}: need a percentage > 0 over plain int8's latency")
+    return float(pct)

@@ -73,3 +73,99 @@ def test_cli_without_the_policy_is_one_line_error(capsys, tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any work
     err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("W")]
     assert len(err) == 1 and "needs --policy float-sensitive" in err[0], err
+
+
+class OutlierSENet(OutlierNet):
+    """OutlierNet with an SE block after its third layer: ``auto`` needs SE blocks to search."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import edge_se
+
+        self.se = edge_se.SqueezeExcite(8, 4, act="relu", gate="sigmoid")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = self.se(torch.relu(self.c3(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def outlier_se():
+    torch.manual_seed(0)
+    return OutlierSENet().eval()
+
+
+def _mixed_pool() -> torch.Tensor:
+    """8 images that fire OutlierNet's detector among 56 that do not: the grid the 8 set crushes the 56."""
+    return torch.cat([_images(56, 3, detector=True), _images(8, 4, detector=False)])
+
+
+class _Probe:
+    """A latency probe that reports a fixed ratio and remembers what it was asked to compare."""
+
+    def __init__(self, ratio: float) -> None:
+        self.ratio, self.calls = ratio, []
+
+    def __call__(self, plain, candidate) -> float:
+        self.calls.append((plain, candidate))
+        return self.ratio
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.5])
+def test_auto_keeps_an_fp32_tensor_only_within_the_latency_budget(outlier_se, ratio):
+    model = outlier_se
+    pool = _mixed_pool()
+    probe = _Probe(ratio)
+    qm = quantize_model(model, (pool[:1],), [pool], target="pte", policy="auto", latency_probe=probe)
+    assert probe.calls, "stage 3 never measured a candidate: the targets were met without it?"
+    plains = {id(p.graph) for p, _ in probe.calls}
+    assert len(plains) == 1  # every candidate (SE block or tensor) against the same plain int8 graph
+    tried = [s for s in qm.steps if s["float_tensors"]]
+    assert tried and all(s["latency_ratio"] == ratio for s in tried)
+    assert qm.latency_budget_pct == 5.0
+    if ratio <= 1.05:
+        assert tried[0].get("accepted") and qm.float_layers is not None
+        assert qm.float_layers["tensors"][0]["name"] == tried[0]["float_tensors"][0]
+    else:
+        assert "over the 5% budget" in tried[0]["rejected"] and len(tried) == 1
+        assert qm.float_layers is None  # nothing kept: the artifact is plain int8's graph
+        assert id(qm.graph) in plains
+
+
+def test_latency_budget_belongs_to_auto_and_is_positive():
+    from quantize.policies import check_latency_budget
+
+    assert check_latency_budget("auto", None) is None and check_latency_budget("auto", 2.5) == 2.5
+    with pytest.raises(EdgeSeError, match="needs --policy auto"):
+        check_latency_budget("ptq", 5.0)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(EdgeSeError, match="bad --latency-budget-pct"):
+            check_latency_budget("auto", bad)
+
+
+def test_ratio_of_rounds_is_the_median_round_ratio():
+    from export.latency_probe import ratio_of_rounds
+
+    # One disturbed round (the candidate's 4.0 ms) moves the median of ratios by nothing.
+    assert ratio_of_rounds([2.0, 2.0, 2.0], [2.2, 4.0, 2.1]) == pytest.approx(1.1)
+    with pytest.raises(EdgeSeError):
+        ratio_of_rounds([1.0], [1.0, 1.0])
+
+
+@pytest.mark.export
+def test_latency_probe_times_two_artifacts_in_their_runtime(outlier):
+    """The real probe on the same graph twice: both lowered and run; their ratio near 1.
+
+    A 16 px network runs in microseconds, where a shared 2-core machine's noise is a large fraction:
+    [0.5, 2] only says the two were timed alike (a probe that timed one artifact twice as often,
+    or lowered nothing, would be far outside).
+    """
+    from export import backends
+    from export.latency_probe import LatencyProbe
+
+    model, calib, _ = outlier
+    qm = quantize_model(model, (calib[0][:1],), calib, target="pte")
+    probe = LatencyProbe(backends.get("pte"), (calib[0][:1],), "NCHW", rounds=3, runs=5)
+    assert 0.5 <= probe(qm, qm) <= 2.0

@@ -118,6 +118,8 @@ def test_policy_lowers(tiny, images, policy, target, tmp_path):
     calib, held = images[:12], images[12:]
     qm = quantize_model(tiny, (calib[:1],), [calib], target=target, policy=policy, calib_size=8)
     assert len(qm.se_blocks) == 2
+    if policy == "auto":  # no latency probe here: auto takes no tensor off the grid (stage 3 needs a measured budget)
+        assert not any(s["float_tensors"] for s in qm.steps) and qm.latency_budget_pct is None
     with torch.no_grad():
         ref = qm.graph(held)
     got = _run_pte(qm, held) if target == "pte" else _run_tflite(qm, held, tmp_path)
