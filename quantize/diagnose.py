@@ -35,7 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch.fx import GraphModule, Node
@@ -46,8 +46,19 @@ from quantize.capture import EVAL_BATCH, Recorder
 from quantize.metrics import _ratio_db
 from quantize.se_pattern import SEBlock, getattr_path
 
-if TYPE_CHECKING:
-    from quantize.core import QuantizedModel
+
+class Quantized(Protocol):
+    """What diagnosing needs of a quantised network.
+
+    ``quantize.core.QuantizedModel`` has it; this module does not import that class, so that the
+    quantisation core can call :func:`diagnose` (``float-sensitive``, ``auto``'s stage 3).
+    """
+
+    graph: GraphModule
+    reference: GraphModule | None
+    quantizer: object
+    se_blocks: list
+
 
 # quantize_per_tensor / dequantize_per_tensor overloads (``quantized_decomposed``, registered by torchao).
 QUANTIZE_OPS = ("quantized_decomposed.quantize_per_tensor.default", "quantized_decomposed.quantize_per_tensor.tensor")
@@ -95,7 +106,7 @@ class _Site:
     dequantize: Node
 
 
-def float_graph(qm: QuantizedModel) -> GraphModule:
+def float_graph(qm: Quantized) -> GraphModule:
     """The float graph whose node names and values line up with ``qm.graph`` (see module docstring).
 
     Raises:
@@ -167,7 +178,7 @@ def _op_name(node: Node) -> str:
 
 
 @torch.no_grad()
-def diagnose(qm: QuantizedModel, images: torch.Tensor, *, batch: int = EVAL_BATCH) -> list[LayerFidelity]:
+def diagnose(qm: Quantized, images: torch.Tensor, *, batch: int = EVAL_BATCH) -> list[LayerFidelity]:
     """Per quantised activation of ``qm.graph``: accumulated and isolated SQNR on ``images``.
 
     Args:
