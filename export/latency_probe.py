@@ -71,6 +71,8 @@ class LatencyProbe:
         self.backend, self.example, self.layout = backend, example, layout
         self.rounds, self.runs, self.warmup, self.threads = rounds, runs, warmup, threads
         self._plain: tuple[object, bytes] | None = None  # (the plain graph itself, its artifact)
+        #: The last comparison: ``plain_ms``, ``candidate_ms`` (medians over rounds), ``rounds``, ``runs``, ``threads``.
+        self.last: dict[str, float | int] = {}
 
     def _lower(self, qm: Any) -> bytes:
         try:
@@ -107,7 +109,10 @@ class LatencyProbe:
                     cand_ms.append(_round_ms(b, self.runs))
                     plain_ms.append(_round_ms(a, self.runs))
         ratio = ratio_of_rounds(plain_ms, cand_ms)
-        print(f"auto: latency probe: candidate {ratio:.3f}x plain int8 ({statistics.median(cand_ms):.3f} vs "
+        self.last = {"plain_ms": round(statistics.median(plain_ms), 4),
+                     "candidate_ms": round(statistics.median(cand_ms), 4),
+                     "rounds": self.rounds, "runs": self.runs, "threads": self.threads}
+        print(f"latency probe: candidate {ratio:.3f}x plain int8 ({statistics.median(cand_ms):.3f} vs "
               f"{statistics.median(plain_ms):.3f} ms, {self.rounds} alternating rounds x {self.runs} runs, "
               f"{self.threads} thread)", file=sys.stderr)
         return ratio
