@@ -229,9 +229,11 @@ def test_latency_table_bad_build_is_one_line(tmp_path):
 def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
     """A real table (pte fp32, local) on one tiny network's kernels, then `edge-se scale` with a measured check."""
     table_path = tmp_path / "t.json"
+    # The native runner, as bench-scale's tables use: the Python one spends ~7 s per artifact importing
+    # ExecuTorch's pybindings (they import torch), most of this test's time.
     proc = _cli("latency-table", "--device", "local", "--format", "pte", "--dtype", "fp32", "--build=-3@32",
                 "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--passes", "1",
-                "--min-seconds", "0.05", "--jobs", "2", cwd=tmp_path, timeout=900)
+                "--min-seconds", "0.05", "--jobs", "2", "--runner", "native", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = lt.load(table_path)
     spec = variant(-3, 32)
@@ -242,6 +244,7 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
     # one network: the assembly is its measured/kernel-sum ratio, so the table predicts it exactly
     assert table.predict(spec, 32) == pytest.approx(table.networks[0]["measured"], rel=1e-9)
     assert table.meta["system"]["cpu_flags"] and table.meta["measure"]["repeats"] == 1 and table.meta["passes"] == 1
+    assert table.meta["runner"] == "native"  # and scale's measured check below times with the table's runner
 
     budget = 2 * table.networks[0]["measured"]
     proc = _cli("scale", "--device", "local", "--format", "pte", "--dtype", "fp32", "--budget-ms", f"{budget}",
