@@ -130,10 +130,11 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
                            eval_data=load_images(data, RESOLUTION, split="test"), log=_log)
             save_weights(path, model, model_name=arch, num_classes=len(train_set.classes), resolution=RESOLUTION,
                          extra={"accuracy": result.accuracy, "epochs": epochs, "seconds": round(result.seconds, 1),
-                                "data": data, "init": {"linear": init, "seed": 0}})
+                                "data": data, "init": {"linear": init, "seed": 0}, **_trained_on()})
         model, meta = load_model(path)
         return model, {"weights": str(path), "float_accuracy_trained": meta.get("accuracy"),
-                       "init": meta.get("init", {"linear": init})}
+                       "init": meta.get("init", {"linear": init}),
+                       "weights_trained_on": meta.get("trained_on"), "weights_torch": meta.get("torch")}
     if data != "digits" and lib != "edge-se":
         raise ValueError(f"@{data} in {spec!r}: only edge-se models train on another data source")
     if lib == "external":
@@ -149,6 +150,17 @@ def load_bench_model(spec: str, weights_dir: Path) -> tuple[nn.Module, dict]:
     else:
         raise ValueError(f"unknown model library {lib!r} in {spec!r}; valid: edge-se, torchvision, timm")
     return randomize_batchnorm(model), {"weights": "random, randomised BatchNorm"}
+
+
+def _trained_on() -> dict[str, Any]:
+    """What the weights' sidecar records of the machine that trained them.
+
+    The same seed, init and recipe give other weights on another CPU (float reductions in another
+    order: AVX-512 and AVX2 kernels): EfficientNet-B0 from the uniform init, trained on the VNNI
+    EPYC, kept 83% top-1 agreement under plain int8 (.pte); trained on the AVX2 EPYC, 60%. A row
+    says which machine trained its weights, so that the row reproduces where that machine does.
+    """
+    return {"trained_on": system_record(), "torch": torch.__version__}
 
 
 def _data_of(spec: str) -> tuple[str, str]:
@@ -188,11 +200,12 @@ def _external_model(name: str, weights_dir: Path) -> tuple[nn.Module, dict]:
         save_state_dict(path, foreign.state_dict())
         write_text(record_path, json.dumps({"library": lib, "arch": arch, "init": f"{lib}'s own", "seed": 0,
                                             "epochs": epochs, "accuracy": result.accuracy,
-                                            "seconds": round(result.seconds, 1)}, indent=2) + "\n")
+                                            "seconds": round(result.seconds, 1), **_trained_on()}, indent=2) + "\n")
     record = json.loads(record_path.read_text()) if record_path.exists() else {}
     model = load_weights(ours, path).eval()
     return model, {"weights": str(path), "float_accuracy_trained": record.get("accuracy"),
-                   "init": {"linear": record.get("init", f"{lib}'s own")}, "loaded_as": ours}
+                   "init": {"linear": record.get("init", f"{lib}'s own")}, "loaded_as": ours,
+                   "weights_trained_on": record.get("trained_on"), "weights_torch": record.get("torch")}
 
 
 def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str,  # noqa: ANN001
