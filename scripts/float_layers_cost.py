@@ -66,7 +66,7 @@ def markdown(records: list[dict[str, Any]]) -> str:
     head = ["# Mixed precision: `--policy float-sensitive` per K (`scripts/float_layers_cost.py`)", ""]
     if records:
         head += [system_line(records[0]["system"]), ""]
-    return "\n".join(head) + table(COLUMNS, records) + "\n"
+    return "\n".join(head) + "\n" + table(COLUMNS, records) + "\n"
 
 
 def _quantize(model: torch.nn.Module, calib: torch.Tensor, target: str, data: str, k: int | None) -> Any:
