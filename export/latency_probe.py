@@ -56,7 +56,7 @@ def _round_ms(session: Any, runs: int) -> float:
     return float(statistics.median(times))
 
 
-class LatencyProbe:
+class ArtifactLatencyProbe:
     """``probe(plain, candidate)`` for :func:`quantize.quantize_model` (``latency_probe=``): a latency ratio.
 
     Args:

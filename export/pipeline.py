@@ -153,10 +153,10 @@ def _quantize(model: torch.nn.Module, fmt: str, example: tuple[torch.Tensor, ...
     policy: str | list[str] = opts.policy[0] if len(opts.policy) == 1 else list(opts.policy)
     probe = None
     if "auto" in opts.policy:  # auto's fp32 islands are kept only within a measured latency budget
-        from export.latency_probe import LatencyProbe
+        from export.latency_probe import ArtifactLatencyProbe
 
         backend = backends.get(fmt)
-        probe = LatencyProbe(backend, example, backend.layout(opts.channels_last))
+        probe = ArtifactLatencyProbe(backend, example, backend.layout(opts.channels_last))
     return quantize_model(model, example, calib.batches, target=fmt, policy=policy,  # type: ignore[arg-type]
                           engine=opts.engine, seed=opts.seed, calib_source=calib.source,  # type: ignore[arg-type]
                           calib_size=calib.size, rewrites=opts.int8_rewrites, float_prefix=opts.float_prefix,

@@ -64,12 +64,12 @@ AUTO_EVAL_IMAGES = 256
 # Stage 2 keeps a block in fp32 only if it raised the logits SQNR by at least this much, or top-1
 # agreement by at least this fraction (0.5 points; on the 256 evaluation images, one image is 0.4).
 AUTO_MIN_GAIN_DB = 1.0
+AUTO_MIN_GAIN_AGREEMENT = 0.005
 # With a latency probe, an island (stage 2's SE blocks, stage 3's tensors) is kept only if the
 # artifact runs within this many percent of plain int8's, measured side by side; stage 3 keeps at most
 # this many tensors fp32.
 AUTO_LATENCY_BUDGET_PCT = DEFAULT_LATENCY_BUDGET_PCT
 AUTO_MAX_FLOAT_TENSORS = 4
-AUTO_MIN_GAIN_AGREEMENT = 0.005
 # Neither stage may buy that gain with a loss elsewhere: a step replaces the current choice only if
 # no figure of AUTO_FIGURES is worse than the current one's by more than AUTO_TOLERANCE_DB (the SQNRs)
 # or at all (top-1 agreement). bench-quant measured why (results/quant_bench.md): ranked on agreement
@@ -81,7 +81,8 @@ AUTO_FIGURES: tuple[str, ...] = ("sqnr_db", "sqnr_db_median", "sqnr_db_worst", "
 
 LatencyProbe = Callable[["QuantizedModel", "QuantizedModel"], float]
 """``probe(plain, candidate)``: ``candidate``'s artifact latency over ``plain``'s, measured side by side in the
-target's runtime (a ratio; ``export.latency_probe.make_probe``). quantize defines the hook, export supplies it."""
+target's runtime (a ratio; ``export.latency_probe.ArtifactLatencyProbe``). quantize defines the hook, export
+supplies it."""
 
 
 @dataclass

@@ -8,7 +8,7 @@ bench-quant trains it) and target: plain int8 (``ptq``) and ``float-sensitive`` 
 quantised as ``edge-se export`` quantises (64 calibration images of the digits, the shipped int8
 rewrites), with
 * fidelity on the 360 held-out images against the float model (:func:`quantize.evaluate.evaluate`),
-* latency of the K artifact over plain int8's (:class:`export.latency_probe.LatencyProbe`: both
+* latency of the K artifact over plain int8's (:class:`export.latency_probe.ArtifactLatencyProbe`: both
   lowered by the format's own converter, loaded in its runtime through the on-device runner's
   sessions, one thread, alternating rounds, at the bench's 64 px).
 One JSON line per (model, target, policy) in ``OUT.jsonl``, the CPU recorded in each; ``OUT.md`` is
@@ -82,7 +82,7 @@ def _quantize(model: torch.nn.Module, calib: torch.Tensor, target: str, data: st
 def main(argv: list[str] | None = None) -> int:
     """Measure every (model, target, K) not yet in ``--out``."""
     from export import backends
-    from export.latency_probe import LatencyProbe
+    from export.latency_probe import ArtifactLatencyProbe
     from quantize.bench import RESOLUTION, _data_of, load_bench_model
     from quantize.evaluate import evaluate
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             if all((spec, target, k) in done for k in [None, *ks]):
                 continue
             backend = backends.get(target)
-            probe = LatencyProbe(backend, (calib[:1],), backend.layout(False))
+            probe = ArtifactLatencyProbe(backend, (calib[:1],), backend.layout(False))
 
             plain = _quantize(model, calib, target, data, None)
             for k in [None, *ks]:

@@ -168,11 +168,11 @@ def test_latency_probe_times_two_artifacts_in_their_runtime(outlier):
     or lowered nothing, would be far outside).
     """
     from export import backends
-    from export.latency_probe import LatencyProbe
+    from export.latency_probe import ArtifactLatencyProbe
 
     model, calib, _ = outlier
     qm = quantize_model(model, (calib[0][:1],), calib, target="pte")
-    probe = LatencyProbe(backends.get("pte"), (calib[0][:1],), "NCHW", rounds=3, runs=5)
+    probe = ArtifactLatencyProbe(backends.get("pte"), (calib[0][:1],), "NCHW", rounds=3, runs=5)
     assert 0.5 <= probe(qm, qm) <= 2.0
 
 
@@ -181,7 +181,7 @@ def test_export_hands_auto_a_latency_probe_of_its_format(monkeypatch, policy):
     """The wiring, not the search: ``edge-se export``'s quantisation step gives ``auto`` (only) a probe."""
     import export.pipeline as pl
     import quantize
-    from export.latency_probe import LatencyProbe
+    from export.latency_probe import ArtifactLatencyProbe
     from quantize.calibration import Calibration
 
     seen = {}
@@ -190,7 +190,8 @@ def test_export_hands_auto_a_latency_probe_of_its_format(monkeypatch, policy):
     opts = pl.ExportOptions(resolution=16, policy=policy, latency_budget_pct=2.5 if policy == ("auto",) else None)
     assert pl._quantize(torch.nn.Identity(), "tflite", (torch.zeros(1, 3, 16, 16),), calib, opts) == "quantised"
     if policy == ("auto",):
-        assert isinstance(seen["latency_probe"], LatencyProbe) and seen["latency_probe"].backend.name == "tflite"
+        probe = seen["latency_probe"]
+        assert isinstance(probe, ArtifactLatencyProbe) and probe.backend.name == "tflite"
         assert seen["latency_budget_pct"] == 2.5
     else:
         assert seen["latency_probe"] is None
