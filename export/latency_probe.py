@@ -112,7 +112,7 @@ class ArtifactLatencyProbe:
         self.last = {"plain_ms": round(statistics.median(plain_ms), 4),
                      "candidate_ms": round(statistics.median(cand_ms), 4),
                      "rounds": self.rounds, "runs": self.runs, "threads": self.threads}
-        print(f"latency probe: candidate {ratio:.3f}x plain int8 ({statistics.median(cand_ms):.3f} vs "
-              f"{statistics.median(plain_ms):.3f} ms, {self.rounds} alternating rounds x {self.runs} runs, "
+        print(f"latency probe: candidate {ratio:.3f}x plain int8 ({self.last['candidate_ms']:.3f} vs "
+              f"{self.last['plain_ms']:.3f} ms, {self.rounds} alternating rounds x {self.runs} runs, "
               f"{self.threads} thread)", file=sys.stderr)
         return ratio

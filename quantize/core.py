@@ -308,7 +308,7 @@ def quantize_model(
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
                                           options=options(float_blocks))
     if float_layers is not None:  # set exactly when the policy is float-sensitive
-        chosen = _sensitive(as_model(graph, quantizer), pool, float_layers, seed)
+        chosen = _sensitive(as_model(graph, quantizer), _held_back(pool, seed), float_layers)
         if kept is not None:  # auto's stage 3 kept some already: the record holds both
             chosen = FloatLayers(kept.tensors + chosen.tensors,
                                  kept.nodes + tuple(n for n in chosen.nodes if n not in kept.nodes), chosen.images)
@@ -339,12 +339,16 @@ def quantize_model(
                           latency_budget_pct=budget if plan.island == "auto" and latency_probe is not None else None)
 
 
-def _sensitive(probe: QuantizedModel, pool: torch.Tensor, k: int, seed: int) -> FloatLayers:
-    """``float-sensitive``'s choice: the ``k`` costliest tensors of ``probe`` on images held back like ``auto``'s."""
+def _held_back(pool: torch.Tensor, seed: int) -> torch.Tensor:
+    """The pool images ``auto`` measures on and ``float-sensitive`` ranks on (at most :data:`AUTO_EVAL_IMAGES`)."""
+    return pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
+
+
+def _sensitive(qm: QuantizedModel, images: torch.Tensor, k: int) -> FloatLayers:
+    """The ``k`` costliest tensors of ``qm`` on ``images`` (:func:`quantize.mixed_precision.choose`)."""
     from quantize.diagnose import diagnose, float_graph
 
-    images = pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
-    return choose(diagnose(probe, images), float_graph(probe), k, images=int(images.shape[0]))
+    return choose(diagnose(qm, images), float_graph(qm), k, images=int(images.shape[0]))
 
 
 def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, probe,  # noqa: ANN001, ANN202
@@ -354,7 +358,7 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
     Returns graph, quantizer, float blocks, steps, recipe and the tensors stage 3 kept fp32
     (:class:`FloatLayers` or None).
     """
-    eval_images = pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
+    eval_images = _held_back(pool, seed)
     ref_logits, ref_gates = run_graph(exported, eval_images, blocks)
     sizes = {b.name: 2 * b.channels * b.reduced + b.channels + b.reduced for b in blocks}
     steps: list[dict] = []
@@ -445,10 +449,7 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
     kept: list[tuple[str, float, str]] = []
     nodes: list[str] = []
     while probe is not None and not met(best) and len(kept) < AUTO_MAX_FLOAT_TENSORS:
-        current = as_model(graph, quantizer)
-        from quantize.diagnose import diagnose, float_graph
-
-        pick = choose(diagnose(current, eval_images), float_graph(current), 1, images=int(eval_images.shape[0]))
+        pick = _sensitive(as_model(graph, quantizer), eval_images, 1)
         trial_nodes = nodes + [n for n in pick.nodes if n not in nodes]
         trial_graph, trial_quantizer = attempt(recipe, float_blocks, trial_nodes,
                                                [t[0] for t in kept] + [pick.tensors[0][0]])
