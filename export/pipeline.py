@@ -380,6 +380,7 @@ def _quantization(backend: Backend, program: _Program, described: _Described) ->
         "int8_rewrites": list(q.int8_rewrites),
         "float_prefix": _jsonable(q.float_prefix),
         "float_layers": _jsonable(q.float_layers),
+        "adaround": _jsonable(q.adaround),
         "latency_budget_pct": q.latency_budget_pct,
         # `auto`: every recipe and SE-block set it measured, the chosen one marked (quantize.core._auto).
         "auto_steps": _jsonable(q.steps),

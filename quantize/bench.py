@@ -96,6 +96,7 @@ DEFAULT_POLICIES = (
     "auto",
     "se-float-mul",
     "float-sensitive",
+    "adaround",
 )
 
 

@@ -161,7 +161,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         "resolution": resolution, "weights": args.weights, "calibration": qm.calibration,
         "eval": {"source": cal.source, "split": "test", "images": int(images.shape[0])},
         "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
-        "float_prefix": qm.float_prefix, "float_layers": qm.float_layers, "rewrites": qm.rewrites,
+        "float_prefix": qm.float_prefix, "float_layers": qm.float_layers,
+        "adaround": qm.adaround, "rewrites": qm.rewrites,
         "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,
     }

@@ -25,6 +25,9 @@ import torch
 from torch.fx import GraphModule
 
 from edge_se.errors import EdgeSeError, first_line
+from quantize.adaround import AdaRoundConfig, adaround, record
+from quantize.adaround import summary as adaround_summary
+from quantize.aligned import aligned_float_graph
 from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
 from quantize.capture import run_graph
 from quantize.float_prefix import float_prefix as make_float_prefix
@@ -125,6 +128,7 @@ class QuantizedModel:
     float_prefix: dict | None = None
     float_layers: dict | None = None
     latency_budget_pct: float | None = None
+    adaround: dict | None = None
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -323,6 +327,10 @@ def quantize_model(
                          "tensors kept fp32 "
                          f"({', '.join(f'{n} {s:.1f} dB' for n, s, _ in kept.tensors)} isolated), "
                          f"{len(kept.nodes)} operators fp32")
+    rounding = None
+    if plan.adaround:  # before bias correction: AIMET's order (the biases then correct what rounding left)
+        rounding = _adaround(graph, exported, quantizer, subset, _unused(pool, indices, seed), seed)
+        described.append(adaround_summary(rounding))
     if plan.bias_correction != "none" and plan.island == "auto":
         described.append(f"bias correction ({plan.bias_correction}) on the recipe auto chose")
     elif plan.bias_correction != "none":
@@ -336,7 +344,8 @@ def quantize_model(
                           steps=steps, int8_rewrites=int8_rewrites,
                           float_prefix=prefix.record() if prefix is not None else None,
                           float_layers=kept.record() if kept is not None else None,
-                          latency_budget_pct=budget if plan.island == "auto" and latency_probe is not None else None)
+                          latency_budget_pct=budget if plan.island == "auto" and latency_probe is not None else None,
+                          adaround=rounding)
 
 
 def _held_back(pool: torch.Tensor, seed: int) -> torch.Tensor:
@@ -525,11 +534,31 @@ def _with_recipe(plan: PolicyPlan, recipe: str) -> PolicyPlan:
 def _correct_biases(graph: GraphModule, exported: GraphModule, quantizer: object, images: torch.Tensor,
                     mode: str) -> str:
     """Correct ``graph``'s biases in place on the calibration ``images``; the line recorded in ``rewrites``."""
-    from quantize.aligned import aligned_float_graph
     from quantize.bias_correction import correct_biases, summary
 
     report = correct_biases(graph, aligned_float_graph(exported, quantizer), images, mode=mode)  # type: ignore[arg-type]
     return f"bias correction ({mode}): {summary(report)}"
+
+
+def _unused(pool: torch.Tensor, indices: Sequence[int], seed: int) -> torch.Tensor | None:
+    """At most :data:`AUTO_EVAL_IMAGES` pool images outside the calibration subset (None: the subset is the pool)."""
+    taken = set(indices)
+    rest = [i for i in range(pool.shape[0]) if i not in taken]
+    if not rest:
+        return None
+    pick = random_indices(len(rest), min(AUTO_EVAL_IMAGES, len(rest)), seed + 1)
+    return pool[[rest[i] for i in pick]]
+
+
+def _adaround(graph: GraphModule, exported: GraphModule, quantizer: object, images: torch.Tensor,
+              check: torch.Tensor | None, seed: int) -> dict:
+    """Learn ``graph``'s weight rounding in place on the calibration ``images``, kept or undone on ``check``.
+
+    Returns the record the manifest keeps.
+    """
+    config = AdaRoundConfig(seed=seed)
+    report = adaround(graph, aligned_float_graph(exported, quantizer), images, config=config, check=check)
+    return record(report, config, int(images.shape[0]))
 
 
 def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str,

@@ -24,6 +24,8 @@ POLICIES: dict[str, tuple[str, str]] = {
     "act-outlier": ("observer", "activation ranges over the images, outlier images (> 8x the median's peak) left out"),
     "bias-correction": ("bias", "biases corrected layer by layer: channel means match float (NNCF's full)"),
     "bias-correction-fast": ("bias", "biases corrected from one pass of the uncorrected graph (NNCF's fast)"),
+    "adaround": ("rounding", "each int8 weight rounded up or down to minimise its layer's output error on the "
+                             "calibration images (AdaRound, AIMET's recipe; learned layer by layer)"),
     "float-sensitive": ("mixed", "the --float-layers K (default 4) int8 tensors with the lowest isolated SQNR "
                                  "kept fp32, with their producer and readers (mixed precision: a latency cost)"),
     "auto": ("island", "same-graph recipes (ranges, squeeze grid, bias correction) measured on held-back images, "
@@ -67,6 +69,7 @@ class PolicyPlan:
         own_squeeze: SE squeezes quantised on their own observed grid (``se-squeeze-grid``).
         float_sensitive: the costliest int8 tensors kept fp32 (``float-sensitive``,
             :mod:`quantize.mixed_precision`).
+        adaround: weights rounded by learned rounding (``adaround``, :mod:`quantize.adaround`).
     """
 
     names: tuple[str, ...]
@@ -77,6 +80,7 @@ class PolicyPlan:
     bias_correction: str = "none"
     own_squeeze: bool = False
     float_sensitive: bool = False
+    adaround: bool = False
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -109,6 +113,10 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
             raise EdgeSeError(f"policies {taken[aspect]!r} and {n!r} both set the {aspect}; pick one")
         if aspect:
             taken[aspect] = n
+    if "rounding" in taken and taken.get("island") == "auto":
+        # auto measures each recipe on its own graph; rounding learned afterwards would ship a graph it never scored
+        raise EdgeSeError("policies 'auto' and 'adaround' do not combine: auto scores graphs with nearest rounding; "
+                          "use adaround with a fixed recipe")
     observer = taken.get("observer", "act-histogram").removeprefix("act-")
     return PolicyPlan(
         names=names,
@@ -119,6 +127,7 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         bias_correction={"bias-correction": "full", "bias-correction-fast": "fast"}.get(taken.get("bias", ""), "none"),
         own_squeeze="squeeze" in taken,
         float_sensitive="mixed" in taken,
+        adaround="rounding" in taken,
     )
 
 

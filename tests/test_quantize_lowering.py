@@ -93,7 +93,7 @@ COMBOS = (
     "ptq",
     "gate-fixed,gate-coverage,act-percentile,se-squeeze-grid",
     "se-float,act-minmax,bias-correction-fast",
-    "se-float-mul",
+    "se-float-mul,adaround",  # learned weight integers must reach the artifact in both formats
     # corrected bias constants must reach the artifact, fp32 islands inside int8 lower in both formats
     "act-outlier,bias-correction,float-sensitive",
     "auto",
