@@ -213,6 +213,7 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
              rewrites: str = "none", data: str = "digits") -> dict:
     """Quantise and evaluate one cell; the record of the JSON line (``rewrites``: quantize.int8_ops)."""
     from quantize.core import quantize_model
+    from quantize.diagnose import error_split
     from quantize.evaluate import evaluate
 
     start = time.perf_counter()
@@ -221,8 +222,10 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
                         calib_size=CALIB_SIZE, calib_source=data, rewrites=rewrites)
     seconds = time.perf_counter() - start
     figures = evaluate(qm, held.images, held.labels)
+    # which grids the loss comes from (weights only / activations only int8): which remedies can reach it
+    split = error_split(qm, held.images).as_dict()
     return {"calibration": qm.calibration, "rewrites": qm.rewrites, "auto_steps": qm.steps,
-            "se_blocks": len(qm.se_blocks), "quantize_seconds": round(seconds, 1), **figures}
+            "se_blocks": len(qm.se_blocks), "quantize_seconds": round(seconds, 1), **figures, "error_split": split}
 
 
 def _figure(header: str, key: str, *, scale: float = 1.0) -> Column:
@@ -241,9 +244,18 @@ _COLUMNS = (
     _figure("top-1 agree %", "top1_agreement", scale=100), _figure("accuracy %", "accuracy", scale=100),
     _figure("float acc %", "float_accuracy", scale=100),
     _figure("gate SQNR min dB", "gate_sqnr_db_min"), _figure("gate median", "gate_sqnr_db_median"),
+    Column("int8 weights / activations only dB", lambda r: _split(r), align="right"),
     Column("auto chose", lambda r: _auto_choice(r)),
     Column("s", lambda r: "" if "error" in r else str(r.get("quantize_seconds"))),
 )
+
+
+def _split(r: Mapping[str, Any]) -> str:
+    """Logits SQNR with only the weights, and with only the activations, int8 (``quantize.diagnose.error_split``)."""
+    split = r.get("error_split")
+    if not split or "error" in r:
+        return ""
+    return f"{split['sqnr_db_weights_only']:.1f} / {split['sqnr_db_activations_only']:.1f}"
 
 
 def _auto_choice(r: Mapping[str, Any]) -> str:

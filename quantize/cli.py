@@ -187,12 +187,13 @@ def register_diagnose(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run_diagnose(args: argparse.Namespace) -> int:
     """Quantise, measure both SQNRs per quantised activation on held-out images, print table or JSON."""
-    from quantize.diagnose import diagnose, diagnose_table, plot_fidelity, worst
+    from quantize.diagnose import diagnose, diagnose_table, error_split, plot_fidelity, worst
 
     q = _quantize_from_args(args, "diagnose")
     qm, cal, images, resolution = q.qm, q.cal, q.images, q.resolution
     start = time.perf_counter()
     layers = diagnose(qm, images)
+    split = error_split(qm, images)
     _log(f"diagnose: {len(layers)} quantised activations on {int(images.shape[0])} held-out images "
          f"in {time.perf_counter() - start:.1f} s")
     top = worst(layers, args.top)
@@ -204,12 +205,16 @@ def run_diagnose(args: argparse.Namespace) -> int:
             "model": args.model, "format": args.format, "policy": list(qm.policy), "engine": args.engine,
             "resolution": resolution, "weights": args.weights,
             "images": {"source": cal.source, "count": int(images.shape[0])},
+            "error_split": split.as_dict(),
             "layers": [r.as_dict() for r in layers],
             "worst": [r.as_dict() for r in top],
         }))
         return 0
     print(f"# int8 fidelity per layer: {args.model}, {args.format}, policy {','.join(qm.policy)}, "
           f"{int(images.shape[0])} held-out {cal.source} images\n")
+    print(f"Logits SQNR vs float: {split.sqnr_db:.1f} dB int8; {split.sqnr_db_weights_only:.1f} dB with only the "
+          f"weights int8; {split.sqnr_db_activations_only:.1f} dB with only the activations int8. "
+          f"The loss is in the {split.verdict}.\n")
     print("Top offenders (isolated SQNR ascending: the tensors whose own int8 grid costs most):\n")
     print(diagnose_table(top))
     print("\nAll quantised activations, graph order:\n")

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -42,8 +43,8 @@ from torch.fx import GraphModule, Node
 
 from edge_se.errors import EdgeSeError
 from quantize.aligned import aligned_float_graph
-from quantize.capture import EVAL_BATCH, Recorder
-from quantize.metrics import _ratio_db
+from quantize.capture import EVAL_BATCH, Recorder, run_graph
+from quantize.metrics import _ratio_db, sqnr_db
 from quantize.se_pattern import SEBlock, getattr_path
 
 
@@ -246,6 +247,107 @@ def diagnose(qm: Quantized, images: torch.Tensor, *, batch: int = EVAL_BATCH) ->
             float_max=hi[i],
         ))
     return out
+
+
+_WEIGHT_DEQUANTIZE = ("quantized_decomposed.dequantize_per_channel.default",
+                      "quantized_decomposed.dequantize_per_tensor.default")
+_LAYER_OPS = ("aten.conv2d.default", "aten.linear.default")
+# The split names a side only when it loses this much more than the other (a factor of 2 in noise power).
+SPLIT_MARGIN_DB = 3.0
+
+
+@dataclass(frozen=True)
+class ErrorSplit:
+    """Whose grid the int8 error comes from: the logits with only the weights, or only the activations, int8.
+
+    Attributes:
+        sqnr_db: logits SQNR (dB) vs float of the int8 graph as it is.
+        sqnr_db_weights_only: the same graph with every activation quantize/dequantize pair removed
+            (int8 weights, fp32 activations).
+        sqnr_db_activations_only: the same graph with every conv/linear reading its float weight
+            (int8 activations, fp32 weights).
+        images: how many images the three were measured on.
+    """
+
+    sqnr_db: float
+    sqnr_db_weights_only: float
+    sqnr_db_activations_only: float
+    images: int
+
+    @property
+    def verdict(self) -> str:
+        """Which side carries the loss, and which kind of remedy can reach it."""
+        w, a = self.sqnr_db_weights_only, self.sqnr_db_activations_only
+        if w + SPLIT_MARGIN_DB <= a:
+            return "weights: their rounding (adaround) or grid can help; activation ranges cannot"
+        if a + SPLIT_MARGIN_DB <= w:
+            return ("activations: ranges (act-*), bias correction or fp32 tensors (float-sensitive) can help; "
+                    "weight rounding cannot")
+        return "both: weights and activations lose about as much"
+
+    def as_dict(self) -> dict[str, object]:
+        """A JSON-ready record, with the verdict."""
+        return {**asdict(self), "verdict": self.verdict}
+
+
+def _activations_float(gm: GraphModule) -> GraphModule:
+    """A copy of the converted ``gm`` with every activation quantize/dequantize pair bypassed (graph order)."""
+    gm = copy.deepcopy(gm)
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or str(node.target) not in QUANTIZE_OPS:
+            continue
+        src = node.args[0]
+        if not isinstance(src, Node) or src.op == "get_attr":
+            continue  # a constant's grid, not an activation's
+        for dq in [u for u in node.users if str(u.target) in DEQUANTIZE_OPS]:
+            dq.replace_all_uses_with(src)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def _weights_float(gm: GraphModule, fgraph: GraphModule) -> GraphModule:
+    """A copy of the converted ``gm`` whose conv/linear layers read the float weights of ``fgraph``."""
+    gm = copy.deepcopy(gm)
+    fnodes = {n.name: n for n in fgraph.graph.nodes}
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or str(node.target) not in _LAYER_OPS or len(node.args) < 2:
+            continue
+        dq, fnode = node.args[1], fnodes.get(node.name)
+        if not isinstance(dq, Node) or str(dq.target) not in _WEIGHT_DEQUANTIZE or fnode is None:
+            continue
+        weight = _resolve(fgraph, fnode.args[1])
+        if not isinstance(weight, torch.Tensor):
+            continue
+        attr = f"_edge_se_float_weight_{node.name}"
+        gm.register_buffer(attr, weight.detach().clone())
+        with gm.graph.inserting_before(node):
+            node.replace_input_with(dq, gm.graph.get_attr(attr))
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def error_split(qm: Quantized, images: torch.Tensor, *, batch: int = EVAL_BATCH) -> ErrorSplit:
+    """How much of ``qm``'s logits error the weights' grids and the activations' grids each cause, on ``images``.
+
+    Three forward passes of the int8 graph: as it is, with fp32 activations, with fp32 weights
+    (each against the float graph). Which side loses more says which remedies can help: learned
+    rounding reaches only the weights, ranges and fp32 tensors only the activations.
+
+    Raises:
+        EdgeSeError: no images, or no float reference.
+    """
+    if images.ndim != 4 or images.shape[0] == 0:
+        raise EdgeSeError(f"error_split needs a batch of images [N, 3, R, R], got shape {tuple(images.shape)}")
+    fgraph = float_graph(qm)
+    ref = run_graph(fgraph, images, batch=batch)[0]
+
+    def sqnr(gm: GraphModule) -> float:
+        return sqnr_db(ref, run_graph(gm, images, batch=batch)[0])
+
+    return ErrorSplit(sqnr_db=sqnr(qm.graph), sqnr_db_weights_only=sqnr(_activations_float(qm.graph)),
+                      sqnr_db_activations_only=sqnr(_weights_float(qm.graph, fgraph)), images=int(images.shape[0]))
 
 
 def worst(layers: Sequence[LayerFidelity], k: int = WORST) -> list[LayerFidelity]:

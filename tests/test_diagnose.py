@@ -12,7 +12,16 @@ import edge_se
 from edge_se.cli import main
 from edge_se.init import randomize_batchnorm
 from quantize.core import quantize_model
-from quantize.diagnose import LayerFidelity, diagnose, diagnose_table, float_graph, plot_fidelity, worst
+from quantize.diagnose import (
+    SPLIT_MARGIN_DB,
+    LayerFidelity,
+    diagnose,
+    diagnose_table,
+    error_split,
+    float_graph,
+    plot_fidelity,
+    worst,
+)
 
 KEYS = {"index", "name", "op", "se_block", "sqnr_db_accumulated", "sqnr_db_isolated"}
 OUTLIER_GAIN = 1e3
@@ -109,6 +118,38 @@ def test_control_without_outlier_on_calibration():
     assert min(r.sqnr_db_isolated for r in layers) > 25.0, diagnose_table(layers)
 
 
+class WeightOutlierNet(OutlierNet):
+    """OutlierNet with c2's every output channel also reading the dead channel 0 with weight 1e3.
+
+    c1[0] never fires on the images used here (``x[:, 0] <= 0``), so that weight changes nothing in
+    float, but it sets every per-channel weight grid of c2 to a step of ~8: c2's other weights
+    (|w| ~ 0.2) all round to 0. The activations' grids all fit: the loss is in the weights alone.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.c2.weight[:, 0, 1, 1] = OUTLIER_GAIN
+
+
+@pytest.mark.slow
+def test_error_split_names_the_side_that_loses():
+    calib, held = _images(32, 1, detector=True), _images(32, 2, detector=False)
+    acts = quantize_model(OutlierNet().eval(), (calib[:1],), [calib], target="pte")
+    split = error_split(acts, held)
+    # The outlier grid crushes an activation (its isolated SQNR < 6 dB above; the logits, which
+    # also read the other channels, measured 14.4 dB); every weight grid fits (measured 48 dB).
+    assert split.sqnr_db_activations_only < 20.0 and split.sqnr_db_weights_only > 30.0, split
+    assert split.verdict.startswith("activations") and split.images == 32
+    # The int8 graph carries both errors: never better than its worse side by more than the margin.
+    assert split.sqnr_db <= split.sqnr_db_activations_only + SPLIT_MARGIN_DB, split
+    calm = _images(32, 1, detector=False)
+    weights = quantize_model(WeightOutlierNet().eval(), (calm[:1],), [calm], target="tflite")
+    split = error_split(weights, held)
+    assert split.sqnr_db_weights_only < 20.0 and split.sqnr_db_activations_only > 30.0, split  # measured 1.7, 42.9
+    assert split.verdict.startswith("weights")
+
+
 @pytest.fixture(scope="module")
 def mobilenet():
     torch.manual_seed(0)
@@ -167,7 +208,8 @@ def test_cli_json(capsys, tmp_path):
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
     record = json.loads(out[0])
-    assert {"model", "format", "policy", "images", "layers", "worst"} <= set(record)
+    assert {"model", "format", "policy", "images", "error_split", "layers", "worst"} <= set(record)
+    assert {"sqnr_db", "sqnr_db_weights_only", "sqnr_db_activations_only", "verdict"} <= set(record["error_split"])
     assert record["model"] == "mobilenetv3_small_050" and record["format"] == "pte"
     assert record["images"]["count"] == 8
     assert all(KEYS <= set(r) for r in record["layers"])

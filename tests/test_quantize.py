@@ -237,11 +237,13 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
     table = tmp_path / "b.md"
     table.write_text(f"old table\n{NOTES_MARKER}\nmy notes\n")
     records[0].update(sqnr_db_median=31.0, sqnr_db_worst=20.0, top1_agreement=1.0, accuracy=None,
-                      gate_sqnr_db_min=None, gate_sqnr_db_median=None, quantize_seconds=1.0)
+                      gate_sqnr_db_min=None, gate_sqnr_db_median=None, quantize_seconds=1.0,
+                      error_split={"sqnr_db_weights_only": 41.04, "sqnr_db_activations_only": 12.96})
     write_table(table, records)
     text = table.read_text()
     # A record without int8_rewrites was made with the stock quantizers: "none".
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| a ")]
     # The case column is empty for a model outside the suite (quantize.bench.CASES).
     assert "old table" not in text and [r[:7] for r in rows] == [["a", "", "pte", "torchao", "ptq", "none", "30.0"]]
+    assert "41.0 / 13.0" in rows[0]  # logits SQNR with only the weights / only the activations int8
     assert text.endswith("my notes\n")
