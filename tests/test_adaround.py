@@ -6,17 +6,17 @@ import functools
 
 import pytest
 import torch
+from torch import nn
 
 import edge_se
 from edge_se.errors import EdgeSeError
-from edge_se.init import randomize_batchnorm
 from quantize import quantize_model, resolve_policy
 from quantize.adaround import AdaRoundConfig, adaround, learn_rounding, record, rounded_layers, summary
 from quantize.diagnose import float_graph
 from quantize.se_pattern import getattr_path
 
 RES = 32  # pixels: the smallest side every family accepts
-FAST = AdaRoundConfig(iterations=40)  # enough for most rounding variables to settle on these small layers
+FAST = AdaRoundConfig(iterations=100)  # enough for most rounding variables to settle on these small layers
 
 
 def test_learned_rounding_beats_nearest_where_every_weight_rounds_down():
@@ -39,9 +39,29 @@ def test_learned_rounding_beats_nearest_where_every_weight_rounds_down():
     assert 3 <= int((q - floor)[0, :9].sum()) <= 4
 
 
+class SmallSE(nn.Module):
+    """Stem, depthwise and pointwise convolutions, an SE block and a classifier: every layer kind AdaRound meets."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1), nn.BatchNorm2d(16), nn.ReLU())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16), nn.BatchNorm2d(16), nn.Hardswish())
+        self.se = edge_se.SqueezeExcite(16, 8, act="relu", gate="hsigmoid")
+        self.pw = nn.Sequential(nn.Conv2d(16, 24, 1), nn.BatchNorm2d(24))
+        self.fc = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pw(self.se(self.dw(self.stem(x)))).mean((2, 3)))
+
+
 @pytest.fixture(scope="module")
 def small_model():
-    return randomize_batchnorm(edge_se.build_model("mobilenetv3_small_050", num_classes=10))
+    torch.manual_seed(0)
+    model = SmallSE()
+    with torch.no_grad():  # train-mode passes give BatchNorm statistics of the data
+        model.train()
+        model(torch.randn(64, 3, RES, RES))
+    return model.eval()
 
 
 @pytest.mark.slow
@@ -51,7 +71,7 @@ def test_adaround_changes_only_weight_integers_each_by_one_step_at_most(small_mo
     qm = quantize_model(small_model, (x[:1],), [x], target=target, policy="ptq")
     fg = float_graph(qm)
     layers = rounded_layers(qm.graph)
-    assert len(layers) > 40 and all(lay.folded == (target == "pte") for lay in layers)  # every conv/linear
+    assert len(layers) == 6 and all(lay.folded == (target == "pte") for lay in layers)  # every conv/linear
     names = [n.name for n in qm.graph.graph.nodes]
     scales = {lay.scale: getattr_path(qm.graph, lay.scale).clone() for lay in layers}
     before = {lay.weight: getattr_path(qm.graph, lay.weight).clone() for lay in layers}
@@ -92,7 +112,7 @@ def test_adaround_policy_resolves_records_and_refuses_auto(small_model, monkeypa
     qm = quantize_model(small_model, (x[:1],), [x], target="pte", policy="adaround", calib_size=12, seed=3)
     rec = qm.adaround
     assert rec is not None and rec["images"] == 12 and rec["config"]["iterations"] == 10
-    assert rec["config"]["seed"] == 3 and rec["layers"] > 40
+    assert rec["config"]["seed"] == 3 and rec["layers"] == 6
     assert rec["checked_on"] == 4  # kept or undone on the 4 pool images it did not learn on
     assert any(line.startswith(("adaround: ", "adaround reverted: ")) for line in qm.rewrites)
 
