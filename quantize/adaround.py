@@ -38,11 +38,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from torch.fx import Graph, GraphModule, Node
 
+from quantize.aligned import WEIGHTED_OPS
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
 
-_LAYER_OPS = ("aten.conv2d.default", "aten.linear.default")
 _QUANTIZE_CHANNEL = "quantized_decomposed.quantize_per_channel.default"
 _DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
 # The rectified sigmoid's stretch (Nagel et al. 2020, eq. 23) and the regulariser's schedule.
@@ -84,7 +84,7 @@ def rounded_layers(gm: GraphModule) -> list[_Layer]:
     """Every conv/linear of a converted graph whose weight is int8 per output channel (axis 0), in graph order."""
     out = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or str(node.target) not in _LAYER_OPS or len(node.args) < 2:
+        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 2:
             continue
         dq = node.args[1]
         if not isinstance(dq, Node) or str(dq.target) != _DEQUANTIZE_CHANNEL or dq.args[3] != 0:

@@ -12,6 +12,10 @@ import copy
 
 from torch.fx import GraphModule
 
+#: The layers with a weight and a bias that PT2E fuses BatchNorm into and quantises per output channel:
+#: what bias correction, AdaRound and the error split edit.
+WEIGHTED_OPS: tuple[str, ...] = ("aten.conv2d.default", "aten.linear.default")
+
 
 def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModule:
     """``reference`` (the exported float graph) through the steps ``prepare_pt2e`` takes with ``quantizer``.

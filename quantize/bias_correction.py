@@ -32,6 +32,7 @@ from typing import Literal
 import torch
 from torch.fx import GraphModule, Node
 
+from quantize.aligned import WEIGHTED_OPS
 from quantize.capture import EVAL_BATCH, Recorder, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
@@ -41,14 +42,13 @@ MODES: tuple[str, ...] = ("fast", "full")
 # NNCF's thresholds on a layer's largest |shift / bias| (nncf.quantization.algorithms: 2 for the fast
 # algorithm, 1000 for the full one): a layer at or over it keeps its bias.
 THRESHOLDS = {"fast": 2.0, "full": 1000.0}
-_LAYER_OPS = ("aten.conv2d.default", "aten.linear.default")
 
 
 def corrected_layers(gm: GraphModule) -> list[tuple[Node, str]]:
     """``(layer node, bias attribute path)`` of every conv/linear of ``gm`` with a constant bias, in graph order."""
     out = []
     for node in gm.graph.nodes:
-        if node.op != "call_function" or str(node.target) not in _LAYER_OPS or len(node.args) < 3:
+        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 3:
             continue
         bias = node.args[2]
         if isinstance(bias, Node) and bias.op == "get_attr":

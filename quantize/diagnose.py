@@ -42,7 +42,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edge_se.errors import EdgeSeError
-from quantize.aligned import aligned_float_graph
+from quantize.aligned import WEIGHTED_OPS, aligned_float_graph
 from quantize.capture import EVAL_BATCH, Recorder, run_graph
 from quantize.metrics import _ratio_db, sqnr_db
 from quantize.se_pattern import SEBlock, getattr_path
@@ -251,7 +251,6 @@ def diagnose(qm: Quantized, images: torch.Tensor, *, batch: int = EVAL_BATCH) ->
 
 _WEIGHT_DEQUANTIZE = ("quantized_decomposed.dequantize_per_channel.default",
                       "quantized_decomposed.dequantize_per_tensor.default")
-_LAYER_OPS = ("aten.conv2d.default", "aten.linear.default")
 # The split names a side only when it loses this much more than the other (a factor of 2 in noise power).
 SPLIT_MARGIN_DB = 3.0
 
@@ -311,7 +310,7 @@ def _weights_float(gm: GraphModule, fgraph: GraphModule) -> GraphModule:
     gm = copy.deepcopy(gm)
     fnodes = {n.name: n for n in fgraph.graph.nodes}
     for node in list(gm.graph.nodes):
-        if node.op != "call_function" or str(node.target) not in _LAYER_OPS or len(node.args) < 2:
+        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 2:
             continue
         dq, fnode = node.args[1], fnodes.get(node.name)
         if not isinstance(dq, Node) or str(dq.target) not in _WEIGHT_DEQUANTIZE or fnode is None:
