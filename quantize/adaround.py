@@ -38,13 +38,13 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from torch.fx import Graph, GraphModule, Node
 
-from quantize.aligned import WEIGHTED_OPS
+from quantize.aligned import WEIGHT_DEQUANTIZE_OPS, constant, weighted_layers
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
 
 _QUANTIZE_CHANNEL = "quantized_decomposed.quantize_per_channel.default"
-_DEQUANTIZE_CHANNEL = "quantized_decomposed.dequantize_per_channel.default"
+_DEQUANTIZE_CHANNEL = WEIGHT_DEQUANTIZE_OPS[0]
 # The rectified sigmoid's stretch (Nagel et al. 2020, eq. 23) and the regulariser's schedule.
 ZETA, GAMMA = 1.1, -0.1
 BETA_START, BETA_END = 20.0, 2.0
@@ -83,11 +83,8 @@ class _Layer:
 def rounded_layers(gm: GraphModule) -> list[_Layer]:
     """Every conv/linear of a converted graph whose weight is int8 per output channel (axis 0), in graph order."""
     out = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 2:
-            continue
-        dq = node.args[1]
-        if not isinstance(dq, Node) or str(dq.target) != _DEQUANTIZE_CHANNEL or dq.args[3] != 0:
+    for node, dq in weighted_layers(gm):
+        if str(dq.target) != _DEQUANTIZE_CHANNEL or dq.args[3] != 0:
             continue
         src, scale = dq.args[0], dq.args[1]
         if not isinstance(scale, Node) or scale.op != "get_attr":
@@ -144,12 +141,6 @@ def _values(gm: GraphModule, names: list[str], images: torch.Tensor, batch: int)
         for part, value in zip(parts, cut(images[start : start + batch].float()), strict=True):
             part.append(value.float())
     return {name: torch.cat(p) for name, p in zip(names, parts, strict=True)}
-
-
-def _resolve(gm: GraphModule, arg: object) -> torch.Tensor | None:
-    if isinstance(arg, Node) and arg.op == "get_attr":
-        return getattr_path(gm, str(arg.target))
-    return None
 
 
 def learn_rounding(w: torch.Tensor, s: torch.Tensor, x: torch.Tensor, y: torch.Tensor, b: torch.Tensor | None = None,
@@ -246,7 +237,7 @@ def adaround(
     records: list[dict[str, object]] = []
     for layer in layers:
         fnode = fnodes[layer.node.name]
-        w = _resolve(fgraph, fnode.args[1])
+        w = constant(fgraph, fnode.args[1])
         stored = getattr_path(qgraph, layer.weight)
         s = getattr_path(qgraph, layer.scale)
         if w is None or w.shape != stored.shape:
@@ -255,7 +246,7 @@ def adaround(
         if not isinstance(inp, Node):
             continue
         x = _values(qgraph, [inp.name], images, batch)[inp.name]
-        bias = _resolve(qgraph, layer.node.args[2]) if len(layer.node.args) > 2 else None
+        bias = constant(qgraph, layer.node.args[2]) if len(layer.node.args) > 2 else None
         op, extra = _layer_fn(layer.node)
         learned, mse_near, mse_learned = learn_rounding(
             w.detach().float(), s.detach().float(), x, targets[layer.node.name],

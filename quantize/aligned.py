@@ -9,12 +9,41 @@ computes: ``diagnose`` compares the two per tensor, bias correction per layer.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
-from torch.fx import GraphModule
+import torch
+from torch.fx import GraphModule, Node
+
+from quantize.se_pattern import getattr_path
 
 #: The layers with a weight and a bias that PT2E fuses BatchNorm into and quantises per output channel:
 #: what bias correction, AdaRound and the error split edit.
 WEIGHTED_OPS: tuple[str, ...] = ("aten.conv2d.default", "aten.linear.default")
+#: The ops a converted graph reads an int8 weight through (per output channel, or one scale).
+WEIGHT_DEQUANTIZE_OPS: tuple[str, ...] = ("quantized_decomposed.dequantize_per_channel.default",
+                                          "quantized_decomposed.dequantize_per_tensor.default")
+
+
+def weighted_layers(gm: GraphModule) -> Iterator[tuple[Node, Node]]:
+    """Every conv/linear of a converted graph that reads its weight through a dequantize op, in graph order.
+
+    Yields:
+        ``(layer, dequantize)``: the ``aten.conv2d`` / ``aten.linear`` node and the node its weight
+        argument is (one of :data:`WEIGHT_DEQUANTIZE_OPS`).
+    """
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 2:
+            continue
+        dq = node.args[1]
+        if isinstance(dq, Node) and str(dq.target) in WEIGHT_DEQUANTIZE_OPS:
+            yield node, dq
+
+
+def constant(gm: GraphModule, arg: object) -> torch.Tensor | None:
+    """The tensor ``arg`` names when it is a ``get_attr`` node of ``gm``; None for anything else."""
+    if isinstance(arg, Node) and arg.op == "get_attr":
+        return getattr_path(gm, str(arg.target))
+    return None
 
 
 def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModule:

@@ -42,10 +42,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from edge_se.errors import EdgeSeError
-from quantize.aligned import WEIGHTED_OPS, aligned_float_graph
+from quantize.aligned import aligned_float_graph, constant, weighted_layers
 from quantize.capture import EVAL_BATCH, Recorder, run_graph
 from quantize.metrics import _ratio_db, sqnr_db
-from quantize.se_pattern import SEBlock, getattr_path
+from quantize.se_pattern import SEBlock
 
 
 class Quantized(Protocol):
@@ -155,9 +155,10 @@ def se_membership(gm: GraphModule, blocks: Sequence[SEBlock]) -> dict[str, str]:
 
 
 def _resolve(gm: GraphModule, arg: object) -> object:
+    value = constant(gm, arg)
+    if value is not None:
+        return value
     if isinstance(arg, Node):
-        if arg.op == "get_attr":
-            return getattr_path(gm, str(arg.target))
         raise EdgeSeError(f"quantisation parameter {arg.name!r} is computed in the graph (dynamic "
                           "quantisation?): diagnose handles static int8 only")
     return arg
@@ -249,8 +250,6 @@ def diagnose(qm: Quantized, images: torch.Tensor, *, batch: int = EVAL_BATCH) ->
     return out
 
 
-_WEIGHT_DEQUANTIZE = ("quantized_decomposed.dequantize_per_channel.default",
-                      "quantized_decomposed.dequantize_per_tensor.default")
 # The split names a side only when it loses this much more than the other (a factor of 2 in noise power).
 SPLIT_MARGIN_DB = 3.0
 
@@ -309,14 +308,10 @@ def _weights_float(gm: GraphModule, fgraph: GraphModule) -> GraphModule:
     """A copy of the converted ``gm`` whose conv/linear layers read the float weights of ``fgraph``."""
     gm = copy.deepcopy(gm)
     fnodes = {n.name: n for n in fgraph.graph.nodes}
-    for node in list(gm.graph.nodes):
-        if node.op != "call_function" or str(node.target) not in WEIGHTED_OPS or len(node.args) < 2:
-            continue
-        dq, fnode = node.args[1], fnodes.get(node.name)
-        if not isinstance(dq, Node) or str(dq.target) not in _WEIGHT_DEQUANTIZE or fnode is None:
-            continue
-        weight = _resolve(fgraph, fnode.args[1])
-        if not isinstance(weight, torch.Tensor):
+    for node, dq in list(weighted_layers(gm)):
+        fnode = fnodes.get(node.name)
+        weight = None if fnode is None else constant(fgraph, fnode.args[1])
+        if weight is None:
             continue
         attr = f"_edge_se_float_weight_{node.name}"
         gm.register_buffer(attr, weight.detach().clone())
