@@ -97,6 +97,7 @@ DEFAULT_POLICIES = (
     "se-float-mul",
     "float-sensitive",
     "adaround",
+    "cle",
 )
 
 

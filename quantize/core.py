@@ -293,7 +293,8 @@ def quantize_model(
         if prefix is not None:
             edits = dataclasses.replace(edits, float_nodes=edits.float_nodes | frozenset(prefix.nodes),
                                         float_before=prefix.boundary)
-        return QuantizerOptions(act_observer=p.act_observer, edits=edits, rewrites=int8_rewrites)
+        return QuantizerOptions(act_observer=p.act_observer, edits=edits, rewrites=int8_rewrites,
+                                equalize=p.equalize)
 
     def as_model(graph: GraphModule, quantizer: object) -> QuantizedModel:
         return QuantizedModel(graph=graph, quantizer=quantizer, target=target, engine=engine, policy=plan.names,

@@ -24,6 +24,8 @@ POLICIES: dict[str, tuple[str, str]] = {
     "act-outlier": ("observer", "activation ranges over the images, outlier images (> 8x the median's peak) left out"),
     "bias-correction": ("bias", "biases corrected layer by layer: channel means match float (NNCF's full)"),
     "bias-correction-fast": ("bias", "biases corrected from one pass of the uncorrected graph (NNCF's fast)"),
+    "cle": ("equalization", "cross-layer equalisation: channel scales moved across every layer -> ReLU -> layer "
+                            "pair (exact; Nagel et al. 2019, AIMET's and NNCF's CLE)"),
     "adaround": ("rounding", "each int8 weight rounded up or down to minimise its layer's output error on the "
                              "calibration images (AdaRound, AIMET's recipe; learned layer by layer)"),
     "float-sensitive": ("mixed", "the --float-layers K (default 4) int8 tensors with the lowest isolated SQNR "
@@ -70,6 +72,7 @@ class PolicyPlan:
         float_sensitive: the costliest int8 tensors kept fp32 (``float-sensitive``,
             :mod:`quantize.mixed_precision`).
         adaround: weights rounded by learned rounding (``adaround``, :mod:`quantize.adaround`).
+        equalize: channel ranges equalised across ReLU before annotation (``cle``, :mod:`quantize.equalize`).
     """
 
     names: tuple[str, ...]
@@ -81,6 +84,7 @@ class PolicyPlan:
     own_squeeze: bool = False
     float_sensitive: bool = False
     adaround: bool = False
+    equalize: bool = False
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -128,6 +132,7 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         own_squeeze="squeeze" in taken,
         float_sensitive="mixed" in taken,
         adaround="rounding" in taken,
+        equalize="equalization" in taken,
     )
 
 

@@ -85,11 +85,14 @@ class QuantizerOptions:
         edits: graph edits applied at annotation (see :class:`AnnotationEdits`).
         rewrites: int8 rewrites (:data:`quantize.int8_ops.REWRITES`): graph rewrites applied in
             ``transform_for_annotation``, and ``int8-ops`` annotations after the stock ones.
+        equalize: cross-layer equalisation across ReLU (:mod:`quantize.equalize`) in
+            ``transform_for_annotation``, before the rewrites.
     """
 
     act_observer: str = "histogram"
     edits: AnnotationEdits = field(default_factory=AnnotationEdits)
     rewrites: tuple[str, ...] = ()
+    equalize: bool = False
 
 
 def _observer_ctr(name: str) -> Callable[..., object]:
@@ -207,12 +210,20 @@ def _policy_class(base: type) -> type:
         edge_se_edits: AnnotationEdits = AnnotationEdits()
         edge_se_rewrites: tuple[str, ...] = ()
         edge_se_target: str = ""
+        edge_se_equalize: bool = False
         edge_se_applied: list[str] = []
+        edge_se_equalized: dict[str, object] | None = None
 
         def transform_for_annotation(self, model: GraphModule) -> GraphModule:
             model = super().transform_for_annotation(model)
-            self.edge_se_applied = apply_rewrites(model, [r for r in self.edge_se_rewrites if r != "int8-ops"],
-                                                  keep=self.edge_se_edits.float_nodes)
+            equalized: list[str] = []
+            if self.edge_se_equalize:
+                from quantize.equalize import equalize, summary
+
+                self.edge_se_equalized = equalize(model, keep=self.edge_se_edits.float_nodes)
+                equalized = [summary(self.edge_se_equalized)]
+            self.edge_se_applied = equalized + apply_rewrites(
+                model, [r for r in self.edge_se_rewrites if r != "int8-ops"], keep=self.edge_se_edits.float_nodes)
             return model
 
         def annotate(self, model: GraphModule) -> GraphModule:
@@ -293,6 +304,7 @@ def make_quantizer(target: str, options: QuantizerOptions | None = None) -> obje
     quantizer.edge_se_edits = options.edits
     quantizer.edge_se_rewrites = check_rewrites(options.rewrites)
     quantizer.edge_se_target = target
+    quantizer.edge_se_equalize = options.equalize
     return quantizer
 
 

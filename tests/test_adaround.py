@@ -14,6 +14,7 @@ from quantize import quantize_model, resolve_policy
 from quantize.adaround import AdaRoundConfig, adaround, learn_rounding, record, rounded_layers, summary
 from quantize.diagnose import float_graph
 from quantize.se_pattern import getattr_path
+from tests.nets import with_data_statistics
 
 RES = 32  # pixels: the smallest side every family accepts
 FAST = AdaRoundConfig(iterations=100)  # enough for most rounding variables to settle on these small layers
@@ -57,11 +58,7 @@ class SmallSE(nn.Module):
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
-    model = SmallSE()
-    with torch.no_grad():  # train-mode passes give BatchNorm statistics of the data
-        model.train()
-        model(torch.randn(64, 3, RES, RES))
-    return model.eval()
+    return with_data_statistics(SmallSE(), RES)
 
 
 @pytest.mark.slow

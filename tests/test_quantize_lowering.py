@@ -17,6 +17,7 @@ from torch import nn
 import edge_se
 from quantize import POLICIES, quantize_model
 from quantize.metrics import sqnr_db
+from tests.nets import with_data_statistics
 
 RES = 32
 # The artifact runs the same int8 arithmetic as the quantised reference up to rounding of
@@ -41,11 +42,7 @@ class TinySE(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    model = TinySE()
-    with torch.no_grad():  # train-mode passes give BN statistics of the data
-        model.train()
-        model(torch.randn(64, 3, RES, RES))
-    return model.eval()
+    return with_data_statistics(TinySE(), RES)
 
 
 def _run_pte(qm, x):
@@ -91,7 +88,7 @@ def _run_tflite(qm, x, tmp_path):
 # is a valid recipe, and together they name every policy.
 COMBOS = (
     "ptq",
-    "gate-fixed,gate-coverage,act-percentile,se-squeeze-grid",
+    "gate-fixed,gate-coverage,act-percentile,se-squeeze-grid,cle",  # cle: the SE FC pair (reduce -> relu -> expand)
     "se-float,act-minmax,bias-correction-fast",
     "se-float-mul,adaround",  # learned weight integers must reach the artifact in both formats
     # corrected bias constants must reach the artifact, fp32 islands inside int8 lower in both formats
