@@ -23,7 +23,8 @@ from contract.manifest import load as load_manifest
 
 #: Float inputs with no stated range are drawn uniformly from this interval.
 DEFAULT_FLOAT_RANGE = (-1.0, 1.0)
-_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int32": np.int32, "int64": np.int64}
+_DTYPES = {"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "int16": np.int16, "int32": np.int32,
+           "int64": np.int64}
 
 ManifestError = ContractError
 """A manifest or artifact that cannot be trusted: the message names the file and field (the contract's error)."""

@@ -57,3 +57,9 @@ def table(columns: Sequence[Column], records: Iterable[Mapping[str, Any]]) -> st
     """The markdown table of ``records``, one row each, cells from ``columns``."""
     return markdown_table([c.header for c in columns], [[c.cell(r) for c in columns] for r in records],
                           align=[c.align for c in columns])
+
+
+def percent(key: str, header: str | None = None) -> Column:
+    """A fraction (0..1) under ``key`` shown in percent, one decimal; the header is ``key``'s words + ``%``."""
+    return Column(header or key.replace("_", " ") + " %", lambda r: None if r.get(key) is None else 100 * r[key],
+                  ".1f", "right")

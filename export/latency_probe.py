@@ -47,7 +47,8 @@ def ratio_of_rounds(plain_ms: Sequence[float], candidate_ms: Sequence[float]) ->
     return float(statistics.median(c / p for p, c in zip(plain_ms, candidate_ms, strict=True)))
 
 
-def _round_ms(session: Any, runs: int) -> float:
+def round_ms(session: Any, runs: int) -> float:
+    """The median of ``runs`` timed runs of a loaded runner session (ms)."""
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
@@ -103,11 +104,11 @@ class ArtifactLatencyProbe:
             plain_ms, cand_ms = [], []
             for r in range(self.rounds):
                 if r % 2 == 0:
-                    plain_ms.append(_round_ms(a, self.runs))
-                    cand_ms.append(_round_ms(b, self.runs))
+                    plain_ms.append(round_ms(a, self.runs))
+                    cand_ms.append(round_ms(b, self.runs))
                 else:
-                    cand_ms.append(_round_ms(b, self.runs))
-                    plain_ms.append(_round_ms(a, self.runs))
+                    cand_ms.append(round_ms(b, self.runs))
+                    plain_ms.append(round_ms(a, self.runs))
         ratio = ratio_of_rounds(plain_ms, cand_ms)
         self.last = {"plain_ms": round(statistics.median(plain_ms), 4),
                      "candidate_ms": round(statistics.median(cand_ms), 4),

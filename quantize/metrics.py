@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import torch
 
+from edge_se.tables import Column, percent
+
 # A perfect match has infinite SQNR; JSON has no infinity, so it is capped at this many dB.
 SQNR_CAP_DB = 200.0
 _TINY = 1e-30
@@ -121,3 +123,9 @@ def summarize_gate_errors(errors: Sequence[dict[str, float | str]]) -> dict[str,
     if not values:
         return {"gate_sqnr_db_min": None, "gate_sqnr_db_median": None}
     return {"gate_sqnr_db_min": values[0], "gate_sqnr_db_median": values[len(values) // 2]}
+
+
+def report_columns() -> list[Column]:
+    """Table columns for :func:`logits_report`'s figures: logits SQNR, median, worst (dB), agreement, accuracy (%)."""
+    return [Column("logits SQNR dB", "sqnr_db", ".1f", "right"), Column("median", "sqnr_db_median", ".1f", "right"),
+            Column("worst", "sqnr_db_worst", ".1f", "right"), percent("top1_agreement"), percent("accuracy")]

@@ -30,6 +30,7 @@ from contract.files import append_line, write_text
 from device_bench.sysinfo import system_line, system_record
 from edge_se.data import load_images
 from edge_se.tables import Column, table
+from quantize.metrics import report_columns
 
 HARD = ("edge-se:efficientnet_b0+builder-init", "external:timm/efficientnet_b0", "external:torchvision/efficientnet_b0",
         "external:timm/mobilenetv3_small_100", "edge-se:mobilenetv3_small_100+builder-init",
@@ -40,20 +41,12 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _pct(key: str) -> Column:
-    return Column(key.replace("_", " ") + " %", lambda r: None if r.get(key) is None else 100 * r[key], ".1f", "right")
-
-
 COLUMNS = [
     Column("model", "model"),
     Column("target", "target"),
     Column("policy", lambda r: "ptq" if r.get("k") is None else f"float-sensitive K={r['k']}"),
     Column("fp32 operators", lambda r: len((r.get("float_layers") or {}).get("fp32_nodes") or []), "d", "right"),
-    Column("logits SQNR dB", "sqnr_db", ".1f", "right"),
-    Column("median", "sqnr_db_median", ".1f", "right"),
-    Column("worst", "sqnr_db_worst", ".1f", "right"),
-    _pct("top1_agreement"),
-    _pct("accuracy"),
+    *report_columns(),
     Column("gate SQNR min dB", "gate_sqnr_db_min", ".1f", "right"),
     Column("latency vs ptq", "latency_ratio", ".3f", "right"),
     Column("ptq / K ms (1 thread)", lambda r: "" if r.get("plain_ms") is None

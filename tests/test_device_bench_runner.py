@@ -180,6 +180,10 @@ def test_input_generation_is_deterministic_and_in_range():
     assert x.dtype == np.int8 and x.min() >= -128 and x.max() <= 127
     # Spread over the grid: the generated floats span the quantised range.
     assert x.min() < -100 and x.max() > 100
+    # LiteRT's 16x8 models (int16 activations) take int16 inputs: the same rule on the int16 grid.
+    q16 = mf.TensorSpec("x", (1000,), "int16", scale=1e-4, zero_point=0)
+    x16 = mf.make_input(q16, 5)
+    assert x16.dtype == np.int16 and x16.min() < -25_000 and x16.max() > 25_000
     # SplitMix64 reference values (seed 0), from the published algorithm.
     assert mf.splitmix64(0, 2).tolist() == [0xE220A8397B1DCDAF, 0x6E789E6AA1B965F4]
 
