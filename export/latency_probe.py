@@ -57,6 +57,23 @@ def round_ms(session: Any, runs: int) -> float:
     return float(statistics.median(times))
 
 
+def open_timed_session(backend: Any, data: bytes, stem: Path, *, layout: str, threads: int, warmup: int) -> Any:
+    """``data`` written to ``stem`` + the format's extension and loaded in the on-device runner's session.
+
+    Its inputs are the runner's seeded inputs for the artifact's own tensor specs; ``warmup`` runs
+    are done before it is returned.
+    """
+    path = stem.with_name(f"{stem.name}.{backend.spec.ext}")
+    path.write_bytes(data)
+    ins, _ = backend.tensor_specs(data, layout=layout)
+    specs = [TensorSpec.from_json(x) for x in ins]
+    session = open_session(backend.name, str(path), specs, threads)
+    session.set_inputs([make_input(spec, i) for i, spec in enumerate(specs)])
+    for _ in range(warmup):
+        session.run()
+    return session
+
+
 class ArtifactLatencyProbe:
     """``probe(plain, candidate)`` for :func:`quantize.quantize_model` (``latency_probe=``): a latency ratio.
 
@@ -83,15 +100,8 @@ class ArtifactLatencyProbe:
                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
     def _session(self, data: bytes, folder: Path, name: str) -> Any:
-        path = folder / f"{name}.{self.backend.spec.ext}"
-        path.write_bytes(data)
-        ins, _ = self.backend.tensor_specs(data, layout=self.layout)
-        specs = [TensorSpec.from_json(x) for x in ins]
-        session = open_session(self.backend.name, str(path), specs, self.threads)
-        session.set_inputs([make_input(spec, i) for i, spec in enumerate(specs)])
-        for _ in range(self.warmup):
-            session.run()
-        return session
+        return open_timed_session(self.backend, data, folder / name, layout=self.layout, threads=self.threads,
+                                  warmup=self.warmup)
 
     def __call__(self, plain: Any, candidate: Any) -> float:
         """``candidate``'s artifact latency over ``plain``'s (both ``QuantizedModel``), measured side by side."""

@@ -138,6 +138,11 @@ def _readers(gm: GraphModule, relu: Node, channels: int, keep: frozenset[str]) -
     return readers or None
 
 
+def _row_ranges(w: torch.Tensor) -> torch.Tensor:
+    """The largest magnitude of each output channel's row of ``w`` (``[C]``)."""
+    return w.detach().abs().reshape(w.shape[0], -1).amax(1)
+
+
 def _columns(w: torch.Tensor, depthwise: bool) -> torch.Tensor:
     """``w`` as ``[C, -1]``: what input channel ``i`` is multiplied by (a column, or a depthwise row)."""
     return (w if depthwise else w.transpose(0, 1)).reshape(w.shape[0] if depthwise else w.shape[1], -1)
@@ -190,7 +195,7 @@ def scales(w1: torch.Tensor, readers: list[torch.Tensor], depthwise: tuple[bool,
         depthwise: per reader, whether it is depthwise (None: all dense).
     """
     dw = depthwise or (False,) * len(readers)
-    r1 = w1.detach().abs().reshape(w1.shape[0], -1).amax(1).double()
+    r1 = _row_ranges(w1).double()
     r2 = torch.stack([_columns(w.detach().abs(), d).amax(1) for w, d in zip(readers, dw, strict=True)]).amax(0)
     r2 = r2.double()
     s = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 / r2.clamp_min(1e-30)), torch.ones_like(r1))
@@ -222,7 +227,7 @@ def equalize(gm: GraphModule, *, keep: frozenset[str] = frozenset()) -> dict[str
         usable.append((pair, w1, b1, ws))
 
     def spread(w: torch.Tensor) -> float:
-        r = w.detach().abs().reshape(w.shape[0], -1).amax(1)
+        r = _row_ranges(w)
         r = r[r > 0]
         return float(r.max() / r.min()) if r.numel() else 1.0
 
@@ -252,7 +257,7 @@ def summary(report: dict[str, object]) -> str:
     pairs = report["pairs"]
     assert isinstance(pairs, list)
     if not pairs:
-        return "cle: no layer -> relu -> dense layer pair (nothing equalised)"
+        return "cle: no layer -> relu -> layer pair (nothing equalised)"
     b = sorted(p["spread_before"] for p in pairs)
     a = sorted(p["spread_after"] for p in pairs)
     return (f"cle: {len(pairs)} layer -> relu -> layer pairs equalised in {report['passes']} pass(es); "

@@ -47,7 +47,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from quantize.se_pattern import SHAPE_TARGETS
+from quantize.se_pattern import SHAPE_TARGETS, getattr_path
 
 _aten = torch.ops.aten
 ANNOTATION_KEY = "quantization_annotation"
@@ -172,19 +172,12 @@ def _fold_hardsigmoid(gm: GraphModule, hs: Node) -> bool:
     if not (_single_use_attr(gm, weight) and _single_use_attr(gm, bias)):
         return False
     assert isinstance(weight, Node) and isinstance(bias, Node)
-    w, b = _attr(gm, str(weight.target)), _attr(gm, str(bias.target))
+    w, b = getattr_path(gm, str(weight.target)), getattr_path(gm, str(bias.target))
     with torch.no_grad():
         w.mul_(1.0 / 6.0)
         b.mul_(1.0 / 6.0).add_(0.5)
     _retarget(hs, _aten.hardtanh.default, (fc, 0.0, 1.0))
     return True
-
-
-def _attr(gm: GraphModule, path: str) -> torch.Tensor:
-    """The tensor a ``get_attr`` target names (``features.3.se.fc2.weight``)."""
-    module_path, _, attr = path.rpartition(".")
-    owner = gm.get_submodule(module_path) if module_path else gm
-    return getattr(owner, attr)
 
 
 def _pool_keepdim(gm: GraphModule, node: Node) -> bool:
@@ -317,7 +310,7 @@ def _unit_gate(gm: GraphModule, node: Node) -> bool:
         return False
     if not (isinstance(b, Node) and b.op == "get_attr" and str(b.target).startswith("_edge_se_const_")):
         return False
-    value = _attr(gm, str(b.target))
+    value = getattr_path(gm, str(b.target))
     return value.numel() == 1 and abs(float(value) - 1.0 / 6.0) < 1e-7
 
 

@@ -115,24 +115,13 @@ def _ops(data: bytes) -> str:
 
 def _latency(artifacts: dict[str, bytes]) -> dict[str, dict[str, float]]:
     """Each artifact's median-of-round-medians (ms) and its per-round ratios to edge-se int8 and fp32."""
-    from contract.manifest import TensorSpec
-    from device_bench.manifest import make_input
-    from device_bench.runtimes import open_session
-    from export.backends.tflite import tflite_io
-    from export.latency_probe import ratio_of_rounds, round_ms
+    from export.backends import get
+    from export.latency_probe import open_timed_session, ratio_of_rounds, round_ms
 
     with tempfile.TemporaryDirectory(prefix="edge-se-int16-") as tmp:
-        sessions = {}
-        for i, (name, data) in enumerate(artifacts.items()):
-            path = Path(tmp) / f"{i}.tflite"
-            path.write_bytes(data)
-            ins, _ = tflite_io(data)
-            specs = [TensorSpec.from_json({**ins[0], "layout": "NCHW"})]
-            s = open_session("tflite", str(path), specs, 1)
-            s.set_inputs([make_input(spec, j) for j, spec in enumerate(specs)])
-            for _ in range(WARMUP):
-                s.run()
-            sessions[name] = s
+        sessions = {name: open_timed_session(get("tflite"), data, Path(tmp) / str(i), layout="NCHW", threads=1,
+                                             warmup=WARMUP)
+                    for i, (name, data) in enumerate(artifacts.items())}
         times: dict[str, list[float]] = {name: [] for name in sessions}
         order = list(sessions)
         for r in range(ROUNDS):
