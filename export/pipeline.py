@@ -380,7 +380,9 @@ def _quantization(backend: Backend, program: _Program, described: _Described) ->
         "int8_rewrites": list(q.int8_rewrites),
         "float_prefix": _jsonable(q.float_prefix),
         "float_layers": _jsonable(q.float_layers),
+        "equalization": _jsonable(getattr(q.quantizer, "edge_se_equalized", None)),
         "adaround": _jsonable(q.adaround),
+        "qat": _jsonable(q.qat),
         "latency_budget_pct": q.latency_budget_pct,
         # `auto`: every recipe and SE-block set it measured, the chosen one marked (quantize.core._auto).
         "auto_steps": _jsonable(q.steps),

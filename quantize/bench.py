@@ -98,6 +98,7 @@ DEFAULT_POLICIES = (
     "float-sensitive",
     "adaround",
     "cle",
+    "qat",
 )
 
 

@@ -162,7 +162,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         "eval": {"source": cal.source, "split": "test", "images": int(images.shape[0])},
         "se_blocks": [b.name for b in qm.se_blocks], "int8_rewrites": list(qm.int8_rewrites),
         "float_prefix": qm.float_prefix, "float_layers": qm.float_layers,
-        "adaround": qm.adaround, "rewrites": qm.rewrites,
+        "equalization": getattr(qm.quantizer, "edge_se_equalized", None),
+        "adaround": qm.adaround, "qat": qm.qat, "rewrites": qm.rewrites,
         "auto_steps": qm.steps,
         "quantize_seconds": round(seconds, 2), "out": str(args.out), **figures,
     }

@@ -42,6 +42,9 @@ from quantize.policies import (
     float_layers_for,
     resolve_policy,
 )
+from quantize.qat import QATConfig, qat
+from quantize.qat import record as qat_record
+from quantize.qat import summary as qat_summary
 from quantize.quantizers import TARGETS, QuantizerOptions, make_quantizer, se_edits
 from quantize.se_pattern import SEBlock, find_se_blocks
 
@@ -129,6 +132,7 @@ class QuantizedModel:
     float_layers: dict | None = None
     latency_budget_pct: float | None = None
     adaround: dict | None = None
+    qat: dict | None = None
 
 
 def export_graph(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> GraphModule:
@@ -332,6 +336,10 @@ def quantize_model(
     if plan.adaround:  # before bias correction: AIMET's order (the biases then correct what rounding left)
         rounding = _adaround(graph, exported, quantizer, subset, _unused(pool, indices, seed), seed)
         described.append(adaround_summary(rounding))
+    tuned = None
+    if plan.qat:
+        tuned = _qat(graph, exported, quantizer, pool, seed)
+        described.append(qat_summary(tuned))
     if plan.bias_correction != "none" and plan.island == "auto":
         described.append(f"bias correction ({plan.bias_correction}) on the recipe auto chose")
     elif plan.bias_correction != "none":
@@ -346,7 +354,7 @@ def quantize_model(
                           float_prefix=prefix.record() if prefix is not None else None,
                           float_layers=kept.record() if kept is not None else None,
                           latency_budget_pct=budget if plan.island == "auto" and latency_probe is not None else None,
-                          adaround=rounding)
+                          adaround=rounding, qat=tuned)
 
 
 def _held_back(pool: torch.Tensor, seed: int) -> torch.Tensor:
@@ -560,6 +568,24 @@ def _adaround(graph: GraphModule, exported: GraphModule, quantizer: object, imag
     config = AdaRoundConfig(seed=seed)
     report = adaround(graph, aligned_float_graph(exported, quantizer), images, config=config, check=check)
     return record(report, config, int(images.shape[0]))
+
+
+def _qat(graph: GraphModule, exported: GraphModule, quantizer: object, pool: torch.Tensor, seed: int) -> dict:
+    """Fine-tune ``graph``'s weights and biases in place on the pool, kept or undone on images held back from it.
+
+    The grids are the calibration subset's; the training images are the whole pool but the check
+    images: a quarter of the pool, at most :data:`AUTO_EVAL_IMAGES`, drawn with ``seed + 1`` (all of
+    the pool when it has fewer than 4 images). Returns the record the manifest keeps, with the
+    check images' pool indices.
+    """
+    n = pool.shape[0]
+    check = random_indices(n, min(AUTO_EVAL_IMAGES, n // 4), seed + 1) if n >= 4 else []
+    taken = set(check)
+    train = [i for i in range(n) if i not in taken]
+    config = QATConfig(seed=seed)
+    report = qat(graph, aligned_float_graph(exported, quantizer), pool[train], config=config,
+                 check=pool[check] if check else None)
+    return {**qat_record(report, config, len(train)), "check_indices": list(check)}
 
 
 def _describe(plan: PolicyPlan, blocks: list[SEBlock], float_blocks: set[str], engine: str,

@@ -28,6 +28,8 @@ POLICIES: dict[str, tuple[str, str]] = {
                             "pair (exact; Nagel et al. 2019, AIMET's and NNCF's CLE)"),
     "adaround": ("rounding", "each int8 weight rounded up or down to minimise its layer's output error on the "
                              "calibration images (AdaRound, AIMET's recipe; learned layer by layer)"),
+    "qat": ("rounding", "quantisation-aware fine-tuning: weights and biases trained through the int8 grids PTQ "
+                        "chose (fixed), by distillation from the float network on the calibration pool"),
     "float-sensitive": ("mixed", "the --float-layers K (default 4) int8 tensors with the lowest isolated SQNR "
                                  "kept fp32, with their producer and readers (mixed precision: a latency cost)"),
     "auto": ("island", "same-graph recipes (ranges, squeeze grid, bias correction) measured on held-back images, "
@@ -72,6 +74,7 @@ class PolicyPlan:
         float_sensitive: the costliest int8 tensors kept fp32 (``float-sensitive``,
             :mod:`quantize.mixed_precision`).
         adaround: weights rounded by learned rounding (``adaround``, :mod:`quantize.adaround`).
+        qat: weights and biases fine-tuned through the int8 grids (``qat``, :mod:`quantize.qat`).
         equalize: channel ranges equalised across ReLU before annotation (``cle``, :mod:`quantize.equalize`).
     """
 
@@ -85,6 +88,7 @@ class PolicyPlan:
     float_sensitive: bool = False
     adaround: bool = False
     equalize: bool = False
+    qat: bool = False
 
 
 def parse_policy(policy: str | Sequence[str]) -> tuple[str, ...]:
@@ -118,9 +122,9 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         if aspect:
             taken[aspect] = n
     if "rounding" in taken and taken.get("island") == "auto":
-        # auto measures each recipe on its own graph; rounding learned afterwards would ship a graph it never scored
-        raise EdgeSeError("policies 'auto' and 'adaround' do not combine: auto scores graphs with nearest rounding; "
-                          "use adaround with a fixed recipe")
+        # auto measures each recipe on its own graph; weights learned afterwards would ship a graph it never scored
+        raise EdgeSeError(f"policies 'auto' and {taken['rounding']!r} do not combine: auto scores graphs with "
+                          f"nearest rounding; use {taken['rounding']} with a fixed recipe")
     observer = taken.get("observer", "act-histogram").removeprefix("act-")
     return PolicyPlan(
         names=names,
@@ -131,7 +135,8 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         bias_correction={"bias-correction": "full", "bias-correction-fast": "fast"}.get(taken.get("bias", ""), "none"),
         own_squeeze="squeeze" in taken,
         float_sensitive="mixed" in taken,
-        adaround="rounding" in taken,
+        adaround=taken.get("rounding") == "adaround",
+        qat=taken.get("rounding") == "qat",
         equalize="equalization" in taken,
     )
 

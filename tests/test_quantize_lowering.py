@@ -89,7 +89,7 @@ def _run_tflite(qm, x, tmp_path):
 COMBOS = (
     "ptq",
     "gate-fixed,gate-coverage,act-percentile,se-squeeze-grid,cle",  # cle: the SE FC pair (reduce -> relu -> expand)
-    "se-float,act-minmax,bias-correction-fast",
+    "se-float,act-minmax,qat,bias-correction-fast",  # trained weights, then corrected biases, in the artifact
     "se-float-mul,adaround",  # learned weight integers must reach the artifact in both formats
     # corrected bias constants must reach the artifact, fp32 islands inside int8 lower in both formats
     "act-outlier,bias-correction,float-sensitive",
