@@ -15,7 +15,7 @@ accuracy means nothing, its fidelity does); (d) SE-ResNet-50 trained from PyTorc
 Every trained network is trained here on first use (weights and the record of their init and seed
 cached under ``results/weights``), so a fresh run trains exactly the rows it names: about 2.5 min
 (EfficientNet-B0, 8 epochs) to 5 min (SE-ResNet-50, 6 epochs) each on one core.
-Calibration: 64 images of the digits training split; evaluation: the 360 held-out images; the
+Calibration: 64 images of the digits training split (``--calib-size``); evaluation: the 360 held-out images; the
 int8 rewrites are the shipped default (``--int8-rewrites``), so a row is what ``edge-se export``
 writes with that policy.
 A benchmark, not a test: the full matrix takes about 45 min with two processes on 2 cores, so cells run most
@@ -212,8 +212,12 @@ def _external_model(name: str, weights_dir: Path) -> tuple[nn.Module, dict]:
 
 
 def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: str, policy: str,  # noqa: ANN001
-             rewrites: str = "none", data: str = "digits") -> dict:
-    """Quantise and evaluate one cell; the record of the JSON line (``rewrites``: quantize.int8_ops)."""
+             rewrites: str = "none", data: str = "digits", calib_size: int = CALIB_SIZE) -> dict:
+    """Quantise and evaluate one cell; the record of the JSON line.
+
+    ``rewrites``: :mod:`quantize.int8_ops`; ``calib_size``: the images the policy draws from the pool
+    ``calib`` (the whole training split).
+    """
     from quantize.core import quantize_model
     from quantize.diagnose import error_split
     from quantize.evaluate import evaluate
@@ -221,12 +225,12 @@ def run_cell(model: nn.Module, calib: torch.Tensor, held, target: str, engine: s
     start = time.perf_counter()
     qm = quantize_model(model, (calib[:1],), [calib], target=target, policy=policy, engine=engine,  # type: ignore[arg-type]
                         seed=0,
-                        calib_size=CALIB_SIZE, calib_source=data, rewrites=rewrites)
+                        calib_size=calib_size, calib_source=data, rewrites=rewrites)
     seconds = time.perf_counter() - start
     figures = evaluate(qm, held.images, held.labels)
     # which grids the loss comes from (weights only / activations only int8): which remedies can reach it
     split = error_split(qm, held.images).as_dict()
-    return {"calibration": qm.calibration, "rewrites": qm.rewrites, "auto_steps": qm.steps,
+    return {"calibration": qm.calibration, "rewrites": qm.rewrites, "auto_steps": qm.steps, "qat": qm.qat,
             "se_blocks": len(qm.se_blocks), "quantize_seconds": round(seconds, 1), **figures, "error_split": split}
 
 
@@ -352,10 +356,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", default="results/quant_bench.md")
     parser.add_argument("--weights-dir", default="results/weights")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--calib-size", type=int, default=CALIB_SIZE,
+                        help=f"images each policy calibrates on, drawn from the training split (default {CALIB_SIZE})")
     parser.add_argument("--table-only", action="store_true", help="only rewrite the table from --out")
     parser.add_argument("--budget-min", type=float, default=0.0,
                         help="start no new cell after this many minutes (0: no limit)")
     args = parser.parse_args(argv)
+    if args.calib_size < 1:
+        parser.error(f"--calib-size must be >= 1, got {args.calib_size}")
     out = Path(args.out)
     records = read_records(out)
     if args.table_only:
@@ -386,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
                         "int8_rewrites": rw, "resolution": RESOLUTION, "data": data, "system": system, **weights}
         try:
             calib, held = datasets[data]
-            record.update(run_cell(model, calib, held, target, engine, policy, rw, data))
+            record.update(run_cell(model, calib, held, target, engine, policy, rw, data, args.calib_size))
             _log(f"  -> sqnr {record['sqnr_db']:.1f} dB (worst {record['sqnr_db_worst']:.1f}), "
                  f"agree {record['top1_agreement']:.4f}, gate min {record['gate_sqnr_db_min']}")
         except Exception as exc:  # noqa: BLE001 - a failing cell is recorded, the rest goes on

@@ -247,3 +247,11 @@ def test_bench_runs_baselines_first_resumes_and_keeps_notes(tmp_path):
     assert "old table" not in text and [r[:7] for r in rows] == [["a", "", "pte", "torchao", "ptq", "none", "30.0"]]
     assert "41.0 / 13.0" in rows[0]  # logits SQNR with only the weights / only the activations int8
     assert text.endswith("my notes\n")
+
+
+def test_bench_refuses_a_calibration_size_below_one(capsys):
+    from quantize.bench import main as bench_main
+
+    with pytest.raises(SystemExit):
+        bench_main(["--calib-size", "0", "--models", "edge-se:mobilenetv3_small_100"])
+    assert "--calib-size must be >= 1, got 0" in capsys.readouterr().err
