@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from torch.fx import Graph, GraphModule, Node
 
-from quantize.aligned import WEIGHT_DEQUANTIZE_OPS, constant, weighted_layers
+from quantize.aligned import WEIGHT_DEQUANTIZE_OPS, constant, store_integers, stored_integers, weighted_layers
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
@@ -251,8 +251,7 @@ def adaround(
         learned, mse_near, mse_learned = learn_rounding(
             w.detach().float(), s.detach().float(), x, targets[layer.node.name],
             None if bias is None else bias.detach().float(), op=op, extra=extra, config=cfg)
-        current = stored.detach().float() if layer.folded else torch.clamp(
-            torch.round(stored.detach().float() / s.reshape((-1,) + (1,) * (stored.ndim - 1))), -127, 127)
+        current = stored_integers(stored, s, 0.0, layer.folded)
         record = {"layer": layer.node.name, "mse_nearest": mse_near, "mse_learned": mse_learned,
                   "flipped": float((learned != current).float().mean())}
         records.append(record)
@@ -260,11 +259,7 @@ def adaround(
             record["flipped"] = 0.0
             continue
         originals[layer.weight] = stored.detach().clone()
-        with torch.no_grad():
-            if layer.folded:
-                stored.copy_(learned.to(stored.dtype))
-            else:
-                stored.copy_((s.reshape((-1,) + (1,) * (stored.ndim - 1)) * learned).to(stored.dtype))
+        store_integers(stored, learned, s, 0.0, layer.folded)
     after = sqnr_db(ref, run_graph(qgraph, check, batch=batch)[0])
     kept = after >= before
     if not kept:

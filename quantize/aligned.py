@@ -61,3 +61,34 @@ def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModul
         gm = transform(gm)
     gm.recompile()
     return gm
+
+
+def stored_integers(stored: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float, folded: bool,
+                    limits: tuple[int, int] = (-127, 127)) -> torch.Tensor:
+    """The integers a converted graph's per-channel weight holds, as floats.
+
+    ``stored`` is the int8 constant itself (``folded``: ``convert_pt2e(fold_quantize=True)``) or the
+    float weight its quantize node rounds (unfolded); ``scale`` / ``zero_point`` are per output
+    channel (axis 0), ``limits`` the grid's integer range.
+    """
+    if folded:
+        return stored.detach().float()
+    shape = (-1,) + (1,) * (stored.ndim - 1)
+    zp = zero_point.float().reshape(shape) if isinstance(zero_point, torch.Tensor) else zero_point
+    return torch.clamp(torch.round(stored.detach().float() / scale.float().reshape(shape)) + zp, *limits)
+
+
+@torch.no_grad()
+def store_integers(stored: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | float,
+                   folded: bool) -> None:
+    """Write the integers ``q`` into a converted graph's per-channel weight ``stored`` (see :func:`stored_integers`).
+
+    Folded: the int8 constant becomes ``q``. Unfolded: the float weight becomes ``s * (q - zp)``, which its
+    quantize node maps back to exactly ``q``.
+    """
+    if folded:
+        stored.copy_(q.to(stored.dtype))
+        return
+    shape = (-1,) + (1,) * (stored.ndim - 1)
+    zp = zero_point.float().reshape(shape) if isinstance(zero_point, torch.Tensor) else zero_point
+    stored.copy_((scale.float().reshape(shape) * (q - zp)).to(stored.dtype))

@@ -41,7 +41,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from quantize.adaround import rounded_layers
-from quantize.aligned import constant
+from quantize.aligned import constant, store_integers, stored_integers
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import logits_report
 from quantize.se_pattern import getattr_path
@@ -212,15 +212,13 @@ def write_back(qgraph: GraphModule, layers: list[_Tuned], weights: dict[str, nn.
         for name, w in weights.items():
             layer = by_name[name]
             stored = getattr_path(qgraph, layer.weight)
-            s = getattr_path(qgraph, layer.scale).float().reshape((-1,) + (1,) * (w.ndim - 1))
-            zp = getattr_path(qgraph, layer.zero_point).float().reshape(s.shape)
-            q = torch.clamp(torch.round(w / s) + zp, *layer.limits)
-            current = stored.float() if layer.folded else torch.clamp(torch.round(stored.float() / s) + zp,
-                                                                       *layer.limits)
-            moved += int((q != current).sum())
+            scale, zp = getattr_path(qgraph, layer.scale), getattr_path(qgraph, layer.zero_point)
+            shape = (-1,) + (1,) * (w.ndim - 1)
+            q = torch.clamp(torch.round(w / scale.float().reshape(shape)) + zp.float().reshape(shape), *layer.limits)
+            moved += int((q != stored_integers(stored, scale, zp, layer.folded, layer.limits)).sum())
             total += q.numel()
             originals[layer.weight] = stored.detach().clone()
-            stored.copy_((q if layer.folded else s * (q - zp)).to(stored.dtype))
+            store_integers(stored, q, scale, zp, layer.folded)
             if layer.bias is not None and name in biases:
                 target = getattr_path(qgraph, layer.bias)
                 originals[layer.bias] = target.detach().clone()
