@@ -24,7 +24,7 @@ system-deps:  ## install the Debian packages the tests need (chromium, qemu, cro
 
 TEST_WORKERS ?= 2
 test: $(STAMP) system-deps  ## run the whole test suite (CI runs this) on $(TEST_WORKERS) pytest-xdist workers
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(STAMP)  ## ruff and mypy
 	$(VENV)/bin/ruff check edge_se quantize export device_bench pipeline studies latency benchmarks scripts tests

@@ -38,7 +38,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from torch.fx import Graph, GraphModule, Node
 
-from quantize.aligned import WEIGHT_DEQUANTIZE_OPS, constant, store_integers, stored_integers, weighted_layers
+from quantize.aligned import (
+    WEIGHT_DEQUANTIZE_OPS,
+    constant,
+    restore,
+    store_integers,
+    stored_integers,
+    weighted_layers,
+)
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import sqnr_db
 from quantize.se_pattern import getattr_path
@@ -263,9 +270,7 @@ def adaround(
     after = sqnr_db(ref, run_graph(qgraph, check, batch=batch)[0])
     kept = after >= before
     if not kept:
-        with torch.no_grad():
-            for path, value in originals.items():
-                getattr_path(qgraph, path).copy_(value)
+        restore(qgraph, originals)
     return {"layers": records, "kept_layers": len(originals), "sqnr_db_before": before, "sqnr_db_after": after,
             "checked_on": int(check.shape[0]), "kept": kept}
 

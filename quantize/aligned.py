@@ -9,7 +9,7 @@ computes: ``diagnose`` compares the two per tensor, bias correction per layer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch.fx import GraphModule, Node
@@ -44,6 +44,18 @@ def constant(gm: GraphModule, arg: object) -> torch.Tensor | None:
     if isinstance(arg, Node) and arg.op == "get_attr":
         return getattr_path(gm, str(arg.target))
     return None
+
+
+def shared_constants(gm: GraphModule) -> set[str]:
+    """``get_attr`` targets read by more than one operator, through one node or several.
+
+    Editing such a weight or bias for one layer would change another layer too.
+    """
+    uses: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
+    return {t for t, n in uses.items() if n > 1}
 
 
 def aligned_float_graph(reference: GraphModule, quantizer: object) -> GraphModule:
@@ -92,3 +104,21 @@ def store_integers(stored: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, z
     shape = (-1,) + (1,) * (stored.ndim - 1)
     zp = zero_point.float().reshape(shape) if isinstance(zero_point, torch.Tensor) else zero_point
     stored.copy_((scale.float().reshape(shape) * (q - zp)).to(stored.dtype))
+
+
+def snapshot(gm: GraphModule) -> dict[str, torch.Tensor]:
+    """A copy of every tensor constant ``gm`` reads (``get_attr`` path -> clone), for :func:`restore`."""
+    saved: dict[str, torch.Tensor] = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr" and node.target not in saved:
+            value = getattr_path(gm, str(node.target))
+            if isinstance(value, torch.Tensor):
+                saved[str(node.target)] = value.detach().clone()
+    return saved
+
+
+@torch.no_grad()
+def restore(gm: GraphModule, saved: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``saved`` (``get_attr`` path -> tensor) back into ``gm``'s constants in place: undo a rewrite."""
+    for path, value in saved.items():
+        getattr_path(gm, path).copy_(value)

@@ -265,15 +265,16 @@ def _split(r: Mapping[str, Any]) -> str:
 
 
 def _auto_choice(r: Mapping[str, Any]) -> str:
-    """``auto``'s stage-1 recipe, the SE blocks and the tensors it moved to fp32 (empty for other policies)."""
+    """What ``auto`` chose: its stage-1 recipe, SE blocks and tensors moved to fp32, qat if kept ("" for others)."""
     steps = r.get("auto_steps") or []
     chosen = next((s for s in steps if s.get("chosen")), None)
     if chosen is None:
         return ""
     blocks = max((len(s["float_blocks"]) for s in steps if s.get("accepted")), default=0)
     tensors = max((len(s.get("float_tensors") or []) for s in steps if s.get("accepted")), default=0)
+    tuned = any(s.get("accepted") and str(s.get("recipe", "")).endswith(",qat") for s in steps)
     return (chosen["recipe"] + (f" + {blocks} SE blocks fp32" if blocks else "")
-            + (f" + {tensors} tensors fp32" if tensors else ""))
+            + (f" + {tensors} tensors fp32" if tensors else "") + (" + qat" if tuned else ""))
 
 
 def markdown_table(records: list[dict]) -> str:

@@ -27,7 +27,7 @@ from torch.fx import GraphModule
 from edge_se.errors import EdgeSeError, first_line
 from quantize.adaround import AdaRoundConfig, adaround, record
 from quantize.adaround import summary as adaround_summary
-from quantize.aligned import aligned_float_graph
+from quantize.aligned import aligned_float_graph, restore, snapshot
 from quantize.calibration import check_size, k_center_indices, pool_images, random_indices
 from quantize.capture import run_graph
 from quantize.float_prefix import float_prefix as make_float_prefix
@@ -76,6 +76,9 @@ AUTO_MIN_GAIN_AGREEMENT = 0.005
 # this many tensors fp32.
 AUTO_LATENCY_BUDGET_PCT = DEFAULT_LATENCY_BUDGET_PCT
 AUTO_MAX_FLOAT_TENSORS = 4
+# Stage 4 (qat) trains only on pool images outside the evaluation set, and needs at least this many
+# (one training batch); with a pool no larger than AUTO_EVAL_IMAGES there are none and it is not tried.
+AUTO_QAT_MIN_IMAGES = 32
 # Neither stage may buy that gain with a loss elsewhere: a step replaces the current choice only if
 # no figure of AUTO_FIGURES is worse than the current one's by more than AUTO_TOLERANCE_DB (the SQNRs)
 # or at all (top-1 agreement). bench-quant measured why (results/quant_bench.md): ranked on agreement
@@ -307,11 +310,15 @@ def quantize_model(
 
     steps: list[dict] = []
     kept = None
+    tuned = None
+    auto_note = ""
     budget = AUTO_LATENCY_BUDGET_PCT if latency_budget_pct is None else latency_budget_pct
     if plan.island == "auto":
-        graph, quantizer, float_blocks, steps, recipe, kept = _auto(
-            exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, latency_probe, budget)
-        plan = _with_recipe(plan, recipe)
+        found = _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, latency_probe,
+                      budget, tune=float_layers is None)
+        graph, quantizer, float_blocks, steps, kept, tuned, auto_note = (
+            found.graph, found.quantizer, found.float_blocks, found.steps, found.tensors, found.qat, found.note)
+        plan = _with_recipe(plan, found.recipe)
     else:
         float_blocks = {b.name for b in blocks} if plan.island in ("se-float", "se-float-mul") else set()
         graph, quantizer = _quantize_once(exported, subset, target=target, engine=engine,
@@ -336,10 +343,14 @@ def quantize_model(
     if plan.adaround:  # before bias correction: AIMET's order (the biases then correct what rounding left)
         rounding = _adaround(graph, exported, quantizer, subset, _unused(pool, indices, seed), seed)
         described.append(adaround_summary(rounding))
-    tuned = None
     if plan.qat:
         tuned = _qat(graph, exported, quantizer, pool, seed)
         described.append(qat_summary(tuned))
+    elif tuned is not None:  # auto's stage 4
+        described.append(f"auto: {qat_summary(tuned)}" if tuned["accepted"]
+                         else f"auto: qat undone ({tuned['rejected']})")
+    elif auto_note:
+        described.append(auto_note)
     if plan.bias_correction != "none" and plan.island == "auto":
         described.append(f"bias correction ({plan.bias_correction}) on the recipe auto chose")
     elif plan.bias_correction != "none":
@@ -357,9 +368,14 @@ def quantize_model(
                           adaround=rounding, qat=tuned)
 
 
+def _held_back_indices(n: int, seed: int) -> list[int]:
+    """Which of ``n`` pool images ``auto`` measures on and ``float-sensitive`` ranks on (<= ``AUTO_EVAL_IMAGES``)."""
+    return random_indices(n, min(AUTO_EVAL_IMAGES, n), seed + 1)
+
+
 def _held_back(pool: torch.Tensor, seed: int) -> torch.Tensor:
-    """The pool images ``auto`` measures on and ``float-sensitive`` ranks on (at most :data:`AUTO_EVAL_IMAGES`)."""
-    return pool[random_indices(pool.shape[0], min(AUTO_EVAL_IMAGES, pool.shape[0]), seed + 1)]
+    """The pool images of :func:`_held_back_indices`."""
+    return pool[_held_back_indices(pool.shape[0], seed)]
 
 
 def _sensitive(qm: QuantizedModel, images: torch.Tensor, k: int) -> FloatLayers:
@@ -369,14 +385,30 @@ def _sensitive(qm: QuantizedModel, images: torch.Tensor, k: int) -> FloatLayers:
     return choose(diagnose(qm, images), float_graph(qm), k, images=int(images.shape[0]))
 
 
-def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, probe,  # noqa: ANN001, ANN202
-          budget_pct):
-    """The stages of ``auto`` (see :data:`AUTO_RECIPES`).
+@dataclass
+class _AutoResult:
+    """What ``auto`` chose.
 
-    Returns graph, quantizer, float blocks, steps, recipe and the tensors stage 3 kept fp32
-    (:class:`FloatLayers` or None).
+    The graph and quantizer, the stage-1 recipe, the SE blocks (stage 2) and tensors (stage 3,
+    :class:`FloatLayers` or None) kept fp32, every step measured, and stage 4's qat record (None: not
+    tried; ``note`` says why, unless the targets were met).
     """
-    eval_images = _held_back(pool, seed)
+
+    graph: GraphModule
+    quantizer: object
+    recipe: str
+    float_blocks: set[str]
+    tensors: FloatLayers | None
+    steps: list[dict]
+    qat: dict | None
+    note: str = ""
+
+
+def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, as_model, probe,  # noqa: ANN001
+          budget_pct, *, tune: bool) -> _AutoResult:
+    """The stages of ``auto`` (see :data:`AUTO_RECIPES`); stage 4 (qat) only when ``tune``."""
+    eval_indices = _held_back_indices(pool.shape[0], seed)
+    eval_images = pool[eval_indices]
     ref_logits, ref_gates = run_graph(exported, eval_images, blocks)
     sizes = {b.name: 2 * b.channels * b.reduced + b.channels + b.reduced for b in blocks}
     steps: list[dict] = []
@@ -389,6 +421,11 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
         bias = mixed.bias_correction
         if bias != "none":
             _correct_biases(graph, exported, quantizer, subset, bias)
+        measure(graph, recipe, float_blocks, tensors)
+        return graph, quantizer
+
+    def measure(graph: GraphModule, recipe: str, float_blocks: set[str], tensors: Sequence[str]) -> None:
+        """Append ``graph``'s figures on the evaluation images to ``steps``."""
         logits, gates = run_graph(graph, eval_images, blocks)
         report = logits_report(ref_logits, logits)
         errors = [gate_error(b.name, ref_gates[b.name], gates[b.name]) for b in blocks]
@@ -406,7 +443,6 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
             "extra_bytes": 3 * sum(sizes[b] for b in float_blocks),
             "latency_ratio": None,
         })
-        return graph, quantizer
 
     def met(step: dict) -> bool:
         return step["sqnr_db"] >= AUTO_TARGET_SQNR_DB and step["top1_agreement"] >= AUTO_TARGET_AGREEMENT
@@ -479,11 +515,55 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
         kept.append(pick.tensors[0])
         nodes, graph, quantizer, best = trial_nodes, trial_graph, trial_quantizer, step
         step["accepted"] = True
+    # Stage 4 (same graph, same latency): the chosen graph's weights and biases fine-tuned through its
+    # grids (qat) on the pool images outside the evaluation set, kept on stage 2's rule. Last, because
+    # every earlier step quantises afresh and would drop the trained weights.
+    tuned, note = None, ""
+    outside = pool.shape[0] - len(eval_indices)
+    if met(best):
+        pass
+    elif not tune:
+        note = "auto: qat not tried: float-sensitive quantises auto's graph again afterwards"
+    elif outside < AUTO_QAT_MIN_IMAGES:
+        note = (f"auto: qat not tried: {outside} of the pool's {pool.shape[0]} images lie outside its "
+                f"{len(eval_indices)} evaluation images (it needs {AUTO_QAT_MIN_IMAGES} to train on)")
+    else:
+        tuned = _auto_qat(graph, exported, quantizer, pool, eval_indices, seed, recipe, float_blocks, kept,
+                          best, measure, steps)
+        if tuned["accepted"]:
+            best = steps[-1]
     for step in steps:
-        step.pop("gate_errors")
+        step.pop("gate_errors", None)
     best["target_met"] = bool(met(best))
     tensors = FloatLayers(tuple(kept), tuple(nodes), int(eval_images.shape[0])) if kept else None
-    return graph, quantizer, float_blocks, steps, recipe, tensors
+    return _AutoResult(graph, quantizer, recipe, float_blocks, tensors, steps, tuned, note)
+
+
+def _auto_qat(graph, exported, quantizer, pool, eval_indices, seed, recipe, float_blocks, kept, best,  # noqa: ANN001
+              measure, steps) -> dict:
+    """``auto``'s stage 4: :func:`quantize.qat.qat` on ``graph`` in place, measured and kept or undone.
+
+    Trains on the pool images outside ``eval_indices`` (auto's evaluation images, which qat's own guard
+    checks on); the step (``recipe`` + ``,qat``) joins ``steps`` with ``accepted`` or ``rejected``.
+    Returns the qat record with ``accepted`` and ``rejected`` (why not, or None).
+    """
+    taken = set(eval_indices)
+    train = [i for i in range(pool.shape[0]) if i not in taken]
+    saved = snapshot(graph)
+    config = QATConfig(seed=seed)
+    report = qat(graph, aligned_float_graph(exported, quantizer), pool[train], config=config,
+                 check=pool[eval_indices])
+    measure(graph, f"{recipe},qat", float_blocks, [t[0] for t in kept])
+    step = steps[-1]
+    why = "" if report["kept"] else "qat's own check: the global or median-image SQNR fell"
+    why = why or _worse_than(step, best) or _no_gain(step, best)
+    if why:
+        restore(graph, saved)
+        step["rejected"] = why + ": weights restored"
+    else:
+        step["accepted"] = True
+    return {**qat_record(report, config, len(train)), "check_indices": list(eval_indices), "accepted": not why,
+            "rejected": step.get("rejected")}
 
 
 def _compatible(recipe: str, plan: PolicyPlan, engine: str) -> bool:

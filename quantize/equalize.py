@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch.fx import GraphModule, Node
 
-from quantize.aligned import WEIGHTED_OPS, constant
+from quantize.aligned import WEIGHTED_OPS, constant, shared_constants
 
 _RELU = ("aten.relu.default", "aten.relu_.default")
 #: Passes over the graph: a layer that reads one pair and produces the next has its rows and its
@@ -177,15 +177,6 @@ def find_pairs(gm: GraphModule, *, keep: frozenset[str] = frozenset()) -> list[P
     return pairs
 
 
-def _shared(gm: GraphModule) -> set[str]:
-    """Weight/bias attributes read by more than one node: editing them would change another layer too."""
-    uses: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            uses[str(node.target)] = uses.get(str(node.target), 0) + len(node.users)
-    return {t for t, n in uses.items() if n > 1}
-
-
 def scales(w1: torch.Tensor, readers: list[torch.Tensor], depthwise: tuple[bool, ...] | None = None) -> torch.Tensor:
     """Per channel ``s_i = sqrt(r1_i / r2_i)``; 1 where either range is 0 (a dead channel stays as it is).
 
@@ -211,7 +202,7 @@ def equalize(gm: GraphModule, *, keep: frozenset[str] = frozenset()) -> dict[str
         and after (the ReLU output's channel spread, the figure equalisation narrows).
     """
     pairs = find_pairs(gm, keep=keep)
-    shared = _shared(gm)
+    shared = shared_constants(gm)
     nodes = {n.name: n for n in gm.graph.nodes}
     usable: list[tuple[Pair, torch.Tensor, torch.Tensor, list[torch.Tensor]]] = []
     # A layer read through two pairs' ReLUs, or a depthwise reader that produces the next pair, is fine:

@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from quantize.aligned import shared_constants
 from quantize.se_pattern import SHAPE_TARGETS, getattr_path
 
 _aten = torch.ops.aten
@@ -157,7 +158,8 @@ def _retarget(node: Node, target: Any, args: tuple[Any, ...]) -> None:
 
 
 def _single_use_attr(gm: GraphModule, node: Any) -> bool:
-    return isinstance(node, Node) and node.op == "get_attr" and len(node.users) == 1
+    """Whether ``node`` is a constant no other operator reads (so editing it changes one layer only)."""
+    return isinstance(node, Node) and node.op == "get_attr" and str(node.target) not in shared_constants(gm)
 
 
 def _fold_hardsigmoid(gm: GraphModule, hs: Node) -> bool:

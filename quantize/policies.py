@@ -33,8 +33,8 @@ POLICIES: dict[str, tuple[str, str]] = {
     "float-sensitive": ("mixed", "the --float-layers K (default 4) int8 tensors with the lowest isolated SQNR "
                                  "kept fp32, with their producer and readers (mixed precision: a latency cost)"),
     "auto": ("island", "same-graph recipes (ranges, squeeze grid, bias correction) measured on held-back images, "
-                       "one kept only if worse than ptq on no figure; then the worst-gate SE blocks moved to fp32 "
-                       "one at a time while short of target"),
+                       "one kept only if worse than ptq on no figure; then, while short of target, the worst-gate "
+                       "SE blocks moved to fp32 one at a time, and last qat on the graph chosen, on the same rule"),
 }
 
 # The policy every subcommand uses when none is given (`edge-se quantize`, `edge-se export --dtype
@@ -122,9 +122,9 @@ def resolve_policy(policy: str | Sequence[str]) -> PolicyPlan:
         if aspect:
             taken[aspect] = n
     if "rounding" in taken and taken.get("island") == "auto":
-        # auto measures each recipe on its own graph; weights learned afterwards would ship a graph it never scored
+        # auto measures each recipe on its own graph, and tries qat itself last, on the graph it chose
         raise EdgeSeError(f"policies 'auto' and {taken['rounding']!r} do not combine: auto scores graphs with "
-                          f"nearest rounding; use {taken['rounding']} with a fixed recipe")
+                          f"nearest rounding and tries qat itself, last; use {taken['rounding']} with a fixed recipe")
     observer = taken.get("observer", "act-histogram").removeprefix("act-")
     return PolicyPlan(
         names=names,

@@ -41,7 +41,7 @@ from torch import nn
 from torch.fx import GraphModule, Node
 
 from quantize.adaround import rounded_layers
-from quantize.aligned import constant, store_integers, stored_integers
+from quantize.aligned import constant, restore, store_integers, stored_integers
 from quantize.capture import EVAL_BATCH, run_graph
 from quantize.metrics import logits_report
 from quantize.se_pattern import getattr_path
@@ -283,9 +283,7 @@ def qat(
         after = _figures(ref_check, run_graph(qgraph, check, batch=batch)[0])
     kept = after["sqnr_db"] >= before["sqnr_db"] and after["sqnr_db_median"] >= before["sqnr_db_median"]
     if not kept:
-        with torch.no_grad():
-            for path, value in originals.items():
-                getattr_path(qgraph, path).copy_(value)
+        restore(qgraph, originals)
     tenth = max(1, len(losses) // 10)
     return {"layers": len(layers), "trained_layers": len(weights), "before": before, "after": after,
             "checked_on": int(check.shape[0]), "kept": kept,

@@ -28,7 +28,7 @@ def prevent_leaking_rng():
 #: a time (``--dist loadfile``: a module's tests share its fixtures); sending these first keeps a
 #: long module from starting last and running alone while the other worker idles.
 LONGEST_FIRST = ("test_export", "test_gate_outputs", "test_latency", "test_int8_ops", "test_native_gate_score",
-                 "test_device_bench_qemu", "test_float_prefix", "test_quantize_lowering", "test_fidelity")
+                 "test_device_bench_qemu", "test_float_prefix", "test_quantize_lowering", "test_fidelity", "test_qat")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -49,6 +49,11 @@ def _shared_folder(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
-    # 2-core CI machine: two intra-op threads, or one per worker when two pytest-xdist workers share it.
-    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
+    # 2-core CI machine: two intra-op threads, or one per worker when two pytest-xdist workers share it;
+    # then the processes a test starts (the CLI, build jobs) take one intra-op thread too, unless the
+    # test says otherwise: two workers' processes at two threads each would ask for four threads of two cores.
+    worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+    torch.set_num_threads(1 if worker else max(1, min(2, torch.get_num_threads())))
+    if worker:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     yield

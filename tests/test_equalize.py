@@ -161,3 +161,24 @@ def test_cle_recovers_a_network_whose_relu_channels_span_three_decades(net, targ
 def test_policy_record_and_combination():
     assert resolve_policy("cle").equalize and not resolve_policy("ptq").equalize
     assert resolve_policy("cle,adaround").adaround and resolve_policy("cle,adaround").equalize
+
+
+def test_shared_constants_counts_every_reader_of_an_attribute():
+    # One weight read through two get_attr nodes (each with one user) is shared all the same: CLE and
+    # the int8 rewrites edit a constant only when no other operator reads it.
+    from torch.fx import Graph, GraphModule
+
+    from quantize.aligned import shared_constants
+    from quantize.int8_ops import _single_use_attr
+
+    root = nn.Module()
+    root.register_buffer("w", torch.ones(2))
+    root.register_buffer("b", torch.ones(2))
+    g = Graph()
+    x = g.placeholder("x")
+    w1, w2, b = g.get_attr("w"), g.get_attr("w"), g.get_attr("b")
+    y = g.call_function(torch.add, (g.call_function(torch.add, (g.call_function(torch.mul, (x, w1)), w2)), b))
+    g.output(y)
+    gm = GraphModule(root, g)
+    assert shared_constants(gm) == {"w"}
+    assert not _single_use_attr(gm, w1) and not _single_use_attr(gm, w2) and _single_use_attr(gm, b)

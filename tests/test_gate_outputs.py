@@ -134,16 +134,35 @@ def _registry_export(tmp: Path, fmt: str, dtype: str, **gate) -> dict:
     return export_one(model, name="mnv3s050", fmt=fmt, dtype=dtype, out_dir=tmp, opts=opts, calib=calib)
 
 
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):  # noqa: ANN001, ANN201
+    """:func:`_registry_export` once per distinct export in this module (each is most of a minute on 2 cores).
+
+    The tests only read the artifacts and manifests, so two tests asking for the same export (the
+    ``separate`` layout is every int8 test's reference) share one.
+    """
+    made: dict[tuple, dict] = {}
+    root = tmp_path_factory.mktemp("registry")
+
+    def get(fmt: str, dtype: str, **gate) -> dict:  # noqa: ANN003
+        key = (fmt, dtype, tuple(sorted(gate.items())))
+        if key not in made:
+            made[key] = _registry_export(root / f"export{len(made)}", fmt, dtype, **gate)
+        return made[key]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.export
 @pytest.mark.parametrize(("fmt", "dtype"), [("pte", "fp32"), ("pte", "int8"), ("tflite", "int8")])
-def test_concatenated_gates_equal_separate_outputs_with_the_logits_untouched(tmp_path, fmt, dtype):
+def test_concatenated_gates_equal_separate_outputs_with_the_logits_untouched(registry, fmt, dtype):
     """Nine SE blocks: one ``cat`` output holds what nine outputs hold, inside the one delegate partition."""
     from device_bench.gate_score import gate_arrays
     from export import backends
 
-    concat = _registry_export(tmp_path / "concat", fmt, dtype, gate_outputs=True)
-    separate = _registry_export(tmp_path / "separate", fmt, dtype, gate_outputs=True, gate_layout="separate")
+    concat = registry(fmt, dtype, gate_outputs=True)
+    separate = registry(fmt, dtype, gate_outputs=True, gate_layout="separate")
     mc, ms = read_manifest(concat["path"]), read_manifest(separate["path"])
     slots_c, slots_s = mc["gate_outputs"]["blocks"], ms["gate_outputs"]["blocks"]
     assert len(slots_c) == 9 and {s["output_index"] for s in slots_c} == {1}
@@ -176,7 +195,7 @@ def test_concatenated_gates_equal_separate_outputs_with_the_logits_untouched(tmp
 
 @pytest.mark.slow
 @pytest.mark.export
-def test_gates_on_one_grid_pack_into_one_int8_output(tmp_path):
+def test_gates_on_one_grid_pack_into_one_int8_output(registry):
     """``gate-fixed`` int8 ``.pte``: every gate on 1/256, so ``concat`` is one int8 concatenate, read with its scale.
 
     With per-gate grids (``ptq``) XNNPACK's int8 concatenate refuses to initialise, so ``concat``
@@ -186,8 +205,8 @@ def test_gates_on_one_grid_pack_into_one_int8_output(tmp_path):
     from export import backends
 
     fixed = {"policy": ("gate-fixed",), "gate_outputs": True}
-    packed = _registry_export(tmp_path / "concat", "pte", "int8", **fixed)
-    separate = _registry_export(tmp_path / "separate", "pte", "int8", gate_layout="separate", **fixed)
+    packed = registry("pte", "int8", **fixed)
+    separate = registry("pte", "int8", gate_layout="separate", **fixed)
     mp, ms = read_manifest(packed["path"]), read_manifest(separate["path"])
     assert len(mp.outputs) == 2 and mp.outputs[1].dtype == "int8", mp.outputs
     assert (mp.outputs[1].scale, mp.outputs[1].zero_point) == (pytest.approx(1 / 256), -128)
@@ -208,13 +227,13 @@ def test_gates_on_one_grid_pack_into_one_int8_output(tmp_path):
 @pytest.mark.slow
 @pytest.mark.export
 @pytest.mark.parametrize("fmt", ["pte", "tflite"])
-def test_quantized_layout_returns_the_int8_gates_themselves(tmp_path, fmt):
+def test_quantized_layout_returns_the_int8_gates_themselves(registry, fmt):
     """``quantized``: one int8 output per SE block, read with the manifest's scale: the gates ``separate`` gives."""
     from device_bench.gate_score import gate_arrays
     from export import backends
 
-    separate = _registry_export(tmp_path / "separate", fmt, "int8", gate_outputs=True, gate_layout="separate")
-    quant = _registry_export(tmp_path / "quantized", fmt, "int8", gate_outputs=True, gate_layout="quantized")
+    separate = registry(fmt, "int8", gate_outputs=True, gate_layout="separate")
+    quant = registry(fmt, "int8", gate_outputs=True, gate_layout="quantized")
     ms, mq = read_manifest(separate["path"]), read_manifest(quant["path"])
     assert mq["gate_outputs"]["layout"] == "quantized" and len(mq.outputs) == 10
     assert [s["output_index"] for s in mq["gate_outputs"]["blocks"]] == list(range(1, 10))

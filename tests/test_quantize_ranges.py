@@ -144,6 +144,11 @@ def test_auto_replaces_ptq_only_by_a_recipe_worse_on_no_figure():
     islands = [{"float_blocks": ["b1"], "accepted": True}, {"float_blocks": ["b1", "b2"], "accepted": True},
                {"float_blocks": ["b1", "b2", "b3"], "rejected": "gained under 1.0 dB"}]
     assert _auto_choice({"auto_steps": [*steps, *islands]}) == "bias-correction + 2 SE blocks fp32"
+    tuned = {"recipe": "bias-correction,qat", "float_blocks": ["b1", "b2"]}
+    assert _auto_choice({"auto_steps": [*steps, *islands, {**tuned, "rejected": "x"}]}) == \
+        "bias-correction + 2 SE blocks fp32"
+    assert _auto_choice({"auto_steps": [*steps, *islands, {**tuned, "accepted": True}]}) == \
+        "bias-correction + 2 SE blocks fp32 + qat"
     assert _auto_choice({"policy": "ptq"}) == ""
 
 
