@@ -344,7 +344,7 @@ def quantize_model(
         rounding = _adaround(graph, exported, quantizer, subset, _unused(pool, indices, seed), seed)
         described.append(adaround_summary(rounding))
     if plan.qat:
-        tuned = _qat(graph, exported, quantizer, pool, seed)
+        tuned = _qat(graph, exported, quantizer, blocks, pool, seed)
         described.append(qat_summary(tuned))
     elif tuned is not None:  # auto's stage 4
         described.append(f"auto: {qat_summary(tuned)}" if tuned["accepted"]
@@ -528,7 +528,7 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
         note = (f"auto: qat not tried: {outside} of the pool's {pool.shape[0]} images lie outside its "
                 f"{len(eval_indices)} evaluation images (it needs {AUTO_QAT_MIN_IMAGES} to train on)")
     else:
-        tuned = _auto_qat(graph, exported, quantizer, pool, eval_indices, seed, recipe, float_blocks, kept,
+        tuned = _auto_qat(graph, exported, quantizer, blocks, pool, eval_indices, seed, recipe, float_blocks, kept,
                           best, measure, steps)
         if tuned["accepted"]:
             best = steps[-1]
@@ -539,8 +539,8 @@ def _auto(exported, blocks, pool, subset, target, engine, plan, options, seed, a
     return _AutoResult(graph, quantizer, recipe, float_blocks, tensors, steps, tuned, note)
 
 
-def _auto_qat(graph, exported, quantizer, pool, eval_indices, seed, recipe, float_blocks, kept, best,  # noqa: ANN001
-              measure, steps) -> dict:
+def _auto_qat(graph, exported, quantizer, blocks, pool, eval_indices, seed, recipe, float_blocks, kept,  # noqa: ANN001
+              best, measure, steps) -> dict:
     """``auto``'s stage 4: :func:`quantize.qat.qat` on ``graph`` in place, measured and kept or undone.
 
     Trains on the pool images outside ``eval_indices`` (auto's evaluation images, which qat's own guard
@@ -552,7 +552,7 @@ def _auto_qat(graph, exported, quantizer, pool, eval_indices, seed, recipe, floa
     saved = snapshot(graph)
     config = QATConfig(seed=seed)
     report = qat(graph, aligned_float_graph(exported, quantizer), pool[train], config=config,
-                 check=pool[eval_indices])
+                 check=pool[eval_indices], blocks=blocks)
     measure(graph, f"{recipe},qat", float_blocks, [t[0] for t in kept])
     step = steps[-1]
     why = "" if report["kept"] else "qat's own check: the global or median-image SQNR fell"
@@ -650,8 +650,11 @@ def _adaround(graph: GraphModule, exported: GraphModule, quantizer: object, imag
     return record(report, config, int(images.shape[0]))
 
 
-def _qat(graph: GraphModule, exported: GraphModule, quantizer: object, pool: torch.Tensor, seed: int) -> dict:
+def _qat(graph: GraphModule, exported: GraphModule, quantizer: object, blocks: Sequence[SEBlock], pool: torch.Tensor,
+         seed: int) -> dict:
     """Fine-tune ``graph``'s weights and biases in place on the pool, kept or undone on images held back from it.
+
+    The SE ``blocks``' gates are distilled beside the logits (:class:`quantize.qat.QATConfig`'s ``gate_weight``).
 
     The grids are the calibration subset's; the training images are the whole pool but the check
     images: a quarter of the pool, at most :data:`AUTO_EVAL_IMAGES`, drawn with ``seed + 1`` (all of
@@ -664,7 +667,7 @@ def _qat(graph: GraphModule, exported: GraphModule, quantizer: object, pool: tor
     train = [i for i in range(n) if i not in taken]
     config = QATConfig(seed=seed)
     report = qat(graph, aligned_float_graph(exported, quantizer), pool[train], config=config,
-                 check=pool[check] if check else None)
+                 check=pool[check] if check else None, blocks=blocks)
     return {**qat_record(report, config, len(train)), "check_indices": list(check)}
 
 

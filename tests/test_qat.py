@@ -121,13 +121,36 @@ def test_qat_policy_resolves_records_and_refuses_auto_and_adaround(small_model, 
     qm = quantize_model(small_model, (x[:1],), [x], target="pte", policy="act-outlier,qat", calib_size=8, seed=3)
     rec = qm.qat
     assert rec is not None and rec["config"]["steps"] == 4 and rec["config"]["seed"] == 3
+    assert rec["config"]["gate_weight"] == 1.0  # the SE gates distilled beside the logits, by default
     # a quarter of the pool held back to decide, the rest trained on (the grids: the 8 calibration images)
     assert len(rec["check_indices"]) == rec["checked_on"] == 4 and rec["images"] == 12
     assert rec["layers"] == rec["trained_layers"] == 6
     assert any(line.startswith(("qat: ", "qat reverted: ")) for line in qm.rewrites)
 
 
+def test_gate_outputs_of_the_trainable_graph_are_the_int8_graphs_gates(small_model):
+    # What the gates' term trains on: each SE block's gate as its multiply takes it, the logits unchanged.
+    from quantize.capture import run_graph
+    from quantize.qat import with_gate_outputs
+
+    x = _images(16, 0)
+    qm = quantize_model(small_model, (x[:1],), [x], target="pte", policy="ptq")
+    assert qm.se_blocks
+    tg, _, _ = trainable_graph(qm.graph, float_graph(qm), tuned_layers(qm.graph))
+    logits, gates = run_graph(qm.graph, x, qm.se_blocks)
+    with torch.no_grad():
+        out = with_gate_outputs(tg, qm.se_blocks)(x)
+    assert len(out) == 1 + len(qm.se_blocks)
+    # 100 dB: fake quantisation on the same grids computes the int8 graph's values (float32 rounding only)
+    assert sqnr_db(logits, out[0]) > 100
+    for g, b in zip(out[1:], qm.se_blocks, strict=True):
+        assert sqnr_db(gates[b.name], g.flatten(1)) > 100, b.name
+
+
 def test_qat_config_refuses_nonsense():
+    for bad in ({"gate_weight": -1.0}, {"gate_weight": float("inf")}):
+        with pytest.raises(ValueError, match="gate_weight"):
+            QATConfig(**bad)
     for bad in ({"steps": 0}, {"batch": 0}, {"lr": 0.0}, {"lr": -1e-3}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             QATConfig(**bad)
