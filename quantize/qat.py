@@ -67,8 +67,8 @@ class QATConfig:
         seed: seeds the batches.
         gate_weight: weight of the SE gates' term in the loss (0: the logits alone). Trained for the
             logits alone, timm's MobileNetV3-Large gained 0.5 dB while its worst gate fell 24.7 -> 19.6 dB
-            (a minimum no other figure shows); with the gates' term at 1 it gained as much and the worst
-            gate rose to 25.3 dB (held-back images).
+            (a minimum no other figure shows); with the gates' term at 1 it gained 1.3 dB and the worst
+            gate rose to 25.6 dB (auto's held-back images; results/quant_bench_auto.md).
     """
 
     steps: int = 300
