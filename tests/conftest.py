@@ -49,11 +49,6 @@ def _shared_folder(tmp_path_factory):
 
 @pytest.fixture(autouse=True, scope="session")
 def _threads():
-    # 2-core CI machine: two intra-op threads, or one per worker when two pytest-xdist workers share it;
-    # then the processes a test starts (the CLI, build jobs) take one intra-op thread too, unless the
-    # test says otherwise: two workers' processes at two threads each would ask for four threads of two cores.
-    worker = bool(os.environ.get("PYTEST_XDIST_WORKER"))
-    torch.set_num_threads(1 if worker else max(1, min(2, torch.get_num_threads())))
-    if worker:
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # 2-core CI machine: two intra-op threads, or one per worker when two pytest-xdist workers share it.
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, torch.get_num_threads())))
     yield
