@@ -213,9 +213,13 @@ GATE_FLOOR = 1e-4
 
 def gate_log_relative_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """:func:`log_relative_error` of gate vectors, each image's term flat under :data:`GATE_FLOOR` (40 dB)."""
+    return torch.log(_relative_error(out, ref).clamp_min(GATE_FLOOR)).mean()
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per image (dim 0): ``||out - ref||^2 / ||ref||^2`` over everything else."""
     err = (out.flatten(1) - ref.flatten(1)).pow(2).sum(dim=1)
-    power = ref.flatten(1).pow(2).sum(dim=1).clamp_min(1e-12)
-    return torch.log((err / power).clamp_min(GATE_FLOOR)).mean()
+    return err / ref.flatten(1).pow(2).sum(dim=1).clamp_min(1e-12)
 
 
 def log_relative_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
@@ -226,9 +230,7 @@ def log_relative_error(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     median 14.5 -> 8.4 dB after 20 steps); a global ratio is carried by the images with the largest
     logits. The floor (1e-8, -80 dB) keeps an exact image from giving an infinite gradient.
     """
-    err = (out.flatten(1) - ref.flatten(1)).pow(2).sum(dim=1)
-    power = ref.flatten(1).pow(2).sum(dim=1).clamp_min(1e-12)
-    return torch.log(err / power + 1e-8).mean()
+    return torch.log(_relative_error(out, ref) + 1e-8).mean()
 
 
 def _figures(ref: torch.Tensor, out: torch.Tensor) -> dict[str, float]:
