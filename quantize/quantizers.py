@@ -47,6 +47,7 @@ from quantize.int8_ops import (
     check_rewrites,
     unit_qspec,
 )
+from quantize.pattern_cache import cached_patterns
 from quantize.se_pattern import find_se_blocks
 
 Target = Literal["pte", "tflite"]
@@ -228,7 +229,8 @@ def _policy_class(base: type) -> type:
 
         def annotate(self, model: GraphModule) -> GraphModule:
             _apply_pre_edits(model, self.edge_se_edits)
-            model = super().annotate(model)
+            with cached_patterns():  # 6.8 s of tracing per call otherwise (quantize/pattern_cache.py)
+                model = super().annotate(model)
             if "int8-ops" in self.edge_se_rewrites:
                 how = QUANTIZER_TARGETS.get(self.edge_se_target)
                 n = annotate_int8_ops(model, self.global_config, hardswish=how is not None and how.int8_hardswish,

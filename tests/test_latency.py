@@ -231,12 +231,12 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
     table_path = tmp_path / "t.json"
     # The native runner, as bench-scale's tables use: the Python one spends ~7 s per artifact importing
     # ExecuTorch's pybindings (they import torch), most of this test's time.
-    proc = _cli("latency-table", "--device", "local", "--format", "pte", "--dtype", "fp32", "--build=-3@32",
+    proc = _cli("latency-table", "--device", "local", "--format", "pte", "--dtype", "fp32", "--build=-8@32",
                 "--out", str(table_path), "--work", str(tmp_path / "w"), "--repeats", "1", "--passes", "1",
                 "--min-seconds", "0.05", "--jobs", "2", "--runner", "native", cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = lt.load(table_path)
-    spec = variant(-3, 32)
+    spec = variant(-8, 32)
     ks = kernels(spec, 32)
     assert len(table.entries) == len({k.key for k in ks})
     for k in ks:
@@ -248,7 +248,7 @@ def test_table_and_scale_on_a_tiny_shape_set(tmp_path):
 
     budget = 2 * table.networks[0]["measured"]
     proc = _cli("scale", "--device", "local", "--format", "pte", "--dtype", "fp32", "--budget-ms", f"{budget}",
-                "--table", str(table_path), "--work", str(tmp_path / "w"), "--phi-range=-3:-3:1",
+                "--table", str(table_path), "--work", str(tmp_path / "w"), "--phi-range=-8:-8:1",
                 "--resolution-range", "32:40:8", "--top", "2", "--rounds", "1", "--repeats", "1", "--passes", "1",
                 "--min-seconds", "0.05", "--json", "--plot", str(tmp_path / "p.png"), cwd=tmp_path, timeout=900)
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
