@@ -22,7 +22,7 @@ from contract.errors import ContractError
 from edge_se.errors import EdgeSeError, StageError, first_line
 from export.backends import register
 from export.backends.base import Artifact, Backend, Lowered, graph_output_scale, on_disk
-from export.provenance import shared_provenance
+from export.fx_provenance import shared_provenance
 
 if TYPE_CHECKING:
     from quantize.core import QuantizedModel
@@ -223,7 +223,7 @@ def lower_pte(
     from executorch.exir import to_edge_transform_and_lower
 
     try:
-        with shared_provenance():  # ~17% of the lowering's time otherwise (export/provenance.py)
+        with shared_provenance():  # ~17% of the lowering's time otherwise (export/fx_provenance.py)
             ep = torch.export.export(module, example_inputs, strict=False)
             rewrites = rewrite_head_mean(ep)
             if int8_ops:

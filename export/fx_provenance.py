@@ -7,8 +7,8 @@ constructor *deep-copies* the source node's whole ``from_node`` history (torch 2
 grows by one level per pass, so a lowering spends time quadratic in its number of passes copying
 records nobody edits. :func:`shared_provenance` makes the constructor share the history's
 ``NodeSource`` objects instead (a new list of the same records): the same provenance, the same
-artifact bytes (tests/test_provenance.py), and on MobileNetV3-Small-0.5 int8 (635 nodes) the
-``.pte`` lowering took 48 s instead of 60 s on a 2-core AVX2 EPYC.
+artifact bytes (tests/test_fx_provenance.py), and on MobileNetV3-Small-0.5 int8 (635 nodes) the
+``.pte`` lowering took 46.3 s instead of 55.7 s on a 2-core AVX2 EPYC.
 
 The records are never mutated after construction by torch, ExecuTorch or litert-torch (they are
 read by ``NodeSource.to_dict`` / ``print_readable`` for debugging and provenance reports), so

@@ -1,4 +1,4 @@
-"""export.provenance: sharing torch.fx's provenance records changes neither the records nor the artifact."""
+"""export.fx_provenance: sharing torch.fx's provenance records changes neither the records nor the artifact."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from device_artifacts import RESOLUTION, _model
 from torch.fx.traceback import NodeSource
 
-from export.provenance import shared_provenance
+from export.fx_provenance import shared_provenance
 
 
 def _without_ids(record: dict) -> dict:
