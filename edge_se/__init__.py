@@ -16,7 +16,7 @@ from edge_se.lazy import lazy_attributes
 # light (no torch), so the CLI answers ``--help`` at once and torch-free code can import the package.
 _LAZY = {
     "Accounting": "edge_se.accounting", "LayerCount": "edge_se.accounting", "count": "edge_se.accounting",
-    "SqueezeExcite": "edge_se.blocks", "EdgeSENet": "edge_se.build", "build": "edge_se.build",
+    "SqueezeExcite": "edge_se.blocks", "EdgeSENet": "edge_se.network", "build": "edge_se.network",
     "EdgeSeError": "edge_se.errors", "efficientnet_phi": "edge_se.families",
     "capture_gates": "edge_se.gates", "se_modules": "edge_se.gates",
     "build_model": "edge_se.registry", "check_resolution": "edge_se.registry", "get_spec": "edge_se.registry",

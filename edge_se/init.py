@@ -35,7 +35,7 @@ def randomize_batchnorm(model: nn.Module, *, seed: int = 0) -> nn.Module:
 
 RECIPE_LINEAR_STD = 0.01
 """Std of the recipe's Linear weights: torchvision's MobileNetV3 rule, which edge-se's builder applies
-to every family (edge_se/build.py)."""
+to every family (edge_se/network.py)."""
 
 
 def _recipe(m: nn.Linear) -> None:

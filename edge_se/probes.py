@@ -1,7 +1,7 @@
 """Stand-alone modules for latency probes: one :class:`~edge_se.latency_key.Kernel`, as the network builds it.
 
 A probe is the same layers the network holds for that kernel (the same classes, the same
-arguments, :func:`edge_se.build.build`'s initialisation), taking the kernel's input feature map
+arguments, :func:`edge_se.network.build`'s initialisation), taking the kernel's input feature map
 ``[1, C, H, H]``, so a table entry measured on the probe is the cost of that piece of the network.
 """
 
@@ -11,8 +11,8 @@ import torch
 from torch import nn
 
 from edge_se.blocks import Bottleneck, ConvBnAct, MBConv, make_act
-from edge_se.build import init_weights
 from edge_se.latency_key import Kernel
+from edge_se.network import init_weights
 
 
 class _Head(nn.Module):
@@ -38,7 +38,7 @@ class _Head(nn.Module):
 
 
 def probe_module(k: Kernel, *, bn_eps: float = 1e-3) -> nn.Module:
-    """The module computing kernel ``k`` (eval mode, initialised as :func:`edge_se.build.build` does)."""
+    """The module computing kernel ``k`` (eval mode, initialised as :func:`edge_se.network.build` does)."""
     module: nn.Module
     if k.kind == "stem":
         conv = ConvBnAct(k.in_channels, k.out_channels, k.stem_kernel, 2, act=k.act, bn_eps=bn_eps)

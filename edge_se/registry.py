@@ -17,7 +17,7 @@ from edge_se.families import efficientnet, efficientnet_phi, mobilenetv3, resnet
 from edge_se.specs import EFFICIENTNET_SCALES, GATES, PLACEMENTS, ArchSpec, Gate, Placement, Scale
 
 if TYPE_CHECKING:  # torch is imported only when a network is built, not for names and accounting
-    from edge_se.build import EdgeSENet
+    from edge_se.network import EdgeSENet
 
 NOSE_SUFFIX = "_nose"
 _PHI_RE = re.compile(r"^efficientnet_phi(-?\d+(?:\.\d+)?)$")
@@ -121,7 +121,7 @@ def build_model(
 ) -> EdgeSENet:
     """Build the registered model ``name`` with random weights (see :mod:`edge_se.weights` to load some)."""
     spec = get_spec(name, num_classes=num_classes, gate=gate, placement=placement)
-    from edge_se.build import build
+    from edge_se.network import build
 
     return build(spec, drop_path_rate=drop_path_rate)
 

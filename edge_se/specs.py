@@ -1,7 +1,7 @@
 """Declarative model specs: every family and variant is data here, the single source of truth.
 
 Nothing in this module touches torch. :mod:`edge_se.plan` turns a spec into concrete blocks,
-:mod:`edge_se.build` turns those into an ``nn.Module`` and :mod:`edge_se.accounting` counts them.
+:mod:`edge_se.network` turns those into an ``nn.Module`` and :mod:`edge_se.accounting` counts them.
 """
 
 from __future__ import annotations

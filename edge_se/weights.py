@@ -21,8 +21,8 @@ from typing import Literal
 
 import torch
 
-from edge_se.build import EdgeSENet, build
 from edge_se.errors import EdgeSeError, first_line
+from edge_se.network import EdgeSENet, build
 from edge_se.plan import BlockPlan, resolve
 from edge_se.registry import get_spec
 from edge_se.specs import ArchSpec

@@ -126,7 +126,7 @@ def _export_task(task: tuple[str, Any, int, str, str, str, int]) -> tuple[str, s
         images = probe_input(k, batch=CALIB_IMAGES, seed=seed + 1)
         label = k.key
     else:
-        from edge_se.build import build
+        from edge_se.network import build
 
         spec: ArchSpec = what
         torch.manual_seed(seed)

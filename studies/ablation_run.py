@@ -121,7 +121,7 @@ def train_cell(v: Variant, seed: int, cfg: StudyConfig, out: Path, cache: CellCa
         return cached
     import torch
 
-    from edge_se.build import build
+    from edge_se.network import build
     from edge_se.train import init_linear_layers, save_weights, train
 
     train_data, test_data = data()
@@ -164,7 +164,7 @@ def export_cell(v: Variant, trained: dict[str, Any], cfg: StudyConfig, out: Path
         return cached
     import torch
 
-    from edge_se.build import build
+    from edge_se.network import build
     from edge_se.train import load_state_dict
     from export.pipeline import ExportOptions, ParityFailure, export_one
     from quantize.policies import parse_policy

@@ -102,6 +102,23 @@ def test_import_edge_se_and_help_do_not_load_torch():
     assert out.strip() == "False"
 
 
+
+@pytest.mark.parametrize("package", ["edge_se", "quantize", "export"])
+def test_no_lazy_name_is_also_a_submodule(package):
+    """Importing a submodule binds its name on the package, over a lazy attribute of the same name.
+
+    ``edge_se.build`` (the function) was also ``edge_se/build.py``: once anything imported that
+    module, ``edge_se.build(spec)`` called a module ("'module' object is not callable").
+    """
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    submodules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+    assert not set(pkg._LAZY) & submodules
+    for name in pkg._LAZY:  # and the names resolve to what the table says, not to a module
+        assert not isinstance(getattr(pkg, name), type(pkg)), name
+
 def test_help_never_says_default_none():
     from edge_se.cli import build_parser
 

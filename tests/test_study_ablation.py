@@ -28,7 +28,7 @@ def test_ratio_16_gives_expected_reduced_channels():
     assert resolve(base)[4].se.channels == 240 and resolve(base)[4].se.reduced == 64
     r16 = with_ratio(base, 16)
     assert resolve(r16)[4].se.reduced == 16
-    from edge_se.build import build
+    from edge_se.network import build
 
     fc1 = dict(build(r16).named_modules())["blocks.4.se.fc1"]
     assert fc1.out_channels == 16 and fc1.in_channels == 240
