@@ -17,13 +17,9 @@ sharing them cannot change what a reader sees.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from typing import Any
 
-_LOCK = threading.Lock()
-_DEPTH = 0  # nesting count: the patch is installed by the outermost entry and removed by it
+from quantize.scoped_patch import ScopedPatch
 
 
 def _shared_init(original: Any) -> Any:
@@ -44,20 +40,21 @@ def _shared_init(original: Any) -> Any:
     return init
 
 
-@contextlib.contextmanager
-def shared_provenance() -> Iterator[None]:
-    """Within the block, ``NodeSource(node, ...)`` shares ``node``'s provenance records instead of deep-copying them."""
-    global _DEPTH
+def _install() -> None:
     from torch.fx.traceback import NodeSource
 
-    with _LOCK:
-        if _DEPTH == 0:
-            NodeSource.__init__ = _shared_init(NodeSource.__init__)  # type: ignore[method-assign]
-        _DEPTH += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _DEPTH -= 1
-            if _DEPTH == 0:
-                NodeSource.__init__ = NodeSource.__init__.__wrapped__  # type: ignore[attr-defined,method-assign]
+    NodeSource.__init__ = _shared_init(NodeSource.__init__)  # type: ignore[method-assign]
+
+
+def _remove() -> None:
+    from torch.fx.traceback import NodeSource
+
+    NodeSource.__init__ = NodeSource.__init__.__wrapped__  # type: ignore[attr-defined,method-assign]
+
+
+_PATCH = ScopedPatch(_install, _remove)
+
+
+def shared_provenance() -> ScopedPatch:
+    """The patch to enter (``with``): ``NodeSource(node, ...)`` shares, not copies, the node's records."""
+    return _PATCH

@@ -1,12 +1,13 @@
 """The stock PT2E quantizers' conv-BN pattern graphs, traced once per process instead of once per call.
 
-XNNPACK's and LiteRT's quantizers annotate conv + BatchNorm (+ ReLU) partitions by matching pattern
-graphs that they trace, on every ``annotate`` call, with ``torch.export(strict=True)`` through
-``torchao``'s ``_get_aten_graph_module_for_pattern``: twelve dynamo traces of the same few-node
-functions, 6.8 s of each int8 quantisation on the 2-core AVX2 EPYC whatever the network's size (a
-conv + SE network of a few layers quantised in 7.5 s, 0.7 s of it its own work). A pattern depends
-only on its function's code, the values its closure captured (the conv function, ``has_relu``,
-``relu_is_inplace``), the example inputs' shapes and dtypes and the device, so within
+XNNPACK's quantizer annotates conv + BatchNorm (+ ReLU) partitions by matching pattern graphs that
+it traces, on every ``annotate`` call, with ``torch.export(strict=True)`` through ``torchao``'s
+``_get_aten_graph_module_for_pattern``: twelve dynamo traces of the same few-node functions, 6.8 s of
+each int8 quantisation on the 2-core AVX2 EPYC whatever the network's size (a conv + SE network of
+a few layers quantised in 7.5 s, 0.7 s of it its own work). LiteRT's quantizer has the same call in
+its own utilities (patched alike); on edge-se's graphs it made none (measured: no trace, no reuse).
+A pattern depends only on its function's code, the values its closure captured (the conv function,
+``has_relu``, ``relu_is_inplace``), the example inputs' shapes and dtypes and the device, so within
 :func:`cached_patterns` each distinct pattern is traced once and every later request gets a deep
 copy of that graph (callers edit what they get). A pattern whose closure holds something unhashable
 is traced as before. The annotations, and so the quantised graphs, are the same
@@ -15,12 +16,13 @@ is traced as before. The annotations, and so the quantised graphs, are the same
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import sys
 import threading
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from typing import Any
+
+from quantize.scoped_patch import ScopedPatch
 
 #: The modules whose quantizers call the tracer by this name (imported into their own namespace).
 PATTERN_USERS = ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils",
@@ -28,8 +30,7 @@ PATTERN_USERS = ("executorch.backends.xnnpack.quantizer.xnnpack_quantizer_utils"
 TRACER = "_get_aten_graph_module_for_pattern"
 
 _CACHE: dict[Hashable, Any] = {}
-_LOCK = threading.Lock()
-_DEPTH = 0
+_LOCK = threading.Lock()  # guards _CACHE
 stats = {"traced": 0, "reused": 0}  # process-wide counts, for tests and curiosity
 
 
@@ -76,21 +77,20 @@ def _users() -> list[Any]:
     return [m for m in (sys.modules.get(name) for name in PATTERN_USERS) if m is not None and hasattr(m, TRACER)]
 
 
-@contextlib.contextmanager
-def cached_patterns() -> Iterator[None]:
-    """Within the block, the quantizers' pattern graphs come from the process's cache (see the module docstring)."""
-    global _DEPTH
-    with _LOCK:
-        if _DEPTH == 0:
-            for module in _users():
-                setattr(module, TRACER, _cached(getattr(module, TRACER)))
-        _DEPTH += 1
-    try:
-        yield
-    finally:
-        with _LOCK:
-            _DEPTH -= 1
-            if _DEPTH == 0:
-                for module in _users():
-                    current = getattr(module, TRACER)
-                    setattr(module, TRACER, getattr(current, "__wrapped__", current))
+def _install() -> None:
+    for module in _users():
+        setattr(module, TRACER, _cached(getattr(module, TRACER)))
+
+
+def _remove() -> None:
+    for module in _users():  # one imported inside the block was never wrapped: left as it is
+        current = getattr(module, TRACER)
+        setattr(module, TRACER, getattr(current, "__wrapped__", current))
+
+
+_PATCH = ScopedPatch(_install, _remove)
+
+
+def cached_patterns() -> ScopedPatch:
+    """The patch to enter (``with``): the pattern graphs come from the process's cache."""
+    return _PATCH
