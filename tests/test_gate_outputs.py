@@ -120,10 +120,11 @@ def test_runner_reports_the_gate_score_of_its_outputs(tmp_path, fmt, capsys):
 # outputs, so the gates are bit-identical across layouts.
 
 
-#: MobileNetV3-Small-0.5 cut to four of its eleven blocks (the depthwise-separable one, one without SE,
-#: the first hard-swish one and the first of the last stage): three SE blocks of both gate kinds'
-#: neighbours, each on its own grid, in about a third of the whole network's nodes (each conversion
-#: costs time in proportion to them: ~60 s for the whole network's int8 .pte on the 2-core AVX2 CI CPU).
+#: MobileNetV3-Small-0.5 cut to four of its eleven blocks (the depthwise-separable ReLU one, one without
+#: SE, the first hard-swish one and the first of the last stage): three SE blocks, one after ReLU and two
+#: after hard-swish, each gate on its own grid, in about a third of the whole network's nodes (each
+#: conversion costs time in proportion to them: ~60 s for the whole network's int8 .pte on the 2-core
+#: AVX2 CI CPU).
 CUT_STAGES = (0, 1, 3, 8)
 SE_BLOCKS = 3
 
