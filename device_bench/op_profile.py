@@ -303,7 +303,9 @@ def se_block_names(manifest: Mapping[str, Any]) -> list[str] | None:
     import edge_se
     from edge_se.registry import get_spec
 
-    se = (manifest.get("variant") or {}).get("se") or {}
+    variant = manifest.get("variant")
+    se = variant.get("se") if isinstance(variant, Mapping) else None
+    se = se if isinstance(se, Mapping) else {}  # another tool's manifest may say only "se": true
     try:
         spec = get_spec(str(manifest.get("model")), gate=se.get("gate"), placement=se.get("placement"))
         rows = edge_se.count(spec, resolution=int(manifest["resolution"])).rows
@@ -433,6 +435,32 @@ def ranked_prefixes(*tables: Sequence[Mapping[str, Any]],
 
     rows = sorted((row(n) for n in range(1, len(tables[0]))), key=lambda r: (r["relative"], r["n"]))
     return [r for r in rows if 1.0 - r["relative"] >= min_gain]
+
+
+def op_sequence(trace: Trace) -> tuple[str, ...]:
+    """The operator types the runtime ran, in execution order, without times (``Convolution (NHWC, QC8) IGEMM``).
+
+    XNNPACK's names carry the layout and the data types of the kernel it chose, so two artifacts of
+    one architecture at one resolution with equal sequences ran the same kernels on the same shapes.
+    """
+    return tuple(op_type(o.name) for o in trace.ops)
+
+
+def extra_ops(ours: Sequence[str], theirs: Sequence[str]) -> list[str] | None:
+    """The operators only ``theirs`` ran, if ``ours`` ran nothing else: ``ours`` is a subsequence of ``theirs``.
+
+    Pure. ``None`` when ``ours`` ran an operator ``theirs`` did not (at its place in the order);
+    otherwise ``theirs``' operators left over after matching every one of ``ours`` in order (greedy,
+    earliest first), in execution order; ``[]`` for equal sequences.
+    """
+    left: list[str] = []
+    i = 0
+    for op in theirs:
+        if i < len(ours) and op == ours[i]:
+            i += 1
+        else:
+            left.append(op)
+    return left if i == len(ours) else None
 
 
 def profile_path(out: Path) -> Path:

@@ -164,6 +164,29 @@ def test_litert_run_order_parses_in_execution_order():
         parse_run_order("Number of nodes executed: 0")
 
 
+def test_op_sequence_and_extra_ops_find_what_only_the_other_ran():
+    # Seen on EfficientNet-B0 int8 .tflite: TensorFlow's converter ran edge-se's NHWC sequence plus one
+    # reshape before the classifier; edge-se's NCHW artifact ran an input transpose the converter's did not.
+    trace = op_profile.Trace((op_profile.OpEvent("Convolution (NHWC, QC8) IGEMM #0", 2.1, True),
+                              op_profile.OpEvent("Mean (ND) Reduce #1", 0.01, True)), (2.2,), 1)
+    assert op_profile.op_sequence(trace) == ("Convolution (NHWC, QC8) IGEMM", "Mean (ND) Reduce")
+    ours = ["Conv", "Mean", "FC"]
+    assert op_profile.extra_ops(ours, ours) == []
+    assert op_profile.extra_ops(ours, ["Conv", "Mean", "Reshape", "FC"]) == ["Reshape"]
+    assert op_profile.extra_ops(["Transpose", *ours], ["Conv", "Mean", "Reshape", "FC"]) is None
+    assert op_profile.extra_ops(["FC", "Mean"], ["Conv", "Mean", "FC"]) is None  # the order counts
+    assert op_profile.extra_ops([], ["Conv"]) == ["Conv"]
+
+
+def test_se_block_names_of_a_manifest_edge_se_did_not_write_is_none():
+    # The device_bench test artifacts (and another tool's manifests) say only "se": true: the profile
+    # then has no SE rows, and edge-se bench --profile must not fail on it (it did: 'bool' has no .get).
+    for variant in ({"family": "test", "se": True}, None, "x", {"se": None}):
+        assert op_profile.se_block_names({"model": "tiny_se", "variant": variant, "resolution": 16}) is None
+    names = op_profile.se_block_names({"model": "mobilenetv3_small_050", "variant": {"se": True}, "resolution": 64})
+    assert names and names[0].endswith(".se"), names  # a registry model: its default gate and placement
+
+
 def test_bad_litert_trace_is_one_line(tmp_path):
     bad = tmp_path / "t.litert.json"
     bad.write_text('{"schema": "other"}')

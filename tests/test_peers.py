@@ -326,6 +326,27 @@ def test_readers_on_real_artifacts(artifacts):  # noqa: F811 - pytest fixture
     assert "XNNSigmoid" in pte["float_ops_in_int8"], pte
 
 
+def test_runtime_ops_of_real_int8_artifacts(artifacts, tmp_path):  # noqa: F811 - pytest fixture
+    from benchmarks.peers.runtime_ops import profile_int8
+    from device_bench.op_profile import extra_ops
+
+    arts = [{"key": f"tiny/{r}/{f}/int8", "recipe": r, "format": f, "dtype": "int8", "build_error": None,
+             "artifact": str(artifacts[n])}
+            for r, f, n in (("edge-se", "tflite", "tiny_se_litert_int8.tflite"),
+                            ("edge-se", "pte", "tiny_se_xnnpack_int8.pte"))]
+    arts.append({**arts[0], "key": "tiny/broken/tflite/int8", "artifact": str(tmp_path / "missing.tflite")})
+    arts.append({**arts[0], "key": "tiny/x/tflite/fp32", "dtype": "fp32"})  # fp32: not profiled
+    profile_int8(arts, tmp_path)
+    tfl, pte, broken, fp32 = arts
+    # XNNPACK's own operator names, layout and data types in them (the tiny .pte is per-tensor int8), from
+    # each runtime's profiler
+    assert any(op.startswith("Convolution (NHWC, QC8)") for op in tfl["runtime_ops"]), tfl["runtime_ops"]
+    assert any(op.startswith("Convolution (NHWC, QS8)") for op in pte["runtime_ops"]), pte["runtime_ops"]
+    assert extra_ops(tfl["runtime_ops"], tfl["runtime_ops"]) == []
+    assert "runtime_ops" not in broken and broken["runtime_ops_error"]
+    assert "runtime_ops" not in fp32 and "runtime_ops_error" not in fp32
+
+
 # --- manifests ------------------------------------------------------------------------------------
 
 
@@ -391,6 +412,39 @@ def test_results_round_trip_through_jsonl(tmp_path):
     assert "| efficientnet_b0/edge-se/pte/int8 | 1.0 | 1 | 3 | none | XNNSigmoid x2 |" in cells
     run.rerender(tmp_path)
     assert md.read_text() == first
+
+
+def test_a_peer_that_runs_every_operator_edge_se_runs_is_a_tie():
+    arch = "efficientnet_b0"
+    conv, mean, fc = "Convolution (NHWC, QC8) IGEMM", "Mean (ND) Reduce", "Fully Connected (NC, QS8, QC8W) GEMM"
+    arts = [_art(arch, r, "tflite", d) for r in ("edge-se", "litert-torch", "tf-converter") for d in ("int8", "fp32")]
+    ops = {"edge-se": [conv, mean, fc], "tf-converter": [conv, mean, "Static Reshape (NC)", fc],
+           "litert-torch": ["Transpose (ND, X8) Transpose", conv, mean, fc]}
+    for a in arts:
+        if a["dtype"] == "int8":
+            a["runtime_ops"] = ops[a["recipe"]]
+    key = {r: table.artifact_key(arch, r, "tflite", "int8") for r in ops}
+    # paired 1.01x against tf-converter (a miss by the ratio), 0.8x against litert-torch
+    paired = _paired({(key["edge-se"], key["tf-converter"]): (1.01, 0.99, 1.03),
+                      (key["edge-se"], key["litert-torch"]): (0.8, 0.78, 0.82)})
+    ms = {key["edge-se"]: 10.1, key["tf-converter"]: 10.0, key["litert-torch"]: 12.5}
+    (c,) = table.compare(arts, _timings(ms), [1], paired)
+    assert c["tie"] is True and c["target_met"] is True
+    assert c["ties"] == [{"recipe": "tf-converter", "ops": 3, "peer_ops": 4, "peer_extra": {"Static Reshape (NC)": 1}}]
+    finding = next(f for f in table.target_findings([c], arts) if f["target"].startswith("int8 <="))
+    assert finding["tie"] is True
+    assert finding["detail"] == ("1.01x tf-converter, paired (round medians: 1.01x best peer, tf-converter): 1% over, "
+                                 "a tie: edge-se ran 3 runtime operators, a subsequence of tf-converter's 4 "
+                                 "(tf-converter also ran: Static Reshape (NC) x1)")
+    cells = _squeeze(table.markdown([c], arts, table.target_findings([c], arts)))
+    assert "| tie (+1%) |" in cells and "| int8 <= 1.00x best peer | efficientnet_b0 .tflite 1T | tie |" in cells
+    # edge-se running one operator the peer does not (an input transpose) is no tie, whatever the ratio
+    arts[0]["runtime_ops"] = ["Transpose (ND, X8) Transpose", conv, mean, fc]
+    (c,) = table.compare(arts, _timings(ms), [1], paired)
+    assert c["tie"] is False and c["target_met"] is False and c["ties"] == []
+    # nor is a pair whose operators were not profiled
+    del arts[0]["runtime_ops"]
+    assert table.compare(arts, _timings(ms), [1], paired)[0]["target_met"] is False
 
 
 def test_op_diff_names_what_one_graph_has_more_of():

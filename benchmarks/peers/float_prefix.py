@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers import timing
+from benchmarks.peers.manifests import EDGE_SE_EXPORT_FLAGS
 from benchmarks.peers.proc import edge_se_cli, log, run_logged
 from contract.files import write_text
 from contract.formats import artifact_name
@@ -249,7 +250,7 @@ def verdict(measured: dict[str, dict[str, Any]], *, min_gain: float = MEASURED_M
 
 def rebuild(out: Path, arch: str, fmt: str, n: int, *, weights: Path, seed: int, dest: Path) -> str | None:
     """``edge-se export`` the int8 ``fmt`` artifact with ``--float-prefix n`` into ``dest``; the error line, or None."""
-    rc, _, last = run_logged([edge_se_cli(), "export", arch, "--format", fmt, "--dtype", "int8", "--calib", "random",
+    rc, _, last = run_logged([edge_se_cli(), "export", arch, "--format", fmt, "--dtype", "int8", *EDGE_SE_EXPORT_FLAGS,
                               "--out", str(dest), "--weights", str(weights), "--seed", str(seed),
                               "--float-prefix", str(n)], f"float prefix: build {arch} .{fmt} with N={n}")
     return None if rc == 0 else f"edge-se export --float-prefix {n} exit {rc}: {last}"

@@ -27,6 +27,14 @@ RECIPES: dict[str, dict[str, str]] = {
 }
 """Who built an artifact -> format -> one-line description (edge-se first, then the peers)."""
 
+EDGE_SE_EXPORT_FLAGS = ("--calib", "random", "--channels-last")
+"""``edge-se export`` flags of every edge-se artifact the run builds. ``--calib random``: the peers
+calibrate on seeded noise too (the same inputs for every recipe). ``--channels-last``: the
+``.tflite`` takes NHWC input, as the Keras peer does and as TFLite apps feed camera frames; an NCHW
+``.tflite`` runs one more operator, an input transpose (0.33 ms of 34 ms on EfficientNet-B0 int8,
+AVX2-only EPYC), which would be timed against the peer as edge-se's loss. ``.pte`` stays NCHW (the
+flag does not apply), as ExecuTorch takes it; litert-torch's peer keeps its standard recipe's NCHW."""
+
 
 def builder_parser(prog: str, doc: str, seed_help: str) -> argparse.ArgumentParser:
     """The options every peer builder shares: ``--out``, ``--arch`` (repeatable), ``--resolution`` (px), ``--seed``."""

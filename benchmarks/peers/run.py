@@ -8,10 +8,13 @@ Runs in the main venv (TensorFlow runs only in ``.venv-peers``, as a subprocess)
 Steps: (1) torchvision peers through ExecuTorch and litert-torch, edge-se random weights with the
 same BatchNorm scheme (:mod:`benchmarks.peers.torch_peers`); (2) Keras peers through TensorFlow's
 converter (:mod:`benchmarks.peers.keras_peers`, in ``.venv-peers``); (3) ``edge-se export ARCH
---format all --dtype all --weights ...``; (4) a partition report read from every artifact;
+--format all --dtype all --weights ...`` (:data:`~benchmarks.peers.manifests.EDGE_SE_EXPORT_FLAGS`:
+NHWC ``.tflite``, as the Keras peer); (4) a partition report read from every artifact;
 (5) every artifact timed with ``device_bench.runner``, alternating, per round and thread count,
 then edge-se int8 timed paired (``--paired-with``) against its fp32 and each peer's int8;
-(6) ``results/bench_peers.jsonl`` and ``results/bench_peers.md``. A failed build is recorded in the
+(6) every int8 artifact profiled once for the operators its runtime ran
+(:mod:`benchmarks.peers.runtime_ops`: a tie where edge-se ran a subsequence of a peer's);
+(7) ``results/bench_peers.jsonl`` and ``results/bench_peers.md``. A failed build is recorded in the
 table and the run goes on. This is a benchmark, not a test: it asserts nothing.
 """
 
@@ -26,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers import table, timing
-from benchmarks.peers.manifests import ARCHS, RECIPES, peer_artifact_name
+from benchmarks.peers.manifests import ARCHS, EDGE_SE_EXPORT_FLAGS, RECIPES, peer_artifact_name
 from benchmarks.peers.proc import edge_se_cli, log, run_logged
 from contract.formats import artifact_name
 from contract.provenance import git_commit
@@ -99,11 +102,10 @@ def build(out: Path, archs: list[str], *, peers_python: str, seed: int, reuse: b
                         if a["arch"] == arch and a["recipe"] == "tf-converter":
                             errors[a["key"]] = f"builder failed: {last}"
         if need_edge:
-            # --calib random: the peers calibrate on seeded noise too (the same inputs for every recipe).
             rc, recs, last = run_logged([edge_se_cli(), "export", arch, "--format", "all", "--dtype", "all",
-                                         "--calib", "random",
-                                   "--out", str(out / "edge_se"), "--weights", str(wfile), "--seed", str(seed)],
-                                  f"edge-se export {arch}")
+                                         *EDGE_SE_EXPORT_FLAGS,
+                                         "--out", str(out / "edge_se"), "--weights", str(wfile), "--seed", str(seed)],
+                                        f"edge-se export {arch}")
             if rc != 0:
                 for a in arts:
                     if a["arch"] == arch and a["recipe"] == "edge-se" and not Path(a["manifest"]).exists():
@@ -197,7 +199,8 @@ def rerender(results: Path) -> tuple[Path, Path]:
     """Rewrite ``bench_peers.{jsonl,md}`` from an existing jsonl (after a change to the table code)."""
     records = [json.loads(ln) for ln in (results / "bench_peers.jsonl").read_text().splitlines() if ln.strip()]
     meta = next(r for r in records if r["kind"] == "meta")
-    fields = ("key", "arch", "recipe", "format", "dtype", "artifact", "size_bytes", "partitions", "build_error")
+    fields = ("key", "arch", "recipe", "format", "dtype", "artifact", "size_bytes", "partitions", "build_error",
+              "runtime_ops", "runtime_ops_error")
     arts: dict[str, dict[str, Any]] = {}
     timings: dict[tuple[str, int], dict[str, Any]] = {}
     paired: dict[tuple[str, int], dict[str, Any]] = {}
@@ -274,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     log(f"timing {len(pairs)} pairs x threads {args.threads} x {args.rounds} rounds, paired")
     paired = timing.time_paired({k: (timed[a], timed[b]) for k, (a, b) in pairs.items()}, threads=args.threads,
                                 rounds=args.rounds, spec=paired_spec)
+    from benchmarks.peers.runtime_ops import profile_int8
+
+    profile_int8(arts, out)  # after the timings: the operators each int8 artifact ran (a tie's evidence)
     from device_bench.sysinfo import system_record
 
     meta = {"started": started, "finished": datetime.datetime.now().isoformat(timespec="seconds"),

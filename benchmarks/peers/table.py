@@ -14,6 +14,7 @@ to back in one process, free of the drift between rounds); the round medians sta
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -105,8 +106,9 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
         round medians), ``judged`` {recipe, ratio, paired}: the peer edge-se is closest to losing
         to, each peer's ratio paired where measured, else from round medians (a pair whose runner
         process failed), ``target_met``
-        (``judged.ratio`` <= :data:`TARGET_RATIO`; ``None`` when not measurable) and
-        ``over_target_pct``. ``int8_faster_than_fp32`` is judged on ``paired_speedup`` where measured.
+        (``judged.ratio`` <= :data:`TARGET_RATIO`, or a :func:`tie` with every peer over it;
+        ``None`` when not measurable), ``tie`` (met only as a tie), ``ties`` (the :func:`tie`
+        records) and ``over_target_pct``. ``int8_faster_than_fp32`` is judged on ``paired_speedup`` where measured.
     """
     present = {(a["arch"], a["format"]) for a in artifacts}
     out = []
@@ -148,16 +150,49 @@ def compare(artifacts: Sequence[dict[str, Any]], timings: dict[tuple[str, int], 
                         by_peer.append({"recipe": peer, "ratio": x, "paired": False})
                 closest = max(by_peer, key=lambda p: p["ratio"]) if by_peer else None
                 judged = None if closest is None else closest["ratio"]
+                over = [p for p in by_peer if p["ratio"] > TARGET_RATIO]
+                ties = [tie(artifacts, arch, fmt, p["recipe"]) for p in over]
+                tied = bool(over) and all(x is not None for x in ties)
                 out.append({
                     "arch": arch, "format": fmt, "threads": t, "recipes": recipes,
                     "best_peer_int8": None if best is None else {"recipe": best[0], "ms": best[1]},
                     "ratio": rr,
                     "judged": closest,
                     "target_ratio": TARGET_RATIO,
-                    "target_met": None if judged is None else judged <= TARGET_RATIO,
+                    "target_met": None if judged is None else (judged <= TARGET_RATIO or tied),
+                    "tie": tied,
+                    "ties": [x for x in ties if x is not None],
                     "over_target_pct": None if judged is None else max(0.0, 100.0 * (judged / TARGET_RATIO - 1.0)),
                 })
     return out
+
+
+def tie(artifacts: Sequence[dict[str, Any]], arch: str, fmt: str, peer: str) -> dict[str, Any] | None:
+    """Whether edge-se's int8 artifact ran no operator ``peer``'s did not (:mod:`benchmarks.peers.runtime_ops`).
+
+    Pure. A tie: edge-se's runtime operator sequence (``runtime_ops``) is a subsequence of the
+    peer's (:func:`device_bench.op_profile.extra_ops`), so the two ran the same kernels, in the same
+    order, on the same architecture and resolution, and the peer perhaps more; a paired ratio over
+    1.00 is then not work that edge-se does and the peer does not. Returns ``{recipe, ops,
+    peer_ops, peer_extra}`` (``peer_extra``: operator -> count, what only the peer ran), or None
+    when it is not a tie or either sequence was not profiled.
+    """
+    from device_bench.op_profile import extra_ops
+
+    ops = {a["key"]: a.get("runtime_ops") for a in artifacts}
+    ours, theirs = ops.get(artifact_key(arch, "edge-se", fmt, "int8")), ops.get(artifact_key(arch, peer, fmt, "int8"))
+    if not ours or not theirs:
+        return None
+    extra = extra_ops(ours, theirs)
+    if extra is None:
+        return None
+    return {"recipe": peer, "ops": len(ours), "peer_ops": len(theirs), "peer_extra": dict(Counter(extra))}
+
+
+def tie_text(t: dict[str, Any]) -> str:
+    """One line on a :func:`tie`: ``a tie: edge-se ran 189 runtime operators, a subsequence of X's 190 (...)``."""
+    extra = f" ({t['recipe']} also ran: {ops_text(t['peer_extra'])})" if t["peer_extra"] else " (the same sequence)"
+    return f"a tie: edge-se ran {t['ops']} runtime operators, a subsequence of {t['recipe']}'s {t['peer_ops']}{extra}"
 
 
 def operator_profile(partitions: dict[str, Any] | None) -> str:
@@ -199,7 +234,9 @@ def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[d
                     if c["ratio"] is not None else "")
             else:
                 figures = f"{judged['ratio']:.2f}x {peer} (round medians; not paired)"
-            if c["target_met"]:
+            if c.get("tie"):
+                detail = f"{figures}: {c['over_target_pct']:.0f}% over, " + "; ".join(tie_text(t) for t in c["ties"])
+            elif c["target_met"]:
                 detail = figures
             else:
                 peer_rep = by_key.get(artifact_key(c["arch"], peer, c["format"], "int8"), {}).get("partitions")
@@ -207,7 +244,7 @@ def target_findings(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[d
                           if art.get("partitions") and peer_rep else "")
                 detail = f"{figures}: {c['over_target_pct']:.0f}% over; {why}{versus}"
         findings.append({"target": f"int8 <= {TARGET_RATIO:.2f}x best peer", "where": where,
-                         "met": c["target_met"], "detail": detail})
+                         "met": c["target_met"], "tie": bool(c.get("tie")), "detail": detail})
         sp, ps = edge["int8_speedup"], edge.get("paired_speedup")
         rounds = (f"int8 {edge['int8_ms']:.2f} ms vs fp32 {edge['fp32_ms']:.2f} ms ({sp:.2f}x)"
                   if sp is not None else "")
@@ -268,7 +305,9 @@ def markdown(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str
         peers = "; ".join(f"{r} {_f(v['int8_ms'])} ({_f(v['int8_p90_ms'])})"
                           for r, v in c["recipes"].items() if r != "edge-se")
         best = c["best_peer_int8"]
-        met = "—" if c["target_met"] is None else ("met" if c["target_met"] else f"**+{c['over_target_pct']:.0f}%**")
+        met = "—" if c["target_met"] is None else (
+            f"tie (+{c['over_target_pct']:.0f}%)" if c.get("tie") else
+            "met" if c["target_met"] else f"**+{c['over_target_pct']:.0f}%**")
         paired = "; ".join(f"{r} {_f(v.get('paired_ratio'), '{:.2f}x')}"
                            for r, v in c["recipes"].items() if r != "edge-se")
         latency.append([c["arch"], c["format"], str(c["threads"]), f"{_f(e['int8_ms'])} ({_f(e['int8_p90_ms'])})",
@@ -277,7 +316,7 @@ def markdown(comparisons: Sequence[dict[str, Any]], artifacts: Sequence[dict[str
     speedups = [[c["arch"], c["format"], str(c["threads"]), r, _f(v["fp32_ms"]), _f(v["int8_ms"]),
                  _f(v["int8_speedup"], "{:.2f}x"), _paired_text(v), _yes(v["int8_faster_than_fp32"])]
                 for c in comparisons for r, v in c["recipes"].items()]
-    targets = [[f["target"], f["where"], _yes(f["met"]), f["detail"]] for f in findings]
+    targets = [[f["target"], f["where"], "tie" if f.get("tie") else _yes(f["met"]), f["detail"]] for f in findings]
     parts = []
     for a in artifacts:
         rep = a.get("partitions") or {}
