@@ -76,6 +76,17 @@ def exclusive(cell: Cell) -> bool:
     return device is not None and times_on_host(device)
 
 
+def device_lock(cell: Cell) -> str | None:
+    """The device a cell must have to itself while it runs, or None (a CPU cell, an emulated device).
+
+    A timing cell times one artifact at a time on its device. An emulated device (QEMU) counts
+    instructions on this host's cores, which neither load nor a second emulation beside it changes,
+    so its cells run side by side, as CPU cells do.
+    """
+    device = timing_device(cell)
+    return None if device is None or emulated(device) else device
+
+
 @dataclass
 class Job:
     """One cell to compute: its dependencies are finished and its cache key is known."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from pipeline.cells import Cell, plan_cells
 from pipeline.config import RunConfig, load_config
-from pipeline.executors import Job, Outcome, Runner, exclusive, make_executor, timing_device
+from pipeline.executors import Job, Outcome, Runner, device_lock, exclusive, make_executor
 from pipeline.stages import Dep, key_inputs, run_cell, tool_versions
 from pipeline.store import Store, cache_key
 
@@ -66,8 +66,9 @@ def run_sweep(
     """Run every cell of ``cfg`` into ``run_dir`` (created; an existing one is resumed).
 
     A cell starts once its dependencies are done, on the executor's next free slot; cells on one
-    device never overlap, and a timing cell on a device that times on this host (``local``) runs
-    alone: the running cells drain first and nothing starts until it is done.
+    timed device never overlap (an emulated device counts instructions: its cells may), and a
+    timing cell on a device that times on this host (``local``) runs alone, once no other cell is
+    running or could start, and nothing starts until it is done.
 
     Args:
         cfg: the parsed config.
@@ -116,10 +117,28 @@ def run_sweep(
         if bar is not None:
             bar.update(1)
 
+    def start(cell: Cell, key: str, deps: dict[str, Dep]) -> None:
+        pending.remove(cell)
+        lock = device_lock(cell)
+        if lock is not None:
+            busy.add(lock)
+        running[cell.id] = Job(cell, key, deps)
+        if bar is not None:
+            bar.set_description(cell.id[:60])
+        ex.submit(running[cell.id])
+
     def launch() -> None:
-        """Resolve what can be resolved (blocked, cached) and start what may start, in plan order."""
+        """Resolve what can be resolved (blocked, cached) and start what may start, in plan order.
+
+        Every other cell goes first: an exclusive timing cell starts, alone, only once nothing is
+        running and no other cell could start. The timing cells run one after another whatever
+        their order, so this costs them nothing, and the cells that may share the machine (CPU
+        work, emulated devices, remote devices) do share it instead of queueing behind a timing
+        cell: in ``make demo`` the emulated-aarch64 counts overlap the exports.
+        """
         nonlocal alone
         unresolved = {c.id for c in pending} | set(running)
+        waiting: tuple[Cell, str, dict[str, Dep]] | None = None  # the first exclusive cell ready to run
         for cell in list(pending):
             if alone:
                 return
@@ -145,20 +164,17 @@ def run_sweep(
                 finished[cell.id] = Dep(store.cell_dir(cell.stage, key), cached)
                 record(cell, entry | {"key": key, "status": "cached", "seconds": cached.get("seconds")})
                 continue
-            device = timing_device(cell)
             if exclusive(cell):
-                if running:
-                    return  # drain: nothing later in the plan starts before this cell has run alone
-                alone = True
-            elif (device is not None and device in busy) or len(running) >= ex.slots:
+                if waiting is None:
+                    waiting = (cell, key, deps)
                 continue
-            pending.remove(cell)
-            if device is not None:
-                busy.add(device)
-            running[cell.id] = Job(cell, key, deps)
-            if bar is not None:
-                bar.set_description(cell.id[:60])
-            ex.submit(running[cell.id])
+            lock = device_lock(cell)
+            if (lock is not None and lock in busy) or len(running) >= ex.slots:
+                continue
+            start(cell, key, deps)
+        if waiting is not None and not running:
+            alone = True
+            start(*waiting)
 
     try:
         while pending or running:
@@ -169,7 +185,7 @@ def run_sweep(
                 break
             for outcome in ex.wait():
                 job = running.pop(outcome.job.cell.id)
-                busy.discard(timing_device(job.cell) or "")
+                busy.discard(device_lock(job.cell) or "")
                 alone = alone and not exclusive(job.cell)
                 record(job.cell, _commit(store, job, outcome, summary, finished))
     except BaseException:

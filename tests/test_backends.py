@@ -217,15 +217,15 @@ def test_fp32_pte_of_a_hardsigmoid_se_network_is_one_partition_with_nothing_outs
     # nn.Hardsigmoid lifts its 3 and 6 as tensor constants behind dim-order copies the delegate does
     # not take: unfolded, MobileNetV3 ran 2 portable kernels per SE block outside XNNPACK. Folded at
     # export, nothing stays outside, and the outputs are those of the unfolded program bit for bit.
+    from cut_networks import cut_mobilenet
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    import edge_se
     from export.backends.pte import lower_pte, run_pte
     from export.partitions import pte_report
 
     torch.manual_seed(0)
-    model = edge_se.build_model("mobilenetv3_small_050", num_classes=10).eval()
+    model = cut_mobilenet().eval()  # three hard-sigmoid SE blocks: the property is per block
     example = (torch.randn(1, 3, 32, 32),)
     data, summary, rewrites = lower_pte(model, example)
     path = tmp_path / "m.pte"

@@ -21,7 +21,7 @@ from test_pipeline import FakeRunner, _cfg
 
 from edge_se.errors import EdgeSeError
 from pipeline.cells import plan_cells
-from pipeline.executors import exclusive, timing_device
+from pipeline.executors import device_lock, exclusive, timing_device
 from pipeline.run import run_sweep
 from pipeline.stages import run_cell
 
@@ -131,9 +131,13 @@ def test_timing_cells_run_alone_and_devices_never_overlap(tmp_path):
     for a, b in overlaps:
         ca, cb = by_id[a], by_id[b]
         assert not (exclusive(ca) or exclusive(cb)), f"{a} overlapped the timing cell {b} (or vice versa)"
-        da, db = timing_device(ca), timing_device(cb)
+        da, db = device_lock(ca), device_lock(cb)
         assert da is None or da != db, f"{a} and {b} timed on {da} at the same time"
     assert sum(exclusive(by_id[c]) for c in cells) == 5  # four local benches and the cpu baseline were checked
+    # Every exclusive cell ran after every other cell had ended: nothing queued behind a timing cell.
+    last_shared = max(e["ended"] for c, e in cells.items() if not exclusive(by_id[c]))
+    assert all(cells[c]["started"] >= last_shared for c in cells if exclusive(by_id[c]))
+    assert device_lock(next(by_id[c] for c in cells if timing_device(by_id[c]) == "qemu-aarch64")) is None
 
 
 def test_interrupted_parallel_run_leaves_no_partial_cell_and_resumes(tmp_path):
@@ -347,7 +351,7 @@ def test_ray_cells_run_on_both_nodes_and_timing_cells_alone(tmp_path, two_nodes)
     for a, b in itertools.combinations(cells, 2):
         if _overlap(cells[a], cells[b]):
             assert not (exclusive(by_id[a]) or exclusive(by_id[b])), f"{a} overlapped {b}"
-            assert timing_device(by_id[a]) is None or timing_device(by_id[a]) != timing_device(by_id[b])
+            assert device_lock(by_id[a]) is None or device_lock(by_id[a]) != device_lock(by_id[b])
     run_sweep(cfg, tmp_path / "local", runner=SlowRunner(delay=0), jobs=2)
     assert _records(tmp_path / "run") == _records(tmp_path / "local")
 

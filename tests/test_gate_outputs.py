@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cut_networks import SE_BLOCKS, cut_mobilenet
 from device_artifacts import RESOLUTION, _model, gate_stats
 
 from contract.manifest import read_manifest
@@ -120,23 +121,6 @@ def test_runner_reports_the_gate_score_of_its_outputs(tmp_path, fmt, capsys):
 # outputs, so the gates are bit-identical across layouts.
 
 
-#: MobileNetV3-Small-0.5 cut to four of its eleven blocks (the depthwise-separable ReLU one, one without
-#: SE, the first hard-swish one and the first of the last stage): three SE blocks, one after ReLU and two
-#: after hard-swish, each gate on its own grid, in about a third of the whole network's nodes (each
-#: conversion costs time in proportion to them: ~60 s for the whole network's int8 .pte on the 2-core
-#: AVX2 CI CPU).
-CUT_STAGES = (0, 1, 3, 8)
-SE_BLOCKS = 3
-
-
-def _cut_mobilenet() -> torch.nn.Module:
-    import edge_se
-    from edge_se.registry import get_spec
-
-    spec = get_spec("mobilenetv3_small_050")
-    return edge_se.build(spec.with_(name="mobilenetv3_small_050_cut", stages=tuple(spec.stages[i] for i in CUT_STAGES)))
-
-
 def _registry_export(tmp: Path, fmt: str, dtype: str, **gate) -> dict:
     from export.sources import BN_IMAGES, reestimate_batchnorm
 
@@ -145,7 +129,7 @@ def _registry_export(tmp: Path, fmt: str, dtype: str, **gate) -> dict:
     # Seeded random weights, BatchNorm re-estimated on the calibration images (as `edge-se export`):
     # the same model in each export.
     torch.manual_seed(0)
-    model = _cut_mobilenet()
+    model = cut_mobilenet()
     reestimate_batchnorm(model, calib.first(BN_IMAGES))
     model.eval()
     # int8 of a random-weight network is far from its float model (issue 11's hard case), which
