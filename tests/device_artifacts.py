@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -214,3 +215,24 @@ class _Block:
             raise ImportError(f'{name} is blocked: the device runner must not import it')
 sys.meta_path.insert(0, _Block())
 """
+
+
+def pte_with_and_without(monkeypatch: Any, patch: str) -> tuple[bytes, bytes]:
+    """The tiny network's ``.pte`` lowered as shipped, then with ``export.backends.pte.<patch>`` a no-op.
+
+    For the toolchain patches (export/fx_provenance.py, export/xnnpack_pattern_passes.py), which
+    must not change a byte of the artifact.
+    """
+    import contextlib
+
+    import torch
+
+    from export.backends import pte
+
+    torch.manual_seed(0)
+    model = _model().eval()
+    example = (torch.randn(1, 3, RESOLUTION, RESOLUTION),)
+    patched, _, _ = pte.lower_pte(model, example)
+    monkeypatch.setattr(pte, patch, contextlib.nullcontext)
+    plain, _, _ = pte.lower_pte(model, example)
+    return patched, plain

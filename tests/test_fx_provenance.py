@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from device_artifacts import RESOLUTION, _model
+from device_artifacts import RESOLUTION, _model, pte_with_and_without
 from torch.fx.traceback import NodeSource
 
 from export.fx_provenance import shared_provenance
@@ -49,13 +47,6 @@ def test_the_constructor_is_restored_after_nesting_and_errors():
 @pytest.mark.slow
 @pytest.mark.export
 def test_the_lowered_program_is_byte_identical(monkeypatch):
-    from export.backends import pte
-
-    torch.manual_seed(0)
-    model = _model().eval()
-    example = (torch.randn(1, 3, RESOLUTION, RESOLUTION),)
-    shared, _, _ = pte.lower_pte(model, example)
-    monkeypatch.setattr(pte, "shared_provenance", contextlib.nullcontext)
-    assert NodeSource.__init__.__name__ == "__init__"  # torch's own constructor below
-    plain, _, _ = pte.lower_pte(model, example)
+    shared, plain = pte_with_and_without(monkeypatch, "shared_provenance")
+    assert NodeSource.__init__.__name__ == "__init__"  # torch's own constructor outside the patch
     assert shared == plain

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
-from device_artifacts import RESOLUTION, _model
+from device_artifacts import pte_with_and_without
 
 from export.xnnpack_pattern_passes import ANCHORS, _classes, has_operator, matching_pattern_passes_only
 
@@ -61,12 +59,5 @@ def test_a_graph_with_the_anchor_runs_the_pass():
 @pytest.mark.slow
 @pytest.mark.export
 def test_the_lowered_program_is_byte_identical(monkeypatch):
-    from export.backends import pte
-
-    torch.manual_seed(0)
-    model = _model().eval()
-    example = (torch.randn(1, 3, RESOLUTION, RESOLUTION),)
-    skipped, _, _ = pte.lower_pte(model, example)
-    monkeypatch.setattr(pte, "matching_pattern_passes_only", contextlib.nullcontext)
-    full, _, _ = pte.lower_pte(model, example)
+    skipped, full = pte_with_and_without(monkeypatch, "matching_pattern_passes_only")
     assert skipped == full
