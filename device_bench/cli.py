@@ -16,6 +16,7 @@ from contract.measure import DEFAULT_ORDER, ORDERS, from_namespace
 from contract.measure import add_arguments as add_measure_arguments
 from edge_se.argtypes import number
 from edge_se.cliargs import deprecated
+from edge_se.errors import EdgeSeError
 
 DTYPES = ("fp32", "fp16", "bf16")
 
@@ -94,8 +95,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     t.add_argument("--without-cuda", choices=("cpu", "skip"), default="cpu",
                    help="--torch-device cuda where there is no CUDA: time the CPU instead, or record one skip")
+    t.add_argument("--warm-only", action="store_true",
+                   help="only compile each configuration and make its first call, filling the inductor cache "
+                   "(TORCHINDUCTOR_CACHE_DIR) for a later timing run; time nothing, write no --out; one JSON line "
+                   "per configuration with the first call's ms and the FX graph cache's hits and misses")
     add_measure_arguments(t.add_argument_group("measurement (contract.measure.MeasureSpec)"))
-    t.add_argument("--out", required=True, type=Path)
+    t.add_argument("--out", type=Path, help="bench records (JSON lines) appended here; required unless --warm-only")
     t.set_defaults(func=run_bench_torch)
 
     d = subparsers.add_parser("devices", help="list inventory devices and probe them", formatter_class=fmt)
@@ -128,8 +133,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def run_bench_torch(args: argparse.Namespace) -> int:
     """``edge-se bench-torch``: PyTorch eager/compiled baselines, one line per configuration."""
-    from device_bench.torch_baseline import TorchBenchConfig, bench_torch
+    from device_bench.torch_baseline import TorchBenchConfig, bench_torch, warm_compile
 
+    if args.out is None and not args.warm_only:
+        raise EdgeSeError("--out is required (unless --warm-only)")
     cfg = TorchBenchConfig(
         model=args.model,
         device=args.torch_device,
@@ -140,6 +147,10 @@ def run_bench_torch(args: argparse.Namespace) -> int:
         measure=from_namespace(args),
         without_cuda=args.without_cuda,
     )
+    if args.warm_only:
+        for warm in warm_compile(cfg):  # a failing compile is recorded, as bench-torch records it
+            print(json.dumps(warm, sort_keys=True))
+        return 0
     print(f"bench-torch: {cfg.model} on {cfg.device}: {cfg.measure.summary()}", file=sys.stderr)
     for rec in bench_torch(cfg, args.out):
         print(json.dumps(rec, sort_keys=True))

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import json
+import os
 import sys
+import types
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -126,13 +129,50 @@ class TfliteSession:
                 "threads": trace["threads"]}
 
 
+def import_executorch_runtime() -> tuple[Any, Any]:
+    """``executorch.runtime`` and its ``portable_lib``, without importing the exporter (``executorch.exir``).
+
+    ``portable_lib`` imports ``executorch.exir._warnings`` for one warning class, and that import
+    runs ``executorch/exir/__init__.py``: the whole exporter, torch._dynamo and ExecuTorch's
+    edge-operator YAML, 7.3 s of a 2.2 s runtime import on the 2-core CI machine (``-X importtime``),
+    paid by every Python ``.pte`` benchmark. ``_warnings.py`` itself needs only ``typing_extensions``:
+    it is loaded from its file under its own name, with an empty ``executorch.exir`` in front of it
+    only while the runtime imports, and both are removed after, so a later ``import executorch.exir``
+    (the exporter, in the same process) loads the real package as if this had not happened. Where
+    ExecuTorch's layout differs (no ``_warnings.py``, or ``exir`` already imported), the plain
+    import runs.
+    """
+    if "executorch.extension.pybindings.portable_lib" in sys.modules or "executorch.exir" in sys.modules:
+        return (importlib.import_module("executorch.runtime"),
+                importlib.import_module("executorch.extension.pybindings.portable_lib"))
+    pkg = importlib.import_module("executorch")
+    path = os.path.join(next(iter(pkg.__path__)), "exir", "_warnings.py")
+    spec = importlib.util.spec_from_file_location("executorch.exir._warnings", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        return (importlib.import_module("executorch.runtime"),
+                importlib.import_module("executorch.extension.pybindings.portable_lib"))
+    warnings_mod = importlib.util.module_from_spec(spec)
+    stub = types.ModuleType("executorch.exir")
+    stub._warnings = warnings_mod  # type: ignore[attr-defined]
+    sys.modules[spec.name] = warnings_mod
+    setattr(pkg, "exir", stub)  # noqa: B010 - `import executorch.exir._warnings as w` reads this attribute
+    try:
+        spec.loader.exec_module(warnings_mod)
+        runtime_mod = importlib.import_module("executorch.runtime")
+        portable = importlib.import_module("executorch.extension.pybindings.portable_lib")
+    finally:
+        sys.modules.pop(spec.name, None)
+        if getattr(pkg, "exir", None) is stub:
+            delattr(pkg, "exir")
+    return runtime_mod, portable
+
+
 class ExecutorchSession:
     """A ``.pte`` program in ExecuTorch's Python runtime (x86/host only: it needs libtorch)."""
 
     def __init__(self, path: str, inputs: Sequence[TensorSpec], threads: int) -> None:
         try:
-            runtime_mod = importlib.import_module("executorch.runtime")
-            portable = importlib.import_module("executorch.extension.pybindings.portable_lib")
+            runtime_mod, portable = import_executorch_runtime()
         except ImportError as exc:
             raise RuntimeUnavailable(
                 f"ExecuTorch Python runtime not importable ({exc}); use the native runner (--runner native)"

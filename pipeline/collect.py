@@ -190,8 +190,11 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
     """Desktop PyTorch baselines, one row per measured configuration (skips recorded as such)."""
     rows = []
     for r in res.stage("baseline"):
+        # the compile cell's first calls (the cold compile, made while other cells shared the machine)
+        cold = {(w.get("dtype"), w.get("batch")): w.get("first_call_ms") for w in r.get("warm", [])}
         for i, raw in enumerate(r.get("baseline", [])):
             line = read_record(raw, f"{r['dir']}/result.json: baseline[{i}]")
+            cache = line.get("compile_cache") or {}
             rows.append(
                 {
                     "model": r["model"],
@@ -200,6 +203,11 @@ def baseline_rows(res: RunResults) -> list[dict[str, Any]]:
                     "batch": line.get("batch"),
                     "mode": _runtime_name(line.get("mode") or line.get("runtime")),
                     "p50_ms": line.get("p50_ms"),
+                    "first_call_ms": line.get("first_inference_ms"),
+                    # every FX graph loaded from the cache the compile cell filled: nothing compiled here
+                    "from_cache": bool(cache.get("hits")) and not cache.get("misses"),
+                    "cold_first_call_ms": cold.get((line.get("dtype"), line.get("batch")))
+                    if cache else None,
                     "skipped": line.get("skipped") or (line.get("reason") if line.get("status") == "skipped" else None),
                     "gpu": line.get("gpu_name"),
                 }

@@ -39,6 +39,8 @@ Example config::
 
     [baseline]
     devices = ["cpu", "cuda"]  # cuda is recorded as skipped where there is none
+    compile_ahead = false      # true: torch.compile in a CPU cell of its own, the cpu timing cell loads its
+                               # inductor cache (pays where CPU cells have cores to spare: a Ray cluster)
 
     [gates]                    # release gates (pipeline.gates, docs/ci.md); `edge-se run` exits 1 on a violation
     min_sqnr_db = 25.0
@@ -108,6 +110,8 @@ class RunConfig:
     profile: bool = False  # [bench].profile: edge-se bench --profile (per-operator profiles, device_bench.op_profile)
     emulated_dtypes: tuple[str, ...] = DTYPES  # dtypes benchmarked on emulated devices (qemu-*)
     baseline_devices: tuple[str, ...] = ("cpu",)
+    # [baseline].compile_ahead: the cpu baseline's torch.compile runs in a ``compile`` CPU cell before it
+    compile_ahead: bool = False
     gates: Gates = Gates()  # [gates]: release gates every model meets (pipeline.gates)
     model_gates: Mapping[str, Gates] = field(default_factory=dict)  # a model's own, merged over ``gates``
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -226,6 +230,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
 
     base = _Reader(path, "baseline", doc.get("baseline", {}))
     baseline_devices = base.choices("devices", BASELINE_DEVICES, ("cpu",), allow_empty=True)
+    compile_ahead = base.get("compile_ahead", bool, False)
     base.done()
 
     gates = parse_gates(doc.get("gates", {}), f"{path}: [gates]")
@@ -252,6 +257,7 @@ def parse_config(text: str, path: str = "<config>") -> RunConfig:
         profile=profile,
         emulated_dtypes=emulated_dtypes,
         baseline_devices=baseline_devices,
+        compile_ahead=compile_ahead,
         gates=gates,
         model_gates=model_gates,
     )

@@ -160,9 +160,20 @@ def _artifacts_section(d: _Inputs) -> Section:
     return s
 
 
+def _first_call(b: dict[str, Any]) -> str:
+    """The first call's ms; for a compiled mode whose kernels came from the compile cell, its cold compile too."""
+    if b.get("first_call_ms") is None:
+        return "-"
+    text = fmt(b["first_call_ms"], ".0f")
+    if b.get("from_cache"):
+        text += " (kernels cached" + (f"; cold compile {b['cold_first_call_ms'] / 1e3:.0f} s"
+                                      if b.get("cold_first_call_ms") is not None else "") + ")"
+    return text
+
+
 _BASELINE_COLUMNS = (
     Column("model", "model"), Column("device", "device"), Column("mode", "mode"), Column("dtype", "dtype"),
-    Column("batch", "batch"), Column("p50 ms", "p50_ms"),
+    Column("batch", "batch"), Column("p50 ms", "p50_ms"), Column("first call ms", _first_call),
     Column("note", lambda b: b.get("skipped") or (b.get("gpu") or "")),
 )
 

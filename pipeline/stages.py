@@ -13,8 +13,10 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -50,8 +52,12 @@ _STAGE_CODE = {
     "train": ("edge_se",),
     "export": ("edge_se", "quantize", "export"),
     "bench": ("contract", "device_bench"),  # contract: the measurement spec and the record the runner writes
+    "compile": ("contract", "edge_se", "device_bench"),
     "baseline": ("contract", "edge_se", "device_bench"),
 }
+
+#: The inductor cache a ``compile`` cell leaves in its directory (``TORCHINDUCTOR_CACHE_DIR``).
+INDUCTOR_CACHE = "inductor_cache"
 _ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -87,6 +93,8 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
         inputs["resolution"] = cell.meta["resolution"]
     if cell.stage in ("bench", "baseline"):
         inputs |= {"measure": cfg.measure.to_dict(), "resolution": cell.meta["resolution"]}
+    if cell.stage == "compile":  # what the compiled kernels depend on (not the number of timed runs)
+        inputs |= {"threads": cfg.measure.threads, "seed": cfg.measure.seed, "resolution": cell.meta["resolution"]}
     if cell.stage == "bench" and cfg.profile:  # only when on: cells cached without it keep their keys
         inputs["profile"] = True
     if cell.stage != "info":
@@ -95,10 +103,11 @@ def key_inputs(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], versions: Ma
     return inputs
 
 
-def _cli(args: Sequence[str], workdir: Path, *, timeout: float = CELL_TIMEOUT_S) -> list[dict[str, Any]]:
-    """Run ``edge-se ARGS`` with logs to ``workdir/log.txt``; return the JSON lines it printed."""
+def _cli(args: Sequence[str], workdir: Path, *, timeout: float = CELL_TIMEOUT_S,
+         env: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    """Run ``edge-se ARGS`` (``env``: extra environment) with logs to ``workdir/log.txt``; return its JSON lines."""
     cmd = [sys.executable, "-m", "edge_se.cli", *args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
     with open(workdir / "log.txt", "ab") as log:
         log.write(("$ edge-se " + " ".join(args) + "\n").encode())
         log.flush()
@@ -252,33 +261,43 @@ def _bench(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -
     return {"bench": lines[-1], "profile": profiles[-1] if profiles else None}
 
 
+def _torch_args(cell: Cell, cfg: RunConfig) -> list[str]:
+    return ["bench-torch", cell.model, "--torch-device", str(cell.param("device")),
+            "--resolution", str(cell.meta["resolution"]), *cfg.measure.to_argv()]
+
+
+def _compile(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
+    """``torch.compile`` the baseline's configurations into an inductor cache in this cell's directory."""
+    cache = workdir / INDUCTOR_CACHE
+    cache.mkdir()
+    warm = _cli([*_torch_args(cell, cfg), "--warm-only"], workdir, env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    return {"warm": warm, "inductor_cache": INDUCTOR_CACHE,
+            "inductor_cache_bytes": sum(p.stat().st_size for p in cache.rglob("*") if p.is_file())}
+
+
 def _baseline(cell: Cell, cfg: RunConfig, deps: Mapping[str, Dep], workdir: Path) -> dict[str, Any]:
     out = workdir / "baseline.jsonl"
-    _cli(
-        [
-            "bench-torch",
-            cell.model,
-            "--torch-device",
-            str(cell.param("device")),
-            "--resolution",
-            str(cell.meta["resolution"]),
-            # the sweep's one measurement spec, as for its bench cells; the cpu cell times the CPU,
-            # so a cuda cell on a machine without CUDA records a skip instead of timing it again
-            *cfg.measure.to_argv(),
-            "--without-cuda",
-            "skip",
-            "--out",
-            str(out),
-        ],
-        workdir,
-    )
-    return {"baseline": _read_jsonl(out)}
+    # the sweep's one measurement spec, as for its bench cells; the cpu cell times the CPU,
+    # so a cuda cell on a machine without CUDA records a skip instead of timing it again
+    args = [*_torch_args(cell, cfg), "--without-cuda", "skip", "--out", str(out)]
+    warmed = [(i, d) for i, d in deps.items() if i.startswith("compile/")]
+    if not warmed:
+        _cli(args, workdir)
+        return {"baseline": _read_jsonl(out)}
+    ((dep_id, dep),) = warmed
+    # A private copy of the compile cell's cache: loading writes into it, and the cache is committed.
+    with tempfile.TemporaryDirectory(prefix="edge-se-inductor-") as tmp:
+        cache = Path(tmp) / INDUCTOR_CACHE
+        shutil.copytree(dep.dir / dep.result["inductor_cache"], cache)
+        _cli(args, workdir, env={"TORCHINDUCTOR_CACHE_DIR": str(cache)})
+    return {"baseline": _read_jsonl(out), "compiled_by": dep_id, "warm": dep.result.get("warm", [])}
 
 
 _STAGES = {
     "info": _info,
     "train": _train,
     "export": _export,
+    "compile": _compile,
     "bench": _bench,
     "baseline": _baseline,
 }

@@ -91,6 +91,36 @@ def test_python_runner_tflite_without_torch(artifacts, name):  # noqa: F811
     assert res["manifest_sha256"] == json.loads(Path(f"{artifacts[name]}.json").read_text())["sha256"]
 
 
+EXPORTER_BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == 'executorch.exir' or name.startswith('executorch.exir.'):
+            raise ImportError(f'{name} is blocked: timing a .pte must not import the exporter')
+sys.meta_path.insert(0, _Block())
+"""
+
+
+@pytest.mark.export
+def test_python_pte_runner_never_imports_the_exporter_and_exir_still_imports_after(artifacts):  # noqa: F811
+    # device_bench.runtimes.import_executorch_runtime: the runtime without executorch.exir (7.3 s of
+    # import on the 2-core machine); same outputs as a plain run, and the real exporter loads afterwards.
+    art = artifacts["tiny_se_xnnpack_int8.pte"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    run = "import runpy; runpy.run_module('device_bench.runner', run_name='__main__')"
+    blocked = subprocess.run([sys.executable, "-c", EXPORTER_BLOCKER + run, str(art), "--manifest", f"{art}.json",
+                              *FAST], capture_output=True, text=True, env=env, timeout=300)
+    assert blocked.returncode == 0, blocked.stderr[-2000:]
+    plain = run_python(art, *FAST)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert json.loads(blocked.stdout)["output_checksum"] == json.loads(plain.stdout)["output_checksum"]
+    after = ("import sys; from device_bench.runtimes import import_executorch_runtime; import_executorch_runtime(); "
+             "assert 'executorch.exir' not in sys.modules and 'executorch.exir._warnings' not in sys.modules; "
+             "from executorch.exir import to_edge; import executorch.exir._warnings as w; print(w.__name__)")
+    proc = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "executorch.exir._warnings", proc.stderr[-2000:]
+
+
 @pytest.mark.export
 @pytest.mark.parametrize("name", ["tiny_se_xnnpack_fp32.pte", "tiny_se_xnnpack_int8.pte"])
 def test_python_and_native_runner_pte_agree(artifacts, native, name):  # noqa: F811

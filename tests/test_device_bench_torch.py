@@ -146,3 +146,37 @@ def test_cuda_request_without_cuda_can_record_one_skip(tmp_path, capsys, monkeyp
     assert "skipped: CUDA is not available" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--without-cuda 'maybe'"):
         tb.resolve(tb.TorchBenchConfig(model="m", device="cuda", without_cuda="maybe"), False)
+
+
+@pytest.mark.slow
+def test_warm_only_fills_the_inductor_cache_that_the_timing_run_loads(tmp_path, monkeypatch):
+    # What a sweep's compile cell does for its baseline cell: compile once into a cache directory,
+    # then time with a copy of it. The timed compile mode must load every FX graph (hits) and compile
+    # none (misses 0), and say so in its record; the cold warm-up compiled at least one.
+    import shutil
+
+    def tiny(_name):
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Hardswish()).eval(), 16
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "warm"))
+    cfg = tb.TorchBenchConfig(model="tiny", measure=MeasureSpec(runs=3, warmup=1, min_seconds=0.0, repeats=1))
+    torch._dynamo.reset()
+    (warm,) = tb.warm_compile(cfg, build=tiny)
+    if warm["status"] != "ok":
+        pytest.skip(f"torch.compile does not work here: {warm['error']}")
+    assert warm["compile_cache"]["misses"] >= 1 and warm["first_call_ms"] > 0
+    shutil.copytree(tmp_path / "warm", tmp_path / "copy")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "copy"))
+    torch._dynamo.reset()
+    recs = tb.bench_torch(cfg, tmp_path / "c.jsonl", build=tiny)
+    compiled = next(r for r in recs if r["runtime"]["name"] == "torch-compile")
+    assert compiled["status"] == "ok", compiled.get("error")
+    assert compiled["compile_cache"] == {"hits": warm["compile_cache"]["misses"], "misses": 0}
+    validate(compiled, "compiled record", fresh=True)
+    assert "compile_cache" not in next(r for r in recs if r["runtime"]["name"] == "torch-eager")
+
+
+def test_out_is_required_unless_warm_only(capsys):
+    assert main(["bench-torch", "mobilenetv3_small_100", "--resolution", "32"]) == 2
+    assert "--out is required (unless --warm-only)" in capsys.readouterr().err

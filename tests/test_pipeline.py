@@ -43,6 +43,7 @@ dtypes = ["fp32", "int8"]
 devices = ["local", "qemu-aarch64"]
 [baseline]
 devices = ["cpu", "cuda"]
+compile_ahead = true
 """
 
 
@@ -112,13 +113,23 @@ class FakeRunner:
                     "instructions_per_inference": 1e7 * (1 + seed) if emulated else None,
                 }
             }
+        if cell.stage == "compile":
+            return out | {"warm": [{"dtype": "fp32", "batch": 1, "first_call_ms": 45_000.0, "status": "ok"}],
+                          "inductor_cache": "inductor_cache"}
         if cell.stage == "baseline":
             if p["device"] == "cuda":
                 return out | {"baseline": [{"device": "cuda", "skipped": "no CUDA device: CPU baseline only"}]}
+            if not cfg.compile_ahead:
+                return out | {"baseline": [{"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "eager",
+                                            "latency_ms": {"p50": 3.0}}]}
+            assert [d for d in deps if d.startswith("compile/")] == [f"compile/{cell.model}/cpu"]
             return out | {
                 "baseline": [
-                    {"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "eager", "latency_ms": {"p50": 3.0}}
-                ]
+                    {"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "eager", "latency_ms": {"p50": 3.0}},
+                    {"device": "cpu", "dtype": "fp32", "batch": 1, "mode": "compile", "latency_ms": {"p50": 2.0},
+                     "first_inference_ms": 7_700.0, "compile_cache": {"hits": 1, "misses": 0}},
+                ],
+                "warm": deps[f"compile/{cell.model}/cpu"].result["warm"],
             }
         raise AssertionError(cell.stage)
 
@@ -134,6 +145,16 @@ def test_plan_covers_the_sweep(tmp_path):
     assert len(ids) == len(set(ids))
     stages = [c.stage for c in cells]
     assert stages.index("bench") > max(i for i, s in enumerate(stages) if s == "export")
+    # torch.compile runs in a CPU cell of its own before the cpu baseline that times it; a cuda
+    # baseline compiles on its GPU in its own cell
+    by_id = {c.id: c for c in cells}
+    assert by_id["baseline/efficientnet_phi0/cpu"].deps == ("compile/efficientnet_phi0/cpu",)
+    assert by_id["baseline/efficientnet_phi0/cuda"].deps == ()
+    assert "compile/efficientnet_phi0/cuda" not in ids
+    # off (the default): no compile cell, the baseline compiles in its own cell
+    plain = plan_cells(_cfg(tmp_path, CONFIG.replace("compile_ahead = true", "")))
+    assert not [c for c in plain if c.stage == "compile"]
+    assert next(c for c in plain if c.id == "baseline/efficientnet_phi0/cpu").deps == ()
 
 
 @pytest.mark.parametrize(
@@ -232,6 +253,8 @@ def test_report_renders_in_a_real_headless_browser(tmp_path):
     ):
         assert title in md
     assert "SE adds" in md and "No measured results" not in md
+    # the compiled baseline's first call loaded the compile cell's kernels; its cold compile is named
+    assert "7700 (kernels cached; cold compile 45 s)" in md
     pngs = sorted(p.name for p in run_dir.glob("*.png"))
     assert pngs == [
         "compound_scaling.png",
