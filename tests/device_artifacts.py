@@ -217,10 +217,11 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-def pte_with_and_without(monkeypatch: Any, patch: str) -> tuple[bytes, bytes]:
-    """The tiny network's ``.pte`` lowered as shipped, then with ``export.backends.pte.<patch>`` a no-op.
+def pte_with_and_without(monkeypatch: Any, patch: str, *, model: Any = None,
+                         example: tuple[Any, ...] | None = None) -> tuple[bytes, bytes]:
+    """A network's ``.pte`` (default: the tiny one) as shipped, then with ``export.backends.pte.<patch>`` a no-op.
 
-    For the toolchain patches (export/fx_provenance.py, export/xnnpack_pattern_passes.py), which
+    For the toolchain patches (export/fx_provenance.py, export/xnnpack_anchored_passes.py), which
     must not change a byte of the artifact.
     """
     import contextlib
@@ -230,8 +231,8 @@ def pte_with_and_without(monkeypatch: Any, patch: str) -> tuple[bytes, bytes]:
     from export.backends import pte
 
     torch.manual_seed(0)
-    model = _model().eval()
-    example = (torch.randn(1, 3, RESOLUTION, RESOLUTION),)
+    model = (model if model is not None else _model()).eval()
+    example = example or (torch.randn(1, 3, RESOLUTION, RESOLUTION),)
     patched, _, _ = pte.lower_pte(model, example)
     monkeypatch.setattr(pte, patch, contextlib.nullcontext)
     plain, _, _ = pte.lower_pte(model, example)

@@ -23,7 +23,7 @@ from edge_se.errors import EdgeSeError, StageError, first_line
 from export.backends import register
 from export.backends.base import Artifact, Backend, Lowered, graph_output_scale, on_disk
 from export.fx_provenance import shared_provenance
-from export.xnnpack_pattern_passes import matching_pattern_passes_only
+from export.xnnpack_anchored_passes import anchored_passes_only
 
 if TYPE_CHECKING:
     from quantize.core import QuantizedModel
@@ -225,8 +225,8 @@ def lower_pte(
 
     try:
         # ~17% of the lowering's time otherwise (export/fx_provenance.py); 5 s of pattern tracing per
-        # process and two re-traces per lowering (export/xnnpack_pattern_passes.py)
-        with shared_provenance(), matching_pattern_passes_only():
+        # process and up to nine whole-program re-traces per lowering (export/xnnpack_anchored_passes.py)
+        with shared_provenance(), anchored_passes_only():
             ep = torch.export.export(module, example_inputs, strict=False)
             rewrites = rewrite_head_mean(ep)
             if int8_ops:
