@@ -47,6 +47,7 @@ manifest describes (the same draws, quantised or laid out as it says; ``paired.i
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import os
@@ -64,6 +65,19 @@ from contract.errors import ContractError
 from device_bench import stats, sysinfo
 from device_bench.manifest import ManifestError, load_input_file, load_manifest, make_inputs, verify_artifact
 from device_bench.runtimes import RuntimeUnavailable, open_session
+
+#: The file descriptor whose close() marks a point of an instruction count: no process holds it
+#: (it is above every fd limit), so the call only fails with EBADF, and the counting QEMU plugin
+#: (device_bench/native/insn_plugin.c, MARK_FD) records the count at it.
+COUNT_MARK_FD = 0x5E5E5E
+
+
+def count_mark() -> None:
+    """One mark for the instruction-counting plugin (a no-op anywhere else)."""
+    try:
+        os.close(COUNT_MARK_FD)
+    except OSError:
+        pass
 
 #: Profiled inferences dropped before the ones kept: the first run of a fresh load pays for
 #: XNNPACK's set-up and cold caches (2 ms against 0.15 ms on a 32 px MobileNetV3 here).
@@ -216,8 +230,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     if args.count_only:
         # Instruction counting: the same instructions every time, so no clock reads and no
         # statistics, whose cost depends on the timings (sorting, float formatting).
+        if args.count_marks:  # two spans between marks; no collection may fall into one of them
+            gc.disable()
+            count_mark()
+            for _ in range(args.count_marks):
+                session.run()
+            count_mark()
         for _ in range(spec.runs):
             session.run()
+        if args.count_marks:
+            count_mark()
         return {"schema": RESULT_SCHEMA, "runner": "python", "count_only": True, "runs": spec.runs,
                 "output_checksum": output_summary(first)["output_checksum"]}
 
@@ -293,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile-runs", type=int, default=20, help="inferences in the --etdump trace")
     p.add_argument("--count-only", action="store_true",
                    help="run exactly --runs inferences untimed and print only the checksum (instruction counting)")
+    p.add_argument("--count-marks", type=int, default=0, metavar="N0",
+                   help="with --count-only: first N0 runs, then the --runs runs, with a mark (a close() of "
+                        "COUNT_MARK_FD, which the counting plugin records) before, between and after")
     p.add_argument("--paired-with", default=None, metavar="ARTIFACT",
                    help="a second artifact on the same inputs, timed in alternating blocks with the first "
                         "(the record's 'paired'; device_bench.stats.paired_ratio)")
@@ -310,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ContractError("--paired-with and --paired-manifest go together")
         if args.paired_with and (args.count_only or args.etdump):
             raise ContractError("--paired-with times two artifacts; it takes neither --count-only nor --etdump")
+        if args.count_marks < 0 or (args.count_marks and not args.count_only):
+            raise ContractError(f"--count-marks takes --count-only and a count >= 1, got {args.count_marks}")
         result = measure(args)
         if not args.count_only:  # a counted process does no more than it must (count-only: 4 fixed keys)
             # What it prints is a valid record, with every key a runner of this checkout writes.

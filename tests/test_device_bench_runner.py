@@ -328,3 +328,16 @@ def test_paired_ratio_is_the_median_of_per_repeat_ratios():
         stats.paired_ratio({"repeats": [{"p50_ms": 1.0}]})
     with pytest.raises(ValueError, match="pair up"):
         stats.paired_ratio({"repeats": [{"p50_ms": 1.0}], "paired": {"repeats": []}})
+
+
+@pytest.mark.export
+def test_count_marks_needs_count_only_and_runs_untouched_without_the_plugin(artifacts):  # noqa: F811
+    art = artifacts["tiny_se_litert_int8.tflite"]
+    bad = run_python(art, *FAST, "--count-marks", "2")
+    assert bad.returncode == 2 and "--count-marks takes --count-only" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1
+    # Outside the counting plugin a mark is a failing close(): the counted runs print their checksum.
+    ok = run_python(art, "--runs", "3", "--warmup", "0", "--count-only", "--count-marks", "2")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    plain = run_python(art, "--runs", "3", "--warmup", "0", "--count-only")
+    assert json.loads(ok.stdout)["output_checksum"] == json.loads(plain.stdout)["output_checksum"]

@@ -5,7 +5,8 @@ Three measurements per artifact:
        (40x-450x native: it says nothing about a real device);
     2. instructions executed per inference, counted by the TCG plugin as
        ``(count(n0 + k runs) - count(n0 runs)) / k`` so loading and start-up cancel out, with one
-       thread so spinning worker threads add no noise;
+       thread so spinning worker threads add no noise (``.tflite``: the same difference of two spans
+       of runs between marks in one process, :meth:`QemuTransport._marked_count`);
     3. parity: the first inference's outputs against the same runner on this host
        (:mod:`device_bench.parity`: int8 within one output step, else judged again on the
        artifact's golden inputs against the int8 error itself; fp32 within
@@ -40,6 +41,16 @@ COUNT_EXTRA_RUNS = 8
 #: to reach it: a 2.6e6-instruction latency probe ran 150 of them at 4e8 (a 2026-12-06 emulated table: 129
 #: artifacts at about one a minute).
 COUNT_MIN_DELTA = {"pte": 4e7, "tflite": 4e8}
+#: The Python runner (``.tflite``) counts in one process instead (``--count-marks``): the plugin
+#: records the count at a mark before, between and after two spans of runs, so start-up is outside
+#: both spans and the mark's own cost is in each; with garbage collection off the spans differ
+#: only by their runs. Saves two or three aarch64 Python start-ups per artifact (10-13 s each
+#: under emulation here). The floor of the span difference, as above, for what noise is left.
+COUNT_MARKED_MIN_DELTA = 4e6
+#: Inferences before the first mark: CPython 3.11 specialises its bytecode as it runs, so the first
+#: calls of an inference take more instructions than later ones; the two-process count's long span
+#: hides that, a span of a few runs does not.
+COUNT_MARKED_WARMUP = 10
 #: One inference, no warm-up: the runs whose outputs parity compares.
 _ONCE: dict[str, Any] = {"warmup": 0, "runs": 1, "max_runs": 1, "min_seconds": 0.0, "repeats": 1, "cooldown_s": 0.0}
 
@@ -86,6 +97,10 @@ class QemuTransport:
             except (OSError, ValueError, IndexError):
                 raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}") from None
 
+        if fmt == "tflite":
+            marked = self._marked_count(env, fmt, artifact, manifest, opts, stage)
+            if marked is not None:
+                return marked
         runs = [COUNT_BASE_RUNS, COUNT_BASE_RUNS + COUNT_EXTRA_RUNS]
         counts = [count(n) for n in runs]
         per = (counts[1] - counts[0]) / COUNT_EXTRA_RUNS
@@ -101,6 +116,50 @@ class QemuTransport:
                 "instruction_count": {"runs": list(runs), "counts": counts, "threads": 1, "qemu_cpu": emu.QEMU_CPU,
                                       "aslr_disabled": bool(emu.no_aslr_prefix()),
                                       "method": "(count(n1) - count(n0)) / (n1 - n0)"}}
+
+    def _marked_count(self, env: emu.EmuEnv, fmt: str, artifact: Path, manifest: Path, opts: RunOptions,
+                      stage: Path) -> dict[str, Any] | None:
+        """Instructions per inference from marks in one process: ``((m3 - m2) - (m2 - m1)) / (n1 - n0)``.
+
+        ``n0`` runs between the first two marks, ``n1`` between the last two; a second process with a
+        larger ``n1`` where the pilot's span difference is under :data:`COUNT_MARKED_MIN_DELTA`.
+        None where the plugin records no marks (one built before them): the caller counts two processes.
+        """
+        n0 = COUNT_BASE_RUNS
+
+        def spans(n1: int) -> tuple[list[int], int] | None:
+            out = stage / f"count-marked-{n1}.txt"
+            args = [*opts.argv(warmup=COUNT_MARKED_WARMUP, runs=n1, max_runs=n1, min_seconds=0.0, repeats=1,
+                               cooldown_s=0.0, threads=1), "--count-only", "--count-marks", str(n0)]
+            self._exec(env, self._command(env, fmt, artifact, manifest, args, count_to=out), stage, opts,
+                       "instruction count")
+            try:
+                values = [int(v) for v in out.read_text().split()]
+            except (OSError, ValueError):
+                raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}") from None
+            if len(values) != 4:
+                return None
+            m1, m2, m3 = values[1:]
+            return [m2 - m1, m3 - m2], m3 - m2 - (m2 - m1)
+
+        n1 = COUNT_BASE_RUNS + COUNT_EXTRA_RUNS
+        got = spans(n1)
+        if got is None:
+            return None
+        span, delta = got
+        if delta <= 0:
+            raise DeviceError(f"{self.name}: marked instruction counts {span} do not grow with the run count")
+        if delta < COUNT_MARKED_MIN_DELTA:
+            n1 = n0 + math.ceil(COUNT_MARKED_MIN_DELTA / (delta / (n1 - n0)))
+            got = spans(n1)
+            if got is None:
+                return None
+            span, delta = got
+        return {"instructions_per_inference": delta / (n1 - n0),
+                "instruction_count": {"runs": [n0, n1], "counts": span, "threads": 1, "qemu_cpu": emu.QEMU_CPU,
+                                      "aslr_disabled": bool(emu.no_aslr_prefix()),
+                                      "method": "(span(n1) - span(n0)) / (n1 - n0), spans between marks "
+                                                "in one process"}}
 
     def run(self, artifact: Path, manifest: Path, opts: RunOptions) -> dict[str, Any]:
         """Benchmark, count instructions and check parity with the host."""
