@@ -29,6 +29,9 @@ from edge_se.cli import main
 REPO = Path(__file__).resolve().parent.parent
 #: Two instruction counts of the same run must agree this closely (relative).
 COUNT_RTOL = 1e-3
+#: The garbage collector's share of an inference in the two-process count (instructions; measured 73
+#: and 150), which the count between marks leaves out.
+GC_SHARE_MAX = 300
 FAST = RunOptions(MeasureSpec(warmup=1, runs=3, min_seconds=0.0, repeats=2, cooldown_s=0.0), timeout_s=300)
 pytestmark = [pytest.mark.slow, pytest.mark.device]
 
@@ -80,15 +83,18 @@ def test_qemu_int8_identical_to_host_and_counts_repeat(emu_env, artifacts, tmp_p
         second = again["instructions_per_inference"]
         assert rel <= COUNT_RTOL, f"instruction counts {first} vs {second} differ by {rel:.2e}"
         if fmt == "tflite":
-            # Counted in one process between marks; the two-process count (a plugin without marks)
-            # must agree: MobileNetV3-Small int8 at 64 px gave 1,381,446 vs 1,381,596 (1.1e-4).
+            # Counted in one process between marks, with the garbage collector off; the two-process
+            # count (a plugin without marks) keeps it on, so its figure holds the collector's share of
+            # the runs too: +150 instructions per inference on MobileNetV3-Small int8 at 64 px
+            # (1,381,596 vs 1,381,446), +73 on this 72k-instruction network (a fresh clone, 1.01e-3).
+            # They must agree within COUNT_RTOL or that share, whichever is larger.
             assert "marks" in rec["instruction_count"]["method"]
             two = QemuTransport()
             two._marked_count = lambda *a, **k: None  # type: ignore[method-assign]
             with tempfile.TemporaryDirectory(prefix="edge-se-qemu-") as tmp:
                 plain = two.instructions_per_inference(emu_env, fmt, art, Path(f"{art}.json"), FAST,
                                                        stage_runner(Path(tmp)))["instructions_per_inference"]
-            assert abs(plain - first) / first <= COUNT_RTOL, f"marked {first} vs two-process {plain}"
+            assert abs(plain - first) <= max(COUNT_RTOL * first, GC_SHARE_MAX), f"marked {first}, two-process {plain}"
 
 
 @pytest.mark.export

@@ -44,8 +44,10 @@ COUNT_MIN_DELTA = {"pte": 4e7, "tflite": 4e8}
 #: The Python runner (``.tflite``) counts in one process instead (``--count-marks``): the plugin
 #: records the count at a mark before, between and after two spans of runs, so start-up is outside
 #: both spans and the mark's own cost is in each; with garbage collection off the spans differ
-#: only by their runs. Saves two or three aarch64 Python start-ups per artifact (10-13 s each
-#: under emulation here). The floor of the span difference, as above, for what noise is left.
+#: only by their runs (so the figure leaves out the collector's share, which the two-process count
+#: holds: 73-150 instructions per inference seen). Saves two or three aarch64 Python start-ups per
+#: artifact (10-13 s each under emulation here). The floor of the span difference, as above, for
+#: what noise is left.
 COUNT_MARKED_MIN_DELTA = 4e6
 #: Inferences before the first mark: CPython 3.11 specialises its bytecode as it runs, so the first
 #: calls of an inference take more instructions than later ones; the two-process count's long span
