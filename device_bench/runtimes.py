@@ -142,15 +142,17 @@ def import_executorch_runtime() -> tuple[Any, Any]:
     ExecuTorch's layout differs (no ``_warnings.py``, or ``exir`` already imported), the plain
     import runs.
     """
-    if "executorch.extension.pybindings.portable_lib" in sys.modules or "executorch.exir" in sys.modules:
+    def plain() -> tuple[Any, Any]:
         return (importlib.import_module("executorch.runtime"),
                 importlib.import_module("executorch.extension.pybindings.portable_lib"))
+
+    if "executorch.extension.pybindings.portable_lib" in sys.modules or "executorch.exir" in sys.modules:
+        return plain()
     pkg = importlib.import_module("executorch")
     path = os.path.join(next(iter(pkg.__path__)), "exir", "_warnings.py")
     spec = importlib.util.spec_from_file_location("executorch.exir._warnings", path)
     if spec is None or spec.loader is None or not os.path.isfile(path):
-        return (importlib.import_module("executorch.runtime"),
-                importlib.import_module("executorch.extension.pybindings.portable_lib"))
+        return plain()
     warnings_mod = importlib.util.module_from_spec(spec)
     stub = types.ModuleType("executorch.exir")
     stub._warnings = warnings_mod  # type: ignore[attr-defined]
@@ -158,13 +160,11 @@ def import_executorch_runtime() -> tuple[Any, Any]:
     setattr(pkg, "exir", stub)  # noqa: B010 - `import executorch.exir._warnings as w` reads this attribute
     try:
         spec.loader.exec_module(warnings_mod)
-        runtime_mod = importlib.import_module("executorch.runtime")
-        portable = importlib.import_module("executorch.extension.pybindings.portable_lib")
+        return plain()
     finally:
         sys.modules.pop(spec.name, None)
         if getattr(pkg, "exir", None) is stub:
             delattr(pkg, "exir")
-    return runtime_mod, portable
 
 
 class ExecutorchSession:

@@ -65,6 +65,16 @@ def fxgraph_cache_counts() -> dict[str, int]:
     return {"hits": int(c["fxgraph_cache_hit"]), "misses": int(c["fxgraph_cache_miss"])}
 
 
+def _torch_dtype(torch: Any, dtype: str) -> Any:
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def _seeded_input(torch: Any, batch: int, res: int, seed: int, device: str, tdtype: Any) -> Any:
+    """The timed input: uniform in [-1, 1), drawn from ``seed`` (the same for every mode and run)."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device=device, dtype=tdtype)
+
+
 def _since(before: dict[str, int]) -> dict[str, int]:
     now = fxgraph_cache_counts()
     return {k: now[k] - before[k] for k in now}
@@ -167,12 +177,11 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
     modes = ("eager", "compile") if cfg.compile else ("eager",)
     records = []
     for dtype in dtypes:
-        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        tdtype = _torch_dtype(torch, dtype)
         model = base.to(device=device, dtype=tdtype).eval()
         for mode in modes:
             for batch in batches:
-                g = torch.Generator().manual_seed(spec.seed)
-                x = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device=device, dtype=tdtype)
+                x = _seeded_input(torch, batch, res, spec.seed, device, tdtype)
                 rec: dict[str, Any] = {
                     "schema": record.SCHEMA, "artifact": None, "manifest_sha256": None, "model": cfg.model,
                     "device": device,
@@ -187,9 +196,10 @@ def bench_torch(cfg: TorchBenchConfig, out: Path, *,
                         fn_model = torch.compile(model) if mode == "compile" else model
                         timer = _timer(torch, device)
                         out_holder: list[Any] = []
-                        before = fxgraph_cache_counts()
+                        # only a compiled mode reads the counters (they live in torch._dynamo)
+                        before = fxgraph_cache_counts() if mode == "compile" else None
                         rec["first_inference_ms"] = timer(lambda: out_holder.append(fn_model(x)))  # noqa: B023
-                        if mode == "compile":
+                        if before is not None:
                             rec["compile_cache"] = _since(before)
                         y = out_holder[0].float().cpu().contiguous().numpy()
                         rec["output_checksum"] = output_summary([y])["output_checksum"]
@@ -228,11 +238,10 @@ def warm_compile(cfg: TorchBenchConfig, *,
     res = cfg.resolution or default_res
     out = []
     for dtype in dtypes:
-        tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        tdtype = _torch_dtype(torch, dtype)
         model = base.to(device=device, dtype=tdtype).eval()
         for batch in batches:
-            g = torch.Generator().manual_seed(cfg.measure.seed)
-            x = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device=device, dtype=tdtype)
+            x = _seeded_input(torch, batch, res, cfg.measure.seed, device, tdtype)
             rec: dict[str, Any] = {"model": cfg.model, "device": device, "dtype": dtype, "batch": batch,
                                    "resolution": res, "threads": torch.get_num_threads(), "torch": torch.__version__}
             before = fxgraph_cache_counts()

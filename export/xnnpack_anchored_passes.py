@@ -30,14 +30,15 @@ from typing import Any
 from quantize.scoped_patch import ScopedPatch
 
 _EDGE = "<EdgeOpOverload: "
+_BATCH_NORM = (_EDGE + "aten.native_batch_norm.", _EDGE + "aten._native_batch_norm_legit_no_training.")
 
 #: Pass class name -> the prefixes of ``str(node.target)`` it acts on (any one present: the pass runs).
 ANCHORS: dict[str, tuple[str, ...]] = {
     "ConvertToUpsampleBilinear2d": (_EDGE + "aten.upsample_bilinear2d.",),
     "ConvertToSDPAPass": (_EDGE + "aten._softmax.default>",),
     "DimOrderOpsRevertPass": (_EDGE + "dim_order_ops.",),
-    "FuseBatchNormPass": (_EDGE + "aten.native_batch_norm.", _EDGE + "aten._native_batch_norm_legit_no_training."),
-    "DecomposeBatchNorm": (_EDGE + "aten.native_batch_norm.", _EDGE + "aten._native_batch_norm_legit_no_training."),
+    "FuseBatchNormPass": _BATCH_NORM,
+    "DecomposeBatchNorm": _BATCH_NORM,
     "DecomposeConcatenate": (_EDGE + "aten.cat.default>",),
     "RemoveGetItemPass": (_EDGE + "aten.max_pool2d_with_indices.default>", _EDGE + "aten.max.dim>"),
     "PReLUReshapePass": (_EDGE + "aten._prelu_kernel.default>",),

@@ -205,16 +205,20 @@ except ImportError:  # pragma: no cover - used outside pytest
     pass
 
 
-# Python source to run first in a child process: importing torch or edge_se then raises
-# ImportError, so the on-device runner is shown to work with numpy and a runtime only.
-BLOCKER = """
+def blocker(*modules: str, why: str = "the device runner must not import it") -> str:
+    """Python source to run first in a child process: importing ``modules`` (or their submodules) raises ImportError."""
+    return f"""
 import sys
 class _Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split('.')[0] in ('torch', 'edge_se'):
-            raise ImportError(f'{name} is blocked: the device runner must not import it')
+        if any(name == m or name.startswith(m + '.') for m in {modules!r}):
+            raise ImportError(f'{{name}} is blocked: {why}')
 sys.meta_path.insert(0, _Block())
 """
+
+
+#: Importing torch or edge_se raises ImportError: the on-device runner works with numpy and a runtime only.
+BLOCKER = blocker("torch", "edge_se")
 
 
 def pte_with_and_without(monkeypatch: Any, patch: str, *, model: Any = None,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from device_artifacts import BLOCKER, artifacts  # noqa: F401  (artifacts: session fixture)
+from device_artifacts import BLOCKER, artifacts, blocker  # noqa: F401  (artifacts: session fixture)
 
 from contract.bench import SCHEMA, STABILITY_KEYS, validate
 from contract.measure import MeasureSpec
@@ -28,10 +28,11 @@ RESULT_KEYS = LATENCY_KEYS | {"schema", "measure", "total_seconds", "load_ms", "
 
 
 
-def run_python(artifact: Path, *extra: str, block: bool = False) -> subprocess.CompletedProcess:
+def run_python(artifact: Path, *extra: str, block: bool | str = False) -> subprocess.CompletedProcess:
+    """The Python runner in a child process; ``block``: True for :data:`BLOCKER`, or a :func:`blocker` source."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     run = "import runpy; runpy.run_module('device_bench.runner', run_name='__main__')"
-    code = (BLOCKER if block else "") + run
+    code = (BLOCKER if block is True else block or "") + run
     cmd = [sys.executable, "-c", code, str(artifact), "--manifest", f"{artifact}.json", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
@@ -91,14 +92,7 @@ def test_python_runner_tflite_without_torch(artifacts, name):  # noqa: F811
     assert res["manifest_sha256"] == json.loads(Path(f"{artifacts[name]}.json").read_text())["sha256"]
 
 
-EXPORTER_BLOCKER = """
-import sys
-class _Block:
-    def find_spec(self, name, path=None, target=None):
-        if name == 'executorch.exir' or name.startswith('executorch.exir.'):
-            raise ImportError(f'{name} is blocked: timing a .pte must not import the exporter')
-sys.meta_path.insert(0, _Block())
-"""
+EXPORTER_BLOCKER = blocker("executorch.exir", why="timing a .pte must not import the exporter")
 
 
 @pytest.mark.export
@@ -106,10 +100,7 @@ def test_python_pte_runner_never_imports_the_exporter_and_exir_still_imports_aft
     # device_bench.runtimes.import_executorch_runtime: the runtime without executorch.exir (7.3 s of
     # import on the 2-core machine); same outputs as a plain run, and the real exporter loads afterwards.
     art = artifacts["tiny_se_xnnpack_int8.pte"]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    run = "import runpy; runpy.run_module('device_bench.runner', run_name='__main__')"
-    blocked = subprocess.run([sys.executable, "-c", EXPORTER_BLOCKER + run, str(art), "--manifest", f"{art}.json",
-                              *FAST], capture_output=True, text=True, env=env, timeout=300)
+    blocked = run_python(art, *FAST, block=EXPORTER_BLOCKER)
     assert blocked.returncode == 0, blocked.stderr[-2000:]
     plain = run_python(art, *FAST)
     assert plain.returncode == 0, plain.stderr[-2000:]
@@ -117,7 +108,8 @@ def test_python_pte_runner_never_imports_the_exporter_and_exir_still_imports_aft
     after = ("import sys; from device_bench.runtimes import import_executorch_runtime; import_executorch_runtime(); "
              "assert 'executorch.exir' not in sys.modules and 'executorch.exir._warnings' not in sys.modules; "
              "from executorch.exir import to_edge; import executorch.exir._warnings as w; print(w.__name__)")
-    proc = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", after], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "executorch.exir._warnings", proc.stderr[-2000:]
 
 

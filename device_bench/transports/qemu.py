@@ -94,10 +94,7 @@ class QemuTransport:
                     "--count-only"]
             self._exec(env, self._command(env, fmt, artifact, manifest, args, count_to=out), stage, opts,
                        "instruction count")
-            try:
-                return int(out.read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}") from None
+            return self._plugin_counts(out)[0]
 
         if fmt == "tflite":
             marked = self._marked_count(env, fmt, artifact, manifest, opts, stage)
@@ -119,6 +116,16 @@ class QemuTransport:
                                       "aslr_disabled": bool(emu.no_aslr_prefix()),
                                       "method": "(count(n1) - count(n0)) / (n1 - n0)"}}
 
+    def _plugin_counts(self, out: Path) -> list[int]:
+        """What the counting plugin wrote: the process's total, then the count at each mark."""
+        try:
+            values = [int(v) for v in out.read_text().split()]
+        except (OSError, ValueError):
+            values = []
+        if not values:
+            raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}")
+        return values
+
     def _marked_count(self, env: emu.EmuEnv, fmt: str, artifact: Path, manifest: Path, opts: RunOptions,
                       stage: Path) -> dict[str, Any] | None:
         """Instructions per inference from marks in one process: ``((m3 - m2) - (m2 - m1)) / (n1 - n0)``.
@@ -135,10 +142,7 @@ class QemuTransport:
                                cooldown_s=0.0, threads=1), "--count-only", "--count-marks", str(n0)]
             self._exec(env, self._command(env, fmt, artifact, manifest, args, count_to=out), stage, opts,
                        "instruction count")
-            try:
-                values = [int(v) for v in out.read_text().split()]
-            except (OSError, ValueError):
-                raise DeviceError(f"{self.name}: the instruction-count plugin wrote no count to {out}") from None
+            values = self._plugin_counts(out)
             if len(values) != 4:
                 return None
             m1, m2, m3 = values[1:]
