@@ -51,7 +51,9 @@ def _common(p: argparse.ArgumentParser, *, table_flag: str, table_help: str) -> 
     p.add_argument("--work", type=Path, default=None, metavar="DIR",
                    help="folder for the probe and network artifacts (default: runs/latency/<table name>); "
                         "artifacts already there are reused")
-    p.add_argument("--jobs", type=number("--jobs", int), default=1, help="export worker processes (timing runs alone)")
+    p.add_argument("--jobs", type=number("--jobs", int), default=1,
+                   help="export worker processes; on an emulated device also artifacts counted side by side "
+                        "(instruction counts do not move with load; timing on a timed device runs alone)")
     p.add_argument("--runner", choices=("auto", "python", "native"), default=None,
                    help=".pte runner where both exist (auto: Python runtime if importable; default: auto for a new "
                         "table, the table's own runner for scale's measured check)")

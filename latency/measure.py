@@ -6,7 +6,9 @@ runtime before it is written, and is timed by :func:`device_bench.bench.bench` w
 :class:`contract.measure.MeasureSpec` (:data:`TABLE_MEASURE` unless given): the table's entries, its
 assembly networks and the measured check of ``edge-se scale`` are measured the same way.
 
-Exports run in ``jobs`` worker processes (CPU work, no timing); timing runs afterwards, alone.
+Exports run in ``jobs`` worker processes (CPU work, no timing); timing runs afterwards, alone. On an
+emulated device the runs count instructions, which do not depend on what else runs beside them:
+there ``jobs`` runs go side by side (:func:`time_all`).
 An artifact already in the work folder with its manifest is reused (the folder is per device,
 format and dtype; remove it to rebuild).
 """
@@ -18,18 +20,22 @@ import multiprocessing
 import statistics
 import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.errors import first_line
 from contract.formats import artifact_name, manifest_path
-from contract.measure import MeasureSpec
+from contract.measure import MeasureSpec, timing_order
 from device_bench.transports import emulated
 from edge_se.errors import EdgeSeError, StageError
 from edge_se.latency_key import Kernel
 from edge_se.specs import ArchSpec
+
+if TYPE_CHECKING:
+    from device_bench.inventory import Device
+    from device_bench.transports.base import RunOptions
 
 TABLE_MEASURE = MeasureSpec(warmup=5, runs=20, min_seconds=0.2, repeats=3, cooldown_s=0.0, threads=1)
 """The measurement of every table entry, assembly network and measured check (unless one is given)."""
@@ -68,7 +74,7 @@ class Target:
         runner: ``auto``, ``python`` or ``native`` (``.pte`` only): the on-device runner.
         measure: the measurement spec (its ``threads`` are the table's).
         inventory: the device inventory file (None: the default one).
-        jobs: export worker processes.
+        jobs: export worker processes; on an emulated device also the artifacts counted side by side.
         seed: seeds the random weights, calibration images and parity inputs.
         passes: timing passes over all artifacts (:data:`TABLE_PASSES`); the value is their median.
     """
@@ -177,7 +183,6 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
         StageError: a run failed on the device (its line names the artifact and the reason).
     """
     from device_bench import inventory
-    from device_bench.bench import bench
     from device_bench.transports.base import RunOptions
 
     opts = RunOptions(measure=target.measure, runner=target.runner)  # type: ignore[arg-type]
@@ -186,8 +191,7 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
     for r in range(target.passes):
         # bench shuffles the pass with its own seed (recorded as order_mode "shuffled" and order) and
         # returns the records in the order given; the inputs stay those of measure.seed.
-        records = bench([str(p) for p in paths], [target.device], devices, opts, work / "bench.jsonl",
-                        threads_given=True, order="shuffled", order_seed=target.measure.seed + r)
+        records = _bench_pass(paths, target, devices, opts, work / "bench.jsonl", target.measure.seed + r)
         passes.append([_value(p, rec) for p, rec in zip(paths, records, strict=True)])
     out = []
     for per_path in zip(*passes, strict=True):
@@ -196,6 +200,31 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
         _, unit, rec = min(per_path, key=lambda v: abs(v[0] - value))
         out.append((value, unit, rec | {"pass_values": values, "passes": len(values)}))
     return out
+
+
+def _bench_pass(paths: Sequence[Path], target: Target, devices: dict[str, Device], opts: RunOptions, out: Path,
+                seed: int) -> list[dict[str, Any]]:
+    """One pass of :func:`device_bench.bench.bench` over ``paths`` (shuffled with ``seed``); records in the given order.
+
+    On an emulated device with ``target.jobs`` > 1 the shuffled order is dealt round-robin to
+    ``jobs`` threads, each a ``bench`` call of its own (each run is a QEMU process; appends to
+    ``out`` take a lock): an instruction count does not move with the load beside it, a wall time
+    would, so a timed device always runs one artifact at a time.
+    """
+    from device_bench.bench import bench
+
+    def one(part: Sequence[Path], order: str) -> list[dict[str, Any]]:
+        return bench([str(p) for p in part], [target.device], devices, opts, out, threads_given=True, order=order,
+                     order_seed=seed)
+
+    jobs = min(target.jobs, len(paths))
+    if not emulated(target.device) or jobs <= 1:
+        return one(paths, "shuffled")
+    dealt = [timing_order(len(paths), order="shuffled", seed=seed)[j::jobs] for j in range(jobs)]
+    with ThreadPoolExecutor(jobs) as pool:
+        parts = list(pool.map(lambda idx: one([paths[i] for i in idx], "given"), dealt))
+    by_index = {i: rec for idx, recs in zip(dealt, parts, strict=True) for i, rec in zip(idx, recs, strict=True)}
+    return [by_index[i] for i in range(len(paths))]
 
 
 def _value(path: Path, rec: dict[str, Any]) -> tuple[float, str, dict[str, Any]]:

@@ -196,7 +196,10 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
         f"CPU: {system_line(system)}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
         "`.tflite` by LiteRT's Python interpreter; "
         + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
-           "(count(n1) - count(n0)) / (n1 - n0); wall time under emulation is not used." if emulated(args.device) else
+           "(count(n1) - count(n0)) / (n1 - n0): `.pte` over two processes, `.tflite` over two spans of runs "
+           "between marks in one process, the garbage collector off (device_bench.transports.qemu); wall time "
+           "under emulation is not used."
+           if emulated(args.device) else
            "every value the median over passes of the p50 of the table's measurement spec "
            "(latency.measure.TABLE_MEASURE: 5 warm-up, >= 20 runs and >= 0.2 s per repeat, 3 repeats); "
            f"{_passes(args)} pass(es) over all artifacts of a format and dtype (probes, build networks and held-out "
@@ -259,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--phi-hi", type=float, default=1.5)
     p.add_argument("--res-lo", type=int, default=96)
     p.add_argument("--res-hi", type=int, default=256)
-    p.add_argument("--jobs", type=int, default=2, help="export processes (timing always runs alone)")
+    p.add_argument("--jobs", type=int, default=2,
+                   help="export processes; on an emulated device also artifacts counted side by side (timing on "
+                        "a timed device runs alone)")
     p.add_argument("--passes", type=int, default=None,
                    help="timing passes over the table's probes and networks with the held-out networks among them "
                         "(default: latency.measure.default_passes: 3, 1 on an emulated device)")

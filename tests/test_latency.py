@@ -296,6 +296,38 @@ def test_time_all_takes_the_median_of_shuffled_passes(tmp_path, monkeypatch):
     assert default_passes("qemu-aarch64", 2) == 2 and default_passes("local", 1) == 1  # asked for: as asked
 
 
+def test_time_all_counts_side_by_side_only_on_an_emulated_device(tmp_path, monkeypatch):
+    # Instruction counts do not move with load, wall times do: with jobs=2 an emulated device runs
+    # two bench calls at once (a barrier both must reach proves they overlap), each artifact once,
+    # and every record comes back to its own artifact; a timed device still runs one call.
+    import threading
+
+    import device_bench.bench as db
+    from latency.measure import Target, time_all
+
+    paths = [tmp_path / f"a{i}.tflite" for i in range(7)]
+    calls: list[list[str]] = []
+    barrier = threading.Barrier(2, timeout=10)
+
+    def fake_bench(artifacts, devices, inventory, opts, out, *, threads_given, order, order_seed):
+        calls.append(list(artifacts))
+        if devices == ["qemu-aarch64"]:
+            assert order == "given"
+            barrier.wait()  # raises BrokenBarrierError if the other part never runs beside this one
+            return [{"status": "ok", "emulated": True, "instructions_per_inference": 1e6 * (1 + int(Path(a).stem[1:]))}
+                    for a in artifacts]
+        return [{"status": "ok", "p50_ms": 1.0 + int(Path(a).stem[1:])} for a in artifacts]
+
+    monkeypatch.setattr(db, "bench", fake_bench)
+    out = time_all(paths, Target(device="qemu-aarch64", fmt="tflite", dtype="int8", jobs=2, passes=1), tmp_path)
+    assert len(calls) == 2 and sorted(a for c in calls for a in c) == sorted(map(str, paths))
+    assert abs(len(calls[0]) - len(calls[1])) <= 1
+    assert [(v, u) for v, u, _ in out] == [(1e6 * (1 + i), "instructions") for i in range(len(paths))]
+    calls.clear()
+    out = time_all(paths, Target(device="local", fmt="tflite", dtype="int8", jobs=2, passes=1), tmp_path)
+    assert len(calls) == 1 and [v for v, _, _ in out] == [1.0 + i for i in range(len(paths))]
+
+
 def test_a_table_written_before_the_weight_term_still_loads():
     table = _synthetic_table([(-1, 128), (0.5, 192)])
     doc = lt.to_json(table)
