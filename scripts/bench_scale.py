@@ -33,6 +33,7 @@ from contract.measure import MeasureSpec
 from device_bench.sysinfo import system_line, system_record
 from device_bench.transports import emulated
 from edge_se.accounting import count
+from edge_se.errors import EdgeSeError
 from edge_se.tables import markdown_table
 from latency.build import DEFAULT_BUILD, build_latency_table, parse_points, refit, variant
 from latency.measure import TABLE_MEASURE, Target, default_passes
@@ -187,13 +188,24 @@ def _assembly(asm: dict[str, float] | None, unit: str) -> str:
     return f"{asm['scale']:.3f} x sum + {asm['per_weight_mb']:.4f} {unit}/MB{streamed} + {asm['offset']:.3f} {unit}"
 
 
+def _cpu(rows: list[dict[str, Any]], system: dict[str, Any]) -> str:
+    """The host CPU in words: one line, or each host with its tables where merged runs differ (``--merge``)."""
+    hosts: dict[str, dict[str, None]] = {}
+    for r in rows:
+        hosts.setdefault(system_line(r.get("system") or system), {})[f"{r['format']} {r['dtype']}"] = None
+    if len(hosts) <= 1:
+        return f"CPU: {system_line(next((r['system'] for r in rows if r.get('system')), system))}"
+    return "CPU (the host of each table's run): " + "; ".join(f"{line} for {', '.join(tables)}"
+                                                              for line, tables in hosts.items())
+
+
 def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: dict[str, Any],
              args: argparse.Namespace) -> str:
     """results/bench_scale.md."""
     lines = [
         "# Latency tables and latency-aware compound scaling (`make bench-scale`)",
         "",
-        f"CPU: {system_line(system)}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
+        f"{_cpu(rows, system)}. Device `{args.device}`, 1 thread; `.pte` run by the {args.pte_runner} runner, "
         "`.tflite` by LiteRT's Python interpreter; "
         + ("every value instructions per inference, counted under QEMU user mode (Neoverse-N1) as "
            "(count(n1) - count(n0)) / (n1 - n0): `.pte` over two processes, `.tflite` over two spans of runs "
@@ -247,6 +259,30 @@ def markdown(rows: list[dict[str, Any]], scale: dict[str, Any] | None, system: d
     return "\n".join(lines)
 
 
+def read_lines(results: Path) -> list[dict[str, Any]]:
+    """The lines of ``results``' .jsonl: measured rows and scale runs (rows written before units were: ms)."""
+    lines = [json.loads(x) for x in results.with_suffix(".jsonl").read_text().splitlines() if x.strip()]
+    for r in lines:
+        if r.get("kind") != "scale":
+            r.setdefault("unit", "ms")
+            r.setdefault("predicted", r.get("predicted_ms"))
+            r.setdefault("measured", r.get("measured_ms"))
+    return lines
+
+
+def kept_lines(lines: list[dict[str, Any]], *, device: str, combos: list[tuple[str, str]], scale: bool,
+               where: str) -> list[dict[str, Any]]:
+    """``--merge``: the earlier lines this run does not redo (other formats and dtypes; the scale run unless ``scale``).
+
+    Each keeps its own ``system``. Lines of another device cannot share one file: EdgeSeError naming ``where``.
+    """
+    devices = sorted({str(r.get("device")) for r in lines if r.get("kind") != "scale"})
+    if devices and devices != [device]:
+        raise EdgeSeError(f"{where}: holds device {', '.join(devices)}; --merge with --device {device} needs the same")
+    return [r for r in lines if (r.get("kind") == "scale" and not scale)
+            or (r.get("kind") != "scale" and (r["format"], r["dtype"]) not in combos)]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; write the results files."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -279,40 +315,43 @@ def main(argv: list[str] | None = None) -> int:
                         "(latency.build.refit); each held-out row then records the control's prediction too")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the .md from the .jsonl already in --results (no measurement)")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the lines of --results' .jsonl for the formats and dtypes this run does not measure "
+                        "(and its scale run when this run has none), each with its own system line")
     args = p.parse_args(argv)
+    results = Path(args.results)
     if args.render:
-        lines = [json.loads(x) for x in Path(args.results).with_suffix(".jsonl").read_text().splitlines() if x.strip()]
-        rows = [x for x in lines if x.get("kind") != "scale"]
-        for r in rows:  # lines written before the unit was recorded are in ms
-            r.setdefault("unit", "ms")
-            r.setdefault("predicted", r.get("predicted_ms"))
-            r.setdefault("measured", r.get("measured_ms"))
+        lines = read_lines(results)
         scale = next((x for x in lines if x.get("kind") == "scale"), None)
-        system = lines[0]["system"]
-        write_text(Path(args.results).with_suffix(".md"), markdown(rows, scale, system, args))
+        write_text(results.with_suffix(".md"),
+                   markdown([x for x in lines if x.get("kind") != "scale"], scale, lines[0]["system"], args))
         return 0
+    combos = [(c.split(":")[0], c.split(":")[1]) for c in args.combos.split(",")]
+    kept: list[dict[str, Any]] = []
+    if args.merge and results.with_suffix(".jsonl").is_file():
+        kept = kept_lines(read_lines(results), device=args.device, combos=combos, scale=bool(args.scale_target),
+                          where=str(results.with_suffix(".jsonl")))
     if args.work.exists() and not args.keep_work:
         shutil.rmtree(args.work)
     build = parse_points(args.build)
     points = heldout_points(args.heldout, seed=args.seed, build=build, phi=(args.phi_lo, args.phi_hi),
                             res=(args.res_lo, args.res_hi))
     system = system_record()
-    rows: list[dict[str, Any]] = []
-    results = Path(args.results)
+    rows: list[dict[str, Any]] = [r for r in kept if r.get("kind") != "scale"]
+    earlier_scale = next((r for r in kept if r.get("kind") == "scale"), None)
     results.parent.mkdir(parents=True, exist_ok=True)
 
     def write(scale: dict[str, Any] | None) -> None:  # after every combination: a stopped run keeps what it measured
-        lines = [json.dumps(r | {"system": system}, sort_keys=True) for r in rows]
+        lines = [json.dumps({"system": system} | r, sort_keys=True) for r in rows]
         if scale is not None:
-            lines.append(json.dumps(scale | {"system": system}, sort_keys=True))
+            lines.append(json.dumps({"system": system} | scale, sort_keys=True))
         write_text(results.with_suffix(".jsonl"), "\n".join(lines) + "\n")
         write_text(results.with_suffix(".md"), markdown(rows, scale, system, args))
         print(f"bench-scale: wrote {results.with_suffix('.md')} and .jsonl", file=sys.stderr)
 
-    for combo in args.combos.split(","):
-        fmt, dtype = combo.split(":")
-        rows += run_combo(fmt, dtype, args, points, build, args.work)
-        write(None)
+    for fmt, dtype in combos:
+        rows += [r | {"system": system} for r in run_combo(fmt, dtype, args, points, build, args.work)]
+        write(earlier_scale)
     if args.scale_target:
         fmt, dtype = args.scale_target.split(":")
         write(run_scale(args, table_file(args.work, args.device, fmt, dtype), args.work))
@@ -320,4 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except EdgeSeError as exc:  # bad input: one line
+        print(f"bench-scale: {exc}", file=sys.stderr)
+        sys.exit(2)
