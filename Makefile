@@ -132,4 +132,8 @@ SCALE_ARGS ?=
 bench-scale: $(STAMP)  ## latency tables on local (pte/tflite x int8/fp32), held-out prediction error, edge-se scale -> results/bench_scale.{md,jsonl}
 	$(PY) scripts/bench_scale.py --results results/bench_scale $(SCALE_ARGS)
 
-.PHONY: bench-scale
+bench-scale-emu: $(STAMP) system-deps arm-emu  ## the same tables on emulated aarch64 (instructions per inference, all four; COMBOS=tflite:int8 for some) -> results/bench_scale_qemu_aarch64.{md,jsonl}
+	$(PY) scripts/bench_scale.py --device qemu-aarch64 --scale-target '' --work runs/bench_scale_qemu \
+	  --results results/bench_scale_qemu_aarch64 --merge $(if $(COMBOS),--combos $(COMBOS)) $(SCALE_ARGS)
+
+.PHONY: bench-scale bench-scale-emu
