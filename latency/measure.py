@@ -189,8 +189,9 @@ def time_all(paths: Sequence[Path], target: Target, work: Path) -> list[tuple[fl
     devices = inventory.load(target.inventory)
     passes: list[list[tuple[float, str, dict[str, Any]]]] = []
     for r in range(target.passes):
-        # bench shuffles the pass with its own seed (recorded as order_mode "shuffled" and order) and
-        # returns the records in the order given; the inputs stay those of measure.seed.
+        # each pass in the order shuffled with its own seed (recorded in each record's order_mode and
+        # order; on an emulated device dealt to jobs threads), the records returned in the order given;
+        # the inputs stay those of measure.seed.
         records = _bench_pass(paths, target, devices, opts, work / "bench.jsonl", target.measure.seed + r)
         passes.append([_value(p, rec) for p, rec in zip(paths, records, strict=True)])
     out = []

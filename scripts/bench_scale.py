@@ -194,7 +194,7 @@ def _cpu(rows: list[dict[str, Any]], system: dict[str, Any]) -> str:
     for r in rows:
         hosts.setdefault(system_line(r.get("system") or system), {})[f"{r['format']} {r['dtype']}"] = None
     if len(hosts) <= 1:
-        return f"CPU: {system_line(next((r['system'] for r in rows if r.get('system')), system))}"
+        return f"CPU: {next(iter(hosts), system_line(system))}"
     return "CPU (the host of each table's run): " + "; ".join(f"{line} for {', '.join(tables)}"
                                                               for line, tables in hosts.items())
 
@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text(results.with_suffix(".md"),
                    markdown([x for x in lines if x.get("kind") != "scale"], scale, lines[0]["system"], args))
         return 0
-    combos = [(c.split(":")[0], c.split(":")[1]) for c in args.combos.split(",")]
+    combos = [(fmt, dtype) for fmt, dtype in (c.split(":") for c in args.combos.split(","))]
     kept: list[dict[str, Any]] = []
     if args.merge and results.with_suffix(".jsonl").is_file():
         kept = kept_lines(read_lines(results), device=args.device, combos=combos, scale=bool(args.scale_target),
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     results.parent.mkdir(parents=True, exist_ok=True)
 
     def write(scale: dict[str, Any] | None) -> None:  # after every combination: a stopped run keeps what it measured
-        lines = [json.dumps({"system": system} | r, sort_keys=True) for r in rows]
+        lines = [json.dumps(r, sort_keys=True) for r in rows]  # each row carries the system it was measured on
         if scale is not None:
             lines.append(json.dumps({"system": system} | scale, sort_keys=True))
         write_text(results.with_suffix(".jsonl"), "\n".join(lines) + "\n")
